@@ -1,0 +1,90 @@
+"""The exceptions localabort raises, and how they travel between processes.
+
+::
+
+    BaseException
+     +-- Exception
+          +-- concurrent.futures.CancelledError
+          |    +-- TaskAborted          the task was aborted (result() of an ABORTED task)
+          +-- WorkerLost                the child running the task died
+          +-- TimeLimitExceeded         the task passed its hard time limit
+          +-- StoreError                the state store cannot be opened or used
+
+Every one pickles, so a child can send it to its parent and the store can
+keep it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from typing import Any, Optional
+
+__all__ = ["RemoteTraceback", "StoreError", "TaskAborted", "TimeLimitExceeded", "WorkerLost"]
+
+
+class TaskAborted(concurrent.futures.CancelledError):
+    """The task was aborted; raised by ``result()``/``get()`` of an ABORTED task.
+
+    Tasks may also raise it themselves (``checkpoint()`` does) to stop from
+    deep inside a call stack. ``partial_result`` is what ``run`` returned
+    after it saw the abort, or ``None``.
+
+    >>> err = TaskAborted("stopped", partial_result=[0, 1])
+    >>> err.partial_result
+    [0, 1]
+    >>> import concurrent.futures
+    >>> isinstance(err, concurrent.futures.CancelledError)
+    True
+    """
+
+    def __init__(self, *args: object, partial_result: Any = None, task_id: Optional[str] = None) -> None:
+        super().__init__(*args)
+        self.partial_result = partial_result
+        self.task_id = task_id
+
+    def __reduce__(self) -> Any:
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+class WorkerLost(Exception):
+    """The child process running the task died (crash, kill, out of memory).
+
+    Only that task fails: the executor starts a new child and goes on.
+
+    >>> str(WorkerLost("child 4242 died with signal SIGKILL"))
+    'child 4242 died with signal SIGKILL'
+    """
+
+
+class TimeLimitExceeded(Exception):
+    """The task ran past its hard ``time_limit`` and its child was killed.
+
+    >>> isinstance(TimeLimitExceeded("Crunch ran past time_limit=5s"), Exception)
+    True
+    """
+
+
+class StoreError(Exception):
+    """The state store cannot be opened or used; the message names the store.
+
+    >>> str(StoreError("/no/such/dir/batch.sqlite: folder does not exist"))
+    '/no/such/dir/batch.sqlite: folder does not exist'
+    """
+
+
+class RemoteTraceback(Exception):
+    """The traceback text of an exception raised in a child, set as its ``__cause__``."""
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+def _rebuild(cls: type, args: tuple, state: dict) -> BaseException:
+    exc = cls.__new__(cls)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc

@@ -1,0 +1,198 @@
+"""Handles on tasks: ``AbortableFuture`` (the producer's) and ``AbortableAsyncResult`` (anyone's).
+
+Both speak the API of SPEC section 5. A future learns its state from the
+executor that made it, through the small ``Controller`` protocol below, so
+this module knows nothing of processes. An ``AbortableAsyncResult`` reads
+the store on every call, so it is fresh in any process.
+
+A finished task's outcome travels as one pickle, ``blob``: the return value
+for SUCCESS, else the exception that ``result()`` raises (a
+``TaskAborted`` carries the partial result).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import pickle
+import time
+from typing import Any, Optional, Protocol, Tuple
+
+
+from ._errors import RemoteTraceback, TaskAborted
+from ._states import ABORTED, FAILURE, PENDING, READY_STATES, SUCCESS
+from ._store import Store, StoreSpec
+
+__all__ = ["AbortableAsyncResult", "AbortableFuture"]
+
+Progress = Optional[Tuple[float, Optional[float]]]
+
+
+def load_outcome(state: str, blob: Optional[bytes], tb: Optional[str]) -> Tuple[Any, Optional[BaseException]]:
+    """The (value, exception) that a finished task's stored outcome stands for."""
+    payload = pickle.loads(blob) if blob is not None else None
+    if state == SUCCESS:
+        return payload, None
+    if not isinstance(payload, BaseException):  # pragma: no cover - a row from elsewhere
+        payload = TaskAborted("task aborted") if state == ABORTED else RuntimeError(f"task ended {state}")
+    if tb:
+        payload.__cause__ = RemoteTraceback(tb)
+    return None, payload
+
+
+class Controller(Protocol):
+    """What a future asks of the executor that made it."""
+
+    def _abort(self, future: AbortableFuture) -> bool: ...
+
+    def _cancel(self, future: AbortableFuture) -> bool: ...
+
+
+class AbortableFuture(concurrent.futures.Future):
+    """The future ``Executor.submit`` returns: a ``concurrent.futures.Future`` you can abort.
+
+    ``abort()`` asks the running task to stop; the task decides when, at its
+    next ``is_aborted()`` checkpoint. ``cancel()`` keeps its standard
+    meaning: it withdraws a task that has not started.
+
+    >>> from localabort import Executor
+    >>> with Executor(max_workers=1) as ex:
+    ...     fut = ex.submit(pow, 2, 10)
+    ...     fut.get(timeout=30), fut.state
+    (1024, 'SUCCESS')
+    """
+
+    def __init__(self, task_id: str, controller: Optional[Controller] = None) -> None:
+        super().__init__()
+        self._id = task_id
+        self._controller = controller
+        self._la_state = PENDING
+        self._la_progress: Progress = None
+        self._abort_requested = False
+
+    def __repr__(self) -> str:
+        return f"<AbortableFuture {self._id} {self._la_state}>"
+
+    @property
+    def id(self) -> str:
+        """The task's id, under which the store and any other process know it."""
+        return self._id
+
+    @property
+    def state(self) -> str:
+        """``PENDING``, ``STARTED``, then ``SUCCESS``, ``FAILURE`` or ``ABORTED``."""
+        return self._la_state
+
+    status = state
+
+    @property
+    def progress(self) -> Progress:
+        """The task's last reported ``(done, total)``, or ``None``."""
+        return self._la_progress
+
+    def abort(self) -> bool:
+        """Ask the task to abort; ``True`` if recorded, ``False`` if it had already finished."""
+        return self._controller._abort(self) if self._controller is not None else False
+
+    def is_aborted(self) -> bool:
+        """Whether an abort was requested for this task (by this process or through the store)."""
+        return self._abort_requested
+
+    def cancel(self) -> bool:
+        """Withdraw the task if it has not started (state ABORTED); else return ``False``."""
+        if self._controller is None:
+            return super().cancel()
+        return self._controller._cancel(self)
+
+    def ready(self) -> bool:
+        """Whether the task has finished, whatever its outcome."""
+        return self.done()
+
+    def successful(self) -> bool:
+        """Whether the task finished with ``SUCCESS``."""
+        return self._la_state == SUCCESS
+
+    def failed(self) -> bool:
+        """Whether the task finished with ``FAILURE``."""
+        return self._la_state == FAILURE
+
+    def get(self, timeout: Optional[float] = None) -> Any:
+        """``result(timeout)``, by its Celery name."""
+        return self.result(timeout)
+
+
+class AbortableAsyncResult:
+    """A handle on one task by id, from any process that can open its store.
+
+    Every call reads the store, so state and progress are fresh even when
+    the executor runs in another OS process.
+
+    >>> import os, tempfile
+    >>> store = os.path.join(tempfile.mkdtemp(), "batch.sqlite")
+    >>> from localabort import Executor
+    >>> with Executor(max_workers=1, store=store) as ex:
+    ...     task_id = ex.submit(sum, [1, 2, 3]).id
+    >>> res = AbortableAsyncResult(task_id, store=store)
+    >>> res.state, res.get(timeout=10), res.abort()
+    ('SUCCESS', 6, False)
+    """
+
+    def __init__(self, task_id: str, store: StoreSpec) -> None:
+        self.id = task_id
+        self.store = Store.open(store)
+
+    def __repr__(self) -> str:
+        return f"<AbortableAsyncResult {self.id}>"
+
+    @property
+    def state(self) -> str:
+        """The stored state; ``PENDING`` for an id the store does not know, as in Celery."""
+        record = self.store.get(self.id)
+        return record.state if record is not None else PENDING
+
+    status = state
+
+    @property
+    def progress(self) -> Progress:
+        """The task's last stored ``(done, total)``, or ``None``."""
+        record = self.store.get(self.id)
+        return record.progress if record is not None else None
+
+    def abort(self) -> bool:
+        """Ask the task to abort; ``True`` if recorded, ``False`` if finished or unknown."""
+        return self.store.request_abort(self.id)
+
+    def is_aborted(self) -> bool:
+        """Whether an abort was ever requested for this task."""
+        return self.store.is_abort_requested(self.id)
+
+    def ready(self) -> bool:
+        """Whether the task has finished, whatever its outcome."""
+        return self.state in READY_STATES
+
+    def successful(self) -> bool:
+        """Whether the task finished with ``SUCCESS``."""
+        return self.state == SUCCESS
+
+    def failed(self) -> bool:
+        """Whether the task finished with ``FAILURE``."""
+        return self.state == FAILURE
+
+    def get(self, timeout: Optional[float] = None, interval: float = 0.05) -> Any:
+        """Wait for the task; return its value or raise as ``AbortableFuture.result`` does.
+
+        Polls the store every ``interval`` seconds (starting faster); raises
+        ``TimeoutError`` after ``timeout`` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = min(0.005, interval)
+        while True:
+            record = self.store.get(self.id)
+            if record is not None and record.state in READY_STATES:
+                value, exc = load_outcome(record.state, record.result, record.traceback)
+                if exc is not None:
+                    raise exc
+                return value
+            if deadline is not None and time.monotonic() >= deadline:
+                raise concurrent.futures.TimeoutError(f"task {self.id} not finished after {timeout}s")
+            time.sleep(pause if deadline is None else max(0.0, min(pause, deadline - time.monotonic())))
+            pause = min(pause * 2, interval)

@@ -1,0 +1,340 @@
+"""The state store: every task's state, progress, abort request and result.
+
+One table row per task. Writers never read-modify-write: every write is an
+upsert (``INSERT ... ON CONFLICT DO UPDATE``), batched by the caller, whose
+``WHERE`` clause keeps a final state final. The abort request is its own
+column, ``abort_requested_at``; state writes never touch it, so no later
+write (STARTED, progress, the task's return) can undo an abort.
+
+Each process gets its own SQLAlchemy engine, made on first use in that
+process: an engine inherited across ``fork`` is dropped unclosed, as
+SQLAlchemy's pooling guide says. SQLite runs in WAL mode (readers never
+block the writer) with a long busy timeout, so concurrent writers wait
+instead of failing with "database is locked".
+
+Results are pickles: a store is as trusted as code. A new SQLite file is
+created owner-only (0600).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Union
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+
+from ._errors import StoreError
+from ._states import PENDING, STARTED, SUCCESS
+
+__all__ = ["Store", "TaskRecord"]
+
+SCHEMA_VERSION = 1
+#: Seconds a writer waits for the SQLite lock before it fails.
+BUSY_TIMEOUT = 60.0
+
+_metadata = sa.MetaData()
+# Written out, not bound: SQLite uses a partial index only when it can see the
+# query's condition implies the index's, which bound parameters hide.
+_UNFINISHED = f"state IN ('{PENDING}', '{STARTED}')"
+
+tasks = sa.Table(
+    "localabort_tasks",
+    _metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("executor_id", sa.String(64)),
+    sa.Column("name", sa.String(255), nullable=False),
+    sa.Column("key", sa.String(255)),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("submitted_at", sa.Float),
+    sa.Column("started_at", sa.Float),
+    sa.Column("finished_at", sa.Float),
+    sa.Column("progress_done", sa.Float),
+    sa.Column("progress_total", sa.Float),
+    sa.Column("abort_requested_at", sa.Float),
+    sa.Column("result", sa.LargeBinary),
+    sa.Column("traceback", sa.Text),
+    sa.Index("ix_localabort_tasks_name_key", "name", "key"),
+    # Only unfinished tasks: the executors' abort poll reads this, and it stays small.
+    sa.Index(
+        "ix_localabort_tasks_unfinished", "executor_id",
+        sqlite_where=sa.text(_UNFINISHED), postgresql_where=sa.text(_UNFINISHED),
+    ),
+)
+
+executors = sa.Table(
+    "localabort_executors",
+    _metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("hostname", sa.String(255)),
+    sa.Column("pid", sa.Integer),
+    sa.Column("started_at", sa.Float),
+    sa.Column("closed_at", sa.Float),
+)
+
+meta = sa.Table(
+    "localabort_meta",
+    _metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(255)),
+)
+
+#: The columns a state write sets; ``abort_requested_at`` is not among them.
+STATE_COLUMNS = (
+    "executor_id", "name", "key", "state", "submitted_at", "started_at",
+    "finished_at", "progress_done", "progress_total", "result", "traceback",
+)  # fmt: skip
+
+
+class TaskRecord(NamedTuple):
+    """One task as the store holds it."""
+
+    id: str
+    name: str
+    state: str
+    executor_id: Optional[str]
+    key: Optional[str]
+    submitted_at: Optional[float]
+    started_at: Optional[float]
+    finished_at: Optional[float]
+    progress: Optional[tuple]
+    abort_requested: bool
+    result: Optional[bytes]
+    traceback: Optional[str]
+
+
+def _number(x: Optional[float]) -> Optional[float]:
+    return int(x) if x is not None and x == int(x) else x
+
+
+def _record(row: Any) -> TaskRecord:
+    m = row._mapping
+    done = m["progress_done"]
+    progress = None if done is None else (_number(done), _number(m["progress_total"]))
+    return TaskRecord(
+        m["id"], m["name"], m["state"], m["executor_id"], m["key"], m["submitted_at"],
+        m["started_at"], m["finished_at"], progress, m["abort_requested_at"] is not None,
+        m["result"], m["traceback"],
+    )  # fmt: skip
+
+
+StoreSpec = Union[str, "os.PathLike[str]", "Store"]
+
+
+class Store:
+    """A handle on one state store, by SQLite path or SQLAlchemy URL.
+
+    ``Store.open(spec)`` returns one shared handle per store and process.
+    Opening checks the store at once: a missing folder, a file that is not
+    a database, or one that cannot be written raises ``StoreError`` naming
+    the path.
+
+    >>> import os, tempfile
+    >>> store = Store.open(os.path.join(tempfile.mkdtemp(), "doc.sqlite"))
+    >>> store.get("no-such-task") is None
+    True
+    """
+
+    _open_stores: Dict[str, Store] = {}
+
+    def __init__(self, spec: Union[str, "os.PathLike[str]"]) -> None:
+        text = os.fspath(spec)
+        if "://" in text:
+            self.url = text
+            self.path: Optional[str] = make_url(text).database if text.startswith("sqlite") else None
+        else:
+            self.path = os.path.abspath(text)
+            self.url = "sqlite:///" + self.path
+        self.name = self.path or make_url(self.url).render_as_string(hide_password=True)
+        self._engine: Optional[Engine] = None
+        self._pid = -1
+        self._prepare()
+
+    @classmethod
+    def open(cls, spec: StoreSpec) -> Store:
+        """The one handle of this process on the store ``spec`` names."""
+        if isinstance(spec, Store):
+            return spec
+        text = os.fspath(spec)
+        key = text if "://" in text else os.path.abspath(text)
+        store = cls._open_stores.get(key)
+        if store is None:
+            store = cls._open_stores[key] = cls(key)
+        return store
+
+    def __reduce__(self) -> Any:
+        return (Store.open, (self.url,))
+
+    def __repr__(self) -> str:
+        return f"Store({self.name!r})"
+
+    # -- engine ---------------------------------------------------------------
+
+    @property
+    def engine(self) -> Engine:
+        """This process's engine; an engine inherited across fork is dropped unclosed."""
+        pid = os.getpid()
+        if self._pid != pid:
+            if self._engine is not None:
+                self._engine.dispose(close=False)
+            self._engine = self._make_engine()
+            self._pid = pid
+        assert self._engine is not None
+        return self._engine
+
+    def _make_engine(self) -> Engine:
+        if not self.url.startswith("sqlite"):
+            return sa.create_engine(self.url, pool_pre_ping=True)
+        engine = sa.create_engine(
+            self.url, connect_args={"timeout": BUSY_TIMEOUT, "check_same_thread": False}
+        )
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        return engine
+
+    def dispose(self) -> None:
+        """Close this process's connections; the next use opens new ones."""
+        if self._engine is not None and self._pid == os.getpid():
+            self._engine.dispose()
+        self._engine = None
+        self._pid = -1
+
+    def _prepare(self) -> None:
+        """Create the file (0600) and schema, or check an existing one."""
+        if self.path is not None:
+            folder = os.path.dirname(self.path)
+            if not os.path.isdir(folder):
+                raise StoreError(f"{self.path}: folder {folder} does not exist; create it first")
+            if not os.path.exists(self.path):
+                try:
+                    os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+                except FileExistsError:
+                    pass
+                except OSError as exc:
+                    raise StoreError(f"{self.path}: cannot create the store ({exc.strerror})") from None
+        try:
+            with self.engine.begin() as conn:
+                _metadata.create_all(conn)
+                found = conn.execute(sa.select(meta.c.value).where(meta.c.name == "schema")).scalar()
+                if found is None:
+                    conn.execute(meta.insert().values(name="schema", value=str(SCHEMA_VERSION)))
+        except sa.exc.SQLAlchemyError as exc:
+            self.dispose()
+            reason = str(getattr(exc, "orig", exc)).splitlines()[0]
+            raise StoreError(f"{self.name}: cannot open as a localabort store ({reason})") from None
+        if int(found or SCHEMA_VERSION) > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.name}: written by a newer localabort (schema {found}, this one reads "
+                f"{SCHEMA_VERSION}); upgrade localabort"
+            )
+
+    # -- writes ---------------------------------------------------------------
+
+    def _upsert(self, keep_abort: bool) -> Any:
+        dialect = self.engine.dialect.name
+        if dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        elif dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:  # pragma: no cover - guarded at open
+            raise StoreError(f"{self.name}: unsupported database {dialect!r}; use SQLite or PostgreSQL")
+        stmt = insert(tasks)
+        if keep_abort:
+            set_ = {c: stmt.excluded[c] for c in STATE_COLUMNS}
+            where = sa.text(f"{tasks.name}.{_UNFINISHED}")  # a final state stays final
+        else:
+            set_ = {"abort_requested_at": sa.func.coalesce(tasks.c.abort_requested_at, stmt.excluded.abort_requested_at)}
+            where = None
+        return stmt.on_conflict_do_update(index_elements=[tasks.c.id], set_=set_, where=where)
+
+    def write(self, rows: Sequence[Dict[str, Any]], aborts: Sequence[Dict[str, Any]] = ()) -> None:
+        """Write task rows and abort requests in one short transaction.
+
+        ``rows`` hold ``id`` and every column of ``STATE_COLUMNS``; a row
+        already in a final state is left as it is. ``aborts`` are full rows
+        with ``abort_requested_at`` set, for tasks whose row may not exist
+        yet; on an existing row only the request is written.
+        """
+        if not rows and not aborts:
+            return
+        with self.engine.begin() as conn:
+            if aborts:
+                conn.execute(self._upsert(keep_abort=False), list(aborts))
+            if rows:
+                conn.execute(self._upsert(keep_abort=True), list(rows))
+
+    def request_abort(self, task_id: str) -> bool:
+        """Ask the task ``task_id`` to abort, from any process.
+
+        Returns ``True`` if the request is recorded (now or before), ``False``
+        if the task has finished or the store does not know it.
+        """
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                tasks.update()
+                .where(tasks.c.id == task_id, sa.text(_UNFINISHED))
+                .values(abort_requested_at=sa.func.coalesce(tasks.c.abort_requested_at, time.time()))
+            ).rowcount
+        return bool(done)
+
+    def register_executor(self, executor_id: str, hostname: str, pid: int) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                executors.insert().values(id=executor_id, hostname=hostname, pid=pid, started_at=time.time())
+            )
+
+    def close_executor(self, executor_id: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(executors.update().where(executors.c.id == executor_id).values(closed_at=time.time()))
+
+    # -- reads ----------------------------------------------------------------
+
+    def get(self, task_id: str) -> Optional[TaskRecord]:
+        """The task ``task_id`` as stored, or ``None``."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(tasks).where(tasks.c.id == task_id)).first()
+        return None if row is None else _record(row)
+
+    def is_abort_requested(self, task_id: str) -> bool:
+        """Whether an abort was ever requested for ``task_id``."""
+        with self.engine.connect() as conn:
+            at = conn.execute(sa.select(tasks.c.abort_requested_at).where(tasks.c.id == task_id)).scalar()
+        return at is not None
+
+    def aborts_requested(self, executor_id: str) -> List[str]:
+        """Ids of ``executor_id``'s unfinished tasks with an abort requested."""
+        query = sa.select(tasks.c.id).where(
+            tasks.c.executor_id == executor_id,
+            tasks.c.abort_requested_at.is_not(None),
+            sa.text(_UNFINISHED),
+        )
+        with self.engine.connect() as conn:
+            return list(conn.execute(query).scalars())
+
+    def find_success(self, name: str, key: str) -> Optional[TaskRecord]:
+        """The newest SUCCESS of task ``name`` under ``key``, or ``None``."""
+        query = (
+            sa.select(tasks)
+            .where(tasks.c.name == name, tasks.c.key == key, tasks.c.state == SUCCESS)
+            .order_by(tasks.c.finished_at.desc())
+            .limit(1)
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        return None if row is None else _record(row)
+
+    def tasks(self, ids: Optional[Iterable[str]] = None) -> List[TaskRecord]:
+        """Every task (or those of ``ids``), newest first."""
+        query = sa.select(tasks).order_by(tasks.c.submitted_at.desc())
+        if ids is not None:
+            query = query.where(tasks.c.id.in_(list(ids)))
+        with self.engine.connect() as conn:
+            return [_record(row) for row in conn.execute(query)]
+

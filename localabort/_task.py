@@ -1,0 +1,285 @@
+"""The task API: ``AbortableTask``, the module-level helpers, and the outcome rules.
+
+A task knows nothing of processes or stores. Whoever runs it (the worker in
+a child process, ``localabort.testing.run_inline`` in this one, a Celery
+worker) *binds* it to three callables:
+
+* ``probe() -> bool``: has an abort been requested for this task? It is
+  called on every ``is_aborted()``, so the runner makes it a memory read
+  (a shared-memory word in a child), never a query;
+* ``report(done, total)``: forward progress; the task throttles the calls;
+* ``lookup(task_id) -> bool``: is another task aborted (``task_id=``)?
+
+``execute`` applies the outcome table of SPEC section 6 in one place, so
+every runner ends a task the same way.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from typing import Any, Callable, ClassVar, Dict, List, NamedTuple, Optional, Tuple
+
+from ._errors import TaskAborted
+from ._states import ABORTED, FAILURE, SUCCESS
+
+__all__ = ["AbortableTask", "checkpoint", "current_task", "is_aborted"]
+
+#: Seconds between two progress reports that a task forwards to its runner.
+PROGRESS_INTERVAL = 0.1
+
+Progress = Tuple[float, Optional[float]]
+
+_current: Optional[AbortableTask] = None
+#: Executors whose ``with`` block is active, innermost last (see ``delay``).
+_active_executors: List[Any] = []
+
+
+def _never() -> bool:
+    return False
+
+
+def _ignore(done: float, total: Optional[float]) -> None:
+    pass
+
+
+class Request:
+    """What a task knows of the call that runs it, as Celery's ``self.request``.
+
+    >>> Request("4f3c", (1,), {}).id
+    '4f3c'
+    """
+
+    __slots__ = ("args", "id", "kwargs")
+
+    def __init__(self, id: str, args: Tuple[Any, ...] = (), kwargs: Optional[Dict[str, Any]] = None) -> None:
+        self.id = id
+        self.args = args
+        self.kwargs = kwargs or {}
+
+    def __repr__(self) -> str:
+        return f"Request(id={self.id!r})"
+
+
+class AbortableTask:
+    """Base class of abortable tasks: subclass it and implement ``run``.
+
+    ``run`` checks ``self.is_aborted()`` at its own checkpoints and stops
+    cleanly when it returns ``True``; what it returns then becomes the
+    ``partial_result`` of the ``TaskAborted`` its future raises.
+
+    Class attributes ``soft_time_limit`` and ``time_limit`` (seconds) bound a
+    run: at the soft limit an abort is requested, at the hard limit the
+    child is killed.
+
+    >>> class Crunch(AbortableTask):
+    ...     def run(self, n):
+    ...         done = []
+    ...         for i in range(n):
+    ...             if self.is_aborted():
+    ...                 return done
+    ...             done.append(i * i)
+    ...             self.progress(i + 1, n)
+    ...         return done
+    >>> from localabort.testing import run_inline
+    >>> run_inline(Crunch, 4).result
+    [0, 1, 4, 9]
+    >>> run_inline(Crunch, 4, abort_after=3).exception.partial_result
+    [0, 1]
+    """
+
+    soft_time_limit: ClassVar[Optional[float]] = None
+    time_limit: ClassVar[Optional[float]] = None
+
+    task_id: str
+    request: Request
+
+    def __init__(self) -> None:
+        self._bind("", _never)
+
+    # -- binding (the runner's side) -----------------------------------------
+
+    def _bind(
+        self,
+        task_id: str,
+        probe: Callable[[], bool],
+        report: Callable[[float, Optional[float]], None] = _ignore,
+        lookup: Callable[[str], bool] = lambda task_id: False,
+        args: Tuple[Any, ...] = (),
+        kwargs: Optional[Dict[str, Any]] = None,
+    ) -> None:
+        self.task_id = task_id
+        self.request = Request(task_id, args, kwargs)
+        self._probe = probe
+        self._report = report
+        self._lookup = lookup
+        self._saw_abort = False
+        self._last_progress: Optional[Progress] = None
+        self._next_report = 0.0
+
+    # -- the task's side ------------------------------------------------------
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        """The work. Subclasses implement it."""
+        raise NotImplementedError(f"{type(self).__name__} must implement run(self, ...)")
+
+    def is_aborted(self, task_id: Optional[str] = None) -> bool:
+        """Return ``True`` once an abort was requested for this task.
+
+        Cheap: a memory read, no query, so call it as often as you like.
+        ``task_id=`` asks about another task instead (a store read).
+
+        >>> AbortableTask().is_aborted()
+        False
+        """
+        if task_id is not None and task_id != self.task_id:
+            return self._lookup(task_id)
+        if self._probe():
+            self._saw_abort = True
+            return True
+        return False
+
+    def checkpoint(self) -> None:
+        """Raise ``TaskAborted`` if an abort was requested; for deep call stacks.
+
+        >>> AbortableTask().checkpoint()  # not aborted: returns None
+        """
+        if self._probe():
+            self._saw_abort = True
+            raise TaskAborted(f"task {self.task_id} aborted at a checkpoint", task_id=self.task_id)
+
+    def progress(self, done: float, total: Optional[float] = None) -> None:
+        """Report progress, visible to the producer, the CLI and progress bars.
+
+        Cheap to call on every item: reports are throttled to one every
+        ``PROGRESS_INTERVAL`` seconds, and the last one always arrives.
+
+        >>> AbortableTask().progress(3, 10)
+        """
+        self._last_progress = (done, total)
+        now = time.monotonic()
+        if now >= self._next_report:
+            self._next_report = now + PROGRESS_INTERVAL
+            self._report(done, total)
+
+    # -- submitting (Celery style) --------------------------------------------
+
+    @classmethod
+    def delay(cls, *args: Any, **kwargs: Any) -> Any:
+        """Submit this task to the innermost active ``with Executor(...)`` block.
+
+        Returns its ``AbortableFuture``. Outside such a block it raises
+        ``RuntimeError``.
+
+        >>> AbortableTask.delay()
+        Traceback (most recent call last):
+        ...
+        RuntimeError: AbortableTask.delay() needs an active executor: call it inside `with Executor(...):`, or use executor.submit(AbortableTask, ...)
+        """
+        return _submit_to_active(cls, "delay", args, kwargs, {})
+
+    @classmethod
+    def apply_async(
+        cls, args: Tuple[Any, ...] = (), kwargs: Optional[Dict[str, Any]] = None, **options: Any
+    ) -> Any:
+        """Like ``delay`` with options (``task_id``, ``key``, time limits), as in Celery.
+
+        >>> AbortableTask.apply_async((1,), task_id="t1")
+        Traceback (most recent call last):
+        ...
+        RuntimeError: AbortableTask.apply_async() needs an active executor: call it inside `with Executor(...):`, or use executor.submit(AbortableTask, ...)
+        """
+        return _submit_to_active(cls, "apply_async", args, kwargs, options)
+
+
+def _submit_to_active(
+    cls: type, method: str, args: Tuple[Any, ...], kwargs: Optional[Dict[str, Any]], options: Dict[str, Any]
+) -> Any:
+    if not _active_executors:
+        raise RuntimeError(
+            f"{cls.__name__}.{method}() needs an active executor: call it inside "
+            f"`with Executor(...):`, or use executor.submit({cls.__name__}, ...)"
+        )
+    return _active_executors[-1].apply_async(cls, args, kwargs, **options)
+
+
+def current_task() -> Optional[AbortableTask]:
+    """The ``AbortableTask`` running in this process, or ``None``.
+
+    >>> current_task() is None
+    True
+    """
+    return _current
+
+
+def is_aborted() -> bool:
+    """The current task's ``is_aborted()``; ``False`` outside a task.
+
+    For helpers deep in a call stack that do not hold ``self``.
+
+    >>> is_aborted()
+    False
+    """
+    task = _current
+    return task is not None and task.is_aborted()
+
+
+def checkpoint() -> None:
+    """Raise ``TaskAborted`` if the current task was aborted; nothing outside a task.
+
+    >>> checkpoint()
+    """
+    task = _current
+    if task is not None:
+        task.checkpoint()
+
+
+class Outcome(NamedTuple):
+    """How a run ended: a final state, a value, and the exception to raise."""
+
+    state: str
+    value: Any
+    exception: Optional[BaseException]
+    traceback: Optional[str] = None
+
+
+def execute(target: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Outcome:
+    """Run a bound task instance, or a plain callable, to its SPEC section 6 outcome.
+
+    ``KeyboardInterrupt`` is not caught: the caller's process decides.
+    """
+    global _current
+    task = target if isinstance(target, AbortableTask) else None
+    previous, _current = _current, task
+    try:
+        value = target.run(*args, **kwargs) if task is not None else target(*args, **kwargs)
+    except TaskAborted as exc:
+        if task is not None and exc.task_id is None:
+            exc.task_id = task.task_id
+        return Outcome(ABORTED, None, exc)
+    except (Exception, SystemExit) as exc:
+        return Outcome(FAILURE, None, exc, traceback.format_exc())
+    finally:
+        _current = previous
+    if task is not None and task._saw_abort:
+        msg = f"task {task.task_id} aborted; run() returned after it saw is_aborted()"
+        return Outcome(ABORTED, value, TaskAborted(msg, partial_result=value, task_id=task.task_id))
+    return Outcome(SUCCESS, value, None)
+
+
+def execute_chunk(target: Any, items: List[Tuple[Any, ...]]) -> Outcome:
+    """Run ``target`` over a chunk of ``map`` items in order, as one task.
+
+    The first item that does not succeed ends the chunk with its outcome;
+    an aborted chunk's ``partial_result`` is the list of the items that
+    completed.
+    """
+    values: List[Any] = []
+    for args in items:
+        outcome = execute(target, args, {})
+        if outcome.state != SUCCESS:
+            if isinstance(outcome.exception, TaskAborted):
+                outcome.exception.partial_result = values
+            return outcome._replace(value=None)
+        values.append(outcome.value)
+    return Outcome(SUCCESS, values, None)

@@ -1,0 +1,137 @@
+"""The child side: one worker process, running one task at a time.
+
+The parent sends a job over the worker's own pipe; the worker runs it and
+sends back one reply, with progress messages before it::
+
+    parent --(seq, task_id, blob, chunked)--> worker
+    parent <--("p", seq, done, total)-------- worker    (throttled, any number)
+    parent <--("r", seq, state, blob, tb, progress)--   (exactly one)
+
+The abort flag is not a message: ``flags`` is a shared-memory array with
+one 64-bit word per worker slot, and the parent aborts job ``seq`` by
+writing ``seq`` into the slot's word. ``is_aborted()`` is one memory read.
+
+The worker ignores SIGINT (a terminal's Ctrl-C reaches the whole process
+group; the producer alone decides what it means), exits when its pipe
+closes, and exits at once if its parent process dies.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.connection
+import os
+import pickle
+import signal
+import threading
+from typing import Any, Callable, Optional
+
+from ._errors import TaskAborted
+from ._states import FAILURE, SUCCESS
+from ._store import Store
+from ._task import AbortableTask, Outcome, execute, execute_chunk
+
+__all__ = ["worker_main"]
+
+_dumps = pickle.dumps
+_PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+
+def worker_main(conn: multiprocessing.connection.Connection, flags: Any, slot: int, store_url: str) -> None:
+    """Serve jobs from ``conn`` until it closes or sends the empty message."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with_parent()
+    words = memoryview(flags).cast("B").cast("q")
+    lookup = _Lookup(store_url)
+    while True:
+        try:
+            message = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        if not message:
+            return
+        seq, task_id, blob, chunked = pickle.loads(message)
+        conn.send_bytes(_run(conn, words, slot, seq, task_id, blob, chunked, lookup))
+
+
+def _run(conn: Any, words: Any, slot: int, seq: int, task_id: str, blob: bytes, chunked: bool, lookup: Any) -> bytes:
+    try:
+        target, args, kwargs = pickle.loads(blob)
+    except BaseException as exc:
+        msg = (
+            f"the worker could not load task {task_id}: {type(exc).__name__}: {exc}; define the task "
+            "at module level in an importable module (under spawn/forkserver, not in __main__ or a function)"
+        )
+        return _reply(seq, Outcome(FAILURE, None, RuntimeError(msg)), None)
+
+    def probe() -> bool:
+        return words[slot] == seq
+
+    def report(done: float, total: Optional[float]) -> None:
+        conn.send_bytes(_dumps(("p", seq, done, total), _PROTOCOL))
+
+    task: Any = target
+    if isinstance(target, type) and issubclass(target, AbortableTask):
+        task = target()
+        task._bind(task_id, probe, report, lookup, args, kwargs or {})
+    try:
+        outcome = execute_chunk(task, args) if chunked else execute(task, args, kwargs)
+    except BaseException as exc:  # KeyboardInterrupt raised by the task itself
+        outcome = Outcome(FAILURE, None, exc)
+    progress = getattr(task, "_last_progress", None)
+    return _reply(seq, outcome, progress, _name(target))
+
+
+def _reply(seq: int, outcome: Outcome, progress: Any, name: str = "task") -> bytes:
+    state, value, exc, tb = outcome
+    try:
+        blob = _dumps(value if state == SUCCESS else exc, _PROTOCOL)
+    except Exception as err:
+        if state == SUCCESS:
+            state, exc = FAILURE, TypeError(
+                f"the result of {name} cannot be pickled ({err}); return plain data (numbers, str, lists, dicts)"
+            )
+        else:
+            exc = _picklable_copy(exc, err)
+        blob = _dumps(exc, _PROTOCOL)
+    return _dumps(("r", seq, state, blob, tb, progress), _PROTOCOL)
+
+
+def _picklable_copy(exc: Any, err: Exception) -> BaseException:
+    text = f"{type(exc).__name__}: {exc} (the exception itself cannot be pickled: {err})"
+    if isinstance(exc, TaskAborted):
+        return TaskAborted(text, task_id=exc.task_id)
+    return RuntimeError(text)
+
+
+def _name(target: Any) -> str:
+    return getattr(target, "__qualname__", None) or type(target).__name__
+
+
+class _Lookup:
+    """``is_aborted(task_id=...)`` for other tasks: a store read, the store opened on first use."""
+
+    def __init__(self, store_url: str) -> None:
+        self.store_url = store_url
+        self.store: Optional[Store] = None
+
+    def __call__(self, task_id: str) -> bool:
+        if self.store is None:
+            self.store = Store.open(self.store_url)
+        return self.store.is_abort_requested(task_id)
+
+
+def _exit_with_parent() -> None:
+    """Exit this child as soon as the parent process dies, even mid-task."""
+    parent = multiprocessing.parent_process()
+    if parent is None:  # pragma: no cover - always set in a multiprocessing child
+        return
+    sentinel = parent.sentinel
+
+    def watch() -> None:
+        multiprocessing.connection.wait([sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="localabort-parent-watch", daemon=True).start()
+
+
