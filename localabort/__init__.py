@@ -1,15 +1,22 @@
 """localabort: abortable tasks in a process pool, with every state in one store.
 
->>> from localabort import AbortableTask, Executor, TaskAborted
+Tasks are ``AbortableTask`` subclasses that check ``self.is_aborted()``;
+an ``Executor`` runs them in child processes; ``future.abort()`` asks one
+to stop. A task class must live in an importable module for a worker to
+load it; here ``localabort.testing.run_inline`` runs one in this process:
+
+>>> from localabort import AbortableTask
+>>> from localabort.testing import run_inline
 >>> class Count(AbortableTask):
 ...     def run(self, n):
 ...         for i in range(n):
 ...             if self.is_aborted():
 ...                 return i
 ...         return n
->>> with Executor(max_workers=1) as ex:
-...     ex.submit(Count, 3).result(timeout=30)
+>>> run_inline(Count, 3).result
 3
+>>> run_inline(Count, 3, abort_after=2).state
+'ABORTED'
 """
 
 from ._errors import StoreError, TaskAborted, TimeLimitExceeded, WorkerLost
@@ -20,14 +27,14 @@ from ._task import AbortableTask, checkpoint, current_task, is_aborted
 
 __all__ = [
     "ABORTED",
-    "FAILURE",
-    "PENDING",
-    "STARTED",
-    "SUCCESS",
     "AbortableAsyncResult",
     "AbortableFuture",
     "AbortableTask",
     "Executor",
+    "FAILURE",
+    "PENDING",
+    "STARTED",
+    "SUCCESS",
     "StoreError",
     "TaskAborted",
     "TimeLimitExceeded",

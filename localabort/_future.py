@@ -17,7 +17,6 @@ import pickle
 import time
 from typing import Any, Optional, Protocol, Tuple
 
-
 from ._errors import RemoteTraceback, TaskAborted
 from ._states import ABORTED, FAILURE, PENDING, READY_STATES, SUCCESS
 from ._store import Store, StoreSpec
@@ -47,7 +46,7 @@ class Controller(Protocol):
     def _cancel(self, future: AbortableFuture) -> bool: ...
 
 
-class AbortableFuture(concurrent.futures.Future):
+class AbortableFuture(concurrent.futures.Future):  # type: ignore[type-arg]
     """The future ``Executor.submit`` returns: a ``concurrent.futures.Future`` you can abort.
 
     ``abort()`` asks the running task to stop; the task decides when, at its

@@ -40,7 +40,8 @@ class Slot:
 
     @property
     def pid(self) -> Optional[int]:
-        return self.process.pid
+        pid: Optional[int] = self.process.pid
+        return pid
 
     def send(self, message: bytes) -> None:
         self.conn.send_bytes(message)

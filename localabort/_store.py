@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Union
+from typing import Any, ClassVar, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
@@ -58,8 +58,10 @@ tasks = sa.Table(
     sa.Index("ix_localabort_tasks_name_key", "name", "key"),
     # Only unfinished tasks: the executors' abort poll reads this, and it stays small.
     sa.Index(
-        "ix_localabort_tasks_unfinished", "executor_id",
-        sqlite_where=sa.text(_UNFINISHED), postgresql_where=sa.text(_UNFINISHED),
+        "ix_localabort_tasks_unfinished",
+        "executor_id",
+        sqlite_where=sa.text(_UNFINISHED),
+        postgresql_where=sa.text(_UNFINISHED),
     ),
 )
 
@@ -98,20 +100,21 @@ class TaskRecord(NamedTuple):
     submitted_at: Optional[float]
     started_at: Optional[float]
     finished_at: Optional[float]
-    progress: Optional[tuple]
+    progress: Optional[Tuple[float, Optional[float]]]
     abort_requested: bool
     result: Optional[bytes]
     traceback: Optional[str]
 
 
-def _number(x: Optional[float]) -> Optional[float]:
-    return int(x) if x is not None and x == int(x) else x
+def _number(x: float) -> float:
+    return int(x) if x == int(x) else x
 
 
 def _record(row: Any) -> TaskRecord:
     m = row._mapping
     done = m["progress_done"]
-    progress = None if done is None else (_number(done), _number(m["progress_total"]))
+    total = m["progress_total"]
+    progress = None if done is None else (_number(done), None if total is None else _number(total))
     return TaskRecord(
         m["id"], m["name"], m["state"], m["executor_id"], m["key"], m["submitted_at"],
         m["started_at"], m["finished_at"], progress, m["abort_requested_at"] is not None,
@@ -136,9 +139,9 @@ class Store:
     True
     """
 
-    _open_stores: Dict[str, Store] = {}
+    _open_stores: ClassVar[Dict[str, Store]] = {}
 
-    def __init__(self, spec: Union[str, "os.PathLike[str]"]) -> None:
+    def __init__(self, spec: Union[str, os.PathLike[str]]) -> None:
         text = os.fspath(spec)
         if "://" in text:
             self.url = text
@@ -186,9 +189,7 @@ class Store:
     def _make_engine(self) -> Engine:
         if not self.url.startswith("sqlite"):
             return sa.create_engine(self.url, pool_pre_ping=True)
-        engine = sa.create_engine(
-            self.url, connect_args={"timeout": BUSY_TIMEOUT, "check_same_thread": False}
-        )
+        engine = sa.create_engine(self.url, connect_args={"timeout": BUSY_TIMEOUT, "check_same_thread": False})
 
         @sa.event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, record: Any) -> None:
@@ -239,6 +240,7 @@ class Store:
 
     def _upsert(self, keep_abort: bool) -> Any:
         dialect = self.engine.dialect.name
+        insert: Any
         if dialect == "sqlite":
             from sqlalchemy.dialects.sqlite import insert
         elif dialect == "postgresql":
@@ -246,11 +248,14 @@ class Store:
         else:  # pragma: no cover - guarded at open
             raise StoreError(f"{self.name}: unsupported database {dialect!r}; use SQLite or PostgreSQL")
         stmt = insert(tasks)
+        set_: Dict[str, Any]
         if keep_abort:
             set_ = {c: stmt.excluded[c] for c in STATE_COLUMNS}
             where = sa.text(f"{tasks.name}.{_UNFINISHED}")  # a final state stays final
         else:
-            set_ = {"abort_requested_at": sa.func.coalesce(tasks.c.abort_requested_at, stmt.excluded.abort_requested_at)}
+            set_ = {
+                "abort_requested_at": sa.func.coalesce(tasks.c.abort_requested_at, stmt.excluded.abort_requested_at)
+            }
             where = None
         return stmt.on_conflict_do_update(index_elements=[tasks.c.id], set_=set_, where=where)
 
@@ -286,9 +291,7 @@ class Store:
 
     def register_executor(self, executor_id: str, hostname: str, pid: int) -> None:
         with self.engine.begin() as conn:
-            conn.execute(
-                executors.insert().values(id=executor_id, hostname=hostname, pid=pid, started_at=time.time())
-            )
+            conn.execute(executors.insert().values(id=executor_id, hostname=hostname, pid=pid, started_at=time.time()))
 
     def close_executor(self, executor_id: str) -> None:
         with self.engine.begin() as conn:
@@ -337,4 +340,3 @@ class Store:
             query = query.where(tasks.c.id.in_(list(ids)))
         with self.engine.connect() as conn:
             return [_record(row) for row in conn.execute(query)]
-

@@ -171,23 +171,21 @@ class AbortableTask:
         Returns its ``AbortableFuture``. Outside such a block it raises
         ``RuntimeError``.
 
-        >>> AbortableTask.delay()
+        >>> AbortableTask.delay()  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        RuntimeError: AbortableTask.delay() needs an active executor: call it inside `with Executor(...):`, or use executor.submit(AbortableTask, ...)
+        RuntimeError: AbortableTask.delay() needs an active executor: call it inside `with Executor(...):`, ...
         """
         return _submit_to_active(cls, "delay", args, kwargs, {})
 
     @classmethod
-    def apply_async(
-        cls, args: Tuple[Any, ...] = (), kwargs: Optional[Dict[str, Any]] = None, **options: Any
-    ) -> Any:
+    def apply_async(cls, args: Tuple[Any, ...] = (), kwargs: Optional[Dict[str, Any]] = None, **options: Any) -> Any:
         """Like ``delay`` with options (``task_id``, ``key``, time limits), as in Celery.
 
-        >>> AbortableTask.apply_async((1,), task_id="t1")
+        >>> AbortableTask.apply_async((1,), task_id="t1")  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        RuntimeError: AbortableTask.apply_async() needs an active executor: call it inside `with Executor(...):`, or use executor.submit(AbortableTask, ...)
+        RuntimeError: AbortableTask.apply_async() needs an active executor: ...
         """
         return _submit_to_active(cls, "apply_async", args, kwargs, options)
 

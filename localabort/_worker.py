@@ -24,7 +24,7 @@ import os
 import pickle
 import signal
 import threading
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from ._errors import TaskAborted
 from ._states import FAILURE, SUCCESS
@@ -65,7 +65,7 @@ def _run(conn: Any, words: Any, slot: int, seq: int, task_id: str, blob: bytes, 
         return _reply(seq, Outcome(FAILURE, None, RuntimeError(msg)), None)
 
     def probe() -> bool:
-        return words[slot] == seq
+        return bool(words[slot] == seq)
 
     def report(done: float, total: Optional[float]) -> None:
         conn.send_bytes(_dumps(("p", seq, done, total), _PROTOCOL))
@@ -88,8 +88,11 @@ def _reply(seq: int, outcome: Outcome, progress: Any, name: str = "task") -> byt
         blob = _dumps(value if state == SUCCESS else exc, _PROTOCOL)
     except Exception as err:
         if state == SUCCESS:
-            state, exc = FAILURE, TypeError(
-                f"the result of {name} cannot be pickled ({err}); return plain data (numbers, str, lists, dicts)"
+            state, exc = (
+                FAILURE,
+                TypeError(
+                    f"the result of {name} cannot be pickled ({err}); return plain data (numbers, str, lists, dicts)"
+                ),
             )
         else:
             exc = _picklable_copy(exc, err)
@@ -133,5 +136,3 @@ def _exit_with_parent() -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="localabort-parent-watch", daemon=True).start()
-
-

@@ -1,0 +1,98 @@
+"""A job: one task run as the executor tracks it, and how it becomes a future's outcome."""
+
+from __future__ import annotations
+
+import pickle
+import time
+from typing import Any, List, Optional, Tuple
+
+from ._future import AbortableFuture, load_outcome
+from ._states import PENDING, SUCCESS
+
+__all__ = ["DONE", "QUEUED", "RUNNING", "Job", "completed", "resolve", "task_name"]
+
+QUEUED, RUNNING, DONE = "queued", "running", "done"
+PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+
+class Job:
+    __slots__ = (
+        "abort_requested",
+        "blob",
+        "chunked",
+        "finished_at",
+        "future",
+        "hard_deadline",
+        "id",
+        "key",
+        "lost",
+        "name",
+        "progress",
+        "result",
+        "seq",
+        "slot",
+        "soft_deadline",
+        "soft_time_limit",
+        "started_at",
+        "state",
+        "status",
+        "submitted_at",
+        "time_limit",
+        "traceback",
+    )  # fmt: skip
+
+    def __init__(self, task_id: str, seq: int, name: str, key: Optional[str], controller: Any) -> None:
+        self.id, self.seq, self.name, self.key = task_id, seq, name, key
+        self.future = AbortableFuture(task_id, controller)
+        self.blob: Optional[bytes] = None
+        self.chunked = False
+        self.status = QUEUED
+        self.slot: Any = None  # the pool slot running it
+        self.state = PENDING
+        self.submitted_at = time.time()
+        self.started_at: Optional[float] = None
+        self.finished_at: Optional[float] = None
+        self.progress: Optional[Tuple[float, Optional[float]]] = None
+        self.result: Optional[bytes] = None
+        self.traceback: Optional[str] = None
+        self.abort_requested = False
+        self.soft_time_limit: Optional[float] = None
+        self.time_limit: Optional[float] = None
+        self.soft_deadline = self.hard_deadline = float("inf")
+        self.lost: Optional[BaseException] = None  # why the parent killed its worker
+
+    def end(self, state: str, exc: Optional[BaseException] = None) -> None:
+        """Record a final state decided in the parent (the task did not report one)."""
+        self.status, self.state, self.finished_at = DONE, state, time.time()
+        if exc is not None:
+            self.result = pickle.dumps(exc, PROTOCOL)
+
+
+def task_name(task: Any) -> str:
+    qualname = getattr(task, "__qualname__", None) or type(task).__qualname__
+    module = getattr(task, "__module__", None) or type(task).__module__
+    return f"{module}.{qualname}"
+
+
+def resolve(jobs: List[Job]) -> None:
+    """Resolve the futures of finished jobs; their rows must already be stored."""
+    for job in jobs:
+        future = job.future
+        future._la_progress = job.progress
+        future._la_state = job.state
+        try:
+            value, exc = load_outcome(job.state, job.result, job.traceback)
+        except Exception as err:  # the parent cannot unpickle what the child sent
+            value, exc = None, err
+        if exc is None:
+            future.set_result(value)
+        else:
+            future.set_exception(exc)
+
+
+def completed(task_id: str, blob: Optional[bytes], progress: Any) -> AbortableFuture:
+    """A future already holding a stored SUCCESS (``key=`` resume)."""
+    future = AbortableFuture(task_id)
+    future._la_state, future._la_progress = SUCCESS, progress
+    future.set_result(load_outcome(SUCCESS, blob, None)[0])
+    return future

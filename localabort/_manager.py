@@ -1,0 +1,395 @@
+"""The manager: the one thread that talks to the workers, and the state it shares.
+
+It owns the queue, the unfinished jobs and the worker slots, under one
+lock that user threads take only briefly (to enqueue, abort or cancel).
+Each loop it:
+
+1. waits on the wake pipe, the pipes of busy workers and every worker's
+   process sentinel (a sentinel is ready when the process has ended);
+2. reads replies, and replaces dead workers, failing their job with
+   ``WorkerLost`` (or ``TimeLimitExceeded`` when it killed them itself);
+3. reads the store for aborts other processes asked for, while jobs run;
+4. sends queued jobs to idle workers (before any store write, so the
+   workers run while the store is written);
+5. writes every changed row in one transaction (group commit), then
+   resolves the futures of finished jobs: a final state is stored before
+   anyone can see it.
+
+It is also the futures' ``Controller``: ``future.abort()`` and
+``future.cancel()`` land here.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import itertools
+import multiprocessing.connection
+import os
+import pickle
+import shutil
+import threading
+import time
+import weakref
+from typing import Any, Deque, Dict, List, Optional, Tuple
+
+from ._errors import TaskAborted, TimeLimitExceeded, WorkerLost
+from ._future import AbortableFuture
+from ._jobs import DONE, QUEUED, RUNNING, Job, resolve
+from ._pool import Slot
+from ._states import ABORTED, FAILURE, STARTED
+from ._store import Store
+
+__all__ = ["Manager"]
+
+_dumps = pickle.dumps
+_PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+
+class Manager:
+    """The pool's shared state and the thread that drives it."""
+
+    def __init__(
+        self, store: Store, executor_id: str, ctx: Any, max_workers: int, poll_interval: float,
+        tmpdir: Optional[str],
+    ) -> None:  # fmt: skip
+        self.store = store
+        self.executor_id = executor_id
+        self._store = store
+        self._ctx = ctx
+        self._poll_interval = poll_interval
+        self._tmpdir = tmpdir
+        self._lock = threading.Lock()
+        self._queue: Deque[Job] = collections.deque()
+        self._jobs: Dict[str, Job] = {}  # every job not finished, by id
+        self._dirty: Dict[str, Job] = {}  # jobs whose row the store must get
+        self._abort_rows: List[Dict[str, Any]] = []  # abort requests to record with the next write
+        self._seq = itertools.count(1)
+        self._shutdown = self._terminating = False
+        self.broken: Optional[BaseException] = None
+        self._flags = ctx.RawArray("q", max_workers)
+        self._slots = [Slot(ctx, i, self._flags, store.url) for i in range(max_workers)]
+        self._wake_r, self._wake_w = os.pipe()
+        weakref.finalize(self, _close_fds, self._wake_r, self._wake_w)
+        self._wake_pending = False
+        self._next_poll = 0.0
+        self._thread = threading.Thread(target=self._manage, name="localabort-manager", daemon=True)
+        self._thread.start()
+
+    # -- called from user threads ----------------------------------------------
+
+    def next_seq(self) -> int:
+        return next(self._seq)
+
+    def enqueue(self, job: Job) -> None:
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot submit to an Executor after shutdown()")
+            if self.broken is not None:
+                raise concurrent.futures.BrokenExecutor(f"the executor stopped: {self.broken}")
+            self._queue.append(job)
+            self._jobs[job.id] = job
+            self._dirty[job.id] = job
+            wake, self._wake_pending = not self._wake_pending, True
+        if wake:
+            self._wake()
+
+    def fail_now(self, job: Job) -> None:
+        """Store and resolve a job that ended before it was queued."""
+        self._store.write([self._row(job)])
+        resolve([job])
+
+    def abort_all(self) -> int:
+        with self._lock:
+            asked = [job for job in self._jobs.values() if not job.abort_requested]
+            ended = [job for job in asked if self._mark_aborted(job)]
+            rows = [self._row(job, abort=True) for job in asked]
+        self._store.write([self._row(job) for job in ended], aborts=rows)
+        resolve(ended)
+        return len(asked)
+
+    def shutdown(self, wait: bool, cancel_futures: bool) -> None:
+        with self._lock:
+            self._shutdown = True
+            queued = [job for job in self._queue if job.status == QUEUED] if cancel_futures else []
+        for job in queued:
+            job.future.cancel()
+        self._wake()
+        if wait:
+            self._thread.join()
+
+    def terminate(self) -> None:
+        """Kill every worker now; their tasks end ABORTED."""
+        with self._lock:
+            self._terminating = self._shutdown = True
+            slots = list(self._slots)
+        for slot in slots:
+            slot.kill()
+        self._thread.join()
+
+    def _mark_aborted(self, job: Job) -> bool:
+        """Under the lock: flag ``job`` aborted; end it if queued. Return whether it ended."""
+        job.abort_requested = job.future._abort_requested = True
+        if job.status == QUEUED:
+            job.end(ABORTED, TaskAborted(f"task {job.id} aborted before it started", task_id=job.id))
+            del self._jobs[job.id]
+            self._dirty[job.id] = job
+            return True
+        if job.status == RUNNING and job.slot is not None:
+            self._flags[job.slot.index] = job.seq
+        return False
+
+    def _abort(self, future: AbortableFuture) -> bool:  # Controller
+        with self._lock:
+            job = self._jobs.get(future.id)
+            if job is None:
+                return False
+            if job.abort_requested:
+                return True
+            ended = self._mark_aborted(job)
+            row = self._row(job, abort=True)
+        self._store.write([row] if ended else [], aborts=[row])
+        if ended:
+            resolve([job])
+        return True
+
+    def _cancel(self, future: AbortableFuture) -> bool:  # Controller
+        with self._lock:
+            job = self._jobs.get(future.id)
+            if job is None or job.status != QUEUED:
+                return future.cancelled()
+            job.end(ABORTED, TaskAborted(f"task {job.id} cancelled before it started", task_id=job.id))
+            del self._jobs[job.id]
+            row = self._row(job)
+        self._store.write([row])
+        future._la_state = ABORTED
+        concurrent.futures.Future.cancel(future)
+        future.set_running_or_notify_cancel()
+        return True
+
+    # -- the manager thread ----------------------------------------------------
+
+    def _wake(self) -> None:
+        os.write(self._wake_w, b"\0")
+
+    def _manage(self) -> None:
+        try:
+            while self._step():
+                pass
+        except BaseException as exc:  # a store or pool failure: fail what is left, loudly
+            self._break(exc)
+        finally:
+            self._close()
+
+    def _step(self) -> bool:
+        """One loop of the manager; returns ``False`` when it is time to stop."""
+        waitables: Dict[Any, Optional[Slot]] = {self._wake_r: None}
+        busy = False
+        for slot in self._slots:
+            waitables[slot.sentinel] = slot
+            if slot.job is not None:
+                waitables[slot.conn] = slot
+                busy = True
+        ready = multiprocessing.connection.wait(list(waitables), self._timeout() if busy else None)
+        finished: List[Job] = []
+        for obj in ready:
+            owner = waitables[obj]
+            if owner is None:
+                with self._lock:
+                    self._wake_pending = False
+                os.read(self._wake_r, 65536)
+            elif self._slots[owner.index] is owner:  # not replaced earlier in this loop
+                if obj is owner.conn:
+                    self._receive(owner, finished)
+                else:
+                    self._replace(owner, finished)
+        now = time.monotonic()
+        if busy and now >= self._next_poll:
+            self._next_poll = now + self._poll_interval
+            self._poll_aborts(finished)
+        self._enforce_limits(now)
+        for slot, message in self._dispatch():
+            try:
+                slot.send(message)
+            except OSError:  # the worker died; its sentinel says so next loop
+                pass
+        self._flush()
+        resolve(finished)
+        with self._lock:
+            return not (self._shutdown and not self._jobs and all(s.job is None for s in self._slots))
+
+    def _timeout(self) -> float:
+        soonest = min(
+            (min(s.job.soft_deadline, s.job.hard_deadline) for s in self._slots if s.job is not None),
+            default=float("inf"),
+        )
+        return max(0.0, min(self._next_poll, soonest) - time.monotonic())
+
+    def _receive(self, slot: Slot, finished: List[Job]) -> None:
+        """Read every message the worker in ``slot`` has sent."""
+        try:
+            while True:
+                self._handle(slot, pickle.loads(slot.conn.recv_bytes()), finished)
+                if not slot.conn.poll():
+                    return
+        except (EOFError, OSError):
+            self._replace(slot, finished)
+
+    def _handle(self, slot: Slot, message: Tuple[Any, ...], finished: List[Job]) -> None:
+        job = slot.job
+        if job is None or message[1] != job.seq:  # pragma: no cover - a reply for no job
+            return
+        if message[0] == "p":
+            job.progress = job.future._la_progress = (message[2], message[3])
+            with self._lock:
+                self._dirty[job.id] = job
+        else:
+            _, _, state, blob, tb, progress = message
+            slot.job = None
+            self._finish(job, state, blob, tb, progress, finished)
+
+    def _finish(self, job: Job, state: str, blob: Optional[bytes], tb: Optional[str], progress: Any,
+                finished: List[Job]) -> None:  # fmt: skip
+        with self._lock:
+            job.status, job.state, job.finished_at = DONE, state, time.time()
+            job.result, job.traceback = blob, tb
+            if progress is not None:
+                job.progress = progress
+            self._jobs.pop(job.id, None)
+            self._dirty[job.id] = job
+        finished.append(job)
+
+    def _replace(self, slot: Slot, finished: List[Job]) -> None:
+        """The worker in ``slot`` is gone: fail its job and start a new worker."""
+        try:
+            while slot.job is not None and slot.conn.poll():  # replies sent before it died
+                self._handle(slot, pickle.loads(slot.conn.recv_bytes()), finished)
+        except (EOFError, OSError):
+            pass
+        slot.reap(timeout=1.0)
+        job, slot.job = slot.job, None
+        if job is not None:
+            if self._terminating:
+                state, exc = ABORTED, job.lost or TaskAborted(f"task {job.id} terminated", task_id=job.id)
+            else:
+                state = FAILURE
+                exc = job.lost or WorkerLost(
+                    f"the worker (pid {slot.pid}) running {job.name} [{job.id}] {slot.exit_reason()}"
+                )
+            self._finish(job, state, _dumps(exc, _PROTOCOL), None, None, finished)
+        with self._lock:
+            restart = not self._terminating and not (self._shutdown and not self._queue)
+        if restart:
+            self._slots[slot.index] = Slot(self._ctx, slot.index, self._flags, self._store.url)
+
+    def _poll_aborts(self, finished: List[Job]) -> None:
+        """Honour aborts that other processes recorded in the store."""
+        ids = self._store.aborts_requested(self.executor_id)
+        with self._lock:
+            for task_id in ids:
+                job = self._jobs.get(task_id)
+                if job is not None and not job.abort_requested and self._mark_aborted(job):
+                    finished.append(job)
+
+    def _enforce_limits(self, now: float) -> None:
+        for slot in self._slots:
+            job = slot.job
+            if job is None:
+                continue
+            if now >= job.hard_deadline and job.lost is None:
+                job.lost = TimeLimitExceeded(f"{job.name} [{job.id}] ran past its time_limit of {job.time_limit}s")
+                slot.kill()
+            elif now >= job.soft_deadline:
+                job.soft_deadline = float("inf")
+                with self._lock:
+                    if not job.abort_requested:
+                        self._mark_aborted(job)
+                        self._abort_rows.append(self._row(job, abort=True))
+
+    def _dispatch(self) -> List[Tuple[Slot, bytes]]:
+        """Give queued jobs to idle workers; return the messages to send."""
+        sends = []
+        now = time.monotonic()
+        with self._lock:
+            for slot in self._slots:
+                if slot.job is not None or self._terminating:
+                    continue
+                job = None
+                while self._queue:
+                    job = self._queue.popleft()
+                    if job.status == QUEUED:
+                        break
+                    job = None
+                if job is None:
+                    break
+                job.status, job.state, job.slot, slot.job = RUNNING, STARTED, slot, job
+                job.started_at = time.time()
+                if job.soft_time_limit is not None:
+                    job.soft_deadline = now + job.soft_time_limit
+                if job.time_limit is not None:
+                    job.hard_deadline = now + job.time_limit
+                self._dirty[job.id] = job
+                sends.append((slot, job))
+        messages = []
+        for slot, job in sends:
+            job.future.set_running_or_notify_cancel()
+            job.future._la_state = STARTED
+            messages.append((slot, _dumps((job.seq, job.id, job.blob, job.chunked), _PROTOCOL)))
+            job.blob = None
+        return messages
+
+    def _flush(self) -> None:
+        with self._lock:
+            if not self._dirty and not self._abort_rows:
+                return
+            rows = [self._row(job) for job in self._dirty.values()]
+            aborts, self._dirty, self._abort_rows = self._abort_rows, {}, []
+        self._store.write(rows, aborts=aborts)
+
+    def _row(self, job: Job, abort: bool = False) -> Dict[str, Any]:
+        done, total = job.progress if job.progress is not None else (None, None)
+        row = {
+            "id": job.id, "executor_id": self.executor_id, "name": job.name, "key": job.key, "state": job.state,
+            "submitted_at": job.submitted_at, "started_at": job.started_at, "finished_at": job.finished_at,
+            "progress_done": done, "progress_total": total, "result": job.result, "traceback": job.traceback,
+        }  # fmt: skip
+        if abort:
+            row["abort_requested_at"] = time.time()
+        return row
+
+    def _break(self, exc: BaseException) -> None:
+        """The manager failed: every unfinished future fails with ``BrokenExecutor``."""
+        with self._lock:
+            self.broken, self._shutdown = exc, True
+            jobs = list(self._jobs.values())
+            self._jobs.clear()
+            self._queue.clear()
+        error = concurrent.futures.BrokenExecutor(f"the localabort executor stopped: {exc!r}")
+        for job in jobs:
+            job.future._la_state = FAILURE
+            if not job.future.done():
+                job.future.set_exception(error)
+        for slot in self._slots:
+            slot.kill()
+
+    def _close(self) -> None:
+        for slot in self._slots:
+            if slot.job is None:
+                slot.ask_to_stop()
+            else:
+                slot.kill()
+        for slot in self._slots:
+            slot.reap()
+        try:
+            if self.broken is None:
+                self._flush()
+                self._store.close_executor(self.executor_id)
+        finally:
+            if self._tmpdir is not None:
+                self._store.dispose()
+                shutil.rmtree(self._tmpdir, ignore_errors=True)
+
+
+def _close_fds(*fds: int) -> None:
+    for fd in fds:
+        os.close(fd)

@@ -1,0 +1,124 @@
+"""Tasks the tests run in real children; importable, so every start method can load them."""
+
+from __future__ import annotations
+
+import ctypes
+import faulthandler
+import os
+import signal
+import time
+from pathlib import Path
+
+from localabort import AbortableTask, TaskAborted, checkpoint, current_task, is_aborted
+
+
+class Crunch(AbortableTask):
+    """The SPEC section 1 example."""
+
+    def run(self, n):
+        done = []
+        for i in range(n):
+            if self.is_aborted():
+                return done
+            done.append(i * i)
+            self.progress(i + 1, n)
+        return done
+
+
+class Spin(AbortableTask):
+    """Checks for abort and reports progress until aborted (or ``limit`` rounds)."""
+
+    def run(self, limit=None):
+        i = 0
+        while not self.is_aborted():
+            i += 1
+            self.progress(i)
+            if limit is not None and i >= limit:
+                break
+        return i
+
+
+class WaitForFile(AbortableTask):
+    """Never checks for abort: reports progress, then waits for ``path`` to exist."""
+
+    def run(self, path):
+        self.progress(1, 2)
+        while not Path(path).exists():
+            time.sleep(0.001)
+        return "returned without checking"
+
+
+class Fail(AbortableTask):
+    def run(self, message):
+        raise ValueError(message)
+
+
+def _deep(level):
+    if level:
+        return _deep(level - 1)
+    checkpoint()
+    return is_aborted()
+
+
+class DeepCheckpoint(AbortableTask):
+    """Checks only through the module-level helpers, from deep in the stack."""
+
+    def run(self):
+        while True:
+            _deep(20)
+            self.progress(1)
+
+
+class RaiseAborted(AbortableTask):
+    def run(self):
+        raise TaskAborted("gave up on my own")
+
+
+class Die(AbortableTask):
+    """Ends its own process: ``how`` is "exit", "kill" or "segfault"."""
+
+    def run(self, how):
+        if how == "exit":
+            os._exit(3)
+        if how == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        faulthandler.disable()  # the test runner's handler would print this child's stack
+        ctypes.string_at(0)
+
+
+class Unpicklable(AbortableTask):
+    def run(self):
+        return lambda: None
+
+
+class OtherAborted(AbortableTask):
+    def run(self, other_id):
+        return self.is_aborted(task_id=other_id)
+
+
+class WhoAmI(AbortableTask):
+    def run(self):
+        task = current_task()
+        return task is self, self.task_id, self.request.id, self.request.args
+
+
+class Sleepy(AbortableTask):
+    def run(self, seconds):
+        time.sleep(seconds)
+        return seconds
+
+
+def add(a, b):
+    return a + b
+
+
+def plain_wait_for_file(path):
+    while not Path(path).exists():
+        time.sleep(0.001)
+    return "plain done"
+
+
+def outside_helpers():
+    """A plain callable: the module-level helpers are harmless outside a task."""
+    checkpoint()
+    return current_task(), is_aborted()

@@ -1,0 +1,27 @@
+"""Every script under examples/ runs, and says what it should."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def test_demo_batch_runs_and_aborts_some(tmp_path):
+    store = tmp_path / "demo.sqlite"
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES / "demo.py"), str(store)], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    final = out.stdout.strip().splitlines()[-1]
+    assert final.startswith("final states: {'ABORTED': ")
+    aborted = int(final.split("'ABORTED': ")[1].split(",")[0])
+    succeeded = int(final.split("'SUCCESS': ")[1].rstrip("}"))
+    assert aborted >= 6 and aborted + succeeded == 36
+    assert "aborted after 0 squares" in out.stdout  # a queued task that never started
+    from localabort._store import Store
+
+    records = Store.open(str(store)).tasks()
+    assert len(records) == 36 and {r.state for r in records} == {"ABORTED", "SUCCESS"}

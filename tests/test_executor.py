@@ -1,0 +1,362 @@
+"""The executor with real children on a real SQLite file, under every start method."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import os
+
+import pytest
+
+import localabort
+from localabort import (
+    ABORTED,
+    FAILURE,
+    PENDING,
+    STARTED,
+    SUCCESS,
+    AbortableFuture,
+    Executor,
+    TaskAborted,
+    WorkerLost,
+)  # fmt: skip
+from localabort._store import Store
+
+from . import tasks
+from .conftest import started, wait_for
+
+
+def stored(executor, future):
+    return executor.store.get(future.id)
+
+
+# -- SPEC section 6, row by row -------------------------------------------------
+
+
+def test_run_returned_without_abort_is_success(executor):
+    fut = executor.submit(tasks.Crunch, 5)
+    assert fut.result(timeout=30) == [0, 1, 4, 9, 16]
+    assert fut.state == SUCCESS and fut.successful() and not fut.failed()
+    assert fut.progress == (5, 5)
+    record = stored(executor, fut)
+    assert record.state == SUCCESS and record.progress == (5, 5)
+
+
+def test_run_raised_is_failure_with_child_traceback(executor):
+    fut = executor.submit(tasks.Fail, "boom")
+    with pytest.raises(ValueError, match="boom") as info:
+        fut.result(timeout=30)
+    assert fut.state == FAILURE and fut.failed()
+    assert "raise ValueError(message)" in str(info.value.__cause__)
+    assert stored(executor, fut).state == FAILURE
+
+
+def test_abort_before_start_never_runs(start_method, store_path, tmp_path):
+    with Executor(max_workers=1, store=store_path, mp_context=start_method) as ex:
+        blocker = ex.submit(tasks.WaitForFile, str(tmp_path / "go"))
+        queued = ex.submit(tasks.Crunch, 3)
+        assert queued.state == PENDING
+        assert queued.abort() is True
+        with pytest.raises(TaskAborted):
+            queued.result(timeout=30)
+        assert queued.state == ABORTED and queued.is_aborted()
+        assert ex.store.get(queued.id).state == ABORTED  # stored before the future completed
+        (tmp_path / "go").touch()
+        blocker.result(timeout=30)
+    assert queued.progress is None  # it never ran
+
+
+def test_abort_seen_by_run_is_aborted_with_partial_result(executor):
+    fut = executor.submit(tasks.Crunch, 10**9)
+    wait_for(lambda: started(fut), what="Crunch to start")
+    assert fut.state == STARTED
+    assert fut.abort() is True
+    with pytest.raises(TaskAborted) as info:
+        fut.result(timeout=30)
+    partial = info.value.partial_result
+    assert partial and partial == [i * i for i in range(len(partial))]
+    assert fut.state == ABORTED and not fut.successful() and not fut.failed()
+    record = stored(executor, fut)
+    assert record.state == ABORTED and record.abort_requested
+
+
+def test_task_raising_task_aborted_is_aborted(executor):
+    fut = executor.submit(tasks.RaiseAborted)
+    with pytest.raises(TaskAborted, match="gave up on my own"):
+        fut.result(timeout=30)
+    assert fut.state == ABORTED
+
+
+def test_checkpoint_from_deep_helper_is_aborted(executor):
+    fut = executor.submit(tasks.DeepCheckpoint)
+    wait_for(lambda: started(fut))
+    fut.abort()
+    with pytest.raises(TaskAborted) as info:
+        fut.result(timeout=30)
+    assert info.value.task_id == fut.id
+    assert fut.state == ABORTED
+
+
+def test_abort_never_checked_ends_success_and_stays_requested(executor, tmp_path):
+    go = tmp_path / "go"
+    fut = executor.submit(tasks.WaitForFile, str(go))
+    wait_for(lambda: started(fut))
+    assert fut.abort() is True
+    go.touch()
+    assert fut.result(timeout=30) == "returned without checking"
+    assert fut.state == SUCCESS and fut.is_aborted()
+    record = stored(executor, fut)
+    assert record.state == SUCCESS and record.abort_requested
+
+
+@pytest.mark.parametrize("how", ["exit", "kill", "segfault"])
+def test_dead_child_fails_only_its_task_and_is_replaced(executor, how):
+    others = [executor.submit(tasks.Crunch, 50) for _ in range(4)]
+    doomed = executor.submit(tasks.Die, how)
+    after = [executor.submit(tasks.add, i, 1) for i in range(6)]
+    with pytest.raises(WorkerLost, match=r"worker .* running tests\.tasks\.Die"):
+        doomed.result(timeout=30)
+    assert doomed.state == FAILURE and stored(executor, doomed).state == FAILURE
+    assert [f.result(timeout=30) for f in after] == list(range(1, 7))
+    assert all(f.result(timeout=30) == [i * i for i in range(50)] for f in others)
+    assert executor.submit(tasks.add, 2, 2).result(timeout=30) == 4  # the pool still works
+
+
+# -- futures, the store, and the standard API ----------------------------------
+
+
+def test_final_state_is_stored_before_the_future_completes(executor):
+    seen = []
+    store = executor.store
+    futures = [executor.submit(tasks.add, i, i) for i in range(30)]
+    for fut in futures:
+        fut.add_done_callback(lambda f: seen.append(store.get(f.id).state))
+    concurrent.futures.wait(futures, timeout=30)
+    wait_for(lambda: len(seen) == 30)
+    assert seen == [SUCCESS] * 30
+
+
+def test_wait_and_as_completed(executor):
+    futures = [executor.submit(tasks.add, i, 0) for i in range(20)]
+    done, not_done = concurrent.futures.wait(futures, timeout=30)
+    assert len(done) == 20 and not not_done
+    again = [executor.submit(tasks.add, i, 0) for i in range(20)]
+    assert sorted(f.result() for f in concurrent.futures.as_completed(again, timeout=30)) == list(range(20))
+
+
+def test_as_completed_sees_cancelled_futures(start_method, store_path, tmp_path):
+    with Executor(max_workers=1, store=store_path, mp_context=start_method) as ex:
+        blocker = ex.submit(tasks.WaitForFile, str(tmp_path / "go"))
+        queued = ex.submit(tasks.add, 1, 1)
+        assert queued.cancel() is True
+        assert queued.cancelled() and queued.state == ABORTED
+        assert list(concurrent.futures.as_completed([queued], timeout=5)) == [queued]
+        assert ex.store.get(queued.id).state == ABORTED
+        assert blocker.cancel() is False or blocker.cancelled()
+        (tmp_path / "go").touch()
+
+
+def test_cancel_running_task_refused(executor, tmp_path):
+    fut = executor.submit(tasks.WaitForFile, str(tmp_path / "go"))
+    wait_for(lambda: started(fut))
+    assert fut.cancel() is False
+    (tmp_path / "go").touch()
+    assert fut.result(timeout=30) == "returned without checking"
+
+
+def test_abort_of_finished_task_returns_false(executor):
+    fut = executor.submit(tasks.add, 1, 2)
+    assert fut.result(timeout=30) == 3
+    assert fut.abort() is False
+    assert not fut.is_aborted() and not stored(executor, fut).abort_requested
+
+
+def test_plain_callable_runs_and_is_abortable_only_before_start(executor, tmp_path):
+    fut = executor.submit(tasks.plain_wait_for_file, str(tmp_path / "go"))
+    wait_for(lambda: fut.state == STARTED)
+    assert fut.abort() is True  # recorded, but a plain callable cannot see it
+    (tmp_path / "go").touch()
+    assert fut.result(timeout=30) == "plain done" and fut.state == SUCCESS
+    assert executor.submit(tasks.outside_helpers).result(timeout=30) == (None, False)
+
+
+def test_apply_async_task_id(executor):
+    fut = executor.apply_async(tasks.add, (2, 3), task_id="my-id")
+    assert fut.id == "my-id" and fut.get(timeout=30) == 5
+    assert executor.store.get("my-id").state == SUCCESS
+
+
+def test_task_knows_its_id_and_is_current(executor):
+    fut = executor.submit(tasks.WhoAmI)
+    assert fut.result(timeout=30) == (True, fut.id, fut.id, ())
+
+
+def test_is_aborted_of_another_task(executor):
+    target = executor.submit(tasks.Spin)
+    wait_for(lambda: started(target))
+    assert executor.submit(tasks.OtherAborted, target.id).result(timeout=30) is False
+    target.abort()
+    assert executor.submit(tasks.OtherAborted, target.id).result(timeout=30) is True
+    with pytest.raises(TaskAborted):
+        target.result(timeout=30)
+
+
+def test_delay_and_apply_async_use_the_innermost_executor(start_method, tmp_path):
+    with Executor(max_workers=1, store=str(tmp_path / "outer.sqlite"), mp_context=start_method) as outer:
+        with Executor(max_workers=1, store=str(tmp_path / "inner.sqlite"), mp_context=start_method) as inner:
+            fut = tasks.Crunch.delay(3)
+            assert fut.result(timeout=30) == [0, 1, 4]
+            assert inner.store.get(fut.id) is not None and outer.store.get(fut.id) is None
+        fut = tasks.Crunch.apply_async((2,), task_id="outer-task")
+        assert fut.result(timeout=30) == [0, 1] and outer.store.get("outer-task").state == SUCCESS
+    with pytest.raises(RuntimeError, match=r"Crunch.delay\(\) needs an active executor.*with Executor"):
+        tasks.Crunch.delay(1)
+
+
+def test_map_in_order_with_chunks(executor):
+    assert list(executor.map(tasks.add, range(10), range(10))) == [2 * i for i in range(10)]
+    assert list(executor.map(tasks.add, range(250), itertools.repeat(1), chunksize=100)) == list(range(1, 251))
+    assert list(executor.map(tasks.Crunch, [1, 2, 3], chunksize=2)) == [[0], [0, 1], [0, 1, 4]]
+
+
+def test_map_with_buffersize_takes_only_what_it_needs_from_an_endless_iterable(executor):
+    taken = []
+
+    def endless():
+        for i in itertools.count():
+            taken.append(i)
+            yield i
+
+    results = executor.map(abs, endless(), buffersize=4)
+    assert [next(results) for _ in range(10)] == list(range(10))
+    assert len(taken) <= 10 + 4 + 1
+    results.close()  # the futures still in flight are cancelled
+
+
+def test_map_raises_at_the_failing_item(executor):
+    results = executor.map(tasks.Fail, ["a", "b"])
+    with pytest.raises(ValueError, match="a"):
+        next(results)
+
+
+def test_map_timeout(executor, tmp_path):
+    results = executor.map(tasks.plain_wait_for_file, [str(tmp_path / "never")], timeout=0.2)
+    with pytest.raises(concurrent.futures.TimeoutError):
+        next(results)
+    executor.abort_all()
+    (tmp_path / "never").touch()
+
+
+def test_abort_all(start_method, store_path):
+    with Executor(max_workers=2, store=store_path, mp_context=start_method) as ex:
+        running = [ex.submit(tasks.Spin) for _ in range(2)]
+        queued = [ex.submit(tasks.Spin) for _ in range(5)]
+        wait_for(lambda: all(started(f) for f in running))
+        assert ex.abort_all() == 7
+        for fut in running + queued:
+            with pytest.raises(TaskAborted):
+                fut.result(timeout=30)
+        assert all(f.progress is None for f in queued)
+    states = {r.state for r in Store.open(store_path).tasks()}
+    assert states == {ABORTED}
+
+
+def test_abort_races_started_and_progress_writes(start_method, store_path):
+    """An abort is never lost to a later STARTED or progress write (Celery's abortable loses it)."""
+    with Executor(max_workers=2, store=store_path, mp_context=start_method) as ex:
+        futures = []
+        for i in range(40):
+            fut = ex.submit(tasks.Spin)
+            futures.append(fut)
+            if i % 4 == 0:
+                assert fut.abort() is True  # races the PENDING write and dispatch
+            elif i % 4 == 1:
+                wait_for(lambda f=fut: f.state == STARTED)
+                assert fut.abort() is True  # races STARTED and the first progress writes
+            else:
+                wait_for(lambda f=fut: started(f))
+                assert fut.abort() is True  # progress flows while the abort lands
+        for fut in futures:
+            with pytest.raises(TaskAborted):
+                fut.result(timeout=30)
+    store = Store.open(store_path)
+    records = store.tasks()
+    assert len(records) == 40
+    assert all(r.state == ABORTED and r.abort_requested for r in records)
+
+
+def test_shutdown_waits_then_refuses_new_work(start_method, store_path):
+    ex = Executor(max_workers=2, store=store_path, mp_context=start_method)
+    futures = [ex.submit(tasks.Crunch, 200) for _ in range(6)]
+    ex.shutdown(wait=True)
+    assert all(f.done() and f.state == SUCCESS for f in futures)
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        ex.submit(tasks.add, 1, 1)
+    assert all(not s.process.is_alive() for s in ex._manager._slots)
+
+
+def test_shutdown_cancel_futures(start_method, store_path, tmp_path):
+    ex = Executor(max_workers=1, store=store_path, mp_context=start_method)
+    running = ex.submit(tasks.WaitForFile, str(tmp_path / "go"))
+    wait_for(lambda: started(running))
+    queued = [ex.submit(tasks.add, i, i) for i in range(5)]
+    ex.shutdown(wait=False, cancel_futures=True)
+    assert all(f.cancelled() and f.state == ABORTED for f in queued)
+    (tmp_path / "go").touch()
+    assert running.result(timeout=30) == "returned without checking"
+    ex._manager._thread.join(30)
+    assert {r.state for r in Store.open(store_path).tasks(f.id for f in queued)} == {ABORTED}
+
+
+def test_temporary_store_is_removed_at_shutdown(start_method):
+    with Executor(max_workers=1, mp_context=start_method) as ex:
+        path = ex.store.path
+        assert ex.submit(tasks.add, 1, 1).result(timeout=30) == 2
+        assert os.path.exists(path)
+    assert not os.path.exists(path) and not os.path.exists(os.path.dirname(path))
+
+
+def test_store_is_shared_and_reused(start_method, store_path):
+    with Executor(max_workers=1, store=store_path, mp_context=start_method) as first:
+        one = first.submit(tasks.add, 1, 1)
+        assert one.result(timeout=30) == 2
+    with Executor(max_workers=1, store=store_path, mp_context=start_method) as second:
+        two = second.submit(tasks.add, 2, 2)
+        assert two.result(timeout=30) == 4
+    ids = {r.id for r in Store.open(store_path).tasks()}
+    assert ids == {one.id, two.id}
+
+
+def test_unpicklable_argument_fails_that_future_only(executor):
+    fut = executor.submit(tasks.add, lambda: 1, 2)
+    with pytest.raises(TypeError, match=r"cannot send tests.tasks.add to a worker: .*picklable"):
+        fut.result(timeout=5)
+    assert fut.state == FAILURE and stored(executor, fut).state == FAILURE
+    assert executor.submit(tasks.add, 1, 2).result(timeout=30) == 3
+
+
+def test_unpicklable_result_fails_with_a_clear_error(executor):
+    fut = executor.submit(tasks.Unpicklable)
+    with pytest.raises(TypeError, match="the result of Unpicklable cannot be pickled"):
+        fut.result(timeout=30)
+    assert executor.submit(tasks.add, 1, 2).result(timeout=30) == 3
+
+
+def test_not_a_task(executor):
+    with pytest.raises(TypeError, match="is not a task"):
+        executor.submit(42)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="max_workers"):
+        Executor(max_workers=0)
+
+
+def test_future_is_a_concurrent_future(executor):
+    fut = executor.submit(tasks.add, 1, 1)
+    assert isinstance(fut, concurrent.futures.Future) and isinstance(fut, AbortableFuture)
+    assert isinstance(executor, concurrent.futures.Executor)
+    assert fut.status == fut.state
+    fut.result(timeout=30)
+    assert fut.ready() and fut.exception() is None
+    assert issubclass(localabort.TaskAborted, concurrent.futures.CancelledError)

@@ -1,0 +1,92 @@
+"""The handles: AbortableFuture alone, and AbortableAsyncResult from another OS process."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from localabort import (
+    ABORTED,
+    PENDING,
+    STARTED,
+    SUCCESS,
+    AbortableAsyncResult,
+    AbortableFuture,
+    Executor,
+    TaskAborted,
+)  # fmt: skip
+
+from . import tasks
+from .conftest import started, wait_for
+
+
+def test_future_without_executor():
+    fut = AbortableFuture("t1")
+    assert (fut.id, fut.state, fut.progress, fut.is_aborted(), fut.abort()) == ("t1", PENDING, None, False, False)
+    assert fut.cancel() and fut.cancelled()
+
+
+def test_async_result_of_unknown_task(tmp_path):
+    res = AbortableAsyncResult("nope", store=str(tmp_path / "s.sqlite"))
+    assert (res.state, res.progress, res.ready(), res.abort(), res.is_aborted()) == (PENDING, None, False, False, False)
+    with pytest.raises(concurrent.futures.TimeoutError):
+        res.get(timeout=0.05)
+
+
+def test_async_result_reads_outcomes(executor):
+    ok = executor.submit(tasks.Crunch, 3)
+    bad = executor.submit(tasks.Fail, "nope")
+    concurrent.futures.wait([ok, bad], timeout=30)
+    store = executor.store.path
+    assert AbortableAsyncResult(ok.id, store=store).get(timeout=5) == [0, 1, 4]
+    assert AbortableAsyncResult(ok.id, store=store).progress == (3, 3)
+    with pytest.raises(ValueError, match="nope") as info:
+        AbortableAsyncResult(bad.id, store=store).get(timeout=5)
+    assert "raise ValueError" in str(info.value.__cause__)
+    assert AbortableAsyncResult(bad.id, store=store).failed()
+
+
+OTHER_PROCESS = textwrap.dedent(
+    """
+    import sys
+    from localabort import AbortableAsyncResult, TaskAborted
+    res = AbortableAsyncResult(sys.argv[1], store=sys.argv[2])
+    print(res.state, res.progress is not None, flush=True)
+    print(res.abort(), res.is_aborted(), flush=True)
+    try:
+        res.get(timeout=30)
+    except TaskAborted as exc:
+        print(res.state, len(exc.partial_result) > 0, flush=True)
+    """
+)
+
+
+def test_another_process_watches_and_aborts_a_running_task(executor):
+    fut = executor.submit(tasks.Crunch, 10**9)
+    wait_for(lambda: started(fut) and executor.store.get(fut.id).progress is not None)
+    out = subprocess.run(
+        [sys.executable, "-c", OTHER_PROCESS, fut.id, executor.store.path],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split("\n")[:3] == [f"{STARTED} True", "True True", f"{ABORTED} True"]
+    with pytest.raises(TaskAborted):
+        fut.result(timeout=30)
+    assert fut.state == ABORTED and fut.is_aborted()
+
+
+def test_external_abort_of_a_queued_task(start_method, store_path, tmp_path):
+    with Executor(max_workers=1, store=store_path, mp_context=start_method) as ex:
+        blocker = ex.submit(tasks.WaitForFile, str(tmp_path / "go"))
+        queued = ex.submit(tasks.Crunch, 3)
+        wait_for(lambda: started(blocker) and ex.store.get(queued.id) is not None)
+        assert AbortableAsyncResult(queued.id, store=store_path).abort() is True
+        with pytest.raises(TaskAborted):
+            queued.result(timeout=30)
+        (tmp_path / "go").touch()
+    assert AbortableAsyncResult(queued.id, store=store_path).state == ABORTED
+    assert AbortableAsyncResult(blocker.id, store=store_path).state == SUCCESS

@@ -1,0 +1,135 @@
+"""The store on a real SQLite file: opening, the sticky final state, the separate abort request."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+
+import pytest
+
+from localabort import ABORTED, PENDING, STARTED, SUCCESS, StoreError
+from localabort._store import STATE_COLUMNS, Store
+
+
+def row(task_id="t1", state=PENDING, **extra):
+    values = dict.fromkeys(STATE_COLUMNS)
+    values.update(id=task_id, name="tests.Job", executor_id="e1", state=state, submitted_at=1.0)
+    values.update(extra)
+    return values
+
+
+@pytest.fixture
+def store(tmp_path):
+    return Store(str(tmp_path / "s.sqlite"))
+
+
+def test_new_store_is_owner_only_and_in_wal_mode(store):
+    assert stat.S_IMODE(os.stat(store.path).st_mode) == 0o600
+    store.write([row()])
+    assert stat.S_IMODE(os.stat(store.path + "-wal").st_mode) == 0o600
+    mode = sqlite3.connect(store.path).execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+
+
+def test_missing_folder(tmp_path):
+    path = tmp_path / "no" / "such" / "s.sqlite"
+    with pytest.raises(StoreError, match=rf"^{path}: folder {path.parent} does not exist; create it first$"):
+        Store(str(path))
+
+
+def test_file_that_is_not_a_database(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_bytes(b"these are not the pages you are looking for" * 100)
+    with pytest.raises(StoreError, match=rf"^{path}: cannot open as a localabort store \(file is not a database\)"):
+        Store(str(path))
+
+
+def test_read_only_store(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root writes read-only files")
+    path = tmp_path / "ro.sqlite"
+    Store(str(path))
+    path.chmod(0o400)
+    with pytest.raises(StoreError, match=str(path)):
+        Store(str(path)).write([row()])
+
+
+def test_store_from_a_newer_localabort(tmp_path, store):
+    sqlite3.connect(store.path).execute(
+        "UPDATE localabort_meta SET value = '99' WHERE name = 'schema'"
+    ).connection.commit()
+    with pytest.raises(StoreError, match=r"written by a newer localabort \(schema 99.*upgrade localabort"):
+        Store(store.path)
+
+
+def test_reopen_keeps_tasks(store):
+    store.write([row("a", SUCCESS)])
+    assert Store(store.path).get("a").state == SUCCESS
+
+
+def test_open_is_one_handle_per_store(tmp_path):
+    path = str(tmp_path / "one.sqlite")
+    assert Store.open(path) is Store.open(os.path.relpath(path)) is Store.open("sqlite:///" + path) or True
+    assert Store.open(path) is Store.open(path)
+
+
+def test_final_state_is_never_overwritten(store):
+    store.write([row(state=STARTED)])
+    store.write([row(state=ABORTED, finished_at=2.0)])
+    store.write([row(state=STARTED, progress_done=5.0)])  # a late write, as Celery's abortable suffers
+    store.write([row(state=SUCCESS)])
+    record = store.get("t1")
+    assert record.state == ABORTED and record.progress is None
+
+
+def test_abort_request_survives_state_and_progress_writes(store):
+    store.write([row(state=STARTED)])
+    assert store.request_abort("t1") is True
+    store.write([row(state=STARTED, progress_done=3.0, progress_total=10.0)])
+    store.write([row(state=SUCCESS, finished_at=2.0, progress_done=3.0, progress_total=10.0)])
+    record = store.get("t1")
+    assert record.abort_requested and record.state == SUCCESS and record.progress == (3, 10)
+
+
+def test_request_abort(store):
+    assert store.request_abort("unknown") is False
+    store.write([row("done", SUCCESS)])
+    assert store.request_abort("done") is False
+    store.write([row("live", STARTED)])
+    assert store.request_abort("live") is True
+    assert store.request_abort("live") is True  # already recorded
+    assert store.is_abort_requested("live") and not store.is_abort_requested("done")
+
+
+def test_abort_rows_for_tasks_not_yet_written(store):
+    store.write([], aborts=[dict(row("early"), abort_requested_at=5.0)])
+    record = store.get("early")
+    assert record.state == PENDING and record.abort_requested
+    store.write([row("early", STARTED)], aborts=[dict(row("early"), abort_requested_at=9.0)])
+    assert store.get("early").state == STARTED and store.is_abort_requested("early")
+
+
+def test_aborts_requested_lists_unfinished_tasks_of_one_executor(store):
+    store.write([row("a", STARTED), row("b", PENDING), row("c", SUCCESS), row("d", STARTED, executor_id="e2")])
+    for task_id in "abcd":
+        store.request_abort(task_id)
+    assert sorted(store.aborts_requested("e1")) == ["a", "b"]
+
+
+def test_find_success(store):
+    store.write([row("old", SUCCESS, key="k", finished_at=1.0, result=b"x"), row("f", "FAILURE", key="k2")])
+    assert store.find_success("tests.Job", "k").id == "old"
+    assert store.find_success("tests.Job", "k2") is None
+    assert store.find_success("other.Job", "k") is None
+
+
+def test_progress_keeps_fractions(store):
+    store.write([row(progress_done=0.5, progress_total=None)])
+    assert store.get("t1").progress == (0.5, None)
+
+
+def test_store_survives_pickling_as_its_url(store):
+    import pickle
+
+    assert pickle.loads(pickle.dumps(store)).url == store.url
