@@ -44,6 +44,8 @@ __all__ = ["Manager"]
 
 _dumps = pickle.dumps
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
+#: Seconds a changed row may wait for the next store write while workers are busy.
+FLUSH_INTERVAL = 0.002
 
 
 class Manager:
@@ -73,6 +75,8 @@ class Manager:
         weakref.finalize(self, _close_fds, self._wake_r, self._wake_w)
         self._wake_pending = False
         self._next_poll = 0.0
+        self._unresolved: List[Job] = []  # finished jobs waiting for the next store write
+        self._flush_due = float("inf")
         self._thread = threading.Thread(target=self._manage, name="localabort-manager", daemon=True)
         self._thread.start()
 
@@ -213,8 +217,16 @@ class Manager:
                 slot.send(message)
             except OSError:  # the worker died; its sentinel says so next loop
                 pass
-        self._flush()
-        resolve(finished)
+        self._unresolved += finished
+        # Group commit: write while workers run, at most FLUSH_INTERVAL after a change,
+        # and at once when no worker is busy (no reply is coming to share the write with).
+        if self._dirty or self._abort_rows:
+            self._flush_due = min(self._flush_due, now + FLUSH_INTERVAL)
+            if now >= self._flush_due or all(s.job is None for s in self._slots):
+                self._flush()
+                self._flush_due = float("inf")
+                resolve(self._unresolved)
+                self._unresolved = []
         with self._lock:
             return not (self._shutdown and not self._jobs and all(s.job is None for s in self._slots))
 
@@ -223,7 +235,7 @@ class Manager:
             (min(s.job.soft_deadline, s.job.hard_deadline) for s in self._slots if s.job is not None),
             default=float("inf"),
         )
-        return max(0.0, min(self._next_poll, soonest) - time.monotonic())
+        return max(0.0, min(self._next_poll, soonest, self._flush_due) - time.monotonic())
 
     def _receive(self, slot: Slot, finished: List[Job]) -> None:
         """Read every message the worker in ``slot`` has sent."""
@@ -383,6 +395,7 @@ class Manager:
         try:
             if self.broken is None:
                 self._flush()
+                resolve(self._unresolved)
                 self._store.close_executor(self.executor_id)
         finally:
             if self._tmpdir is not None:

@@ -152,6 +152,7 @@ class Store:
         self.name = self.path or make_url(self.url).render_as_string(hide_password=True)
         self._engine: Optional[Engine] = None
         self._pid = -1
+        self._statements: Dict[bool, Any] = {}  # built once: building an upsert costs more than running it
         self._prepare()
 
     @classmethod
@@ -239,6 +240,12 @@ class Store:
     # -- writes ---------------------------------------------------------------
 
     def _upsert(self, keep_abort: bool) -> Any:
+        stmt = self._statements.get(keep_abort)
+        if stmt is None:
+            stmt = self._statements[keep_abort] = self._build_upsert(keep_abort)
+        return stmt
+
+    def _build_upsert(self, keep_abort: bool) -> Any:
         dialect = self.engine.dialect.name
         insert: Any
         if dialect == "sqlite":

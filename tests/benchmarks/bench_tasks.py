@@ -1,0 +1,37 @@
+"""Tasks the benchmarks run; importable, so any start method can load them."""
+
+from __future__ import annotations
+
+import time
+
+from localabort import AbortableTask
+
+
+def identity(x):
+    return x
+
+
+def sleep_1ms(x):
+    time.sleep(0.001)
+    return x
+
+
+class CheckCost(AbortableTask):
+    """Times ``n`` calls of ``is_aborted()`` in a loop; returns seconds per call (loop included)."""
+
+    def run(self, n):
+        is_aborted = self.is_aborted
+        start = time.perf_counter()
+        for _ in range(n):
+            is_aborted()
+        return (time.perf_counter() - start) / n
+
+
+class SeeAbort(AbortableTask):
+    """Spins on ``is_aborted()``; returns the monotonic time at which it saw the abort."""
+
+    def run(self):
+        self.progress(1)
+        while not self.is_aborted():
+            pass
+        return time.monotonic()
