@@ -107,6 +107,7 @@ class AbortableTask:
         lookup: Callable[[str], bool] = lambda task_id: False,
         args: Tuple[Any, ...] = (),
         kwargs: Optional[Dict[str, Any]] = None,
+        report_every: float = PROGRESS_INTERVAL,
     ) -> None:
         self.task_id = task_id
         self.request = Request(task_id, args, kwargs)
@@ -116,6 +117,7 @@ class AbortableTask:
         self._saw_abort = False
         self._last_progress: Optional[Progress] = None
         self._next_report = 0.0
+        self._report_every = report_every
 
     # -- the task's side ------------------------------------------------------
 
@@ -159,7 +161,7 @@ class AbortableTask:
         self._last_progress = (done, total)
         now = time.monotonic()
         if now >= self._next_report:
-            self._next_report = now + PROGRESS_INTERVAL
+            self._next_report = now + self._report_every
             self._report(done, total)
 
     # -- submitting (Celery style) --------------------------------------------
@@ -246,23 +248,9 @@ def execute(target: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Outco
 
     ``KeyboardInterrupt`` is not caught: the caller's process decides.
     """
-    global _current
-    task = target if isinstance(target, AbortableTask) else None
-    previous, _current = _current, task
-    try:
-        value = target.run(*args, **kwargs) if task is not None else target(*args, **kwargs)
-    except TaskAborted as exc:
-        if task is not None and exc.task_id is None:
-            exc.task_id = task.task_id
-        return Outcome(ABORTED, None, exc)
-    except (Exception, SystemExit) as exc:
-        return Outcome(FAILURE, None, exc, traceback.format_exc())
-    finally:
-        _current = previous
-    if task is not None and task._saw_abort:
-        msg = f"task {task.task_id} aborted; run() returned after it saw is_aborted()"
-        return Outcome(ABORTED, value, TaskAborted(msg, partial_result=value, task_id=task.task_id))
-    return Outcome(SUCCESS, value, None)
+    if isinstance(target, AbortableTask):
+        return _guarded(target, lambda: target.run(*args, **kwargs), None)
+    return _guarded(None, lambda: target(*args, **kwargs), None)
 
 
 def execute_chunk(target: Any, items: List[Tuple[Any, ...]]) -> Outcome:
@@ -273,11 +261,42 @@ def execute_chunk(target: Any, items: List[Tuple[Any, ...]]) -> Outcome:
     completed.
     """
     values: List[Any] = []
-    for args in items:
-        outcome = execute(target, args, {})
-        if outcome.state != SUCCESS:
-            if isinstance(outcome.exception, TaskAborted):
-                outcome.exception.partial_result = values
-            return outcome._replace(value=None)
-        values.append(outcome.value)
-    return Outcome(SUCCESS, values, None)
+    if not isinstance(target, AbortableTask):
+        return _guarded(None, lambda: [target(*args) for args in items], values)
+    task = target
+
+    def run_items() -> List[Any]:
+        for args in items:
+            value = task.run(*args)
+            if task._saw_abort:
+                return values
+            values.append(value)
+        return values
+
+    return _guarded(task, run_items, values)
+
+
+def _guarded(task: Optional[AbortableTask], body: Callable[[], Any], partial: Optional[List[Any]]) -> Outcome:
+    """The outcome rules, in one place: call ``body`` with ``task`` current and judge how it ended.
+
+    ``partial`` is the list a chunk fills as its items complete; an aborted
+    chunk reports it as its partial result.
+    """
+    global _current
+    previous, _current = _current, task
+    try:
+        value = body()
+    except TaskAborted as exc:
+        if task is not None and exc.task_id is None:
+            exc.task_id = task.task_id
+        if partial is not None:
+            exc.partial_result = partial
+        return Outcome(ABORTED, None, exc)
+    except (Exception, SystemExit) as exc:
+        return Outcome(FAILURE, None, exc, traceback.format_exc())
+    finally:
+        _current = previous
+    if task is not None and task._saw_abort:
+        msg = f"task {task.task_id} aborted; run() returned after it saw is_aborted()"
+        return Outcome(ABORTED, value, TaskAborted(msg, partial_result=value, task_id=task.task_id))
+    return Outcome(SUCCESS, value, None)

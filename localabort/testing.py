@@ -17,17 +17,28 @@ check::
     >>> outcome = run_inline(Crunch, 10, abort_after=4)
     >>> outcome.state, outcome.result, outcome.checks, outcome.progress
     ('ABORTED', [0, 1, 4], 4, (3, 10))
+
+Three assertions cover what an abortable task owes its users; each fails
+with a message that names the task, and hides its own frames so pytest
+points at your line::
+
+    >>> assert_checks_every(1, Crunch, 100).state      # a check per unit of progress
+    'SUCCESS'
+    >>> assert_stops_within(0, Crunch, 100, abort_after=7).state
+    'ABORTED'
+    >>> assert_aborts_cleanly(Crunch, 20)              # wherever the abort lands
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
+from ._states import ABORTED, SUCCESS
 from ._task import AbortableTask, execute
 
-__all__ = ["Outcome", "run_inline"]
+__all__ = ["Outcome", "assert_aborts_cleanly", "assert_checks_every", "assert_stops_within", "run_inline"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,13 @@ def run_inline(task: Any, *args: Any, abort_after: Optional[int] = None, **kwarg
     >>> run_inline(divmod, 7, 2).result
     (3, 1)
     """
+    return _run(task, args, kwargs, abort_after, None)
+
+
+def _run(
+    task: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any], abort_after: Optional[int],
+    events: Optional[List[Tuple[str, float]]],
+) -> Outcome:  # fmt: skip
     if abort_after is not None and abort_after < 1:
         raise ValueError(f"abort_after counts checks from 1, not {abort_after}")
     checks = 0
@@ -66,12 +84,133 @@ def run_inline(task: Any, *args: Any, abort_after: Optional[int] = None, **kwarg
     def probe() -> bool:
         nonlocal checks
         checks += 1
+        if events is not None:
+            events.append(("check", checks))
         return abort_after is not None and checks >= abort_after
+
+    def report(done: float, total: Optional[float]) -> None:
+        if events is not None:
+            events.append(("progress", done))
 
     target: Any = task
     if isinstance(task, type) and issubclass(task, AbortableTask):
         target = task()
-        target._bind(f"inline-{uuid.uuid4()}", probe, args=args, kwargs=kwargs)
+        target._bind(f"inline-{uuid.uuid4()}", probe, report, args=args, kwargs=kwargs, report_every=0.0)
     state, value, exc, _ = execute(target, args, kwargs)
     progress = target._last_progress if isinstance(target, AbortableTask) else None
     return Outcome(state, value, exc, checks, progress)
+
+
+def _name(task: Any) -> str:
+    return getattr(task, "__qualname__", None) or repr(task)
+
+
+def _ended(outcome: Outcome) -> str:
+    return outcome.state + (f" ({type(outcome.exception).__name__}: {outcome.exception})" if outcome.exception else "")
+
+
+def assert_checks_every(units: float, task: Any, *args: Any, **kwargs: Any) -> Outcome:
+    """Assert that ``task`` checks for an abort at least every ``units`` of its progress.
+
+    Runs the task inline without an abort, watching the order of its
+    ``is_aborted()`` checks and ``progress()`` reports; returns the outcome.
+
+    >>> from localabort import AbortableTask
+    >>> class Lazy(AbortableTask):
+    ...     def run(self, n):
+    ...         for i in range(n):
+    ...             self.progress(i + 1, n)
+    >>> assert_checks_every(10, Lazy, 50)
+    Traceback (most recent call last):
+    ...
+    AssertionError: Lazy ran from progress 0 to 11 without checking is_aborted(); it should check at least every 10
+    """
+    __tracebackhide__ = True
+    events: List[Tuple[str, float]] = []
+    outcome = _run(task, args, kwargs, None, events)
+    if outcome.state != SUCCESS:
+        raise AssertionError(f"{_name(task)} ended {_ended(outcome)} when run without an abort")
+    if not any(kind == "progress" for kind, _ in events):
+        raise AssertionError(f"{_name(task)} reported no progress(), so its checks cannot be measured against it")
+    checked_at = current = 0.0
+    for kind, value in events:
+        if kind == "check":
+            checked_at = current
+        else:
+            current = value
+            if current - checked_at > units:
+                raise AssertionError(
+                    f"{_name(task)} ran from progress {checked_at:g} to {current:g} without checking "
+                    f"is_aborted(); it should check at least every {units:g}"
+                )
+    return outcome
+
+
+def assert_stops_within(checks: int, task: Any, *args: Any, abort_after: int = 1, **kwargs: Any) -> Outcome:
+    """Assert that ``task``, aborted at its ``abort_after``-th check, ends ABORTED within ``checks`` more checks.
+
+    ``checks=0`` means it stops at the very check that saw the abort.
+    Returns the outcome for further assertions (on ``result``, say).
+
+    >>> from localabort import AbortableTask
+    >>> class Stubborn(AbortableTask):
+    ...     def run(self):
+    ...         while sum(self.is_aborted() for _ in range(5)) < 5:
+    ...             pass
+    >>> assert_stops_within(2, Stubborn)
+    Traceback (most recent call last):
+    ...
+    AssertionError: Stubborn checked is_aborted() 4 more times after the abort at check 1; expected at most 2
+    """
+    __tracebackhide__ = True
+    outcome = _run(task, args, kwargs, abort_after, None)
+    if outcome.checks < abort_after:
+        raise AssertionError(
+            f"{_name(task)} ended after {outcome.checks} checks, before the abort at check {abort_after}; "
+            "pass a smaller abort_after"
+        )
+    if outcome.state != ABORTED:
+        raise AssertionError(
+            f"{_name(task)} ended {_ended(outcome)}, not ABORTED, after the abort at check {abort_after}"
+        )
+    extra = outcome.checks - abort_after
+    if extra > checks:
+        raise AssertionError(
+            f"{_name(task)} checked is_aborted() {extra} more times after the abort at check {abort_after}; "
+            f"expected at most {checks}"
+        )
+    return outcome
+
+
+def assert_aborts_cleanly(task: Any, *args: Any, max_points: int = 200, **kwargs: Any) -> None:
+    """Assert that ``task`` ends ABORTED wherever an abort lands.
+
+    Runs it once without an abort to count its checks, then once with the
+    abort at each check (at most ``max_points`` of them, spread evenly,
+    first and last included). A task that crashes or succeeds when stopped
+    at some point fails, naming that point.
+
+    >>> from localabort import AbortableTask
+    >>> class Fragile(AbortableTask):
+    ...     def run(self, n):
+    ...         for i in range(n):
+    ...             if self.is_aborted():
+    ...                 return 1 / (i - 3)   # a bug on one path only
+    >>> assert_aborts_cleanly(Fragile, 10)
+    Traceback (most recent call last):
+    ...
+    AssertionError: with an abort at check 4 of 10, Fragile ended FAILURE (ZeroDivisionError: division by zero)
+    """
+    __tracebackhide__ = True
+    clean = _run(task, args, kwargs, None, None)
+    if clean.state != SUCCESS:
+        raise AssertionError(f"{_name(task)} ended {_ended(clean)} when run without an abort")
+    total = clean.checks
+    if total == 0:
+        raise AssertionError(f"{_name(task)} never checked is_aborted(), so nothing can abort it")
+    step = max(1.0, (total - 1) / max(1, max_points - 1))
+    points = sorted({min(total, 1 + round(i * step)) for i in range(min(total, max_points))} | {total})
+    for point in points:
+        outcome = _run(task, args, kwargs, point, None)
+        if outcome.state != ABORTED:
+            raise AssertionError(f"with an abort at check {point} of {total}, {_name(task)} ended {_ended(outcome)}")

@@ -10,6 +10,8 @@ import pytest
 
 from localabort import Executor
 
+pytest_plugins = ["pytester"]
+
 START_METHODS = [m for m in ("fork", "spawn", "forkserver") if m in multiprocessing.get_all_start_methods()]
 
 
@@ -27,6 +29,7 @@ def store_path(tmp_path):
 def executor(start_method, store_path):
     with Executor(max_workers=2, store=store_path, mp_context=start_method) as ex:
         yield ex
+        ex.abort_all()  # a failed test may leave a task spinning; teardown must not wait for it
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 20.0, what: str = "condition"):

@@ -25,3 +25,12 @@ def test_demo_batch_runs_and_aborts_some(tmp_path):
 
     records = Store.open(str(store)).tasks()
     assert len(records) == 36 and {r.state for r in records} == {"ABORTED", "SUCCESS"}
+
+
+def test_user_tests_of_crunch_pass():
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(EXAMPLES)]
+    out = subprocess.run(
+        [*command, str(EXAMPLES / "test_crunch.py")], capture_output=True, text=True, timeout=120, cwd=EXAMPLES
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "4 passed" in out.stdout

@@ -67,7 +67,7 @@ OTHER_PROCESS = textwrap.dedent(
 
 def test_another_process_watches_and_aborts_a_running_task(executor):
     fut = executor.submit(tasks.Crunch, 10**9)
-    wait_for(lambda: started(fut) and executor.store.get(fut.id).progress is not None)
+    wait_for(lambda: getattr(executor.store.get(fut.id), "progress", None) is not None, what="stored progress")
     out = subprocess.run(
         [sys.executable, "-c", OTHER_PROCESS, fut.id, executor.store.path],
         capture_output=True, text=True, timeout=60,

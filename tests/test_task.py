@@ -61,3 +61,17 @@ def test_task_aborted_pickles_with_its_partial_result():
 def test_run_inline_rejects_abort_after_zero():
     with pytest.raises(ValueError, match="abort_after counts checks from 1"):
         run_inline(tasks.Crunch, 1, abort_after=0)
+
+
+def test_chunk_outcomes():
+    from localabort._task import execute_chunk
+
+    ok = execute_chunk(tasks.add, [(1, 2), (3, 4)])
+    assert (ok.state, ok.value) == (SUCCESS, [3, 7])
+    bad = execute_chunk(tasks.Fail(), [("a",), ("b",)])
+    assert bad.state == FAILURE and str(bad.exception) == "a"
+    checks = iter([False, False, True])
+    task = tasks.Crunch()
+    task._bind("c", lambda: next(checks, True))
+    aborted = execute_chunk(task, [(1,), (1,), (1,)])
+    assert aborted.state == ABORTED and aborted.exception.partial_result == [[0], [0]]
