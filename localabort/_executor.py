@@ -44,7 +44,6 @@ import itertools
 import multiprocessing
 import os
 import pickle
-import socket
 import tempfile
 import threading
 import time
@@ -54,6 +53,7 @@ from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Literal
 
 from . import _task
 from ._future import AbortableFuture
+from ._interrupt import stop_on_interrupt
 from ._jobs import Job, completed, task_name
 from ._manager import Manager
 from ._states import FAILURE
@@ -105,7 +105,7 @@ class Executor(concurrent.futures.Executor):
             store = os.path.join(self._tmpdir, "store.sqlite")
         self._store = Store.open(store) if self._tmpdir is None else Store(store)  # type: ignore[arg-type]
         self.id = uuid.uuid4().hex
-        self._store.register_executor(self.id, socket.gethostname(), os.getpid())
+        self._store.register_executor(self.id)
 
         self._manager = Manager(self._store, self.id, mp_context, max_workers, poll_interval, self._tmpdir)
         _live_executors.add(self)
@@ -277,12 +277,8 @@ class Executor(concurrent.futures.Executor):
         return False
 
     def _interrupted(self) -> None:
-        """Ctrl-C: abort everything and wait; a second Ctrl-C terminates the workers."""
-        self.abort_all()
-        try:
-            self.shutdown(wait=True)
-        except KeyboardInterrupt:
-            self._manager.terminate()
+        """Ctrl-C reached the ``with`` block: see ``_interrupt`` for the design."""
+        stop_on_interrupt(self.abort_all, self.shutdown, self._manager.terminate)
 
 
 def _chunks(items: Iterator[Any], size: int) -> Iterator[List[Any]]:

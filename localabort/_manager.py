@@ -46,6 +46,8 @@ _dumps = pickle.dumps
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 #: Seconds a changed row may wait for the next store write while workers are busy.
 FLUSH_INTERVAL = 0.002
+#: The largest pickled result the store takes (SQLite refuses values over 10**9 bytes).
+MAX_RESULT_BYTES = 900_000_000
 
 
 class Manager:
@@ -258,6 +260,12 @@ class Manager:
         else:
             _, _, state, blob, tb, progress = message
             slot.job = None
+            if len(blob) > MAX_RESULT_BYTES:
+                state, tb = FAILURE, None
+                blob = _dumps(ValueError(
+                    f"the result of {job.name} [{job.id}] is {len(blob):,} bytes pickled, over the store's limit of "
+                    f"{MAX_RESULT_BYTES:,}; write large data to a file and return its path"
+                ), _PROTOCOL)  # fmt: skip
             self._finish(job, state, blob, tb, progress, finished)
 
     def _finish(self, job: Job, state: str, blob: Optional[bytes], tb: Optional[str], progress: Any,

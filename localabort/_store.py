@@ -18,15 +18,18 @@ created owner-only (0600).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pickle
+import socket
 import time
-from typing import Any, ClassVar, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, ClassVar, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 
-from ._errors import StoreError
-from ._states import PENDING, STARTED, SUCCESS
+from ._errors import StoreError, WorkerLost
+from ._states import FAILURE, PENDING, STARTED, SUCCESS
 
 __all__ = ["Store", "TaskRecord"]
 
@@ -71,6 +74,7 @@ executors = sa.Table(
     sa.Column("id", sa.String(64), primary_key=True),
     sa.Column("hostname", sa.String(255)),
     sa.Column("pid", sa.Integer),
+    sa.Column("process_start", sa.String(32)),  # tells a live pid from a reused one
     sa.Column("started_at", sa.Float),
     sa.Column("closed_at", sa.Float),
 )
@@ -208,6 +212,24 @@ class Store:
         self._engine = None
         self._pid = -1
 
+    @contextlib.contextmanager
+    def _begin(self) -> Iterator[Connection]:
+        """A short write transaction; any database failure becomes a ``StoreError`` naming the store."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreError(f"{self.name}: cannot write the store ({_reason(exc)})") from exc
+
+    @contextlib.contextmanager
+    def _connect(self) -> Iterator[Connection]:
+        """A connection for reads; any database failure becomes a ``StoreError`` naming the store."""
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreError(f"{self.name}: cannot read the store ({_reason(exc)})") from exc
+
     def _prepare(self) -> None:
         """Create the file (0600) and schema, or check an existing one."""
         if self.path is not None:
@@ -229,13 +251,13 @@ class Store:
                     conn.execute(meta.insert().values(name="schema", value=str(SCHEMA_VERSION)))
         except sa.exc.SQLAlchemyError as exc:
             self.dispose()
-            reason = str(getattr(exc, "orig", exc)).splitlines()[0]
-            raise StoreError(f"{self.name}: cannot open as a localabort store ({reason})") from None
+            raise StoreError(f"{self.name}: cannot open as a localabort store ({_reason(exc)})") from None
         if int(found or SCHEMA_VERSION) > SCHEMA_VERSION:
             raise StoreError(
                 f"{self.name}: written by a newer localabort (schema {found}, this one reads "
                 f"{SCHEMA_VERSION}); upgrade localabort"
             )
+        self.recover_dead_executors()
 
     # -- writes ---------------------------------------------------------------
 
@@ -276,7 +298,7 @@ class Store:
         """
         if not rows and not aborts:
             return
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             if aborts:
                 conn.execute(self._upsert(keep_abort=False), list(aborts))
             if rows:
@@ -288,7 +310,7 @@ class Store:
         Returns ``True`` if the request is recorded (now or before), ``False``
         if the task has finished or the store does not know it.
         """
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             done = conn.execute(
                 tasks.update()
                 .where(tasks.c.id == task_id, sa.text(_UNFINISHED))
@@ -296,25 +318,54 @@ class Store:
             ).rowcount
         return bool(done)
 
-    def register_executor(self, executor_id: str, hostname: str, pid: int) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(executors.insert().values(id=executor_id, hostname=hostname, pid=pid, started_at=time.time()))
+    def register_executor(self, executor_id: str) -> None:
+        """Record that an executor of this process writes to the store."""
+        pid = os.getpid()
+        row = dict(id=executor_id, hostname=socket.gethostname(), pid=pid, process_start=_process_start(pid))
+        with self._begin() as conn:
+            conn.execute(executors.insert().values(started_at=time.time(), **row))
 
     def close_executor(self, executor_id: str) -> None:
-        with self.engine.begin() as conn:
+        with self._begin() as conn:
             conn.execute(executors.update().where(executors.c.id == executor_id).values(closed_at=time.time()))
+
+    def recover_dead_executors(self) -> List[str]:
+        """Fail the unfinished tasks of executors on this host whose process has died.
+
+        Their tasks end FAILURE with ``WorkerLost``, so no task stays
+        PENDING or STARTED for ever. Runs whenever a process opens the
+        store; returns the ids of the executors it closed.
+        """
+        host = socket.gethostname()
+        query = sa.select(executors.c.id, executors.c.pid, executors.c.process_start).where(
+            executors.c.closed_at.is_(None), executors.c.hostname == host
+        )
+        with self._connect() as conn:
+            found = conn.execute(query).all()
+        dead = [row for row in found if not _alive(row.pid, row.process_start)]
+        for row in dead:
+            lost = WorkerLost(f"executor {row.id} (pid {row.pid} on {host}) died before this task finished")
+            now = time.time()
+            with self._begin() as conn:
+                conn.execute(
+                    tasks.update()
+                    .where(tasks.c.executor_id == row.id, sa.text(_UNFINISHED))
+                    .values(state=FAILURE, finished_at=now, result=pickle.dumps(lost))
+                )
+                conn.execute(executors.update().where(executors.c.id == row.id).values(closed_at=now))
+        return [row.id for row in dead]
 
     # -- reads ----------------------------------------------------------------
 
     def get(self, task_id: str) -> Optional[TaskRecord]:
         """The task ``task_id`` as stored, or ``None``."""
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             row = conn.execute(sa.select(tasks).where(tasks.c.id == task_id)).first()
         return None if row is None else _record(row)
 
     def is_abort_requested(self, task_id: str) -> bool:
         """Whether an abort was ever requested for ``task_id``."""
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             at = conn.execute(sa.select(tasks.c.abort_requested_at).where(tasks.c.id == task_id)).scalar()
         return at is not None
 
@@ -325,7 +376,7 @@ class Store:
             tasks.c.abort_requested_at.is_not(None),
             sa.text(_UNFINISHED),
         )
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             return list(conn.execute(query).scalars())
 
     def find_success(self, name: str, key: str) -> Optional[TaskRecord]:
@@ -336,7 +387,7 @@ class Store:
             .order_by(tasks.c.finished_at.desc())
             .limit(1)
         )
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             row = conn.execute(query).first()
         return None if row is None else _record(row)
 
@@ -345,5 +396,31 @@ class Store:
         query = sa.select(tasks).order_by(tasks.c.submitted_at.desc())
         if ids is not None:
             query = query.where(tasks.c.id.in_(list(ids)))
-        with self.engine.connect() as conn:
+        with self._connect() as conn:
             return [_record(row) for row in conn.execute(query)]
+
+
+def _reason(exc: BaseException) -> str:
+    """The database's own words for a failure, on one line."""
+    return str(getattr(exc, "orig", None) or exc).splitlines()[0]
+
+
+def _process_start(pid: int) -> Optional[str]:
+    """When process ``pid`` started (clock ticks since boot, from /proc), or ``None`` off Linux."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return None
+
+
+def _alive(pid: int, started: Optional[str]) -> bool:
+    """Whether the process that registered as ``pid`` (started at ``started``) still runs."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        pass
+    now = _process_start(pid)
+    return started is None or now is None or now == started

@@ -1,0 +1,54 @@
+"""Ctrl-C: what a KeyboardInterrupt means to an executor, and how it stops.
+
+The problem
+-----------
+A terminal's Ctrl-C sends SIGINT to every process in the foreground
+process group: the script *and* its worker processes. Python turns it into
+``KeyboardInterrupt`` wherever each process happens to be. Left alone,
+every worker prints a traceback from the middle of a task and dies, the
+tasks' states are whatever was last written (STARTED, for ever), and the
+script's own exit may wait for tasks that nobody will finish.
+
+What does not work
+------------------
+- Catching ``KeyboardInterrupt`` in the workers, as ``ProcessPoolExecutor``
+  does: the exception lands at an arbitrary point of the task, which then
+  cannot stop cleanly, and a SIGINT sent to the script alone (``kill
+  -INT``) never reaches the workers at all.
+- Waiting for the tasks in ``__exit__``, as ``pebble`` does: a 10-minute
+  task makes Ctrl-C take 10 minutes.
+- Killing the workers at once, as ``multiprocessing.Pool`` does: the tasks
+  lose their work and their chance to say how far they got.
+- Doing the work in a signal handler: a handler runs between two bytecodes
+  of whatever the main thread was doing, perhaps holding the executor's
+  lock. Handlers may only set flags.
+
+The solution
+------------
+- Workers ignore SIGINT (``_worker``): the producer alone decides, whether
+  the signal went to the whole group or only to the script.
+- The script's main thread gets Python's ordinary ``KeyboardInterrupt``,
+  from no handler of ours. When it reaches ``Executor.__exit__``, we ask
+  for a graceful stop: every task not started ends ABORTED at once, every
+  running task is asked to abort (a shared-memory write, seen at its next
+  check), and we wait for them.
+- A second Ctrl-C during that wait terminates the workers; their tasks end
+  ABORTED in the store.
+- Either way the ``KeyboardInterrupt`` is re-raised, so the script exits
+  as an interrupted script does (killed by SIGINT, status 130 in a shell).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+__all__ = ["stop_on_interrupt"]
+
+
+def stop_on_interrupt(abort_all: Callable[[], int], wait: Callable[[], None], terminate: Callable[[], None]) -> None:
+    """The first Ctrl-C: abort everything and wait; a second one during the wait: terminate."""
+    abort_all()
+    try:
+        wait()
+    except KeyboardInterrupt:
+        terminate()
