@@ -47,8 +47,8 @@ __all__ = ["stop_on_interrupt"]
 
 def stop_on_interrupt(abort_all: Callable[[], int], wait: Callable[[], None], terminate: Callable[[], None]) -> None:
     """The first Ctrl-C: abort everything and wait; a second one during the wait: terminate."""
-    abort_all()
     try:
+        abort_all()
         wait()
     except KeyboardInterrupt:
         terminate()

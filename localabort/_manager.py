@@ -46,6 +46,8 @@ _dumps = pickle.dumps
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 #: Seconds a changed row may wait for the next store write while workers are busy.
 FLUSH_INTERVAL = 0.002
+#: Workers in a row that may die before they start before the executor gives up.
+MAX_START_FAILURES = 3
 #: The largest pickled result the store takes (SQLite refuses values over 10**9 bytes).
 MAX_RESULT_BYTES = 900_000_000
 
@@ -77,8 +79,12 @@ class Manager:
         weakref.finalize(self, _close_fds, self._wake_r, self._wake_w)
         self._wake_pending = False
         self._next_poll = 0.0
+        self._start_failures = 0
         self._unresolved: List[Job] = []  # finished jobs waiting for the next store write
         self._flush_due = float("inf")
+        # Waiters wait on this, not on Thread.join(): up to Python 3.11, a join() interrupted by
+        # Ctrl-C marks the thread stopped while it runs, and every later join() returns at once.
+        self.stopped = threading.Event()
         self._thread = threading.Thread(target=self._manage, name="localabort-manager", daemon=True)
         self._thread.start()
 
@@ -122,7 +128,7 @@ class Manager:
             job.future.cancel()
         self._wake()
         if wait:
-            self._thread.join()
+            self.stopped.wait()
 
     def terminate(self) -> None:
         """Kill every worker now; their tasks end ABORTED."""
@@ -131,7 +137,7 @@ class Manager:
             slots = list(self._slots)
         for slot in slots:
             slot.kill()
-        self._thread.join()
+        self.stopped.wait()
 
     def _mark_aborted(self, job: Job) -> bool:
         """Under the lock: flag ``job`` aborted; end it if queued. Return whether it ended."""
@@ -185,7 +191,10 @@ class Manager:
         except BaseException as exc:  # a store or pool failure: fail what is left, loudly
             self._break(exc)
         finally:
-            self._close()
+            try:
+                self._close()
+            finally:
+                self.stopped.set()
 
     def _step(self) -> bool:
         """One loop of the manager; returns ``False`` when it is time to stop."""
@@ -193,9 +202,9 @@ class Manager:
         busy = False
         for slot in self._slots:
             waitables[slot.sentinel] = slot
-            if slot.job is not None:
+            if slot.job is not None or not slot.ready:
                 waitables[slot.conn] = slot
-                busy = True
+            busy = busy or slot.job is not None
         ready = multiprocessing.connection.wait(list(waitables), self._timeout() if busy else None)
         finished: List[Job] = []
         for obj in ready:
@@ -250,6 +259,10 @@ class Manager:
             self._replace(slot, finished)
 
     def _handle(self, slot: Slot, message: Tuple[Any, ...], finished: List[Job]) -> None:
+        if message[0] == "ready":
+            slot.ready = True
+            self._start_failures = 0
+            return
         job = slot.job
         if job is None or message[1] != job.seq:  # pragma: no cover - a reply for no job
             return
@@ -282,21 +295,31 @@ class Manager:
     def _replace(self, slot: Slot, finished: List[Job]) -> None:
         """The worker in ``slot`` is gone: fail its job and start a new worker."""
         try:
-            while slot.job is not None and slot.conn.poll():  # replies sent before it died
+            while slot.conn.poll():  # what it sent before it died
                 self._handle(slot, pickle.loads(slot.conn.recv_bytes()), finished)
         except (EOFError, OSError):
             pass
         slot.reap(timeout=1.0)
         job, slot.job = slot.job, None
+        start_failure = None
+        if not slot.ready and not self._terminating:
+            self._start_failures += 1
+            start_failure = (
+                f"a worker (pid {slot.pid}) {slot.exit_reason()} before it started; under spawn and forkserver "
+                "each worker imports the main module, so a script must keep its code under "
+                "`if __name__ == '__main__':`"
+            )
         if job is not None:
             if self._terminating:
                 state, exc = ABORTED, job.lost or TaskAborted(f"task {job.id} terminated", task_id=job.id)
             else:
                 state = FAILURE
                 exc = job.lost or WorkerLost(
-                    f"the worker (pid {slot.pid}) running {job.name} [{job.id}] {slot.exit_reason()}"
+                    start_failure or f"the worker (pid {slot.pid}) running {job.name} [{job.id}] {slot.exit_reason()}"
                 )
             self._finish(job, state, _dumps(exc, _PROTOCOL), None, None, finished)
+        if self._start_failures >= MAX_START_FAILURES:
+            raise RuntimeError(start_failure)
         with self._lock:
             restart = not self._terminating and not (self._shutdown and not self._queue)
         if restart:
@@ -354,7 +377,7 @@ class Manager:
         for slot, job in sends:
             job.future.set_running_or_notify_cancel()
             job.future._la_state = STARTED
-            messages.append((slot, _dumps((job.seq, job.id, job.blob, job.chunked), _PROTOCOL)))
+            messages.append((slot, _dumps((job.seq, job.id, job.name, job.blob, job.chunked), _PROTOCOL)))
             job.blob = None
         return messages
 
@@ -378,19 +401,30 @@ class Manager:
         return row
 
     def _break(self, exc: BaseException) -> None:
-        """The manager failed: every unfinished future fails with ``BrokenExecutor``."""
+        """The manager cannot go on: settle every future, then stop the workers.
+
+        Jobs that finished keep their outcome; the others fail with
+        ``BrokenExecutor``, whose message says why. Their rows are written
+        if the store still takes writes.
+        """
+        error = concurrent.futures.BrokenExecutor(f"the localabort executor stopped: {exc}")
         with self._lock:
             self.broken, self._shutdown = exc, True
-            jobs = list(self._jobs.values())
+            jobs = {job.id: job for job in [*self._unresolved, *self._dirty.values(), *self._jobs.values()]}
             self._jobs.clear()
             self._queue.clear()
-        error = concurrent.futures.BrokenExecutor(f"the localabort executor stopped: {exc!r}")
-        for job in jobs:
-            job.future._la_state = FAILURE
-            if not job.future.done():
-                job.future.set_exception(error)
+            self._dirty.clear()
+            self._unresolved = []
+            for job in jobs.values():
+                if job.status != DONE:
+                    job.end(FAILURE, error)
         for slot in self._slots:
             slot.kill()
+        try:
+            self._store.write([self._row(job) for job in jobs.values()])
+        except Exception:  # the store may be what failed; the futures still get their outcome
+            pass
+        resolve([job for job in jobs.values() if not job.future.done()])
 
     def _close(self) -> None:
         for slot in self._slots:
@@ -406,8 +440,8 @@ class Manager:
                 resolve(self._unresolved)
                 self._store.close_executor(self.executor_id)
         finally:
+            self._store.dispose()  # its pooled connections hold file descriptors; reopened on next use
             if self._tmpdir is not None:
-                self._store.dispose()
                 shutil.rmtree(self._tmpdir, ignore_errors=True)
 
 

@@ -26,6 +26,7 @@ class Slot:
     def __init__(self, ctx: Any, index: int, flags: Any, store_url: str) -> None:
         self.index = index
         self.job: Any = None  # the job this worker runs, or None when idle
+        self.ready = False  # the worker said it has started
         parent_end, child_end = ctx.Pipe(duplex=True)
         self.process = ctx.Process(
             target=worker_main,

@@ -149,7 +149,10 @@ class Store:
         text = os.fspath(spec)
         if "://" in text:
             self.url = text
-            self.path: Optional[str] = make_url(text).database if text.startswith("sqlite") else None
+            url = make_url(text)
+            # A plain SQLite URL names a file; a URI one (``?uri=true``) names it its own way.
+            is_file = url.get_backend_name() == "sqlite" and "uri" not in url.query and url.database
+            self.path: Optional[str] = url.database if is_file else None
         else:
             self.path = os.path.abspath(text)
             self.url = "sqlite:///" + self.path
@@ -253,6 +256,7 @@ class Store:
             self.dispose()
             raise StoreError(f"{self.name}: cannot open as a localabort store ({_reason(exc)})") from None
         if int(found or SCHEMA_VERSION) > SCHEMA_VERSION:
+            self.dispose()
             raise StoreError(
                 f"{self.name}: written by a newer localabort (schema {found}, this one reads "
                 f"{SCHEMA_VERSION}); upgrade localabort"

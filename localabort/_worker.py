@@ -3,7 +3,8 @@
 The parent sends a job over the worker's own pipe; the worker runs it and
 sends back one reply, with progress messages before it::
 
-    parent --(seq, task_id, blob, chunked)--> worker
+    parent --(seq, task_id, name, blob, chunked)--> worker
+    parent <--("ready", 0)------------------- worker    (once, when it has started)
     parent <--("p", seq, done, total)-------- worker    (throttled, any number)
     parent <--("r", seq, state, blob, tb, progress)--   (exactly one)
 
@@ -43,6 +44,7 @@ def worker_main(conn: multiprocessing.connection.Connection, flags: Any, slot: i
     _exit_with_parent()
     words = memoryview(flags).cast("B").cast("q")
     lookup = _Lookup(store_url)
+    conn.send_bytes(_dumps(("ready", 0), _PROTOCOL))  # start-up is over: imports done, main module loaded
     while True:
         try:
             message = conn.recv_bytes()
@@ -50,17 +52,19 @@ def worker_main(conn: multiprocessing.connection.Connection, flags: Any, slot: i
             return
         if not message:
             return
-        seq, task_id, blob, chunked = pickle.loads(message)
-        conn.send_bytes(_run(conn, words, slot, seq, task_id, blob, chunked, lookup))
+        seq, task_id, name, blob, chunked = pickle.loads(message)
+        conn.send_bytes(_run(conn, words, slot, seq, task_id, name, blob, chunked, lookup))
 
 
-def _run(conn: Any, words: Any, slot: int, seq: int, task_id: str, blob: bytes, chunked: bool, lookup: Any) -> bytes:
+def _run(
+    conn: Any, words: Any, slot: int, seq: int, task_id: str, name: str, blob: bytes, chunked: bool, lookup: Any
+) -> bytes:
     try:
         target, args, kwargs = pickle.loads(blob)
     except BaseException as exc:
         msg = (
-            f"the worker could not load task {task_id}: {type(exc).__name__}: {exc}; define the task "
-            "at module level in an importable module (under spawn/forkserver, not in __main__ or a function)"
+            f"a worker could not load {name} [{task_id}] ({type(exc).__name__}: {exc}); define it at module "
+            "level in an importable module: under spawn and forkserver, not in __main__ or in a function"
         )
         return _reply(seq, Outcome(FAILURE, None, RuntimeError(msg)), None)
 

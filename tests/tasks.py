@@ -122,3 +122,43 @@ def outside_helpers():
     """A plain callable: the module-level helpers are harmless outside a task."""
     checkpoint()
     return current_task(), is_aborted()
+
+
+class Ticker(AbortableTask):
+    """Checks for abort every 10 ms, for up to ``seconds``."""
+
+    def run(self, seconds=30.0):
+        deadline = time.monotonic() + seconds
+        i = 0
+        while time.monotonic() < deadline:
+            if self.is_aborted():
+                return i
+            i += 1
+            self.progress(i)
+            time.sleep(0.01)
+        return i
+
+
+class Deaf(AbortableTask):
+    """Never checks for abort: sleeps for ``seconds``, reporting progress."""
+
+    def run(self, seconds=30.0):
+        deadline = time.monotonic() + seconds
+        i = 0
+        while time.monotonic() < deadline:
+            i += 1
+            self.progress(i)
+            time.sleep(0.01)
+        return i
+
+
+class Limited(Spin):
+    soft_time_limit = 0.3
+
+
+class HardLimited(Deaf):
+    time_limit = 0.5
+
+
+def big_bytes(megabytes):
+    return b"x" * (megabytes * 2**20)

@@ -304,7 +304,7 @@ def test_shutdown_cancel_futures(start_method, store_path, tmp_path):
     assert all(f.cancelled() and f.state == ABORTED for f in queued)
     (tmp_path / "go").touch()
     assert running.result(timeout=30) == "returned without checking"
-    ex._manager._thread.join(30)
+    ex._manager.stopped.wait(30)
     assert {r.state for r in Store.open(store_path).tasks(f.id for f in queued)} == {ABORTED}
 
 

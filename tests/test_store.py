@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import stat
@@ -21,15 +22,21 @@ def row(task_id="t1", state=PENDING, **extra):
 
 @pytest.fixture
 def store(tmp_path):
-    return Store(str(tmp_path / "s.sqlite"))
+    store = Store(str(tmp_path / "s.sqlite"))
+    yield store
+    store.dispose()
+
+
+def sql(path, statement):
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        return conn.execute(statement).fetchall()
 
 
 def test_new_store_is_owner_only_and_in_wal_mode(store):
     assert stat.S_IMODE(os.stat(store.path).st_mode) == 0o600
     store.write([row()])
     assert stat.S_IMODE(os.stat(store.path + "-wal").st_mode) == 0o600
-    mode = sqlite3.connect(store.path).execute("PRAGMA journal_mode").fetchone()[0]
-    assert mode == "wal"
+    assert sql(store.path, "PRAGMA journal_mode") == [("wal",)]
 
 
 def test_missing_folder(tmp_path):
@@ -55,17 +62,17 @@ def test_read_only_store(tmp_path):
         Store(str(path)).write([row()])
 
 
-def test_store_from_a_newer_localabort(tmp_path, store):
-    sqlite3.connect(store.path).execute(
-        "UPDATE localabort_meta SET value = '99' WHERE name = 'schema'"
-    ).connection.commit()
+def test_store_from_a_newer_localabort(store):
+    sql(store.path, "UPDATE localabort_meta SET value = '99' WHERE name = 'schema'")
     with pytest.raises(StoreError, match=r"written by a newer localabort \(schema 99.*upgrade localabort"):
         Store(store.path)
 
 
 def test_reopen_keeps_tasks(store):
     store.write([row("a", SUCCESS)])
-    assert Store(store.path).get("a").state == SUCCESS
+    again = Store(store.path)
+    assert again.get("a").state == SUCCESS
+    again.dispose()
 
 
 def test_open_is_one_handle_per_store(tmp_path):

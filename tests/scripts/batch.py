@@ -1,0 +1,36 @@
+"""A batch script as a user writes one; the fault tests run it in its own process group.
+
+Usage: batch.py STORE START_METHOD TASK [SECONDS]. TASK is a class of
+tests.tasks. It prints one JSON line once the first two tasks run (their
+worker pids and every task id), then waits on every result.
+"""
+
+import json
+import os
+import signal
+import sys
+import time
+
+from localabort import Executor
+from tests import tasks
+
+
+def main():
+    # A shell starts background jobs with SIGINT ignored; a script at a terminal has Python's handler.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    store, start_method, task_name = sys.argv[1:4]
+    seconds = float(sys.argv[4]) if len(sys.argv) > 4 else 30.0
+    task = getattr(tasks, task_name)
+
+    with Executor(max_workers=2, store=store, mp_context=start_method) as ex:
+        futures = [ex.submit(task, seconds) for _ in range(6)]
+        while not all(f.progress for f in futures[:2]):
+            time.sleep(0.005)
+        pids = [slot.pid for slot in ex._manager._slots]
+        print(json.dumps({"pid": os.getpid(), "workers": pids, "ids": [f.id for f in futures]}), flush=True)
+        for f in futures:
+            f.result()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""Ctrl-C, for real: SIGINT to a batch script's process group (as a terminal sends it) or to it alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from localabort import ABORTED
+from localabort._store import Store
+
+from .conftest import wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+#: A generous bound that tells "stopped promptly" from "waited for 30-second tasks"; the measured
+#: figures are printed by tests/benchmarks/bench_faults.py, not asserted here.
+PROMPT = 5.0
+
+
+def start_batch(store, start_method, task, seconds=30.0):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "tests" / "scripts" / "batch.py"), store, start_method, task, str(seconds)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
+    )  # fmt: skip
+    line = proc.stdout.readline()
+    if not line:
+        proc.kill()
+        pytest.fail(f"the batch script did not start: {proc.communicate()[1]}")
+    return proc, json.loads(line)
+
+
+def finish(proc, timeout=30):
+    try:
+        _, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("the batch script did not exit after Ctrl-C")
+    return proc.returncode, stderr
+
+
+def assert_interrupted_cleanly(rc, stderr, store, ids):
+    assert rc == -signal.SIGINT, stderr  # died of SIGINT, as an interrupted script does
+    assert stderr.count("Traceback") == 1 and stderr.rstrip().endswith("KeyboardInterrupt"), stderr
+    assert "localabort-worker" not in stderr  # no child printed anything
+    assert {r.state for r in Store.open(store).tasks(ids)} == {ABORTED}
+
+
+@pytest.mark.parametrize("target", ["group", "main only"])
+def test_ctrl_c_aborts_gracefully(start_method, store_path, target):
+    proc, info = start_batch(store_path, start_method, "Ticker")
+    start = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT) if target == "group" else os.kill(proc.pid, signal.SIGINT)
+    rc, stderr = finish(proc)
+    assert time.monotonic() - start < PROMPT
+    assert_interrupted_cleanly(rc, stderr, store_path, info["ids"])
+    records = Store.open(store_path).tasks(info["ids"])
+    assert sum(r.started_at is None for r in records) == 4  # the pending ones never started
+
+
+def test_second_ctrl_c_terminates_tasks_that_ignore_the_abort(start_method, store_path):
+    proc, info = start_batch(store_path, start_method, "Deaf")
+    os.killpg(proc.pid, signal.SIGINT)
+    store = Store.open(store_path)
+    # The first Ctrl-C ended the four pending tasks; the two running ones ignore the abort.
+    wait_for(lambda: sum(r.state == ABORTED for r in store.tasks(info["ids"])) == 4, what="pending tasks aborted")
+    with pytest.raises(subprocess.TimeoutExpired):
+        proc.wait(0.5)  # still waiting for tasks that never check
+    start = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)
+    rc, stderr = finish(proc)
+    assert time.monotonic() - start < PROMPT
+    assert_interrupted_cleanly(rc, stderr, store_path, info["ids"])
+    for pid in info["workers"]:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
