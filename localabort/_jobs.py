@@ -28,6 +28,7 @@ class Job:
         "lost",
         "name",
         "progress",
+        "recorded",
         "result",
         "seq",
         "slot",
@@ -60,6 +61,7 @@ class Job:
         self.time_limit: Optional[float] = None
         self.soft_deadline = self.hard_deadline = float("inf")
         self.lost: Optional[BaseException] = None  # why the parent killed its worker
+        self.recorded = False  # the store has its row: only then may it start
 
     def end(self, state: str, exc: Optional[BaseException] = None) -> None:
         """Record a final state decided in the parent (the task did not report one)."""

@@ -223,21 +223,20 @@ class Manager:
             self._next_poll = now + self._poll_interval
             self._poll_aborts(finished)
         self._enforce_limits(now)
+        self._unresolved += finished
+        if self._unrecorded_job_waits():
+            self._commit()  # a task never starts before the store knows it
         for slot, message in self._dispatch():
             try:
                 slot.send(message)
             except OSError:  # the worker died; its sentinel says so next loop
                 pass
-        self._unresolved += finished
         # Group commit: write while workers run, at most FLUSH_INTERVAL after a change,
         # and at once when no worker is busy (no reply is coming to share the write with).
         if self._dirty or self._abort_rows:
             self._flush_due = min(self._flush_due, now + FLUSH_INTERVAL)
             if now >= self._flush_due or all(s.job is None for s in self._slots):
-                self._flush()
-                self._flush_due = float("inf")
-                resolve(self._unresolved)
-                self._unresolved = []
+                self._commit()
         with self._lock:
             return not (self._shutdown and not self._jobs and all(s.job is None for s in self._slots))
 
@@ -349,6 +348,20 @@ class Manager:
                         self._mark_aborted(job)
                         self._abort_rows.append(self._row(job, abort=True))
 
+    def _unrecorded_job_waits(self) -> bool:
+        """Whether an idle worker waits for a job whose row is not in the store yet."""
+        with self._lock:
+            return any(s.job is None for s in self._slots) and any(
+                job.status == QUEUED and not job.recorded for job in itertools.islice(self._queue, 2)
+            )
+
+    def _commit(self) -> None:
+        """Write every changed row, then resolve the futures of the jobs that finished."""
+        self._flush()
+        self._flush_due = float("inf")
+        resolve(self._unresolved)
+        self._unresolved = []
+
     def _dispatch(self) -> List[Tuple[Slot, bytes]]:
         """Give queued jobs to idle workers; return the messages to send."""
         sends = []
@@ -362,6 +375,9 @@ class Manager:
                     job = self._queue.popleft()
                     if job.status == QUEUED:
                         break
+                    job = None
+                if job is not None and not job.recorded:  # submitted since the last write
+                    self._queue.appendleft(job)
                     job = None
                 if job is None:
                     break
@@ -385,9 +401,12 @@ class Manager:
         with self._lock:
             if not self._dirty and not self._abort_rows:
                 return
-            rows = [self._row(job) for job in self._dirty.values()]
+            jobs = list(self._dirty.values())
+            rows = [self._row(job) for job in jobs]
             aborts, self._dirty, self._abort_rows = self._abort_rows, {}, []
         self._store.write(rows, aborts=aborts)
+        for job in jobs:
+            job.recorded = True
 
     def _row(self, job: Job, abort: bool = False) -> Dict[str, Any]:
         done, total = job.progress if job.progress is not None else (None, None)

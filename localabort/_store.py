@@ -156,7 +156,9 @@ class Store:
         else:
             self.path = os.path.abspath(text)
             self.url = "sqlite:///" + self.path
-        self.name = self.path or make_url(self.url).render_as_string(hide_password=True)
+        url = make_url(self.url)
+        # How messages name the store: its path, or its URL as given, less any password.
+        self.name = self.path or (self.url if url.password is None else url.render_as_string(hide_password=True))
         self._engine: Optional[Engine] = None
         self._pid = -1
         self._statements: Dict[bool, Any] = {}  # built once: building an upsert costs more than running it

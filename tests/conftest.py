@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
+import os
+import select
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Callable
 
 import pytest
@@ -49,3 +56,32 @@ def wait_for(predicate: Callable[[], object], timeout: float = 20.0, what: str =
 def started(future) -> bool:
     """The task runs and has reported progress, so it is inside ``run``."""
     return future.progress is not None
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def start_batch():
+    """Start tests/scripts/batch.py in its own process group; every group is killed at teardown."""
+    procs = []
+
+    def start(store, start_method, task, seconds=30.0):
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "tests" / "scripts" / "batch.py"), store, start_method, task, str(seconds)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        )  # fmt: skip
+        procs.append(proc)
+        if not select.select([proc.stdout], [], [], 60)[0]:
+            pytest.fail("the batch script did not start within 60 s")
+        line = proc.stdout.readline()
+        if not line:
+            pytest.fail(f"the batch script did not start: {proc.communicate()[1]}")
+        return proc, json.loads(line)
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -17,23 +14,9 @@ from localabort._store import Store
 
 from .conftest import wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
 #: A generous bound that tells "stopped promptly" from "waited for 30-second tasks"; the measured
 #: figures are printed by tests/benchmarks/bench_faults.py, not asserted here.
 PROMPT = 5.0
-
-
-def start_batch(store, start_method, task, seconds=30.0):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "tests" / "scripts" / "batch.py"), store, start_method, task, str(seconds)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
-    )  # fmt: skip
-    line = proc.stdout.readline()
-    if not line:
-        proc.kill()
-        pytest.fail(f"the batch script did not start: {proc.communicate()[1]}")
-    return proc, json.loads(line)
 
 
 def finish(proc, timeout=30):
@@ -54,7 +37,7 @@ def assert_interrupted_cleanly(rc, stderr, store, ids):
 
 
 @pytest.mark.parametrize("target", ["group", "main only"])
-def test_ctrl_c_aborts_gracefully(start_method, store_path, target):
+def test_ctrl_c_aborts_gracefully(start_batch, start_method, store_path, target):
     proc, info = start_batch(store_path, start_method, "Ticker")
     start = time.monotonic()
     os.killpg(proc.pid, signal.SIGINT) if target == "group" else os.kill(proc.pid, signal.SIGINT)
@@ -65,7 +48,7 @@ def test_ctrl_c_aborts_gracefully(start_method, store_path, target):
     assert sum(r.started_at is None for r in records) == 4  # the pending ones never started
 
 
-def test_second_ctrl_c_terminates_tasks_that_ignore_the_abort(start_method, store_path):
+def test_second_ctrl_c_terminates_tasks_that_ignore_the_abort(start_batch, start_method, store_path):
     proc, info = start_batch(store_path, start_method, "Deaf")
     os.killpg(proc.pid, signal.SIGINT)
     store = Store.open(store_path)

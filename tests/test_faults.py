@@ -1,0 +1,257 @@
+"""Faults injected for real: time limits, a killed executor, contention, bad tasks, huge results, bad stores.
+
+Each test fails if the fault is not handled: a hang fails through the
+test timeout. Measured recovery times come from tests/benchmarks/bench_faults.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from localabort import (
+    ABORTED,
+    FAILURE,
+    STARTED,
+    SUCCESS,
+    AbortableAsyncResult,
+    Executor,
+    StoreError,
+    TaskAborted,
+    TimeLimitExceeded,
+    WorkerLost,
+    _manager,
+)  # fmt: skip
+from localabort._store import Store
+
+from . import tasks
+from .conftest import wait_for
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = dict(os.environ, PYTHONPATH=str(ROOT))
+
+
+# -- time limits ----------------------------------------------------------------
+
+
+def test_soft_time_limit_requests_an_abort(executor):
+    fut = executor.submit(tasks.Limited)  # soft_time_limit = 0.3 on the class
+    with pytest.raises(TaskAborted) as info:
+        fut.result(timeout=30)
+    assert info.value.partial_result > 0 and fut.state == ABORTED
+    assert executor.store.get(fut.id).abort_requested
+    override = executor.apply_async(tasks.Spin, soft_time_limit=0.1)
+    with pytest.raises(TaskAborted):
+        override.result(timeout=30)
+
+
+def test_hard_time_limit_kills_the_child_and_the_pool_heals(executor):
+    fut = executor.submit(tasks.HardLimited, 30)  # time_limit = 0.5 on the class
+    other = executor.submit(tasks.Crunch, 100)
+    with pytest.raises(TimeLimitExceeded, match=r"HardLimited \[.*\] ran past its time_limit of 0.5s"):
+        fut.result(timeout=30)
+    assert fut.state == FAILURE and executor.store.get(fut.id).state == FAILURE
+    assert other.result(timeout=30)[-1] == 99 * 99
+    assert executor.submit(tasks.add, 2, 3).result(timeout=30) == 5
+    override = executor.apply_async(tasks.Deaf, (30,), time_limit=0.2)
+    with pytest.raises(TimeLimitExceeded):
+        override.result(timeout=30)
+
+
+# -- an executor killed mid-batch -----------------------------------------------
+
+
+def test_killed_executor_children_exit_and_its_tasks_are_recovered(start_batch, start_method, store_path):
+    proc, info = start_batch(store_path, start_method, "Deaf")
+    os.kill(info["pid"], signal.SIGKILL)
+    proc.communicate(timeout=30)
+
+    def alive(pid):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+
+    def workers_gone():
+        return not any(alive(pid) for pid in info["workers"])
+
+    wait_for(workers_gone, timeout=10, what="the dead executor's workers to exit")
+    results = [AbortableAsyncResult(task_id, store=store_path) for task_id in info["ids"]]  # opening recovers
+    assert {r.state for r in results} == {FAILURE}
+    with pytest.raises(WorkerLost, match=r"executor .* \(pid \d+ on .*\) died before this task finished"):
+        results[0].get(timeout=5)
+    with contextlib.closing(sqlite3.connect(store_path)) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+
+
+def test_live_executor_is_not_recovered(executor):
+    fut = executor.submit(tasks.Spin)
+    wait_for(lambda: getattr(executor.store.get(fut.id), "state", None) == STARTED)
+    assert Store(executor.store.path).recover_dead_executors() == []
+    assert executor.store.get(fut.id).state == STARTED
+    fut.abort()
+    with pytest.raises(TaskAborted):
+        fut.result(timeout=30)
+
+
+# -- contention -------------------------------------------------------------------
+
+CONTENDER = """
+import sys
+from localabort import Executor
+from tests import tasks
+if __name__ == "__main__":
+    with Executor(max_workers=2, store=sys.argv[1]) as ex:
+        futures = [ex.submit(tasks.add, i, 1) for i in range(int(sys.argv[2]))]
+        assert [f.result(timeout=120) for f in futures] == [i + 1 for i in range(int(sys.argv[2]))]
+    print("ok")
+"""
+
+
+def test_two_executors_and_a_poller_share_one_store(tmp_path, store_path):
+    script = tmp_path / "contender.py"
+    script.write_text(CONTENDER)
+    Store(store_path).dispose()  # create it once, so both start on a ready schema
+    procs = [
+        subprocess.Popen([sys.executable, str(script), store_path, "400"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=ENV)
+        for _ in range(2)
+    ]  # fmt: skip
+    errors = []
+    stop = threading.Event()
+
+    def poll():
+        store = Store.open(store_path)
+        while not stop.is_set():
+            try:
+                for record in store.tasks()[:50]:
+                    assert AbortableAsyncResult(record.id, store=store).state in {"PENDING", "STARTED", SUCCESS}
+            except Exception as exc:  # a "database is locked" would land here
+                errors.append(exc)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        outputs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        stop.set()
+        poller.join()
+    for proc, (out, err) in zip(procs, outputs):
+        assert proc.returncode == 0 and out.strip() == "ok", err
+        assert "locked" not in err
+    assert errors == []
+    records = Store.open(store_path).tasks()
+    assert len(records) == 800 and {r.state for r in records} == {SUCCESS}
+
+
+# -- tasks a worker cannot load ----------------------------------------------------
+
+
+def run_script(code, *args, timeout=60):
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args], capture_output=True, text=True, timeout=timeout, env=ENV
+    )
+
+
+def test_task_class_in_main_under_spawn_fails_that_future_clearly(store_path):
+    out = run_script(
+        """
+        import sys
+        from localabort import AbortableTask, Executor
+        from tests import tasks
+
+        class InMain(AbortableTask):
+            def run(self):
+                return 1
+
+        with Executor(max_workers=1, store=sys.argv[1], mp_context="spawn") as ex:
+            try:
+                ex.submit(InMain).result(timeout=30)
+            except RuntimeError as exc:
+                print(exc)
+            print(ex.submit(tasks.add, 1, 1).result(timeout=30))
+        """,
+        store_path,
+    )
+    assert out.returncode == 0, out.stderr
+    first, second = out.stdout.strip().splitlines()
+    assert first.startswith("a worker could not load __main__.InMain [")
+    assert "define it at module level in an importable module" in first
+    assert second == "2"  # the pool goes on
+
+
+def test_script_without_main_guard_under_spawn_fails_fast(tmp_path, store_path):
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys
+            from localabort import Executor
+            from tests import tasks
+            with Executor(max_workers=2, store=sys.argv[1], mp_context="spawn") as ex:
+                futures = [ex.submit(tasks.add, 1, i) for i in range(5)]
+                for f in futures:
+                    try:
+                        f.result(timeout=30)
+                    except Exception as exc:
+                        print(type(exc).__name__, exc)
+            """
+        )
+    )
+    out = subprocess.run([sys.executable, str(script), store_path], capture_output=True, text=True, timeout=60, env=ENV)
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == 5
+    assert all("under `if __name__ == '__main__':`" in line for line in lines)
+    assert lines[-1].startswith("BrokenExecutor the localabort executor stopped: a worker (pid")
+
+
+# -- results -----------------------------------------------------------------------
+
+
+def test_a_result_of_hundreds_of_megabytes_arrives(start_method, store_path):
+    with Executor(max_workers=1, store=store_path, mp_context=start_method) as ex:
+        fut = ex.submit(tasks.big_bytes, 300)
+        assert len(fut.result(timeout=120)) == 300 * 2**20
+        assert ex.submit(tasks.add, 1, 1).result(timeout=30) == 2
+
+
+def test_a_result_over_the_store_limit_fails_clearly(executor, monkeypatch):
+    monkeypatch.setattr(_manager, "MAX_RESULT_BYTES", 10 * 2**20)
+    fut = executor.submit(tasks.big_bytes, 11)
+    with pytest.raises(ValueError, match=r"the result of tests.tasks.big_bytes .* over the store's limit"):
+        fut.result(timeout=60)
+    assert executor.store.get(fut.id).state == FAILURE
+    assert len(executor.submit(tasks.big_bytes, 9).result(timeout=60)) == 9 * 2**20
+
+
+# -- stores an executor cannot use ----------------------------------------------
+
+
+def test_executor_on_a_store_it_cannot_write(store_path):
+    Store(store_path).dispose()
+    url = f"sqlite:///file:{store_path}?mode=ro&uri=true"
+    with pytest.raises(
+        StoreError, match=r"^sqlite:///file:.*store.sqlite.*: cannot write the store \(attempt to write"
+    ):
+        Executor(max_workers=1, store=url)
+
+
+@pytest.mark.parametrize("case", ["missing folder", "not a database"])
+def test_executor_on_a_bad_store_raises_one_line(tmp_path, case):
+    path = tmp_path / "nope" / "s.sqlite" if case == "missing folder" else tmp_path / "junk.sqlite"
+    if case == "not a database":
+        path.write_bytes(os.urandom(4096))
+    with pytest.raises(StoreError) as info:
+        Executor(max_workers=1, store=str(path))
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
