@@ -35,6 +35,7 @@ def mypy(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Run the benchmarks beside ProcessPoolExecutor and print their tables."""
+    """Run the benchmarks (beside ProcessPoolExecutor) and the fault-recovery timings; print their tables."""
     session.install("-e", ".")
     session.run("python", "tests/benchmarks/bench_core.py", *session.posargs)
+    session.run("python", "tests/benchmarks/bench_faults.py")
