@@ -210,9 +210,11 @@ class Manager:
         for obj in ready:
             owner = waitables[obj]
             if owner is None:
+                # Drain first, then clear: a submit after the clear writes a new byte; one before it
+                # is already queued, and this loop dispatches it. (The other order loses wake-ups.)
+                os.read(self._wake_r, 65536)
                 with self._lock:
                     self._wake_pending = False
-                os.read(self._wake_r, 65536)
             elif self._slots[owner.index] is owner:  # not replaced earlier in this loop
                 if obj is owner.conn:
                     self._receive(owner, finished)
@@ -261,6 +263,8 @@ class Manager:
         if message[0] == "ready":
             slot.ready = True
             self._start_failures = 0
+            if slot.job is not None:  # sent before the worker had started: its clock starts now
+                self._start_clock(slot.job)
             return
         job = slot.job
         if job is None or message[1] != job.seq:  # pragma: no cover - a reply for no job
@@ -355,6 +359,15 @@ class Manager:
                 job.status == QUEUED and not job.recorded for job in itertools.islice(self._queue, 2)
             )
 
+    @staticmethod
+    def _start_clock(job: Job) -> None:
+        """Time limits count from when a started worker has the job, not from a worker's own start-up."""
+        now = time.monotonic()
+        if job.soft_time_limit is not None:
+            job.soft_deadline = now + job.soft_time_limit
+        if job.time_limit is not None:
+            job.hard_deadline = now + job.time_limit
+
     def _commit(self) -> None:
         """Write every changed row, then resolve the futures of the jobs that finished."""
         self._flush()
@@ -365,7 +378,6 @@ class Manager:
     def _dispatch(self) -> List[Tuple[Slot, bytes]]:
         """Give queued jobs to idle workers; return the messages to send."""
         sends = []
-        now = time.monotonic()
         with self._lock:
             for slot in self._slots:
                 if slot.job is not None or self._terminating:
@@ -383,10 +395,8 @@ class Manager:
                     break
                 job.status, job.state, job.slot, slot.job = RUNNING, STARTED, slot, job
                 job.started_at = time.time()
-                if job.soft_time_limit is not None:
-                    job.soft_deadline = now + job.soft_time_limit
-                if job.time_limit is not None:
-                    job.hard_deadline = now + job.time_limit
+                if slot.ready:
+                    self._start_clock(job)
                 self._dirty[job.id] = job
                 sends.append((slot, job))
         messages = []

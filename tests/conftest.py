@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -37,6 +38,25 @@ def executor(start_method, store_path):
     with Executor(max_workers=2, store=store_path, mp_context=start_method) as ex:
         yield ex
         ex.abort_all()  # a failed test may leave a task spinning; teardown must not wait for it
+
+
+@contextlib.contextmanager
+def pool(store, start_method, max_workers=2):
+    """An executor for tests whose tasks may never end: if the test fails, abort them, then terminate them.
+
+    (``with Executor(...)`` would wait for them for ever, as ``concurrent.futures`` executors do.)
+    """
+    ex = Executor(max_workers=max_workers, store=store, mp_context=start_method).__enter__()
+    try:
+        yield ex
+    except BaseException:
+        ex.abort_all()
+        ex.shutdown(wait=False)
+        if not ex._manager.stopped.wait(5):
+            ex._manager.terminate()
+        raise
+    finally:
+        ex.__exit__(None, None, None)
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 20.0, what: str = "condition"):

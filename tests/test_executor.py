@@ -23,7 +23,7 @@ from localabort import (
 from localabort._store import Store
 
 from . import tasks
-from .conftest import started, wait_for
+from .conftest import pool, started, wait_for
 
 
 def stored(executor, future):
@@ -52,7 +52,7 @@ def test_run_raised_is_failure_with_child_traceback(executor):
 
 
 def test_abort_before_start_never_runs(start_method, store_path, tmp_path):
-    with Executor(max_workers=1, store=store_path, mp_context=start_method) as ex:
+    with pool(store_path, start_method, 1) as ex:
         blocker = ex.submit(tasks.WaitForFile, str(tmp_path / "go"))
         queued = ex.submit(tasks.Crunch, 3)
         assert queued.state == PENDING
@@ -145,7 +145,7 @@ def test_wait_and_as_completed(executor):
 
 
 def test_as_completed_sees_cancelled_futures(start_method, store_path, tmp_path):
-    with Executor(max_workers=1, store=store_path, mp_context=start_method) as ex:
+    with pool(store_path, start_method, 1) as ex:
         blocker = ex.submit(tasks.WaitForFile, str(tmp_path / "go"))
         queued = ex.submit(tasks.add, 1, 1)
         assert queued.cancel() is True
@@ -248,7 +248,7 @@ def test_map_timeout(executor, tmp_path):
 
 
 def test_abort_all(start_method, store_path):
-    with Executor(max_workers=2, store=store_path, mp_context=start_method) as ex:
+    with pool(store_path, start_method, 2) as ex:
         running = [ex.submit(tasks.Spin) for _ in range(2)]
         queued = [ex.submit(tasks.Spin) for _ in range(5)]
         wait_for(lambda: all(started(f) for f in running))
@@ -263,7 +263,7 @@ def test_abort_all(start_method, store_path):
 
 def test_abort_races_started_and_progress_writes(start_method, store_path):
     """An abort is never lost to a later STARTED or progress write (Celery's abortable loses it)."""
-    with Executor(max_workers=2, store=store_path, mp_context=start_method) as ex:
+    with pool(store_path, start_method, 2) as ex:
         futures = []
         for i in range(40):
             fut = ex.submit(tasks.Spin)

@@ -16,12 +16,11 @@ from localabort import (
     SUCCESS,
     AbortableAsyncResult,
     AbortableFuture,
-    Executor,
     TaskAborted,
 )  # fmt: skip
 
 from . import tasks
-from .conftest import started, wait_for
+from .conftest import pool, started, wait_for
 
 
 def test_future_without_executor():
@@ -80,7 +79,7 @@ def test_another_process_watches_and_aborts_a_running_task(executor):
 
 
 def test_external_abort_of_a_queued_task(start_method, store_path, tmp_path):
-    with Executor(max_workers=1, store=store_path, mp_context=start_method) as ex:
+    with pool(store_path, start_method, 1) as ex:
         blocker = ex.submit(tasks.WaitForFile, str(tmp_path / "go"))
         queued = ex.submit(tasks.Crunch, 3)
         wait_for(lambda: started(blocker) and ex.store.get(queued.id) is not None)
