@@ -29,7 +29,7 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def mypy(session: nox.Session) -> None:
     """Type-check the package strictly."""
-    session.install("mypy", "pytest", "-e", ".")
+    session.install("mypy", "pytest", "types-tqdm", "-e", ".")
     session.run("mypy")
 
 

@@ -2,8 +2,10 @@
 
 Run it with ``python examples/demo.py``. It uses the embedded default
 store (a private SQLite file) unless you pass a path:
-``python examples/demo.py batch.sqlite``, then watch that file from
-another terminal with ``AbortableAsyncResult``.
+``python examples/demo.py batch.sqlite``. With a path, watch it from
+another terminal (``localabort watch batch.sqlite``), press Ctrl-C to
+stop it, and run it again: every task has a ``key``, so the tasks that
+finished are not run twice.
 """
 
 from __future__ import annotations
@@ -12,8 +14,6 @@ import collections
 import concurrent.futures
 import sys
 import time
-
-from tqdm import tqdm
 
 from localabort import AbortableTask, Executor, TaskAborted
 
@@ -34,19 +34,21 @@ class Crunch(AbortableTask):
 
 def main(store: str | None = None) -> dict:
     sizes = [200 + 97 * i % 1500 for i in range(36)]
-    with Executor(max_workers=2, store=store) as ex:
-        futures = [ex.submit(Crunch, n) for n in sizes]
+    with Executor(max_workers=2, store=store, progress=True) as ex:
+        futures = [ex.apply_async(Crunch, (n,), key=f"square-{i}") for i, n in enumerate(sizes)]
+        resumed = sum(fut.done() for fut in futures)
+        if resumed:
+            print(f"{resumed} task(s) finished in an earlier run: not run again")
         # Abort every seventh task while it is still queued: it never starts.
         for fut in futures[7::7]:
             fut.abort()
         # Abort the first two once they are under way: they stop at their next check.
         for fut in futures[:2]:
-            while fut.progress is None or fut.progress[0] < 100:
+            while not fut.done() and (fut.progress is None or fut.progress[0] < 100):
                 time.sleep(0.01)
             fut.abort()
-        with tqdm(total=len(futures), desc="batch", unit="task") as bar:
-            for _ in concurrent.futures.as_completed(futures):
-                bar.update()
+        concurrent.futures.wait(futures)
+        ex.shutdown()  # let the progress bars finish before printing
         counts = collections.Counter(fut.state for fut in futures)
         for i, fut in enumerate(futures[:8]):
             try:

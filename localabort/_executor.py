@@ -73,6 +73,8 @@ class Executor(concurrent.futures.Executor):
         mp_context: a ``multiprocessing`` context or start method name
             (``"fork"``, ``"spawn"``, ``"forkserver"``); default the
             platform's default.
+        progress: show progress bars on stderr (the batch, and each
+            running task's ``self.progress()``) until shutdown.
         poll_interval: seconds between reads of the store for aborts
             requested by other processes, while tasks run.
 
@@ -91,6 +93,7 @@ class Executor(concurrent.futures.Executor):
         store: Optional[StoreSpec] = None,
         *,
         mp_context: Union[str, Any, None] = None,
+        progress: bool = False,
         poll_interval: float = 0.02,
     ) -> None:
         if max_workers is None:
@@ -107,7 +110,14 @@ class Executor(concurrent.futures.Executor):
         self.id = uuid.uuid4().hex
         self._store.register_executor(self.id)
 
+        self._max_workers = max_workers
         self._manager = Manager(self._store, self.id, mp_context, max_workers, poll_interval, self._tmpdir)
+        self._watched: Optional[List[AbortableFuture]] = None
+        self._progress: Optional[threading.Thread] = None
+        if progress:
+            self._watched = []
+            self._progress = threading.Thread(target=self._show_progress, name="localabort-progress", daemon=True)
+            self._progress.start()
         _live_executors.add(self)
 
     @property
@@ -173,7 +183,7 @@ class Executor(concurrent.futures.Executor):
         if key is not None:
             done = self._store.find_success(name, key)
             if done is not None:
-                return completed(done.id, done.result, done.progress)
+                return self._watch(completed(done.id, done.result, done.progress), name)
         job = Job(task_id or str(uuid.uuid4()), self._manager.next_seq(), name, key, self._manager)
         job.chunked = chunked
         job.soft_time_limit = soft_time_limit if soft_time_limit is not None else getattr(task, "soft_time_limit", None)
@@ -184,9 +194,29 @@ class Executor(concurrent.futures.Executor):
             error = TypeError(f"cannot send {name} to a worker: {exc}; use a module-level task and picklable arguments")
             job.end(FAILURE, error)
             self._manager.fail_now(job)
-            return job.future
+            return self._watch(job.future, name)
         self._manager.enqueue(job)
-        return job.future
+        return self._watch(job.future, name)
+
+    def _watch(self, future: AbortableFuture, name: str) -> AbortableFuture:
+        if self._watched is not None:
+            future._la_name = name
+            self._watched.append(future)
+        return future
+
+    def _show_progress(self) -> None:
+        from .progress import Bars, TaskView  # tqdm is imported only by those who ask for bars
+
+        bars = Bars(max_tasks=self._max_workers)
+        watched = self._watched or []
+        try:
+            while True:
+                stopped = self._manager.stopped.wait(0.1)
+                bars.update([TaskView(f.id, f._la_name, f.state, f.progress) for f in list(watched)])
+                if stopped:
+                    return
+        finally:
+            bars.close()
 
     def map(  # type: ignore[override]
         self,
@@ -258,6 +288,8 @@ class Executor(concurrent.futures.Executor):
         winds down in the background.
         """
         self._manager.shutdown(wait, cancel_futures)
+        if wait and self._progress is not None:
+            self._progress.join()
 
     def __enter__(self) -> Executor:
         _task._active_executors.append(self)

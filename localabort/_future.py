@@ -67,6 +67,7 @@ class AbortableFuture(concurrent.futures.Future):  # type: ignore[type-arg]
         self._la_state = PENDING
         self._la_progress: Progress = None
         self._abort_requested = False
+        self._la_name = ""
 
     def __repr__(self) -> str:
         return f"<AbortableFuture {self._id} {self._la_state}>"

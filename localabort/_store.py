@@ -59,6 +59,7 @@ tasks = sa.Table(
     sa.Column("result", sa.LargeBinary),
     sa.Column("traceback", sa.Text),
     sa.Index("ix_localabort_tasks_name_key", "name", "key"),
+    sa.Index("ix_localabort_tasks_submitted_at", "submitted_at"),
     # Only unfinished tasks: the executors' abort poll reads this, and it stays small.
     sa.Index(
         "ix_localabort_tasks_unfinished",
@@ -397,13 +398,51 @@ class Store:
             row = conn.execute(query).first()
         return None if row is None else _record(row)
 
-    def tasks(self, ids: Optional[Iterable[str]] = None) -> List[TaskRecord]:
-        """Every task (or those of ``ids``), newest first."""
+    def tasks(
+        self,
+        ids: Optional[Iterable[str]] = None,
+        *,
+        states: Optional[Iterable[str]] = None,
+        name: Optional[str] = None,
+        limit: Optional[int] = None,
+    ) -> List[TaskRecord]:
+        """Tasks newest first: all, or those of ``ids``, in ``states``, whose name contains ``name``."""
         query = sa.select(tasks).order_by(tasks.c.submitted_at.desc())
         if ids is not None:
             query = query.where(tasks.c.id.in_(list(ids)))
+        if states is not None:
+            query = query.where(tasks.c.state.in_(list(states)))
+        if name is not None:
+            query = query.where(tasks.c.name.contains(name, autoescape=True))
+        if limit is not None:
+            query = query.limit(limit)
         with self._connect() as conn:
             return [_record(row) for row in conn.execute(query)]
+
+    def counts(self) -> Dict[str, int]:
+        """How many tasks the store holds in each state."""
+        query = sa.select(tasks.c.state, sa.func.count()).group_by(tasks.c.state)
+        with self._connect() as conn:
+            return {state: count for state, count in conn.execute(query)}
+
+    def request_abort_all(self) -> List[str]:
+        """Ask every unfinished task in the store to abort; return the ids newly asked."""
+        now = time.time()
+        where = sa.and_(sa.text(_UNFINISHED), tasks.c.abort_requested_at.is_(None))
+        with self._begin() as conn:
+            return list(
+                conn.execute(tasks.update().where(where).values(abort_requested_at=now).returning(tasks.c.id)).scalars()
+            )
+
+    def forget(self, older_than: float) -> int:
+        """Delete finished tasks that finished more than ``older_than`` seconds ago; return how many."""
+        cutoff = time.time() - older_than
+        with self._begin() as conn:
+            done = conn.execute(
+                tasks.delete().where(sa.not_(sa.text(_UNFINISHED)), tasks.c.finished_at < cutoff)
+            ).rowcount
+            conn.execute(executors.delete().where(executors.c.closed_at < cutoff))
+        return int(done)
 
 
 def _reason(exc: BaseException) -> str:

@@ -1,0 +1,7 @@
+"""``python -m localabort``: the same as the ``localabort`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
