@@ -39,3 +39,4 @@ def bench(session: nox.Session) -> None:
     session.install("-e", ".")
     session.run("python", "tests/benchmarks/bench_core.py", *session.posargs)
     session.run("python", "tests/benchmarks/bench_faults.py")
+    session.run("python", "tests/benchmarks/bench_status.py")

@@ -23,6 +23,7 @@ from ._errors import StoreError, TaskAborted, TimeLimitExceeded, WorkerLost
 from ._executor import Executor
 from ._future import AbortableAsyncResult, AbortableFuture
 from ._states import ABORTED, FAILURE, PENDING, STARTED, SUCCESS
+from ._store import forget
 from ._task import AbortableTask, checkpoint, current_task, is_aborted
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "WorkerLost",
     "checkpoint",
     "current_task",
+    "forget",
     "is_aborted",
 ]
 

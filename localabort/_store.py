@@ -29,9 +29,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from ._errors import StoreError, WorkerLost
-from ._states import FAILURE, PENDING, STARTED, SUCCESS
+from ._states import FAILURE, PENDING, READY_STATES, STARTED, SUCCESS
 
-__all__ = ["Store", "TaskRecord"]
+__all__ = ["Store", "TaskRecord", "forget"]
 
 SCHEMA_VERSION = 1
 #: Seconds a writer waits for the SQLite lock before it fails.
@@ -439,10 +439,23 @@ class Store:
         cutoff = time.time() - older_than
         with self._begin() as conn:
             done = conn.execute(
-                tasks.delete().where(sa.not_(sa.text(_UNFINISHED)), tasks.c.finished_at < cutoff)
+                tasks.delete().where(tasks.c.state.in_(sorted(READY_STATES)), tasks.c.finished_at < cutoff)
             ).rowcount
             conn.execute(executors.delete().where(executors.c.closed_at < cutoff))
         return int(done)
+
+
+def forget(store: StoreSpec, *, older_than: float) -> int:
+    """Delete the tasks of ``store`` that finished more than ``older_than`` seconds ago; return how many.
+
+    Unfinished tasks are never touched. The command line does the same:
+    ``localabort forget STORE --older-than 7d``.
+
+    >>> import os, tempfile
+    >>> forget(os.path.join(tempfile.mkdtemp(), "s.sqlite"), older_than=7 * 86400)
+    0
+    """
+    return Store.open(store).forget(older_than)
 
 
 def _reason(exc: BaseException) -> str:

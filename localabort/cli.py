@@ -142,9 +142,7 @@ def status(store: Store, args: argparse.Namespace) -> int:
     total = sum(counts.values())
     summary = ", ".join(f"{counts[s]:,} {s}" for s in sorted(counts))
     shown = f"{len(records):,} of {total:,} shown" + (" (--limit 0 shows all)" if len(records) < total else "")
-    print(
-        f"{shown}; {summary or 'no tasks'}" + ("; * abort requested" if any(r.abort_requested for r in records) else "")
-    )
+    print(f"{shown}; {summary or 'no tasks'}" + ("; * abort requested" if any(starred) else ""))
     return 0
 
 

@@ -20,6 +20,7 @@ def test_all_is_pinned_and_sorted():
         "WorkerLost",
         "checkpoint",
         "current_task",
+        "forget",
         "is_aborted",
     ]
     assert localabort.__all__ == sorted(localabort.__all__)

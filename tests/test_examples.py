@@ -27,6 +27,20 @@ def test_demo_batch_runs_and_aborts_some(tmp_path):
     assert len(records) == 36 and {r.state for r in records} == {"ABORTED", "SUCCESS"}
 
 
+def test_demo_batch_resumes_what_finished(tmp_path):
+    store = str(tmp_path / "demo.sqlite")
+    first = subprocess.run(
+        [sys.executable, str(EXAMPLES / "demo.py"), store], capture_output=True, text=True, timeout=120
+    )
+    assert first.returncode == 0, first.stderr
+    succeeded = int(first.stdout.strip().splitlines()[-1].split("'SUCCESS': ")[1].rstrip("}"))
+    again = subprocess.run(
+        [sys.executable, str(EXAMPLES / "demo.py"), store], capture_output=True, text=True, timeout=120
+    )
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines()[0] == f"{succeeded} task(s) finished in an earlier run: not run again"
+
+
 def test_user_tests_of_crunch_pass():
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(EXAMPLES)]
     out = subprocess.run(

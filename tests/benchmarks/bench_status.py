@@ -1,0 +1,70 @@
+"""How long ``localabort status`` takes on a store of 100,000 tasks: ``python tests/benchmarks/bench_status.py``.
+
+Times the real command in a subprocess (interpreter start-up included),
+median (min-max) of 5 runs, beside ``python -c pass`` for scale.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+sys.path.insert(0, ROOT)
+
+from localabort._store import STATE_COLUMNS, Store  # noqa: E402
+
+TASKS = 100_000
+
+
+def fill(path: str) -> None:
+    store = Store(path)
+    now = time.time()
+    states = ["SUCCESS"] * 90 + ["FAILURE"] * 4 + ["ABORTED"] * 4 + ["STARTED", "PENDING"]
+    for start in range(0, TASKS, 10_000):
+        rows = []
+        for i in range(start, start + 10_000):
+            row = dict.fromkeys(STATE_COLUMNS)
+            state = states[i % len(states)]
+            row.update(id=str(uuid.uuid4()), executor_id="bench", name=f"jobs.Task{i % 7}", state=state,
+                       submitted_at=now - (TASKS - i), progress_done=float(i % 100), progress_total=100.0)  # fmt: skip
+            if state not in ("STARTED", "PENDING"):
+                row["finished_at"] = now - (TASKS - i) + 1
+            rows.append(row)
+        store.write(rows)
+    store.dispose()
+
+
+def timed(*args: str) -> str:
+    runs = []
+    for _ in range(5):
+        start = time.perf_counter()
+        subprocess.run(args, check=True, capture_output=True)
+        runs.append((time.perf_counter() - start) * 1e3)
+    runs.sort()
+    return f"{statistics.median(runs):,.0f} ({runs[0]:,.0f}-{runs[-1]:,.0f}) ms"
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "big.sqlite")
+        fill(path)
+        cli = [sys.executable, "-m", "localabort"]
+        print(f"localabort status on a store of {TASKS:,} tasks, Python {sys.version.split()[0]}")
+        print()
+        print("| command | time |")
+        print("|---|---|")
+        print(f"| python -c pass (for scale) | {timed(sys.executable, '-c', 'pass')} |")
+        print(f"| localabort --help | {timed(*cli, '--help')} |")
+        for options in ([], ["--state", "STARTED"], ["--name", "Task3", "--limit", "10"], ["--json", "--limit", "50"],
+                        ["--json"], ["--limit", "0"]):  # fmt: skip
+            print(f"| localabort status STORE {' '.join(options)} | {timed(*cli, 'status', path, *options)} |")
+
+
+if __name__ == "__main__":
+    main()

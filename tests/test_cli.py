@@ -1,0 +1,200 @@
+"""The localabort command, run for real in a subprocess against a store a real executor is writing."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from localabort import ABORTED, SUCCESS, TaskAborted, forget
+from localabort._store import Store
+
+from . import tasks
+from .conftest import pool, wait_for
+
+SCRIPT = Path(sys.executable).parent / "localabort"
+
+
+def cli(*args, timeout=60):
+    return subprocess.run([sys.executable, "-m", "localabort", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
+
+
+@pytest.fixture
+def busy(store_path):
+    """A store with 3 finished tasks and 2 Tickers running (and reporting progress) in a real executor.
+
+    Yields the finished futures and the running ones.
+    """
+    with pool(store_path, "fork", 2) as ex:
+        done = [ex.submit(tasks.Crunch, n) for n in (3, 4)] + [ex.submit(tasks.Fail, "x")]
+        for f in done:
+            f.exception(timeout=30)
+        running = [ex.submit(tasks.Ticker, 60) for _ in range(2)]
+        wait_for(lambda: all(getattr(ex.store.get(f.id), "progress", None) for f in running), what="stored progress")
+        yield done, running
+        ex.abort_all()
+
+
+def test_status_json_lists_every_task_newest_first(busy, store_path):
+    done, running = busy
+    out = cli("status", store_path, "--json")
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)
+    assert {r["id"] for r in rows} == {f.id for f in done + running}
+    assert [r["id"] for r in rows[:2]] == [f.id for f in reversed(running)]
+    live = {r["id"]: r for r in rows}[running[0].id]
+    assert live["state"] == "STARTED" and live["name"] == "tests.tasks.Ticker" and live["progress"][0] >= 1
+    assert {"id", "name", "state", "progress", "age_seconds"} <= set(live)
+
+
+def test_status_table_and_filters(busy, store_path):
+    done, _ = busy
+    table = cli("status", store_path).stdout.splitlines()
+    assert table[0].split() == ["ID", "NAME", "STATE", "PROGRESS", "AGE"]
+    assert len(table) == 1 + 5 + 1 and table[-1].startswith("5 of 5 shown; 1 FAILURE, 2 STARTED, 2 SUCCESS")
+    only = cli("status", store_path, "--state", "SUCCESS", "--state", "FAILURE", "--json").stdout
+    assert {r["id"] for r in json.loads(only)} == {f.id for f in done}
+    named = cli("status", store_path, "--name", "Crunch", "--limit", "1").stdout.splitlines()
+    assert len(named) == 3 and done[1].id in named[1] and named[-1].startswith("1 of 5 shown (--limit 0 shows all)")
+
+
+def test_status_marks_running_tasks_asked_to_abort(store_path, tmp_path):
+    with pool(store_path, "fork", 1) as ex:
+        deaf = ex.submit(tasks.WaitForFile, str(tmp_path / "go"))
+        wait_for(lambda: getattr(ex.store.get(deaf.id), "progress", None))
+        assert "*" not in cli("status", store_path).stdout
+        deaf.abort()
+        table = cli("status", store_path).stdout.splitlines()
+        assert "STARTED*" in table[1] and table[-1].endswith("; * abort requested")
+        (tmp_path / "go").touch()
+        deaf.result(timeout=30)
+    assert "*" not in cli("status", store_path).stdout  # finished: the mark is only for tasks still running
+
+
+def test_abort_by_id_from_the_command_line(busy, store_path):
+    done, running = busy
+    out = cli("abort", store_path, running[0].id, done[0].id, "no-such-task")
+    assert out.returncode == 1
+    assert out.stdout.splitlines() == [
+        f"abort requested: {running[0].id} (tests.tasks.Ticker, STARTED)",
+        f"not aborted: {done[0].id} had already finished (SUCCESS)",
+    ]
+    assert out.stderr == f"localabort: no task no-such-task in {store_path}\n"
+    with pytest.raises(TaskAborted):
+        running[0].result(timeout=30)
+    assert not running[1].done()
+
+
+def test_abort_all_from_the_command_line(busy, store_path):
+    _, running = busy
+    out = cli("abort", store_path, "--all")
+    assert out.returncode == 0 and out.stdout == "abort requested for 2 unfinished task(s)\n"
+    for f in running:
+        with pytest.raises(TaskAborted):
+            f.result(timeout=30)
+    assert cli("abort", store_path).returncode == 2
+
+
+def test_watch_until_every_task_finishes(store_path, tmp_path):
+    with pool(store_path, "fork", 2) as ex:
+        futures = [ex.submit(tasks.WaitForFile, str(tmp_path / "go")) for _ in range(3)]
+        wait_for(lambda: sum(bool(getattr(ex.store.get(f.id), "progress", None)) for f in futures) == 2)
+        watcher = subprocess.Popen([sys.executable, "-m", "localabort", "watch", store_path],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+        seen = b""
+        while b"tasks:" not in seen:  # watch has read the store and drawn its bars
+            assert select.select([watcher.stderr], [], [], 30)[0], "watch drew nothing"
+            seen += os.read(watcher.stderr.fileno(), 65536)
+        futures[2].abort()  # the queued one ends ABORTED
+        (tmp_path / "go").touch()
+        _, rest = watcher.communicate(timeout=60)
+    err = (seen + rest).decode()
+    assert watcher.returncode == 0, err
+    final = err.replace("\r", "\n").strip().splitlines()
+    assert any("tasks: 100%" in line and "3/3" in line and "ok=2 aborted=1 failed=0" in line for line in final), err
+    assert cli("watch", store_path).stdout == "nothing to watch: every task in the store has finished\n"
+
+
+def test_forget_finished_tasks(store_path):
+    with pool(store_path, "fork", 1) as ex:
+        ids = [ex.submit(tasks.add, i, i).id for i in range(3)]
+    assert cli("forget", store_path, "--older-than", "1h").stdout == "forgot 0 finished task(s)\n"
+    assert cli("forget", store_path, "--older-than", "0").stdout == "forgot 3 finished task(s)\n"
+    assert Store.open(store_path).tasks(ids) == []
+    assert forget(store_path, older_than=0) == 0
+
+
+def test_forget_leaves_unfinished_tasks(busy, store_path):
+    _, running = busy
+    assert forget(store_path, older_than=0) == 3
+    assert {r.id for r in Store.open(store_path).tasks()} == {f.id for f in running}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["status", "/no/such/store.sqlite"], "localabort: /no/such/store.sqlite: no such store (check the path)"),
+        (["frobnicate", "x"], "localabort: argument command: invalid choice: 'frobnicate'"),
+        (["status"], "localabort: the following arguments are required: store"),
+        (["forget", "s.sqlite", "--older-than", "soon"], "localabort: argument --older-than: 'soon' is not an age"),
+    ],
+)
+def test_bad_usage_is_one_line_and_exit_2(args, message):
+    out = cli(*args)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.startswith(message) and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+
+
+def test_unreadable_store_is_one_line_and_exit_2(tmp_path):
+    junk = tmp_path / "junk.sqlite"
+    junk.write_bytes(os.urandom(4096))
+    out = cli("status", junk)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert out.stderr.startswith(f"localabort: {junk}: cannot open as a localabort store (file is not a database)")
+
+
+@pytest.mark.parametrize("command", [[], ["status"], ["abort"], ["watch"], ["forget"]])
+def test_help_everywhere(command):
+    out = cli(*command, "--help")
+    assert out.returncode == 0 and out.stdout.startswith("usage: localabort")
+
+
+def test_console_script(store_path):
+    with pool(store_path, "fork", 1) as ex:
+        assert ex.submit(tasks.add, 1, 1).result(timeout=30) == 2
+    out = subprocess.run([str(SCRIPT), "status", store_path], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "tests.tasks.add  SUCCESS" in out.stdout
+
+
+def test_key_resumes_a_finished_task_without_running_it(store_path):
+    with pool(store_path, "fork", 1) as first:
+        original = first.apply_async(tasks.Crunch, (3,), key="row-7")
+        assert original.result(timeout=30) == [0, 1, 4]
+        failing = first.apply_async(tasks.Fail, ("x",), key="row-8")
+        failing.exception(timeout=30)
+    with pool(store_path, "fork", 1) as second:
+        again = second.apply_async(tasks.Crunch, (3,), key="row-7")
+        assert again.done() and again.id == original.id and again.state == SUCCESS
+        assert again.result() == [0, 1, 4] and again.progress == (3, 3)
+        other = second.apply_async(tasks.Spin, (5,), key="row-7")  # another task under the same key runs
+        retried = second.apply_async(tasks.Fail, ("y",), key="row-8")  # only a SUCCESS is resumed
+        assert other.result(timeout=30) == 5 and other.id != original.id
+        with pytest.raises(ValueError, match="y"):
+            retried.result(timeout=30)
+    assert len(Store.open(store_path).tasks()) == 4
+
+
+def test_aborted_keyed_task_runs_again(store_path):
+    with pool(store_path, "fork", 1) as ex:
+        fut = ex.apply_async(tasks.Spin, key="k")
+        fut.abort()
+        with pytest.raises(TaskAborted):
+            fut.result(timeout=30)
+        assert ex.apply_async(tasks.Spin, (3,), key="k").result(timeout=30) == 3
+    assert {r.state for r in Store.open(store_path).tasks()} == {ABORTED, SUCCESS}
