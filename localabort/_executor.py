@@ -277,6 +277,15 @@ class Executor(concurrent.futures.Executor):
 
         Tasks that have not started end ABORTED at once; running ones see
         the request at their next ``is_aborted()``.
+
+        >>> import time
+        >>> with Executor(max_workers=1) as ex:
+        ...     futures = [ex.submit(time.sleep, 0.2) for _ in range(3)]
+        ...     while futures[0].state != "STARTED":
+        ...         time.sleep(0.001)
+        ...     asked = ex.abort_all()   # time.sleep cannot see it; the two queued never start
+        >>> asked, [f.state for f in futures]
+        (3, ['SUCCESS', 'ABORTED', 'ABORTED'])
         """
         return self._manager.abort_all()
 
@@ -286,6 +295,12 @@ class Executor(concurrent.futures.Executor):
         ``cancel_futures=True`` cancels the tasks that have not started
         (state ABORTED). With ``wait=False`` it returns at once and the pool
         winds down in the background.
+
+        >>> ex = Executor(max_workers=1)
+        >>> fut = ex.submit(pow, 3, 3)
+        >>> ex.shutdown()
+        >>> fut.result(), fut.state
+        (27, 'SUCCESS')
         """
         self._manager.shutdown(wait, cancel_futures)
         if wait and self._progress is not None:
