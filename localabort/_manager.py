@@ -205,7 +205,9 @@ class Manager:
             if slot.job is not None or not slot.ready:
                 waitables[slot.conn] = slot
             busy = busy or slot.job is not None
-        ready = multiprocessing.connection.wait(list(waitables), self._timeout() if busy else None)
+        # Never wait without a timeout while work is queued: a lost wake-up then costs one poll, not a hang.
+        timeout = self._timeout() if busy or self._queue else None
+        ready = multiprocessing.connection.wait(list(waitables), timeout)
         finished: List[Job] = []
         for obj in ready:
             owner = waitables[obj]
@@ -228,17 +230,14 @@ class Manager:
         self._unresolved += finished
         if self._unrecorded_job_waits():
             self._commit()  # a task never starts before the store knows it
-        for slot, message in self._dispatch():
-            try:
-                slot.send(message)
-            except OSError:  # the worker died; its sentinel says so next loop
-                pass
+        self._send(self._dispatch())
         # Group commit: write while workers run, at most FLUSH_INTERVAL after a change,
         # and at once when no worker is busy (no reply is coming to share the write with).
         if self._dirty or self._abort_rows:
             self._flush_due = min(self._flush_due, now + FLUSH_INTERVAL)
             if now >= self._flush_due or all(s.job is None for s in self._slots):
                 self._commit()
+                self._send(self._dispatch())  # jobs this write recorded may start now
         with self._lock:
             return not (self._shutdown and not self._jobs and all(s.job is None for s in self._slots))
 
@@ -355,9 +354,17 @@ class Manager:
     def _unrecorded_job_waits(self) -> bool:
         """Whether an idle worker waits for a job whose row is not in the store yet."""
         with self._lock:
-            return any(s.job is None for s in self._slots) and any(
-                job.status == QUEUED and not job.recorded for job in itertools.islice(self._queue, 2)
-            )
+            while self._queue and self._queue[0].status != QUEUED:
+                self._queue.popleft()  # aborted or cancelled while queued
+            return bool(self._queue) and not self._queue[0].recorded and any(s.job is None for s in self._slots)
+
+    @staticmethod
+    def _send(messages: List[Tuple[Slot, bytes]]) -> None:
+        for slot, message in messages:
+            try:
+                slot.send(message)
+            except OSError:  # the worker died; its sentinel says so next loop
+                pass
 
     @staticmethod
     def _start_clock(job: Job) -> None:

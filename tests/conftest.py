@@ -41,12 +41,12 @@ def executor(start_method, store_path):
 
 
 @contextlib.contextmanager
-def pool(store, start_method, max_workers=2):
+def pool(store, start_method, max_workers=2, **options):
     """An executor for tests whose tasks may never end: if the test fails, abort them, then terminate them.
 
     (``with Executor(...)`` would wait for them for ever, as ``concurrent.futures`` executors do.)
     """
-    ex = Executor(max_workers=max_workers, store=store, mp_context=start_method).__enter__()
+    ex = Executor(max_workers=max_workers, store=store, mp_context=start_method, **options).__enter__()
     try:
         yield ex
     except BaseException:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from localabort import Executor
 
 from . import tasks
-from .conftest import wait_for
+from .conftest import pool, wait_for
 
 
 def test_executor_draws_batch_and_task_bars(store_path, capsys):
@@ -15,10 +15,11 @@ def test_executor_draws_batch_and_task_bars(store_path, capsys):
         seen.append(capsys.readouterr().err.replace("\r", "\n"))
         return text in "".join(seen)
 
-    with Executor(max_workers=2, store=store_path, mp_context="fork", progress=True) as ex:
+    with pool(store_path, "fork", 2, progress=True) as ex:
         futures = [ex.submit(tasks.Crunch, 3), ex.submit(tasks.Fail, "x")]
         futures[0].result(timeout=30)
         futures += [ex.submit(tasks.Ticker, 60) for _ in range(2)]
+        wait_for(lambda: all(f.state == "STARTED" for f in futures[2:]), what="both Tickers to start")
         wait_for(lambda: drawn("Ticker "), what="a running task's own bar")
         futures[3].abort()
         futures[2].abort()
