@@ -49,7 +49,7 @@ import threading
 import time
 import uuid
 import weakref
-from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Literal, Optional, Union
+from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Literal, Optional, TextIO, Union
 
 from . import _task
 from ._future import AbortableFuture
@@ -73,8 +73,9 @@ class Executor(concurrent.futures.Executor):
         mp_context: a ``multiprocessing`` context or start method name
             (``"fork"``, ``"spawn"``, ``"forkserver"``); default the
             platform's default.
-        progress: show progress bars on stderr (the batch, and each
-            running task's ``self.progress()``) until shutdown.
+        progress: ``True`` shows progress bars on stderr (the batch, and
+            each running task's ``self.progress()``) until shutdown; a
+            file object shows them there instead.
         poll_interval: seconds between reads of the store for aborts
             requested by other processes, while tasks run.
 
@@ -93,7 +94,7 @@ class Executor(concurrent.futures.Executor):
         store: Optional[StoreSpec] = None,
         *,
         mp_context: Union[str, Any, None] = None,
-        progress: bool = False,
+        progress: Union[bool, TextIO] = False,
         poll_interval: float = 0.02,
     ) -> None:
         if max_workers is None:
@@ -116,7 +117,10 @@ class Executor(concurrent.futures.Executor):
         self._progress: Optional[threading.Thread] = None
         if progress:
             self._watched = []
-            self._progress = threading.Thread(target=self._show_progress, name="localabort-progress", daemon=True)
+            out = None if progress is True else progress
+            self._progress = threading.Thread(
+                target=self._show_progress, args=(out,), name="localabort-progress", daemon=True
+            )
             self._progress.start()
         _live_executors.add(self)
 
@@ -204,11 +208,12 @@ class Executor(concurrent.futures.Executor):
             self._watched.append(future)
         return future
 
-    def _show_progress(self) -> None:
+    def _show_progress(self, out: Optional[TextIO]) -> None:
         from .progress import Bars, TaskView  # tqdm is imported only by those who ask for bars
 
-        bars = Bars(max_tasks=self._max_workers)
-        watched = self._watched or []
+        bars = Bars(file=out, max_tasks=self._max_workers)
+        watched = self._watched  # the executor's own list: submits append to it as the bars are drawn
+        assert watched is not None
         try:
             while True:
                 stopped = self._manager.stopped.wait(0.1)
