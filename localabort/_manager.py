@@ -15,26 +15,23 @@ Each loop it:
    resolves the futures of finished jobs: a final state is stored before
    anyone can see it.
 
-It is also the futures' ``Controller``: ``future.abort()`` and
-``future.cancel()`` land here.
+What user threads do to the shared state (submit, abort, cancel, shut
+down) is in ``_control``, the base class.
 """
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
-import itertools
 import multiprocessing.connection
 import os
 import pickle
 import shutil
 import threading
 import time
-import weakref
-from typing import Any, Deque, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
+from ._control import Control
 from ._errors import TaskAborted, TimeLimitExceeded, WorkerLost
-from ._future import AbortableFuture
 from ._jobs import DONE, QUEUED, RUNNING, Job, resolve
 from ._pool import Slot
 from ._states import ABORTED, FAILURE, STARTED
@@ -52,83 +49,24 @@ MAX_START_FAILURES = 3
 MAX_RESULT_BYTES = 900_000_000
 
 
-class Manager:
-    """The pool's shared state and the thread that drives it."""
+class Manager(Control):
+    """The thread that drives the workers, on the state it shares with user threads."""
 
     def __init__(
         self, store: Store, executor_id: str, ctx: Any, max_workers: int, poll_interval: float,
         tmpdir: Optional[str],
     ) -> None:  # fmt: skip
-        self.store = store
-        self.executor_id = executor_id
-        self._store = store
+        super().__init__(store, executor_id, ctx.RawArray("q", max_workers))
         self._ctx = ctx
         self._poll_interval = poll_interval
         self._tmpdir = tmpdir
-        self._lock = threading.Lock()
-        self._queue: Deque[Job] = collections.deque()
-        self._jobs: Dict[str, Job] = {}  # every job not finished, by id
-        self._dirty: Dict[str, Job] = {}  # jobs whose row the store must get
-        self._abort_rows: List[Dict[str, Any]] = []  # abort requests to record with the next write
-        self._seq = itertools.count(1)
-        self._shutdown = self._terminating = False
-        self.broken: Optional[BaseException] = None
-        self._flags = ctx.RawArray("q", max_workers)
         self._slots = [Slot(ctx, i, self._flags, store.url) for i in range(max_workers)]
-        self._wake_r, self._wake_w = os.pipe()
-        weakref.finalize(self, _close_fds, self._wake_r, self._wake_w)
-        self._wake_pending = False
         self._next_poll = 0.0
         self._start_failures = 0
         self._unresolved: List[Job] = []  # finished jobs waiting for the next store write
         self._flush_due = float("inf")
-        # Waiters wait on this, not on Thread.join(): up to Python 3.11, a join() interrupted by
-        # Ctrl-C marks the thread stopped while it runs, and every later join() returns at once.
-        self.stopped = threading.Event()
         self._thread = threading.Thread(target=self._manage, name="localabort-manager", daemon=True)
         self._thread.start()
-
-    # -- called from user threads ----------------------------------------------
-
-    def next_seq(self) -> int:
-        return next(self._seq)
-
-    def enqueue(self, job: Job) -> None:
-        with self._lock:
-            if self._shutdown:
-                raise RuntimeError("cannot submit to an Executor after shutdown()")
-            if self.broken is not None:
-                raise concurrent.futures.BrokenExecutor(f"the executor stopped: {self.broken}")
-            self._queue.append(job)
-            self._jobs[job.id] = job
-            self._dirty[job.id] = job
-            wake, self._wake_pending = not self._wake_pending, True
-        if wake:
-            self._wake()
-
-    def fail_now(self, job: Job) -> None:
-        """Store and resolve a job that ended before it was queued."""
-        self._store.write([self._row(job)])
-        resolve([job])
-
-    def abort_all(self) -> int:
-        with self._lock:
-            asked = [job for job in self._jobs.values() if not job.abort_requested]
-            ended = [job for job in asked if self._mark_aborted(job)]
-            rows = [self._row(job, abort=True) for job in asked]
-        self._store.write([self._row(job) for job in ended], aborts=rows)
-        resolve(ended)
-        return len(asked)
-
-    def shutdown(self, wait: bool, cancel_futures: bool) -> None:
-        with self._lock:
-            self._shutdown = True
-            queued = [job for job in self._queue if job.status == QUEUED] if cancel_futures else []
-        for job in queued:
-            job.future.cancel()
-        self._wake()
-        if wait:
-            self.stopped.wait()
 
     def terminate(self) -> None:
         """Kill every worker now; their tasks end ABORTED."""
@@ -138,51 +76,6 @@ class Manager:
         for slot in slots:
             slot.kill()
         self.stopped.wait()
-
-    def _mark_aborted(self, job: Job) -> bool:
-        """Under the lock: flag ``job`` aborted; end it if queued. Return whether it ended."""
-        job.abort_requested = job.future._abort_requested = True
-        if job.status == QUEUED:
-            job.end(ABORTED, TaskAborted(f"task {job.id} aborted before it started", task_id=job.id))
-            del self._jobs[job.id]
-            self._dirty[job.id] = job
-            return True
-        if job.status == RUNNING and job.slot is not None:
-            self._flags[job.slot.index] = job.seq
-        return False
-
-    def _abort(self, future: AbortableFuture) -> bool:  # Controller
-        with self._lock:
-            job = self._jobs.get(future.id)
-            if job is None:
-                return False
-            if job.abort_requested:
-                return True
-            ended = self._mark_aborted(job)
-            row = self._row(job, abort=True)
-        self._store.write([row] if ended else [], aborts=[row])
-        if ended:
-            resolve([job])
-        return True
-
-    def _cancel(self, future: AbortableFuture) -> bool:  # Controller
-        with self._lock:
-            job = self._jobs.get(future.id)
-            if job is None or job.status != QUEUED:
-                return future.cancelled()
-            job.end(ABORTED, TaskAborted(f"task {job.id} cancelled before it started", task_id=job.id))
-            del self._jobs[job.id]
-            row = self._row(job)
-        self._store.write([row])
-        future._la_state = ABORTED
-        concurrent.futures.Future.cancel(future)
-        future.set_running_or_notify_cancel()
-        return True
-
-    # -- the manager thread ----------------------------------------------------
-
-    def _wake(self) -> None:
-        os.write(self._wake_w, b"\0")
 
     def _manage(self) -> None:
         try:
@@ -425,17 +318,6 @@ class Manager:
         for job in jobs:
             job.recorded = True
 
-    def _row(self, job: Job, abort: bool = False) -> Dict[str, Any]:
-        done, total = job.progress if job.progress is not None else (None, None)
-        row = {
-            "id": job.id, "executor_id": self.executor_id, "name": job.name, "key": job.key, "state": job.state,
-            "submitted_at": job.submitted_at, "started_at": job.started_at, "finished_at": job.finished_at,
-            "progress_done": done, "progress_total": total, "result": job.result, "traceback": job.traceback,
-        }  # fmt: skip
-        if abort:
-            row["abort_requested_at"] = time.time()
-        return row
-
     def _break(self, exc: BaseException) -> None:
         """The manager cannot go on: settle every future, then stop the workers.
 
@@ -479,8 +361,3 @@ class Manager:
             self._store.dispose()  # its pooled connections hold file descriptors; reopened on next use
             if self._tmpdir is not None:
                 shutil.rmtree(self._tmpdir, ignore_errors=True)
-
-
-def _close_fds(*fds: int) -> None:
-    for fd in fds:
-        os.close(fd)

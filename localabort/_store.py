@@ -23,109 +23,19 @@ import os
 import pickle
 import socket
 import time
-from typing import Any, ClassVar, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, ClassVar, Dict, Iterable, Iterator, List, Optional, Sequence, Union
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from ._errors import StoreError, WorkerLost
-from ._states import FAILURE, PENDING, READY_STATES, STARTED, SUCCESS
+from ._schema import SCHEMA_VERSION, STATE_COLUMNS, UNFINISHED, TaskRecord, executors, meta, metadata, record, tasks
+from ._states import FAILURE, READY_STATES, SUCCESS
 
 __all__ = ["Store", "TaskRecord", "forget"]
 
-SCHEMA_VERSION = 1
 #: Seconds a writer waits for the SQLite lock before it fails.
 BUSY_TIMEOUT = 60.0
-
-_metadata = sa.MetaData()
-# Written out, not bound: SQLite uses a partial index only when it can see the
-# query's condition implies the index's, which bound parameters hide.
-_UNFINISHED = f"state IN ('{PENDING}', '{STARTED}')"
-
-tasks = sa.Table(
-    "localabort_tasks",
-    _metadata,
-    sa.Column("id", sa.String(64), primary_key=True),
-    sa.Column("executor_id", sa.String(64)),
-    sa.Column("name", sa.String(255), nullable=False),
-    sa.Column("key", sa.String(255)),
-    sa.Column("state", sa.String(16), nullable=False),
-    sa.Column("submitted_at", sa.Float),
-    sa.Column("started_at", sa.Float),
-    sa.Column("finished_at", sa.Float),
-    sa.Column("progress_done", sa.Float),
-    sa.Column("progress_total", sa.Float),
-    sa.Column("abort_requested_at", sa.Float),
-    sa.Column("result", sa.LargeBinary),
-    sa.Column("traceback", sa.Text),
-    sa.Index("ix_localabort_tasks_name_key", "name", "key"),
-    sa.Index("ix_localabort_tasks_submitted_at", "submitted_at"),
-    # Only unfinished tasks: the executors' abort poll reads this, and it stays small.
-    sa.Index(
-        "ix_localabort_tasks_unfinished",
-        "executor_id",
-        sqlite_where=sa.text(_UNFINISHED),
-        postgresql_where=sa.text(_UNFINISHED),
-    ),
-)
-
-executors = sa.Table(
-    "localabort_executors",
-    _metadata,
-    sa.Column("id", sa.String(64), primary_key=True),
-    sa.Column("hostname", sa.String(255)),
-    sa.Column("pid", sa.Integer),
-    sa.Column("process_start", sa.String(32)),  # tells a live pid from a reused one
-    sa.Column("started_at", sa.Float),
-    sa.Column("closed_at", sa.Float),
-)
-
-meta = sa.Table(
-    "localabort_meta",
-    _metadata,
-    sa.Column("name", sa.String(64), primary_key=True),
-    sa.Column("value", sa.String(255)),
-)
-
-#: The columns a state write sets; ``abort_requested_at`` is not among them.
-STATE_COLUMNS = (
-    "executor_id", "name", "key", "state", "submitted_at", "started_at",
-    "finished_at", "progress_done", "progress_total", "result", "traceback",
-)  # fmt: skip
-
-
-class TaskRecord(NamedTuple):
-    """One task as the store holds it."""
-
-    id: str
-    name: str
-    state: str
-    executor_id: Optional[str]
-    key: Optional[str]
-    submitted_at: Optional[float]
-    started_at: Optional[float]
-    finished_at: Optional[float]
-    progress: Optional[Tuple[float, Optional[float]]]
-    abort_requested: bool
-    result: Optional[bytes]
-    traceback: Optional[str]
-
-
-def _number(x: float) -> float:
-    return int(x) if x == int(x) else x
-
-
-def _record(row: Any) -> TaskRecord:
-    m = row._mapping
-    done = m["progress_done"]
-    total = m["progress_total"]
-    progress = None if done is None else (_number(done), None if total is None else _number(total))
-    return TaskRecord(
-        m["id"], m["name"], m["state"], m["executor_id"], m["key"], m["submitted_at"],
-        m["started_at"], m["finished_at"], progress, m["abort_requested_at"] is not None,
-        m["result"], m["traceback"],
-    )  # fmt: skip
-
 
 StoreSpec = Union[str, "os.PathLike[str]", "Store"]
 
@@ -251,7 +161,7 @@ class Store:
                     raise StoreError(f"{self.path}: cannot create the store ({exc.strerror})") from None
         try:
             with self.engine.begin() as conn:
-                _metadata.create_all(conn)
+                metadata.create_all(conn)
                 found = conn.execute(sa.select(meta.c.value).where(meta.c.name == "schema")).scalar()
                 if found is None:
                     conn.execute(meta.insert().values(name="schema", value=str(SCHEMA_VERSION)))
@@ -287,7 +197,7 @@ class Store:
         set_: Dict[str, Any]
         if keep_abort:
             set_ = {c: stmt.excluded[c] for c in STATE_COLUMNS}
-            where = sa.text(f"{tasks.name}.{_UNFINISHED}")  # a final state stays final
+            where = sa.text(f"{tasks.name}.{UNFINISHED}")  # a final state stays final
         else:
             set_ = {
                 "abort_requested_at": sa.func.coalesce(tasks.c.abort_requested_at, stmt.excluded.abort_requested_at)
@@ -320,7 +230,7 @@ class Store:
         with self._begin() as conn:
             done = conn.execute(
                 tasks.update()
-                .where(tasks.c.id == task_id, sa.text(_UNFINISHED))
+                .where(tasks.c.id == task_id, sa.text(UNFINISHED))
                 .values(abort_requested_at=sa.func.coalesce(tasks.c.abort_requested_at, time.time()))
             ).rowcount
         return bool(done)
@@ -356,7 +266,7 @@ class Store:
             with self._begin() as conn:
                 conn.execute(
                     tasks.update()
-                    .where(tasks.c.executor_id == row.id, sa.text(_UNFINISHED))
+                    .where(tasks.c.executor_id == row.id, sa.text(UNFINISHED))
                     .values(state=FAILURE, finished_at=now, result=pickle.dumps(lost))
                 )
                 conn.execute(executors.update().where(executors.c.id == row.id).values(closed_at=now))
@@ -368,7 +278,7 @@ class Store:
         """The task ``task_id`` as stored, or ``None``."""
         with self._connect() as conn:
             row = conn.execute(sa.select(tasks).where(tasks.c.id == task_id)).first()
-        return None if row is None else _record(row)
+        return None if row is None else record(row)
 
     def is_abort_requested(self, task_id: str) -> bool:
         """Whether an abort was ever requested for ``task_id``."""
@@ -381,7 +291,7 @@ class Store:
         query = sa.select(tasks.c.id).where(
             tasks.c.executor_id == executor_id,
             tasks.c.abort_requested_at.is_not(None),
-            sa.text(_UNFINISHED),
+            sa.text(UNFINISHED),
         )
         with self._connect() as conn:
             return list(conn.execute(query).scalars())
@@ -396,7 +306,7 @@ class Store:
         )
         with self._connect() as conn:
             row = conn.execute(query).first()
-        return None if row is None else _record(row)
+        return None if row is None else record(row)
 
     def tasks(
         self,
@@ -417,7 +327,7 @@ class Store:
         if limit is not None:
             query = query.limit(limit)
         with self._connect() as conn:
-            return [_record(row) for row in conn.execute(query)]
+            return [record(row) for row in conn.execute(query)]
 
     def counts(self) -> Dict[str, int]:
         """How many tasks the store holds in each state."""
@@ -428,7 +338,7 @@ class Store:
     def request_abort_all(self) -> List[str]:
         """Ask every unfinished task in the store to abort; return the ids newly asked."""
         now = time.time()
-        where = sa.and_(sa.text(_UNFINISHED), tasks.c.abort_requested_at.is_(None))
+        where = sa.and_(sa.text(UNFINISHED), tasks.c.abort_requested_at.is_(None))
         with self._begin() as conn:
             return list(
                 conn.execute(tasks.update().where(where).values(abort_requested_at=now).returning(tasks.c.id)).scalars()
