@@ -98,7 +98,11 @@ def test_killed_executor_children_exit_and_its_tasks_are_recovered(start_batch, 
 def test_live_executor_is_not_recovered(executor):
     fut = executor.submit(tasks.Spin)
     wait_for(lambda: getattr(executor.store.get(fut.id), "state", None) == STARTED)
-    assert Store(executor.store.path).recover_dead_executors() == []
+    other = Store(executor.store.path)  # another process's view: opening runs recovery
+    try:
+        assert other.recover_dead_executors() == []
+    finally:
+        other.dispose()
     assert executor.store.get(fut.id).state == STARTED
     fut.abort()
     with pytest.raises(TaskAborted):

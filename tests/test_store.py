@@ -56,7 +56,7 @@ def test_read_only_store(tmp_path):
     if os.geteuid() == 0:
         pytest.skip("root writes read-only files")
     path = tmp_path / "ro.sqlite"
-    Store(str(path))
+    Store(str(path)).dispose()
     path.chmod(0o400)
     with pytest.raises(StoreError, match=str(path)):
         Store(str(path)).write([row()])
