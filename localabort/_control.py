@@ -32,7 +32,6 @@ class Control:
     """The queue, the unfinished jobs and the abort flags, under one lock."""
 
     def __init__(self, store: Store, executor_id: str, flags: Any) -> None:
-        self.store = store
         self.executor_id = executor_id
         self._store = store
         self._flags = flags  # one word per worker slot: the seq of the job aborted there

@@ -64,7 +64,7 @@ class Job:
         self.recorded = False  # the store has its row: only then may it start
 
     def end(self, state: str, exc: Optional[BaseException] = None) -> None:
-        """Record a final state decided in the parent (the task did not report one)."""
+        """Record the job's final state; ``exc``, if given, becomes its stored outcome."""
         self.status, self.state, self.finished_at = DONE, state, time.time()
         if exc is not None:
             self.result = pickle.dumps(exc, PROTOCOL)

@@ -179,7 +179,7 @@ class Manager(Control):
     def _finish(self, job: Job, state: str, blob: Optional[bytes], tb: Optional[str], progress: Any,
                 finished: List[Job]) -> None:  # fmt: skip
         with self._lock:
-            job.status, job.state, job.finished_at = DONE, state, time.time()
+            job.end(state)
             job.result, job.traceback = blob, tb
             if progress is not None:
                 job.progress = progress
