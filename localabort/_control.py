@@ -21,7 +21,7 @@ from typing import Any, Deque, Dict, List, Optional
 
 from ._errors import TaskAborted
 from ._future import AbortableFuture
-from ._jobs import QUEUED, RUNNING, Job, resolve
+from ._jobs import QUEUED, RUNNING, SENT, Job, resolve
 from ._states import ABORTED
 from ._store import Store
 
@@ -34,7 +34,7 @@ class Control:
     def __init__(self, store: Store, executor_id: str, flags: Any) -> None:
         self.executor_id = executor_id
         self._store = store
-        self._flags = flags  # one word per worker slot: the seq of the job aborted there
+        self._flags = flags  # a word per job a worker holds: the seq of the job aborted there (and claim words)
         self._lock = threading.Lock()
         self._queue: Deque[Job] = collections.deque()
         self._jobs: Dict[str, Job] = {}  # every job not finished, by id
@@ -91,15 +91,20 @@ class Control:
             self.stopped.wait()
 
     def _mark_aborted(self, job: Job) -> bool:
-        """Under the lock: flag ``job`` aborted; end it if queued. Return whether it ended."""
+        """Under the lock: flag ``job`` aborted; end it if it has not started. Return whether it ended.
+
+        A job sent ahead to a busy worker has not started unless that worker
+        claimed it; recalled in time, it stays the slot's next job until the
+        worker answers it unrun.
+        """
         job.abort_requested = job.future._abort_requested = True
-        if job.status == QUEUED:
+        if job.status == QUEUED or (job.status == SENT and job.slot.recall(self._flags, job.seq, job.flag)):
             job.end(ABORTED, TaskAborted(f"task {job.id} aborted before it started", task_id=job.id))
             del self._jobs[job.id]
             self._dirty[job.id] = job
             return True
-        if job.status == RUNNING and job.slot is not None:
-            self._flags[job.slot.index] = job.seq
+        if job.status in (RUNNING, SENT):  # it runs (or was claimed), and sees the flag at its next check
+            self._flags[job.flag] = job.seq
         return False
 
     def _abort(self, future: AbortableFuture) -> bool:  # Controller
@@ -119,7 +124,7 @@ class Control:
     def _cancel(self, future: AbortableFuture) -> bool:  # Controller
         with self._lock:
             job = self._jobs.get(future.id)
-            if job is None or job.status != QUEUED:
+            if job is None or job.status != QUEUED or future.running():  # running: sent to a worker once
                 return future.cancelled()
             job.end(ABORTED, TaskAborted(f"task {job.id} cancelled before it started", task_id=job.id))
             del self._jobs[job.id]

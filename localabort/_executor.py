@@ -9,8 +9,8 @@ Data flow::
                                              |   ^
                           job over the       |   | ("p", progress) and
                           slot's own pipe    v   | ("r", outcome) replies
-                                           worker processes, one job each
-      future.abort() ----------------------> flags[slot] = seq  (shared memory)
+                                           worker processes: one job running, one sent ahead
+      future.abort() ----------------------> flags[job's word] = seq  (shared memory)
       AbortableAsyncResult(id).abort() --> store --polled every 20 ms--> manager --> flags
 
 The caller's thread pickles a job's task and arguments (an unpicklable
@@ -20,17 +20,21 @@ wakes the manager through a pipe.
 The manager thread is the only thread that talks to workers. Each loop it
 waits on the wake pipe, the pipes of busy workers and every worker's
 process sentinel; reads replies; replaces dead workers (their job fails
-with ``WorkerLost``); sends queued jobs to idle workers; then writes every
+with ``WorkerLost``); sends queued jobs to idle workers, and to each busy
+worker the job it runs next; then writes every
 changed row to the store in one transaction, and only then completes the
 futures of the finished jobs, so a final state is stored before anyone
 sees it.
 
-A worker runs one job at a time, so the manager always knows which job a
-dead worker took with it. The manager thread and its state live in
+A worker runs one job at a time, in the order sent, and answers each, so
+the manager always knows which job a dead worker took with it; the job sent
+ahead, never reached, runs on the replacement. A job sent ahead is claimed
+by the worker before it starts, under a lock the parent shares: an abort
+that wins the lock ends it unrun at once, not when the job before it ends. The manager thread and its state live in
 ``_manager``; process plumbing in ``_pool``; the child side in ``_worker``.
 
 Aborting is a shared-memory write: the parent writes a job's ``seq`` into
-its slot's word, and the task's ``is_aborted()`` compares the two. The
+the job's word (two per slot, one per job it holds), and the task's ``is_aborted()`` compares the two. The
 request itself goes to the store first, in its own column, so no later
 state write undoes it. Aborts made elsewhere reach the manager through the
 store, which it polls while jobs run.

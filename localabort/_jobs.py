@@ -9,9 +9,11 @@ from typing import Any, List, Optional, Tuple
 from ._future import AbortableFuture, load_outcome
 from ._states import PENDING, SUCCESS
 
-__all__ = ["DONE", "QUEUED", "RUNNING", "Job", "completed", "resolve", "task_name"]
+__all__ = ["DONE", "QUEUED", "RUNNING", "SENT", "Job", "completed", "resolve", "task_name"]
 
-QUEUED, RUNNING, DONE = "queued", "running", "done"
+#: A job's life in the executor: queued in the parent, sent to a worker that is busy with another job
+#: (it runs next), running, done.
+QUEUED, SENT, RUNNING, DONE = "queued", "sent", "running", "done"
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
@@ -21,6 +23,7 @@ class Job:
         "blob",
         "chunked",
         "finished_at",
+        "flag",
         "future",
         "hard_deadline",
         "id",
@@ -48,7 +51,8 @@ class Job:
         self.blob: Optional[bytes] = None
         self.chunked = False
         self.status = QUEUED
-        self.slot: Any = None  # the pool slot running it
+        self.slot: Any = None  # the pool slot it was sent to
+        self.flag = 0  # its word in the abort-flag array while it is sent or running
         self.state = PENDING
         self.submitted_at = time.time()
         self.started_at: Optional[float] = None

@@ -32,8 +32,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ._control import Control
 from ._errors import TaskAborted, TimeLimitExceeded, WorkerLost
-from ._jobs import DONE, QUEUED, RUNNING, Job, resolve
-from ._pool import Slot
+from ._jobs import DONE, QUEUED, RUNNING, SENT, Job, resolve
+from ._pool import DEPTH, Slot
 from ._states import ABORTED, FAILURE, STARTED
 from ._store import Store
 
@@ -56,7 +56,8 @@ class Manager(Control):
         self, store: Store, executor_id: str, ctx: Any, max_workers: int, poll_interval: float,
         tmpdir: Optional[str],
     ) -> None:  # fmt: skip
-        super().__init__(store, executor_id, ctx.RawArray("q", max_workers))
+        flags = ctx.RawArray("q", 2 * max_workers * DEPTH)  # the abort words, then as many claim words
+        super().__init__(store, executor_id, flags)
         self._ctx = ctx
         self._poll_interval = poll_interval
         self._tmpdir = tmpdir
@@ -161,13 +162,17 @@ class Manager(Control):
         job = slot.job
         if job is None or message[1] != job.seq:  # pragma: no cover - a reply for no job
             return
+        if job.status == DONE:  # recalled before its worker reached it: ended already
+            if message[0] == "r":
+                self._promote(slot)
+            return
         if message[0] == "p":
             job.progress = job.future._la_progress = (message[2], message[3])
             with self._lock:
                 self._dirty[job.id] = job
         else:
             _, _, state, blob, tb, progress = message
-            slot.job = None
+            self._promote(slot)
             if len(blob) > MAX_RESULT_BYTES:
                 state, tb = FAILURE, None
                 blob = _dumps(ValueError(
@@ -176,11 +181,18 @@ class Manager(Control):
                 ), _PROTOCOL)  # fmt: skip
             self._finish(job, state, blob, tb, progress, finished)
 
+    def _promote(self, slot: Slot) -> None:
+        """The worker in ``slot`` answered its job and went straight on to the one sent after it."""
+        with self._lock:
+            slot.job, slot.next = slot.next, None
+            if slot.job is not None and slot.job.status != DONE:
+                self._start(slot.job)
+
     def _finish(self, job: Job, state: str, blob: Optional[bytes], tb: Optional[str], progress: Any,
                 finished: List[Job]) -> None:  # fmt: skip
         with self._lock:
             job.end(state)
-            job.result, job.traceback = blob, tb
+            job.result, job.traceback, job.blob = blob, tb, None
             if progress is not None:
                 job.progress = progress
             self._jobs.pop(job.id, None)
@@ -196,6 +208,11 @@ class Manager(Control):
             pass
         slot.reap(timeout=1.0)
         job, slot.job = slot.job, None
+        if slot.next is not None and slot.next.status != DONE:  # sent, never reached: it runs on the next worker
+            self._requeue(slot.next, finished)
+        slot.next = None
+        if job is not None and job.status == DONE:  # recalled unrun: ended already
+            job = None
         start_failure = None
         if not slot.ready and not self._terminating:
             self._start_failures += 1
@@ -232,7 +249,7 @@ class Manager(Control):
     def _enforce_limits(self, now: float) -> None:
         for slot in self._slots:
             job = slot.job
-            if job is None:
+            if job is None or job.status == DONE:
                 continue
             if now >= job.hard_deadline and job.lost is None:
                 job.lost = TimeLimitExceeded(f"{job.name} [{job.id}] ran past its time_limit of {job.time_limit}s")
@@ -276,36 +293,61 @@ class Manager(Control):
         self._unresolved = []
 
     def _dispatch(self) -> List[Tuple[Slot, bytes]]:
-        """Give queued jobs to idle workers; return the messages to send."""
+        """Give queued jobs to workers, idle ones first; return the messages to send.
+
+        A busy worker also gets the job it will run next, so it goes on
+        without waiting for this thread. Only recorded jobs leave the queue.
+        """
         sends = []
         with self._lock:
-            for slot in self._slots:
-                if slot.job is not None or self._terminating:
+            if self._terminating:
+                return []
+            for slot in [s for s in self._slots if s.job is None] + [s for s in self._slots if s.job is not None]:
+                if slot.next is not None:
                     continue
-                job = None
-                while self._queue:
-                    job = self._queue.popleft()
-                    if job.status == QUEUED:
-                        break
-                    job = None
-                if job is not None and not job.recorded:  # submitted since the last write
-                    self._queue.appendleft(job)
-                    job = None
-                if job is None:
+                while self._queue and self._queue[0].status != QUEUED:
+                    self._queue.popleft()  # aborted or cancelled while queued
+                if not self._queue or not self._queue[0].recorded:  # not recorded: wait for the next write
                     break
-                job.status, job.state, job.slot, slot.job = RUNNING, STARTED, slot, job
-                job.started_at = time.time()
-                if slot.ready:
-                    self._start_clock(job)
-                self._dirty[job.id] = job
+                job = self._queue.popleft()
+                job.slot, job.flag = slot, slot.take_flag()
+                if slot.job is None:
+                    slot.job = job
+                    self._start(job)
+                else:
+                    slot.next, job.status = job, SENT
                 sends.append((slot, job))
         messages = []
         for slot, job in sends:
-            job.future.set_running_or_notify_cancel()
-            job.future._la_state = STARTED
-            messages.append((slot, _dumps((job.seq, job.id, job.name, job.blob, job.chunked), _PROTOCOL)))
-            job.blob = None
+            if not job.future.running():  # a job sent again after its worker died is running already
+                job.future.set_running_or_notify_cancel()
+            ahead = job.status == SENT  # not reported STARTED: if aborted before its worker reaches it, it never runs
+            message = (job.seq, job.flag, ahead, job.id, job.name, job.blob, job.chunked)
+            messages.append((slot, _dumps(message, _PROTOCOL)))
         return messages
+
+    def _start(self, job: Job) -> None:
+        """``job`` is now its worker's current one (call with the lock held)."""
+        job.status = RUNNING
+        if job.abort_requested:  # the worker skips it, or stops at its first check: no STARTED row
+            return
+        job.state = job.future._la_state = STARTED
+        job.started_at = time.time()
+        if job.slot.ready:
+            self._start_clock(job)
+        self._dirty[job.id] = job
+
+    def _requeue(self, job: Job, finished: List[Job]) -> None:
+        """A job sent to a worker that died before reaching it: queue it first again, or end it."""
+        with self._lock:
+            if self._terminating or job.abort_requested:
+                job.end(ABORTED, job.lost or TaskAborted(f"task {job.id} aborted before it started", task_id=job.id))
+                self._jobs.pop(job.id, None)
+                self._dirty[job.id] = job
+                finished.append(job)
+            else:
+                job.status, job.slot = QUEUED, None
+                self._queue.appendleft(job)
 
     def _flush(self) -> None:
         with self._lock:

@@ -1,16 +1,24 @@
 """The child side: one worker process, running one task at a time.
 
-The parent sends a job over the worker's own pipe; the worker runs it and
-sends back one reply, with progress messages before it::
+The parent sends jobs over the worker's own pipe; the worker runs them in
+order and sends back one reply for each, with progress messages before it::
 
-    parent --(seq, task_id, name, blob, chunked)--> worker
+    parent --(seq, flag, ahead, task_id, name, blob, chunked)--> worker
     parent <--("ready", 0)------------------- worker    (once, when it has started)
     parent <--("p", seq, done, total)-------- worker    (throttled, any number)
-    parent <--("r", seq, state, blob, tb, progress)--   (exactly one)
+    parent <--("r", seq, state, blob, tb, progress)--   (exactly one per job)
 
-The abort flag is not a message: ``flags`` is a shared-memory array with
-one 64-bit word per worker slot, and the parent aborts job ``seq`` by
-writing ``seq`` into the slot's word. ``is_aborted()`` is one memory read.
+The parent may send the next job while this one runs, so the worker goes
+from one job to the next without waiting for the parent.
+
+The abort flag is not a message: ``flags`` is a shared-memory array of
+64-bit words, and the parent aborts job ``seq`` by writing ``seq`` into
+the job's word ``flag``. ``is_aborted()`` is one memory read. A job sent
+``ahead`` (while the worker ran another) is claimed before it starts: under
+the slot's hand-over lock the worker checks its abort word and, if clear,
+writes ``seq`` into its claim word (the second half of ``flags``). So the
+parent, taking the same lock, knows whether an abort came in time to end
+the job without running it; if so, the worker answers it ABORTED unrun.
 
 The worker ignores SIGINT (a terminal's Ctrl-C reaches the whole process
 group; the producer alone decides what it means), exits when its pipe
@@ -28,7 +36,7 @@ import threading
 from typing import Any, Optional
 
 from ._errors import TaskAborted
-from ._states import FAILURE, SUCCESS
+from ._states import ABORTED, FAILURE, SUCCESS
 from ._store import Store
 from ._task import AbortableTask, Outcome, execute, execute_chunk
 
@@ -38,11 +46,12 @@ _dumps = pickle.dumps
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
-def worker_main(conn: multiprocessing.connection.Connection, flags: Any, slot: int, store_url: str) -> None:
+def worker_main(conn: multiprocessing.connection.Connection, flags: Any, handover: Any, store_url: str) -> None:
     """Serve jobs from ``conn`` until it closes or sends the empty message."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with_parent()
     words = memoryview(flags).cast("B").cast("q")
+    claims = len(words) // 2
     lookup = _Lookup(store_url)
     conn.send_bytes(_dumps(("ready", 0), _PROTOCOL))  # start-up is over: imports done, main module loaded
     while True:
@@ -52,12 +61,25 @@ def worker_main(conn: multiprocessing.connection.Connection, flags: Any, slot: i
             return
         if not message:
             return
-        seq, task_id, name, blob, chunked = pickle.loads(message)
-        conn.send_bytes(_run(conn, words, slot, seq, task_id, name, blob, chunked, lookup))
+        seq, flag, ahead, task_id, name, blob, chunked = pickle.loads(message)
+        if ahead and not _claim(words, handover, seq, flag, claims):
+            aborted = TaskAborted(f"task {task_id} aborted before it started", task_id=task_id)
+            conn.send_bytes(_reply(seq, Outcome(ABORTED, None, aborted), None))
+        else:
+            conn.send_bytes(_run(conn, words, flag, seq, task_id, name, blob, chunked, lookup))
+
+
+def _claim(words: Any, handover: Any, seq: int, flag: int, claims: int) -> bool:
+    """Claim job ``seq`` sent ahead, unless the parent aborted it first."""
+    with handover:
+        if words[flag] == seq:
+            return False
+        words[claims + flag] = seq
+        return True
 
 
 def _run(
-    conn: Any, words: Any, slot: int, seq: int, task_id: str, name: str, blob: bytes, chunked: bool, lookup: Any
+    conn: Any, words: Any, flag: int, seq: int, task_id: str, name: str, blob: bytes, chunked: bool, lookup: Any
 ) -> bytes:
     try:
         target, args, kwargs = pickle.loads(blob)
@@ -69,7 +91,7 @@ def _run(
         return _reply(seq, Outcome(FAILURE, None, RuntimeError(msg)), None)
 
     def probe() -> bool:
-        return bool(words[slot] == seq)
+        return bool(words[flag] == seq)
 
     def report(done: float, total: Optional[float]) -> None:
         conn.send_bytes(_dumps(("p", seq, done, total), _PROTOCOL))

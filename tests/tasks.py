@@ -162,3 +162,19 @@ class HardLimited(Deaf):
 
 def big_bytes(megabytes):
     return b"x" * (megabytes * 2**20)
+
+
+def touch(path):
+    """A plain callable with a side effect a test can look for."""
+    Path(path).touch()
+    return path
+
+
+class KilledOnFile(AbortableTask):
+    """Reports progress, then SIGKILLs its own worker once ``path`` exists."""
+
+    def run(self, path):
+        self.progress(1)
+        while not Path(path).exists():
+            time.sleep(0.001)
+        os.kill(os.getpid(), signal.SIGKILL)
