@@ -33,10 +33,14 @@ def mypy(session: nox.Session) -> None:
     session.run("mypy")
 
 
+#: Each benchmark script, and whether it takes ``--quick``.
+BENCHMARKS = {"core": True, "throughput": True, "memory": True, "faults": False, "status": False}
+
+
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Run the benchmarks (beside ProcessPoolExecutor) and the fault-recovery timings; print their tables."""
-    session.install("-e", ".")
-    session.run("python", "tests/benchmarks/bench_core.py", *session.posargs)
-    session.run("python", "tests/benchmarks/bench_faults.py")
-    session.run("python", "tests/benchmarks/bench_status.py")
+    """Run every benchmark beside its peers (installed here) and print the tables; ``-- --quick`` for a short run."""
+    session.install("-e", ".", "loky", "pebble", "mpire")
+    quick = [arg for arg in session.posargs if arg == "--quick"]
+    for name, takes_quick in BENCHMARKS.items():
+        session.run("python", f"tests/benchmarks/bench_{name}.py", *(quick if takes_quick else []))

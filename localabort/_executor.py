@@ -58,7 +58,7 @@ from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Literal
 from . import _task
 from ._future import AbortableFuture
 from ._interrupt import stop_on_interrupt
-from ._jobs import Job, completed, task_name
+from ._jobs import Job, completed, new_id, task_name
 from ._manager import Manager
 from ._states import FAILURE
 from ._store import Store, StoreSpec
@@ -192,7 +192,7 @@ class Executor(concurrent.futures.Executor):
             done = self._store.find_success(name, key)
             if done is not None:
                 return self._watch(completed(done.id, done.result, done.progress), name)
-        job = Job(task_id or str(uuid.uuid4()), self._manager.next_seq(), name, key, self._manager)
+        job = Job(task_id or new_id(), self._manager.next_seq(), name, key, self._manager)
         job.chunked = chunked
         job.soft_time_limit = soft_time_limit if soft_time_limit is not None else getattr(task, "soft_time_limit", None)
         job.time_limit = time_limit if time_limit is not None else getattr(task, "time_limit", None)

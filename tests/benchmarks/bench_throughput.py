@@ -1,0 +1,152 @@
+"""Throughput beside ProcessPoolExecutor, loky, pebble and mpire, and how it grows with workers and store size.
+
+Run with ``nox -s bench`` or ``python tests/benchmarks/bench_throughput.py [--quick]``.
+Every pool uses fork and is timed on its submit-and-collect phase alone
+(start-up and warm-up are not timed). Figures are medians over
+repetitions with (min-max); a ratio divides by ProcessPoolExecutor's figure
+in the same repetition. localabort stores every task's final state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+
+from localabort._jobs import new_id
+from localabort._store import Store
+from tests.benchmarks import common
+from tests.benchmarks.bench_tasks import identity, sleep_1ms
+
+SUBMIT_TARGET = 1.0  # x PPE, trivial tasks via submit()
+MAP_TARGET = 0.8  # x PPE, map(chunksize=100)
+SLEEP_TARGET = 0.97  # of the ideal, 1 ms tasks
+
+
+CASES = ("identity, submit", "identity, map c=100", "sleep 1 ms, submit")
+
+
+def cases(n):
+    return list(zip(CASES, (identity, identity, sleep_1ms), (n, 5 * n, n // 10), ("submit", 100, "submit")))
+
+
+def store_in(tmp):
+    return os.path.join(tmp, f"{uuid.uuid4().hex}.sqlite")
+
+
+def peers_table(tmp, n, reps):
+    """Every pool at 2 workers, the three cases."""
+    makers = {"ProcessPoolExecutor": common.ppe, "localabort": lambda w: common.localabort(w, store_in(tmp))}
+    peers = common.installed_peers()
+    makers.update(peers)
+    missing = sorted(set(common.PEERS) - set(peers))
+    rows, ideals, figures = [], [], {}
+    for label, fn, count, mode in cases(n):
+        rates = {name: [] for name in makers}
+        for _ in range(reps):
+            if fn is sleep_1ms:
+                ideals.append(common.sleep_ideal())
+            for name, make in makers.items():
+                rates[name].append(common.throughput(make(2), fn, count, mode, identity))
+        base = rates["ProcessPoolExecutor"]
+        for name in makers:
+            ratios = [r / b for r, b in zip(rates[name], base)]
+            rows.append((label, name, common.spread(rates[name], "{:,.0f}"), common.spread(ratios, "{:.2f}")))
+        figures[label] = (rates["localabort"], base)
+    return rows, missing, ideals, figures
+
+
+def workers_table(tmp, n, reps):
+    """PPE and localabort at 1, 2 and 4 workers (this machine has 2 cores)."""
+    rows = []
+    for workers in (1, 2, 4):
+        for label, fn, count, mode in cases(n)[::2]:
+            ours, base = [], []
+            for _ in range(reps):
+                base.append(common.throughput(common.ppe(workers), fn, count, mode, identity))
+                ours.append(common.throughput(common.localabort(workers, store_in(tmp)), fn, count, mode, identity))
+            ratios = [o / b for o, b in zip(ours, base)]
+            rows.append((workers, label, common.spread(base, "{:,.0f}"), common.spread(ours, "{:,.0f}"),
+                         common.spread(ratios, "{:.2f}")))  # fmt: skip
+    return rows
+
+
+def prefill(path, count):
+    """A store already holding ``count`` finished tasks."""
+    store = Store.open(path)
+    now = time.time()
+    rows = [
+        {"id": new_id(), "executor_id": "old", "name": "tests.benchmarks.bench_tasks.identity", "key": None,
+         "state": "SUCCESS", "submitted_at": now, "started_at": now, "finished_at": now, "progress_done": None,
+         "progress_total": None, "result": b"\x80\x05K\x01.", "traceback": None}
+        for _ in range(count)
+    ]  # fmt: skip
+    for start in range(0, count, 10_000):
+        store.write(rows[start : start + 10_000])
+    store.dispose()
+
+
+def store_size_table(tmp, n, reps):
+    """localabort at 2 workers on a store that already holds 10^3, 10^4 or 10^5 tasks."""
+    rows = []
+    for size in (1_000, 10_000, 100_000):
+        path = store_in(tmp)
+        prefill(path, size)
+        for label, fn, count, mode in cases(n)[::2]:
+            ours, base = [], []
+            for _ in range(reps):
+                base.append(common.throughput(common.ppe(2), fn, count, mode, identity))
+                ours.append(common.throughput(common.localabort(2, path), fn, count, mode, identity))
+            ratios = [o / b for o, b in zip(ours, base)]
+            rows.append((f"{size:,}", label, common.spread(ours, "{:,.0f}"), common.spread(ratios, "{:.2f}")))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer tasks and repetitions")
+    args = parser.parse_args()
+    n, reps = (4000, 2) if args.quick else (20000, 5)
+    with tempfile.TemporaryDirectory() as tmp:
+        peer_rows, missing, ideals, figures = peers_table(tmp, n, reps)
+        worker_rows = workers_table(tmp, n, max(2, reps - 2))
+        size_rows = store_size_table(tmp, n, max(2, reps - 2))
+
+    print(f"localabort throughput, Python {sys.version.split()[0]}, {os.cpu_count()} cores; tasks/s")
+    print()
+    print(f"Beside the peers, 2 workers, {reps} repetitions (ratio: / ProcessPoolExecutor, same repetition)")
+    if missing:
+        print(f"(not installed, so not measured: {', '.join(missing)})")
+    print()
+    common.table(("case", "pool", "tasks/s", "ratio"), peer_rows)
+    print()
+    submit, mapped = (statistics.median(o / b for o, b in zip(*figures[case])) for case in CASES[:2])
+    ideal = statistics.median(ideals)
+    of_ideal = statistics.median(figures[CASES[2]][0]) / ideal
+    common.table(
+        ("target", "measured", ""),
+        [
+            (f"trivial submit() >= {SUBMIT_TARGET}x PPE", f"{submit:.2f}x", common.verdict(submit >= SUBMIT_TARGET)),
+            (f"map(chunksize=100) >= {MAP_TARGET}x PPE", f"{mapped:.2f}x", common.verdict(mapped >= MAP_TARGET)),
+            (f"1 ms tasks >= {SLEEP_TARGET} of the ideal ({ideal:,.0f}/s: 2 / time.sleep(0.001) as measured here)",
+             f"{of_ideal:.2f}", common.verdict(of_ideal >= SLEEP_TARGET)),
+        ],
+    )  # fmt: skip
+    print()
+    print("By workers (2 cores here)")
+    print()
+    common.table(("workers", "case", "ProcessPoolExecutor", "localabort", "ratio"), worker_rows)
+    print()
+    print("By store size: localabort, 2 workers, on a store already holding that many finished tasks")
+    print()
+    common.table(("tasks in store", "case", "localabort", "ratio to PPE"), size_rows)
+
+
+if __name__ == "__main__":
+    main()
