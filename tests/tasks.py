@@ -178,3 +178,21 @@ class KilledOnFile(AbortableTask):
         while not Path(path).exists():
             time.sleep(0.001)
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Touch(AbortableTask):
+    """Creates ``path``: a side effect a test can look for."""
+
+    def run(self, path):
+        Path(path).touch()
+        return path
+
+
+class CheckCost(AbortableTask):
+    """Times ``n`` calls of ``is_aborted()``; returns seconds per call."""
+
+    def run(self, n):
+        start = time.perf_counter()
+        for _ in range(n):
+            self.is_aborted()
+        return (time.perf_counter() - start) / n

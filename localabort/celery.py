@@ -1,0 +1,236 @@
+"""The same tasks on Celery workers, with an abort that is never lost (SPEC section 9).
+
+``register(app, TaskClass)`` makes a Celery task that runs ``TaskClass``
+on any worker of ``app``. Its state lives where an ``Executor``'s does: in
+a localabort store, by default the database of the app's ``db+`` result
+backend (in localabort's own tables), so producers, workers, the
+``localabort`` command and ``AbortableAsyncResult`` all see one truth.
+
+Why not keep the abort in Celery's result backend, as
+``celery.contrib.abortable`` does? There it is the task's *state*, and
+the task's own return overwrites it with SUCCESS. Here the request is a
+column of its own, and every state write is conditional (a final state
+stays final), so no later write can undo an abort.
+
+- ``apply_async``/``delay`` record the task PENDING, then send it, and
+  return an ``AbortableAsyncResult`` (SPEC section 5).
+- A worker *claims* the task before it runs it: one conditional update,
+  PENDING to STARTED, only if no abort was requested. ``abort()`` on a task
+  not yet claimed ends it ABORTED at once, with the opposite update; the
+  database lets exactly one of the two win, so a task aborted while queued
+  never runs, and one that has started sees the abort at its next check.
+- Inside the worker, ``is_aborted()`` reads the store at most every
+  ``POLL_INTERVAL`` seconds and otherwise returns what it last read, so a
+  check costs a clock read, not a query. ``soft_time_limit`` asks for an
+  abort, as under ``Executor``; ``time_limit`` is Celery's own.
+- The task's outcome follows SPEC section 6 and is written to the store;
+  Celery's backend gets the value (SUCCESS), the exception (FAILURE), or
+  the custom state ABORTED, after which the task raises ``Ignore`` so
+  Celery writes nothing over it.
+
+Example (a runnable one is ``examples/celery_crunch.py``)::
+
+    app = Celery("proj", broker="sqla+sqlite:///broker.sqlite", backend="db+sqlite:///results.sqlite")
+    crunch = register(app, Crunch)
+    res = crunch.delay(10_000)
+    res.abort()
+"""
+
+from __future__ import annotations
+
+import pickle
+import time
+from typing import Any, Dict, Optional, Tuple, Type
+
+import sqlalchemy as sa
+from celery import Task
+from celery.exceptions import Ignore
+
+from ._errors import TaskAborted
+from ._future import AbortableAsyncResult
+from ._jobs import new_id
+from ._schema import STATE_COLUMNS, tasks
+from ._states import ABORTED, PENDING, STARTED, SUCCESS
+from ._store import Store
+from ._task import AbortableTask, execute
+
+__all__ = ["POLL_INTERVAL", "CeleryResult", "LocalabortCeleryTask", "register"]
+
+#: Seconds between two store reads of a running task's abort request.
+POLL_INTERVAL = 0.02
+#: The ``executor_id`` of rows written for Celery tasks: no executor process owns them.
+CELERY = "celery"
+
+
+def register(app: Any, task_class: Type[AbortableTask], store: Optional[str] = None, **celery_options: Any) -> Any:
+    """Make a Celery task of ``app`` that runs ``task_class``; return it.
+
+    ``store`` is the SQLAlchemy URL (or SQLite path) of the localabort
+    store that producers and workers share; by default the app's
+    ``db+...`` result backend, so the task states live beside Celery's
+    results. ``celery_options`` go to ``app.task`` (``queue``,
+    ``time_limit``, ``acks_late``...); ``soft_time_limit`` asks for an
+    abort, as under ``Executor``, instead of raising Celery's exception.
+
+    >>> from celery import Celery
+    >>> from localabort import AbortableTask
+    >>> class Double(AbortableTask):
+    ...     def run(self, x):
+    ...         return 2 * x
+    >>> app = Celery("doc", broker="memory://", backend="db+sqlite:///:memory:")
+    >>> register(app, Double).name
+    'localabort.celery.Double'
+    """
+    soft_time_limit = celery_options.pop("soft_time_limit", getattr(task_class, "soft_time_limit", None))
+    options: Dict[str, Any] = {"name": f"{task_class.__module__}.{task_class.__qualname__}"}
+    if getattr(task_class, "time_limit", None) is not None:
+        options["time_limit"] = task_class.time_limit
+    options.update(celery_options)
+
+    def run(self: LocalabortCeleryTask, *args: Any, **kwargs: Any) -> Any:
+        return self.run_localabort(args, kwargs)
+
+    return app.task(
+        run, bind=True, base=LocalabortCeleryTask, localabort_class=task_class, localabort_store=store,
+        localabort_soft_time_limit=soft_time_limit, **options,
+    )  # fmt: skip
+
+
+class CeleryResult(AbortableAsyncResult):
+    """The result of a registered task: ``AbortableAsyncResult``, whose ``abort()`` also ends a task not yet claimed."""
+
+    def abort(self) -> bool:
+        """Ask the task to abort. Not yet claimed by a worker, it ends ABORTED now and never runs."""
+        requested = self.store.request_abort(self.id)
+        exc = TaskAborted(f"task {self.id} aborted before it started", task_id=self.id)
+        with self.store._begin() as conn:
+            ended = conn.execute(
+                tasks.update()
+                .where(tasks.c.id == self.id, tasks.c.state == PENDING, tasks.c.executor_id == CELERY)
+                .values(state=ABORTED, finished_at=time.time(), result=pickle.dumps(exc))
+            ).rowcount
+        return requested or bool(ended)
+
+
+class LocalabortCeleryTask(Task):  # type: ignore[misc]
+    """The base of the Celery tasks ``register`` makes."""
+
+    localabort_class: Type[AbortableTask]
+    localabort_store: Optional[str] = None
+    localabort_soft_time_limit: Optional[float] = None
+
+    @property
+    def store(self) -> Store:
+        """The localabort store of this task's states."""
+        spec = self.localabort_store or _backend_store(self.app)
+        return Store.open(spec)
+
+    def apply_async(self, args: Any = None, kwargs: Any = None, task_id: Optional[str] = None, **options: Any) -> Any:
+        """Record the task PENDING, send it as Celery does, and return its ``CeleryResult``."""
+        task_id = task_id or new_id()
+        self.store.write([_row(task_id, self.name, PENDING, submitted_at=time.time())])
+        super().apply_async(args, kwargs, task_id=task_id, **options)
+        return CeleryResult(task_id, store=self.store)
+
+    def run_localabort(self, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
+        """The worker's side: claim the task, run it, store its outcome, and tell Celery."""
+        task_id, store = self.request.id, self.store
+        row = _row(task_id, self.name, STARTED, started_at=time.time())
+        claim = _claim(store, row)
+        if claim == ABORTED:
+            self._report_aborted(None)
+        if claim != STARTED:  # finished already: a copy delivered again
+            raise Ignore()
+        task = self.localabort_class()
+        probe = _Probe(store, task_id, self.localabort_soft_time_limit)
+
+        def report(done: float, total: Optional[float]) -> None:
+            store.write([dict(row, progress_done=done, progress_total=total)])
+
+        task._bind(task_id, probe, report, store.is_abort_requested, args, kwargs)
+        state, value, exc, tb = execute(task, args, kwargs)
+        done, total = task._last_progress or (None, None)
+        blob = pickle.dumps(value if state == SUCCESS else exc)
+        final = dict(row, state=state, finished_at=time.time(), progress_done=done, progress_total=total, result=blob)
+        store.write([dict(final, traceback=tb)])
+        if state == SUCCESS:
+            return value
+        if state == ABORTED:
+            self._report_aborted(value)
+        assert exc is not None
+        raise exc
+
+    def _report_aborted(self, partial: Any) -> None:
+        """Give Celery's backend the state ABORTED, and keep Celery from writing over it."""
+        self.update_state(state=ABORTED, meta={"partial_result": repr(partial)})
+        raise Ignore()
+
+
+def _backend_store(app: Any) -> str:
+    backend = str(app.conf.result_backend or "")
+    if not backend.startswith("db+"):
+        raise ValueError(
+            f"localabort.celery: the app's result backend {backend.split('://')[0] or 'None'!r} is not a database; "
+            "pass register(app, Task, store=...) a database URL or SQLite path that producers and workers share"
+        )
+    return backend[len("db+") :]
+
+
+def _row(task_id: str, name: str, state: str, **values: Any) -> Dict[str, Any]:
+    row: Dict[str, Any] = dict.fromkeys(STATE_COLUMNS)
+    row.update(id=task_id, executor_id=CELERY, name=name, state=state, **values)
+    return row
+
+
+def _claim(store: Store, row: Dict[str, Any]) -> str:
+    """Move the task PENDING to STARTED unless it was aborted, and fill in ``row`` from the store.
+
+    Returns STARTED if this worker may run it, ABORTED if it must not, or
+    the final state of a task that has finished already.
+    """
+    task_id = row["id"]
+    with store._begin() as conn:
+        claimed = conn.execute(
+            tasks.update()
+            .where(tasks.c.id == task_id, tasks.c.state == PENDING, tasks.c.abort_requested_at.is_(None))
+            .values(state=STARTED, started_at=row["started_at"])
+        ).rowcount
+        query = sa.select(tasks.c.state, tasks.c.abort_requested_at, tasks.c.submitted_at, tasks.c.key)
+        found = conn.execute(query.where(tasks.c.id == task_id)).first()
+    if found is None:  # sent without apply_async (send_task, say): record it now
+        store.write([row])
+        return STARTED
+    row.update(submitted_at=found.submitted_at, key=found.key)
+    if claimed or (found.state == STARTED and found.abort_requested_at is None):  # or delivered again (acks_late)
+        return STARTED
+    if found.state in (PENDING, STARTED):  # aborted in the instant before the claim
+        exc = TaskAborted(f"task {task_id} aborted before it started", task_id=task_id)
+        store.write([dict(row, state=ABORTED, finished_at=time.time(), result=pickle.dumps(exc))])
+        return ABORTED
+    return str(found.state)
+
+
+class _Probe:
+    """``is_aborted()`` on a worker: the store at most every ``POLL_INTERVAL`` s, a clock read otherwise."""
+
+    __slots__ = ("_next", "_seen", "_soft_deadline", "_store", "_task_id")
+
+    def __init__(self, store: Store, task_id: str, soft_time_limit: Optional[float]) -> None:
+        self._store, self._task_id = store, task_id
+        self._seen = False
+        self._next = 0.0
+        self._soft_deadline = float("inf") if soft_time_limit is None else time.monotonic() + soft_time_limit
+
+    def __call__(self) -> bool:
+        if self._seen:
+            return True
+        now = time.monotonic()
+        if now < self._next:
+            return False
+        self._next = now + POLL_INTERVAL
+        if now >= self._soft_deadline:
+            self._store.request_abort(self._task_id)
+            self._seen = True
+        else:
+            self._seen = self._store.is_abort_requested(self._task_id)
+        return self._seen

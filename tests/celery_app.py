@@ -1,0 +1,37 @@
+"""The Celery app the tests' real workers run: broker and backend come from the environment.
+
+``LOCALABORT_CELERY_DIR`` is a folder for the kombu ``sqla+sqlite`` broker
+and the ``db+sqlite`` result backend, which also holds the localabort store.
+"""
+
+from __future__ import annotations
+
+import os
+
+import kombu.transport.sqlalchemy
+from celery import Celery
+
+from localabort.celery import register
+
+from . import tasks
+
+# The sqla transport polls its table every second by default; tests want a task picked up at once.
+# (Its broker_transport_options all go to create_engine(), so the class attribute is the way.)
+kombu.transport.sqlalchemy.Transport.polling_interval = 0.02
+
+folder = os.environ.get("LOCALABORT_CELERY_DIR", ".")
+app = Celery(
+    "localabort_tests",
+    broker=f"sqla+sqlite:///{folder}/broker.sqlite",
+    backend=f"db+sqlite:///{folder}/results.sqlite",
+)
+app.conf.update(worker_prefetch_multiplier=1, task_acks_late=False, broker_connection_retry_on_startup=True)
+
+crunch = register(app, tasks.Crunch)
+spin = register(app, tasks.Spin)
+fail = register(app, tasks.Fail)
+ticker = register(app, tasks.Ticker)
+deaf = register(app, tasks.Deaf)
+limited = register(app, tasks.Limited)
+touch = register(app, tasks.Touch)
+check_cost = register(app, tasks.CheckCost)

@@ -1,0 +1,140 @@
+"""localabort.celery on a real Celery worker (prefork), with the kombu sqla+sqlite broker and db+sqlite backend."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+celery = pytest.importorskip("celery")
+
+from celery.result import AsyncResult  # noqa: E402
+
+from localabort import ABORTED, FAILURE, STARTED, SUCCESS, AbortableAsyncResult, TaskAborted  # noqa: E402
+from localabort.celery import CeleryResult, register  # noqa: E402
+
+from . import celery_app, tasks  # noqa: E402
+from .conftest import ROOT, wait_for  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory):
+    """One real `celery worker` for the module, stopped with a warm shutdown (SIGTERM) at the end."""
+    folder = tmp_path_factory.mktemp("celery")
+    app = celery_app.app
+    app.conf.broker_url = f"sqla+sqlite:///{folder}/broker.sqlite"
+    app.conf.result_backend = f"db+sqlite:///{folder}/results.sqlite"
+    log = open(folder / "worker.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker", "--pool=prefork", "-c", "2",
+         "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "info"],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        env=dict(os.environ, LOCALABORT_CELERY_DIR=str(folder), PYTHONPATH=str(ROOT)),
+    )  # fmt: skip
+    try:
+        first = celery_app.crunch.delay(3)
+        assert first.get(timeout=60) == [0, 1, 4], (folder / "worker.log").read_text()
+        yield app
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def started(res):
+    return res.state == STARTED and res.progress is not None
+
+
+def test_success_is_stored_in_both_the_store_and_celery(worker):
+    res = celery_app.crunch.delay(4)
+    assert isinstance(res, CeleryResult)
+    assert res.get(timeout=30) == [0, 1, 4, 9]
+    assert res.state == SUCCESS and res.progress == (4, 4)
+    assert AsyncResult(res.id, app=worker).get(timeout=30) == [0, 1, 4, 9]
+
+
+def test_failure_keeps_the_exception_and_traceback(worker):
+    res = celery_app.fail.delay("boom")
+    with pytest.raises(ValueError, match="boom"):
+        res.get(timeout=30)
+    assert res.state == FAILURE and "ValueError: boom" in res.store.get(res.id).traceback
+    # Celery's backend is written after the store, when the task function has raised.
+    wait_for(lambda: AsyncResult(res.id, app=worker).state == FAILURE, what="Celery's backend to say FAILURE")
+
+
+def test_abort_of_a_running_task_is_seen_within_the_poll(worker):
+    res = celery_app.spin.delay()
+    wait_for(lambda: started(res), what="the task to start")
+    t0 = time.monotonic()
+    assert res.abort() is True and res.is_aborted()
+    with pytest.raises(TaskAborted) as info:
+        res.get(timeout=30)
+    assert time.monotonic() - t0 < 5  # the worker polls every 20 ms; get() polls the store too
+    assert info.value.partial_result >= 1 and res.state == ABORTED
+
+
+def test_the_abort_is_never_overwritten_by_the_task_return(worker):
+    """Celery's own AbortableTask ends SUCCESS here: the task's return overwrites ABORTED."""
+    res = celery_app.ticker.delay(30)
+    wait_for(lambda: started(res), what="the task to start")
+    res.abort()
+    with pytest.raises(TaskAborted) as info:
+        res.get(timeout=30)
+    assert isinstance(info.value.partial_result, int)  # run() returned normally after it saw the abort
+    time.sleep(0.5)  # anything the worker wrote late would land by now
+    assert res.state == ABORTED and AbortableAsyncResult(res.id, store=res.store).state == ABORTED
+    assert AsyncResult(res.id, app=worker).state == ABORTED  # Celery's backend agrees, and never says SUCCESS
+
+
+def test_abort_of_a_queued_task_ends_it_at_once_and_it_never_runs(worker, tmp_path):
+    blockers = [celery_app.spin.delay() for _ in range(2)]  # both worker processes busy
+    wait_for(lambda: all(started(b) for b in blockers), what="both workers busy")
+    queued = celery_app.touch.delay(str(tmp_path / "ran"))
+    assert queued.abort() is True
+    assert queued.state == ABORTED  # at once, not when a worker frees up
+    with pytest.raises(TaskAborted, match="before it started"):
+        queued.get(timeout=5)
+    for b in blockers:
+        b.abort()
+        with pytest.raises(TaskAborted):
+            b.get(timeout=30)
+    follow = celery_app.crunch.delay(2)  # the queued message has been consumed by now, and skipped
+    assert follow.get(timeout=30) == [0, 1]
+    wait_for(lambda: AsyncResult(queued.id, app=worker).state == ABORTED, what="Celery's backend to say ABORTED")
+    assert not (tmp_path / "ran").exists()
+
+
+def test_progress_is_visible_while_the_task_runs(worker):
+    res = celery_app.ticker.delay(30)
+    first = wait_for(lambda: res.progress, what="progress")[0]
+    wait_for(lambda: res.progress[0] > first, what="progress to move")
+    res.abort()
+    with pytest.raises(TaskAborted):
+        res.get(timeout=30)
+
+
+def test_soft_time_limit_asks_for_an_abort_as_under_executor(worker):
+    res = celery_app.limited.delay()  # Limited.soft_time_limit = 0.3
+    with pytest.raises(TaskAborted):
+        res.get(timeout=30)
+    assert res.state == ABORTED and res.is_aborted()
+
+
+def test_is_aborted_on_the_worker_costs_no_query(worker):
+    per_call = celery_app.check_cost.delay(200_000).get(timeout=60)
+    assert per_call < 5e-6  # the issue's bound; Celery's abortable pays a query (~640 us) on every call
+
+
+def test_register_needs_a_database_store():
+    app = celery.Celery("nodb", broker="memory://", backend="rpc://")
+    task = register(app, tasks.Crunch)
+    with pytest.raises(ValueError, match="result backend 'rpc' is not a database; pass register"):
+        task.delay(1)
