@@ -19,6 +19,7 @@ created owner-only (0600).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import pickle
 import socket
@@ -29,6 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from ._errors import StoreError, WorkerLost
+from ._procs import alive, process_start
 from ._schema import SCHEMA_VERSION, STATE_COLUMNS, UNFINISHED, TaskRecord, executors, meta, metadata, record, tasks
 from ._states import FAILURE, READY_STATES, SUCCESS
 
@@ -36,6 +38,8 @@ __all__ = ["Store", "TaskRecord", "forget"]
 
 #: Seconds a writer waits for the SQLite lock before it fails.
 BUSY_TIMEOUT = 60.0
+#: Task ids one query asks about at most.
+ID_BATCH = 5000
 
 StoreSpec = Union[str, "os.PathLike[str]", "Store"]
 
@@ -238,7 +242,7 @@ class Store:
     def register_executor(self, executor_id: str) -> None:
         """Record that an executor of this process writes to the store."""
         pid = os.getpid()
-        row = dict(id=executor_id, hostname=socket.gethostname(), pid=pid, process_start=_process_start(pid))
+        row = dict(id=executor_id, hostname=socket.gethostname(), pid=pid, process_start=process_start(pid))
         with self._begin() as conn:
             conn.execute(executors.insert().values(started_at=time.time(), **row))
 
@@ -259,7 +263,7 @@ class Store:
         )
         with self._connect() as conn:
             found = conn.execute(query).all()
-        dead = [row for row in found if not _alive(row.pid, row.process_start)]
+        dead = [row for row in found if not alive(row.pid, row.process_start)]
         for row in dead:
             lost = WorkerLost(f"executor {row.id} (pid {row.pid} on {host}) died before this task finished")
             now = time.time()
@@ -319,7 +323,12 @@ class Store:
         """Tasks newest first: all, or those of ``ids``, in ``states``, whose name contains ``name``."""
         query = sa.select(tasks).order_by(tasks.c.submitted_at.desc())
         if ids is not None:
-            query = query.where(tasks.c.id.in_(list(ids)))
+            ids = list(ids)
+            if len(ids) > ID_BATCH:  # in pieces: a database bounds one statement's parameters (SQLite: 32,766)
+                pieces = (ids[i : i + ID_BATCH] for i in range(0, len(ids), ID_BATCH))
+                parts = [self.tasks(piece, states=states, name=name) for piece in pieces]
+                return sorted(itertools.chain(*parts), key=lambda r: -(r.submitted_at or 0.0))[:limit]
+            query = query.where(tasks.c.id.in_(ids))
         if states is not None:
             query = query.where(tasks.c.state.in_(list(states)))
         if name is not None:
@@ -371,24 +380,3 @@ def forget(store: StoreSpec, *, older_than: float) -> int:
 def _reason(exc: BaseException) -> str:
     """The database's own words for a failure, on one line."""
     return str(getattr(exc, "orig", None) or exc).splitlines()[0]
-
-
-def _process_start(pid: int) -> Optional[str]:
-    """When process ``pid`` started (clock ticks since boot, from /proc), or ``None`` off Linux."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[19].decode()
-    except (OSError, IndexError):
-        return None
-
-
-def _alive(pid: int, started: Optional[str]) -> bool:
-    """Whether the process that registered as ``pid`` (started at ``started``) still runs."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        pass
-    now = _process_start(pid)
-    return started is None or now is None or now == started

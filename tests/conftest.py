@@ -33,6 +33,28 @@ def store_path(tmp_path):
     return str(tmp_path / "store.sqlite")
 
 
+POSTGRES = os.environ.get("LOCALABORT_TEST_POSTGRES_URL")
+
+
+@pytest.fixture
+def postgres_url():
+    """The URL of the PostgreSQL test database, emptied of localabort's tables; skips the test without one."""
+    if not POSTGRES:
+        pytest.skip("no PostgreSQL server: set LOCALABORT_TEST_POSTGRES_URL (.ci/postgres.sh starts one)")
+    import sqlalchemy as sa
+
+    from localabort._schema import metadata
+    from localabort._store import Store
+
+    cached = Store._open_stores.pop(POSTGRES, None)  # its schema is about to go: the next open makes it again
+    if cached is not None:
+        cached.dispose()
+    engine = sa.create_engine(POSTGRES)
+    metadata.drop_all(engine)
+    engine.dispose()
+    return POSTGRES
+
+
 @pytest.fixture
 def executor(start_method, store_path):
     with Executor(max_workers=2, store=store_path, mp_context=start_method) as ex:

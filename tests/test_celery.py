@@ -133,6 +133,17 @@ def test_is_aborted_on_the_worker_costs_no_query(worker):
     assert per_call < 5e-6  # the bound; Celery's abortable pays a query (~640 us) on every call
 
 
+def test_a_store_on_postgresql_shared_by_producer_and_worker(worker, postgres_url):
+    res = celery_app.crunch_pg.delay(3)
+    assert res.store.url == postgres_url and res.get(timeout=30) == [0, 1, 4]
+    spinning = celery_app.spin_pg.delay()
+    wait_for(lambda: started(spinning), what="the task to start")
+    assert AbortableAsyncResult(spinning.id, store=postgres_url).abort() is True
+    with pytest.raises(TaskAborted):
+        spinning.get(timeout=30)
+    assert spinning.state == ABORTED
+
+
 def test_register_needs_a_database_store():
     app = celery.Celery("nodb", broker="memory://", backend="rpc://")
     task = register(app, tasks.Crunch)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -15,6 +17,7 @@ from localabort import (
     PENDING,
     STARTED,
     SUCCESS,
+    AbortableAsyncResult,
     AbortableFuture,
     Executor,
     TaskAborted,
@@ -360,3 +363,18 @@ def test_future_is_a_concurrent_future(executor):
     fut.result(timeout=30)
     assert fut.ready() and fut.exception() is None
     assert issubclass(localabort.TaskAborted, concurrent.futures.CancelledError)
+
+
+def test_an_executor_on_postgresql_is_aborted_from_another_handle(start_method, postgres_url):
+    with pool(postgres_url, start_method, 2) as ex:
+        assert ex.submit(tasks.Crunch, 3).result(timeout=30) == [0, 1, 4]
+        fut = ex.submit(tasks.Spin)
+        wait_for(lambda: started(fut))
+        assert subprocess.run(
+            [sys.executable, "-c", "import sys; from localabort import AbortableAsyncResult as R; "
+             "sys.exit(0 if R(sys.argv[1], store=sys.argv[2]).abort() else 1)", fut.id, postgres_url],
+            timeout=60,
+        ).returncode == 0  # fmt: skip
+        with pytest.raises(TaskAborted):
+            fut.result(timeout=30)
+    assert AbortableAsyncResult(fut.id, store=postgres_url).state == ABORTED

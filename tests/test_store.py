@@ -1,15 +1,24 @@
-"""The store on a real SQLite file: opening, the sticky final state, the separate abort request."""
+"""The store: one contract suite on a real SQLite file and on a real PostgreSQL server, then SQLite's own cases.
+
+The PostgreSQL runs need ``LOCALABORT_TEST_POSTGRES_URL`` (``.ci/postgres.sh``
+starts a throwaway server and prints one); without it they are skipped.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import sqlite3
 import stat
+import subprocess
+import sys
 
 import pytest
 
-from localabort import ABORTED, PENDING, STARTED, SUCCESS, StoreError
+from localabort import ABORTED, FAILURE, PENDING, STARTED, SUCCESS, StoreError, WorkerLost
+from localabort._future import load_outcome
+from localabort._schema import executors
 from localabort._store import STATE_COLUMNS, Store
 
 
@@ -20,8 +29,16 @@ def row(task_id="t1", state=PENDING, **extra):
     return values
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    """The contract suite's store: each test runs on both databases."""
+    store = Store(str(tmp_path / "s.sqlite") if request.param == "sqlite" else request.getfixturevalue("postgres_url"))
+    yield store
+    store.dispose()
+
+
 @pytest.fixture
-def store(tmp_path):
+def sqlite_store(tmp_path):
     store = Store(str(tmp_path / "s.sqlite"))
     yield store
     store.dispose()
@@ -32,7 +49,8 @@ def sql(path, statement):
         return conn.execute(statement).fetchall()
 
 
-def test_new_store_is_owner_only_and_in_wal_mode(store):
+def test_new_store_is_owner_only_and_in_wal_mode(sqlite_store):
+    store = sqlite_store
     assert stat.S_IMODE(os.stat(store.path).st_mode) == 0o600
     store.write([row()])
     assert stat.S_IMODE(os.stat(store.path + "-wal").st_mode) == 0o600
@@ -62,7 +80,8 @@ def test_read_only_store(tmp_path):
         Store(str(path)).write([row()])
 
 
-def test_store_from_a_newer_localabort(store):
+def test_store_from_a_newer_localabort(sqlite_store):
+    store = sqlite_store
     sql(store.path, "UPDATE localabort_meta SET value = '99' WHERE name = 'schema'")
     with pytest.raises(StoreError, match=r"written by a newer localabort \(schema 99.*upgrade localabort"):
         Store(store.path)
@@ -70,7 +89,7 @@ def test_store_from_a_newer_localabort(store):
 
 def test_reopen_keeps_tasks(store):
     store.write([row("a", SUCCESS)])
-    again = Store(store.path)
+    again = Store(store.url)
     assert again.get("a").state == SUCCESS
     again.dispose()
 
@@ -134,6 +153,51 @@ def test_find_success(store):
 def test_progress_keeps_fractions(store):
     store.write([row(progress_done=0.5, progress_total=None)])
     assert store.get("t1").progress == (0.5, None)
+
+
+def test_listing_filters_and_counts(store):
+    store.write([row("a", SUCCESS, submitted_at=1.0), row("b", STARTED, submitted_at=2.0, name="tests.Other"),
+                 row("c", PENDING, submitted_at=3.0)])  # fmt: skip
+    assert [r.id for r in store.tasks()] == ["c", "b", "a"]  # newest first
+    assert [r.id for r in store.tasks(states=[PENDING, STARTED])] == ["c", "b"]
+    assert [r.id for r in store.tasks(name="Other")] == ["b"]
+    assert [r.id for r in store.tasks(["a", "c", "zz"], limit=1)] == ["c"]
+    assert store.counts() == {SUCCESS: 1, STARTED: 1, PENDING: 1}
+
+
+def test_listing_more_ids_than_one_statement_may_bind(store):
+    ids = [f"t{i:05}" for i in range(40_000)]  # SQLite binds at most 32,766 parameters
+    store.write([row(task_id, SUCCESS, submitted_at=float(i)) for i, task_id in enumerate(ids)])
+    found = store.tasks([*ids, "missing"])
+    assert len(found) == 40_000 and found[0].id == "t39999" and found[-1].id == "t00000"
+    assert [r.id for r in store.tasks(ids, limit=2)] == ["t39999", "t39998"]
+
+
+def test_request_abort_all_asks_each_unfinished_task_once(store):
+    store.write([row("a", STARTED), row("b", PENDING), row("c", SUCCESS)])
+    assert sorted(store.request_abort_all()) == ["a", "b"]
+    assert store.request_abort_all() == []
+    assert store.get("a").abort_requested and not store.get("c").abort_requested
+
+
+def test_forget_deletes_only_old_finished_tasks(store):
+    store.write([row("old", SUCCESS, finished_at=1.0), row("live", STARTED), row("new", SUCCESS, finished_at=9e12)])
+    assert store.forget(older_than=60) == 1
+    assert store.get("old") is None and store.get("live") and store.get("new")
+
+
+def test_a_dead_executors_tasks_fail_on_the_next_open(store):
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    store.write([row("orphan", STARTED, executor_id="dead-ex"), row("mine", STARTED, executor_id="live-ex")])
+    store.register_executor("live-ex")
+    with store._begin() as conn:  # an executor whose process has exited
+        conn.execute(executors.insert().values(id="dead-ex", hostname=socket.gethostname(), pid=int(gone.stdout),
+                                               process_start="1", started_at=1.0))  # fmt: skip
+    assert store.recover_dead_executors() == ["dead-ex"]
+    orphan = store.get("orphan")
+    assert orphan.state == FAILURE and store.get("mine").state == STARTED
+    with pytest.raises(WorkerLost, match=r"executor dead-ex .* died before this task finished"):
+        raise load_outcome(orphan.state, orphan.result, orphan.traceback)[1]
 
 
 def test_store_survives_pickling_as_its_url(store):

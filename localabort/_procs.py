@@ -1,0 +1,34 @@
+"""Whether a process that registered in the store still runs: its pid, and when it started.
+
+A pid alone is not enough: the system reuses pids, so a store would take a
+new process for a dead executor. The start time, from /proc, tells them
+apart (where /proc exists; elsewhere the pid alone decides).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+__all__ = ["alive", "process_start"]
+
+
+def process_start(pid: int) -> Optional[str]:
+    """When process ``pid`` started (clock ticks since boot, from /proc), or ``None`` off Linux."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return None
+
+
+def alive(pid: int, started: Optional[str]) -> bool:
+    """Whether the process that registered as ``pid`` (started at ``started``) still runs."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        pass
+    now = process_start(pid)
+    return started is None or now is None or now == started
