@@ -48,3 +48,14 @@ def test_user_tests_of_crunch_pass():
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "4 passed" in out.stdout
+
+
+def test_celery_example_aborts_crunch_on_a_real_worker(tmp_path):
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES / "celery_crunch.py"), str(tmp_path)], capture_output=True, text=True,
+        timeout=110, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "small: [0, 1, 4, 9, 16]" in lines and "still: ABORTED" in lines
+    assert any(line.startswith("aborted after ") and line.endswith("state ABORTED") for line in lines)
