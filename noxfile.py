@@ -34,13 +34,13 @@ def mypy(session: nox.Session) -> None:
 
 
 #: Each benchmark script, and whether it takes ``--quick``.
-BENCHMARKS = {"core": True, "throughput": True, "memory": True, "faults": False, "status": False}
+BENCHMARKS = {"core": True, "throughput": True, "memory": True, "celery": True, "faults": False, "status": False}
 
 
 @nox.session
 def bench(session: nox.Session) -> None:
     """Run every benchmark beside its peers (installed here) and print the tables; ``-- --quick`` for a short run."""
-    session.install("-e", ".", "loky", "pebble", "mpire")
+    session.install("-e", ".[celery]", "loky", "pebble", "mpire")
     quick = [arg for arg in session.posargs if arg == "--quick"]
     for name, takes_quick in BENCHMARKS.items():
         session.run("python", f"tests/benchmarks/bench_{name}.py", *(quick if takes_quick else []))

@@ -20,8 +20,8 @@ import time
 
 import kombu.transport.sqlalchemy
 from celery import Celery
-
 from crunch import Crunch
+
 from localabort import TaskAborted
 from localabort.celery import register
 
