@@ -27,10 +27,12 @@ from localabort.celery import register
 
 kombu.transport.sqlalchemy.Transport.polling_interval = 0.05  # the sqla broker polls every 1 s by default
 
+# --8<-- [start:app]
 FOLDER = os.environ.setdefault("CRUNCH_FOLDER", sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp())
 app = Celery("celery_crunch", broker=f"sqla+sqlite:///{FOLDER}/broker.sqlite",
              backend=f"db+sqlite:///{FOLDER}/results.sqlite")  # fmt: skip
 crunch = register(app, Crunch)  # a Celery task named crunch.Crunch that runs Crunch
+# --8<-- [end:app]
 
 
 def main() -> None:
@@ -41,6 +43,7 @@ def main() -> None:
         cwd=here, env=dict(os.environ, PYTHONPATH=here),
     )  # fmt: skip
     try:
+        # --8<-- [start:produce]
         print("small:", crunch.delay(5).get(timeout=60))  # the first task also waits for the worker to start
         res = crunch.delay(50_000_000)  # long enough to abort
         while res.progress is None:
@@ -53,6 +56,7 @@ def main() -> None:
             print(f"aborted after {len(exc.partial_result):,} squares; state {res.state}")
         time.sleep(0.5)
         print("still:", res.state)  # never overwritten by the task's return, unlike celery.contrib.abortable
+        # --8<-- [end:produce]
     finally:
         worker.send_signal(signal.SIGTERM)  # a warm shutdown, as Ctrl-C in the worker's terminal
         worker.wait(timeout=60)

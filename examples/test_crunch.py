@@ -16,14 +16,22 @@ def test_abort_keeps_the_work_done():
     assert outcome.state == "ABORTED" and outcome.result == [0, 1, 4]
 
 
+# --8<-- [start:assertions]
 def test_checks_often_and_stops_at_once():
     assert_checks_every(1, Crunch, 100)
     assert_stops_within(0, Crunch, 100, abort_after=10)
     assert_aborts_cleanly(Crunch, 50)
 
 
+# --8<-- [end:assertions]
+
+
+# --8<-- [start:real]
 def test_in_a_real_worker(localabort_executor):
     fut = localabort_executor.submit(Crunch, 10**9)
     fut.abort()
     with pytest.raises(TaskAborted):
         fut.result(timeout=30)
+
+
+# --8<-- [end:real]
