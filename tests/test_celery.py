@@ -112,6 +112,15 @@ def test_abort_of_a_queued_task_ends_it_at_once_and_it_never_runs(worker, tmp_pa
     assert not (tmp_path / "ran").exists()
 
 
+def test_checkpoint_deep_in_the_stack_ends_the_task_aborted(worker):
+    res = celery_app.deep.delay()  # checks only through module-level checkpoint(), 20 calls deep
+    wait_for(lambda: started(res), what="the task to start")
+    res.abort()
+    with pytest.raises(TaskAborted, match="checkpoint"):
+        res.get(timeout=30)
+    assert res.state == ABORTED
+
+
 def test_progress_is_visible_while_the_task_runs(worker):
     res = celery_app.ticker.delay(30)
     first = wait_for(lambda: res.progress, what="progress")[0]
