@@ -81,11 +81,20 @@ class Control:
         return len(asked)
 
     def shutdown(self, wait: bool, cancel_futures: bool) -> None:
+        recalled: List[Job] = []
         with self._lock:
             self._shutdown = True
             queued = [job for job in self._queue if job.status == QUEUED] if cancel_futures else []
+            if cancel_futures:  # a job sent ahead that its worker has not claimed has not started either
+                for job in [job for job in self._jobs.values() if job.status == SENT]:
+                    if job.slot.recall(self._flags, job.seq, job.flag, abort_if_claimed=False):
+                        self._end_unrun(job, "cancelled")
+                        recalled.append(job)
+            rows = [self._row(job) for job in recalled]
         for job in queued:
             job.future.cancel()
+        self._store.write(rows)
+        resolve(recalled)
         self._wake()
         if wait:
             self.stopped.wait()
@@ -99,13 +108,17 @@ class Control:
         """
         job.abort_requested = job.future._abort_requested = True
         if job.status == QUEUED or (job.status == SENT and job.slot.recall(self._flags, job.seq, job.flag)):
-            job.end(ABORTED, TaskAborted(f"task {job.id} aborted before it started", task_id=job.id))
-            del self._jobs[job.id]
-            self._dirty[job.id] = job
+            self._end_unrun(job, "aborted")
             return True
         if job.status in (RUNNING, SENT):  # it runs (or was claimed), and sees the flag at its next check
             self._flags[job.flag] = job.seq
         return False
+
+    def _end_unrun(self, job: Job, how: str) -> None:
+        """Under the lock: end ``job``, which never started, ABORTED."""
+        job.end(ABORTED, TaskAborted(f"task {job.id} {how} before it started", task_id=job.id))
+        del self._jobs[job.id]
+        self._dirty[job.id] = job
 
     def _abort(self, future: AbortableFuture) -> bool:  # Controller
         with self._lock:

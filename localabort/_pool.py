@@ -65,20 +65,25 @@ class Slot:
         self._turn = (self._turn + 1) % DEPTH
         return self.index * DEPTH + self._turn
 
-    def recall(self, flags: Any, seq: int, flag: int) -> bool:
-        """Abort job ``seq``, sent ahead; return whether its worker will never start it.
+    def recall(self, flags: Any, seq: int, flag: int, abort_if_claimed: bool = True) -> bool:
+        """Take back job ``seq``, sent ahead; return whether its worker will never start it.
 
         ``flags`` holds the abort words, then as many claim words: a worker
         claims a job sent ahead by writing its ``seq`` there, under the same
-        lock, once it has seen no abort. A worker that dies holding the lock
+        lock, once it has seen no abort. Unclaimed, the job's abort word is
+        set, so the worker skips it. Claimed (it runs), the abort word is set
+        only if ``abort_if_claimed``. A worker that dies holding the lock
         leaves the job to be ended with its slot.
         """
         if not self._handover.acquire(timeout=HANDOVER_WAIT):
-            flags[flag] = seq
+            if abort_if_claimed:
+                flags[flag] = seq
             return False
         try:
-            flags[flag] = seq
-            return bool(flags[len(flags) // 2 + flag] != seq)
+            claimed = flags[len(flags) // 2 + flag] == seq
+            if abort_if_claimed or not claimed:
+                flags[flag] = seq
+            return not claimed
         finally:
             self._handover.release()
 

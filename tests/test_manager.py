@@ -70,13 +70,17 @@ def test_a_task_sent_ahead_of_a_dying_worker_runs_on_its_replacement(start_metho
         assert ahead.result(timeout=30) == 5 and ex.store.get(ahead.id).state == SUCCESS
 
 
-def test_a_running_task_is_not_cancelled_by_shutdown_but_runs_sent_ahead(store_path, tmp_path):
-    """As in ProcessPoolExecutor: what a worker holds is running; cancel_futures cancels only the queue."""
+def test_a_task_sent_ahead_cannot_be_cancelled_but_shutdown_takes_it_back(store_path, tmp_path):
+    """cancel() keeps its meaning (a worker has it: running); shutdown(cancel_futures=True) still never runs it."""
     with pool(store_path, "fork", 1) as ex:
         blocker = ex.submit(tasks.WaitForFile, str(tmp_path / "go"))
-        ahead = ex.submit(tasks.add, 1, 1)
+        ahead = ex.submit(tasks.touch, str(tmp_path / "ran"))
         queued = ex.submit(tasks.add, 2, 2)
         wait_for(lambda: started(blocker) and sent_ahead(ahead), what="a task sent ahead")
         assert ahead.cancel() is False and queued.cancel() is True
+        ex.shutdown(wait=False, cancel_futures=True)
+        with pytest.raises(TaskAborted, match="cancelled before it started"):
+            ahead.result(timeout=5)
         (tmp_path / "go").touch()
-    assert ahead.result() == 2 and queued.cancelled() and ex.store.get(queued.id).state == ABORTED
+    assert blocker.result() == "returned without checking" and not (tmp_path / "ran").exists()
+    assert ex.store.get(ahead.id).state == ABORTED and ex.store.get(queued.id).state == ABORTED
