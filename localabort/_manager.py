@@ -293,11 +293,7 @@ class Manager(Control):
         self._unresolved = []
 
     def _dispatch(self) -> List[Tuple[Slot, bytes]]:
-        """Give queued jobs to workers, idle ones first; return the messages to send.
-
-        A busy worker also gets the job it will run next, so it goes on
-        without waiting for this thread. Only recorded jobs leave the queue.
-        """
+        """Give recorded queued jobs to idle workers, then to busy ones as their next; return the messages."""
         sends = []
         with self._lock:
             if self._terminating:
@@ -341,9 +337,7 @@ class Manager(Control):
         """A job sent to a worker that died before reaching it: queue it first again, or end it."""
         with self._lock:
             if self._terminating or job.abort_requested:
-                job.end(ABORTED, job.lost or TaskAborted(f"task {job.id} aborted before it started", task_id=job.id))
-                self._jobs.pop(job.id, None)
-                self._dirty[job.id] = job
+                self._end_unrun(job, "aborted")
                 finished.append(job)
             else:
                 job.status, job.slot = QUEUED, None

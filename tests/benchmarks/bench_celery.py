@@ -9,7 +9,6 @@ sees it (``time.monotonic()`` is one clock for every process here).
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import statistics
@@ -24,15 +23,14 @@ sys.path.insert(0, str(ROOT))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer samples")
-    args = parser.parse_args()
-    samples, reps = (5, 2) if args.quick else (20, 5)
+    from tests.benchmarks.common import pct, quick, spread
+
+    short = quick(__doc__, "fewer samples")
+    samples, reps = (5, 2) if short else (20, 5)
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["BENCH_CELERY_DIR"] = tmp
         from localabort import TaskAborted
         from tests.benchmarks import celery_bench_app as bench
-        from tests.benchmarks.common import pct, spread
 
         worker = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "tests.benchmarks.celery_bench_app", "worker", "--pool=prefork",

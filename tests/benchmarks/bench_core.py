@@ -8,7 +8,6 @@ Celery's figures on a real worker in bench_celery.py.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import subprocess
@@ -20,7 +19,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 from localabort import Executor, TaskAborted
 from tests.benchmarks.bench_tasks import CheckCost, SeeAbort
-from tests.benchmarks.common import pct, spread, verdict
+from tests.benchmarks.common import pct, quick, spread, verdict
 
 TARGETS = {"check_us": 0.3, "abort_p50_ms": 5.0, "abort_p99_ms": 20.0, "external_p99_ms": 50.0}
 
@@ -81,10 +80,8 @@ def bench_external_abort(store, n):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer tasks and repetitions")
-    args = parser.parse_args()
-    reps, samples = (2, 30) if args.quick else (5, 100)
+    short = quick(__doc__, "fewer tasks and repetitions")
+    reps, samples = (2, 30) if short else (5, 100)
     with tempfile.TemporaryDirectory() as tmp:
         check = bench_check(os.path.join(tmp, "check.sqlite"), reps)
         local = bench_abort_latency(os.path.join(tmp, "abort.sqlite"), samples)

@@ -10,7 +10,6 @@ count.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -19,6 +18,9 @@ import tempfile
 import time
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+sys.path.insert(0, ROOT)
+from tests.benchmarks.common import quick  # noqa: E402
+
 TARGET_MB = 50
 
 CASE = """
@@ -62,10 +64,8 @@ def run(pool, count, tmp):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="10^6 items at most")
-    args = parser.parse_args()
-    big = 10**6 if args.quick else 10**7
+    short = quick(__doc__, "10^6 items at most")
+    big = 10**6 if short else 10**7
     cases = [("localabort", 10**5), ("localabort", 10**6), ("localabort", big), ("ProcessPoolExecutor", 10**5),
              ("ProcessPoolExecutor", 10**6)]  # fmt: skip
     rows = []

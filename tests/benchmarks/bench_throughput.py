@@ -9,7 +9,6 @@ in the same repetition. localabort stores every task's final state.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -109,10 +108,8 @@ def store_size_table(tmp, n, reps):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer tasks and repetitions")
-    args = parser.parse_args()
-    n, reps = (4000, 2) if args.quick else (20000, 5)
+    short = common.quick(__doc__, "fewer tasks and repetitions")
+    n, reps = (4000, 2) if short else (20000, 5)
     with tempfile.TemporaryDirectory() as tmp:
         peer_rows, missing, ideals, figures = peers_table(tmp, n, reps)
         worker_rows = workers_table(tmp, n, max(2, reps - 2))

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
 import concurrent.futures
 import multiprocessing
 import statistics
 import time
+
+
+def quick(doc, what):
+    """Parse a benchmark's command line: ``--quick`` (``what`` says what it cuts); return whether given."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help=what)
+    return parser.parse_args().quick
 
 
 def spread(values, fmt="{:.3g}"):
