@@ -34,7 +34,6 @@ ticker = register(app, tasks.Ticker)
 deaf = register(app, tasks.Deaf)
 limited = register(app, tasks.Limited)
 touch = register(app, tasks.Touch)
-check_cost = register(app, tasks.CheckCost)
 deep = register(app, tasks.DeepCheckpoint)
 # The same tasks with their states on a PostgreSQL server (when the tests have one), not in the backend's database.
 POSTGRES = os.environ.get("LOCALABORT_TEST_POSTGRES_URL")

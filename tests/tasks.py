@@ -186,13 +186,3 @@ class Touch(AbortableTask):
     def run(self, path):
         Path(path).touch()
         return path
-
-
-class CheckCost(AbortableTask):
-    """Times ``n`` calls of ``is_aborted()``; returns seconds per call."""
-
-    def run(self, n):
-        start = time.perf_counter()
-        for _ in range(n):
-            self.is_aborted()
-        return (time.perf_counter() - start) / n
