@@ -81,19 +81,22 @@ class Control:
         return len(asked)
 
     def shutdown(self, wait: bool, cancel_futures: bool) -> None:
+        cancelled: List[Job] = []
         recalled: List[Job] = []
-        with self._lock:
+        with self._lock:  # one hold: the manager cannot send a job on between our look and our cancel
             self._shutdown = True
-            queued = [job for job in self._queue if job.status == QUEUED] if cancel_futures else []
-            if cancel_futures:  # a job sent ahead that its worker has not claimed has not started either
-                for job in [job for job in self._jobs.values() if job.status == SENT]:
-                    if job.slot.recall(self._flags, job.seq, job.flag, abort_if_claimed=False):
+            if cancel_futures:
+                for job in list(self._jobs.values()):
+                    if job.status == QUEUED and not job.future.running():
                         self._end_unrun(job, "cancelled")
+                        cancelled.append(job)
+                    elif job.status == SENT and job.slot.recall(self._flags, job.seq, job.flag, abort_if_claimed=False):
+                        self._end_unrun(job, "cancelled")  # sent ahead, not claimed: it has not started either
                         recalled.append(job)
-            rows = [self._row(job) for job in recalled]
-        for job in queued:
-            job.future.cancel()
+            rows = [self._row(job) for job in cancelled + recalled]
         self._store.write(rows)
+        for job in cancelled:
+            _notify_cancelled(job.future)
         resolve(recalled)
         self._wake()
         if wait:
@@ -139,13 +142,10 @@ class Control:
             job = self._jobs.get(future.id)
             if job is None or job.status != QUEUED or future.running():  # running: sent to a worker once
                 return future.cancelled()
-            job.end(ABORTED, TaskAborted(f"task {job.id} cancelled before it started", task_id=job.id))
-            del self._jobs[job.id]
+            self._end_unrun(job, "cancelled")
             row = self._row(job)
         self._store.write([row])
-        future._la_state = ABORTED
-        concurrent.futures.Future.cancel(future)
-        future.set_running_or_notify_cancel()
+        _notify_cancelled(future)
         return True
 
     def _wake(self) -> None:
@@ -161,6 +161,13 @@ class Control:
         if abort:
             row["abort_requested_at"] = time.time()
         return row
+
+
+def _notify_cancelled(future: AbortableFuture) -> None:
+    """Cancel the future of a job ended unrun (its row is stored), as ``Future.cancel`` does."""
+    future._la_state = ABORTED
+    concurrent.futures.Future.cancel(future)
+    future.set_running_or_notify_cancel()
 
 
 def _close_fds(*fds: int) -> None:

@@ -294,7 +294,7 @@ class Manager(Control):
 
     def _dispatch(self) -> List[Tuple[Slot, bytes]]:
         """Give recorded queued jobs to idle workers, then to busy ones as their next; return the messages."""
-        sends = []
+        sends: List[Tuple[Slot, Tuple[Any, ...]]] = []
         with self._lock:
             if self._terminating:
                 return []
@@ -312,15 +312,12 @@ class Manager(Control):
                     self._start(job)
                 else:
                     slot.next, job.status = job, SENT
-                sends.append((slot, job))
-        messages = []
-        for slot, job in sends:
-            if not job.future.running():  # a job sent again after its worker died is running already
-                job.future.set_running_or_notify_cancel()
-            ahead = job.status == SENT  # not reported STARTED: if aborted before its worker reaches it, it never runs
-            message = (job.seq, job.flag, ahead, job.id, job.name, job.blob, job.chunked)
-            messages.append((slot, _dumps(message, _PROTOCOL)))
-        return messages
+                # Under the lock, as its state is: an abort or a shutdown may take the job back the moment
+                # the lock is free. ``ahead``: not reported STARTED, so the worker must claim it first.
+                if not job.future.running():  # a job sent again after its worker died is running already
+                    job.future.set_running_or_notify_cancel()
+                sends.append((slot, (job.seq, job.flag, job.status == SENT, job.id, job.name, job.blob, job.chunked)))
+        return [(slot, _dumps(message, _PROTOCOL)) for slot, message in sends]
 
     def _start(self, job: Job) -> None:
         """``job`` is now its worker's current one (call with the lock held)."""
