@@ -118,10 +118,9 @@ class Control:
         return False
 
     def _end_unrun(self, job: Job, how: str) -> None:
-        """Under the lock: end ``job``, which never started, ABORTED."""
+        """Under the lock: end ``job``, which never started, ABORTED. The caller writes its row."""
         job.end(ABORTED, TaskAborted(f"task {job.id} {how} before it started", task_id=job.id))
         del self._jobs[job.id]
-        self._dirty[job.id] = job
 
     def _abort(self, future: AbortableFuture) -> bool:  # Controller
         with self._lock:

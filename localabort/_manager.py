@@ -244,6 +244,7 @@ class Manager(Control):
             for task_id in ids:
                 job = self._jobs.get(task_id)
                 if job is not None and not job.abort_requested and self._mark_aborted(job):
+                    self._dirty[job.id] = job
                     finished.append(job)
 
     def _enforce_limits(self, now: float) -> None:
@@ -335,6 +336,7 @@ class Manager(Control):
         with self._lock:
             if self._terminating or job.abort_requested:
                 self._end_unrun(job, "aborted")
+                self._dirty[job.id] = job
                 finished.append(job)
             else:
                 job.status, job.slot = QUEUED, None
