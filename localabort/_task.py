@@ -16,6 +16,7 @@ every runner ends a task the same way.
 
 from __future__ import annotations
 
+import pickle
 import time
 import traceback
 from typing import Any, Callable, ClassVar, Dict, List, NamedTuple, Optional, Tuple
@@ -300,3 +301,33 @@ def _guarded(task: Optional[AbortableTask], body: Callable[[], Any], partial: Op
         msg = f"task {task.task_id} aborted; run() returned after it saw is_aborted()"
         return Outcome(ABORTED, value, TaskAborted(msg, partial_result=value, task_id=task.task_id))
     return Outcome(SUCCESS, value, None)
+
+
+def pickle_outcome(outcome: Outcome, name: str = "task") -> Tuple[Outcome, bytes]:
+    """The outcome as stored, and its pickled value (SUCCESS) or exception.
+
+    A result that cannot be pickled turns the outcome into a FAILURE that
+    says so; an exception that cannot be pickled is stored as a copy that
+    keeps its text (and stays a ``TaskAborted`` if it was one).
+    """
+    state, value, exc, tb = outcome
+    try:
+        return outcome, pickle.dumps(value if state == SUCCESS else exc, pickle.HIGHEST_PROTOCOL)
+    except Exception as err:
+        if state == SUCCESS:
+            state, exc = (
+                FAILURE,
+                TypeError(
+                    f"the result of {name} cannot be pickled ({err}); return plain data (numbers, str, lists, dicts)"
+                ),
+            )
+        else:
+            exc = _picklable_copy(exc, err)
+        return Outcome(state, None, exc, tb), pickle.dumps(exc, pickle.HIGHEST_PROTOCOL)
+
+
+def _picklable_copy(exc: Any, err: Exception) -> BaseException:
+    text = f"{type(exc).__name__}: {exc} (the exception itself cannot be pickled: {err})"
+    if isinstance(exc, TaskAborted):
+        return TaskAborted(text, task_id=exc.task_id)
+    return RuntimeError(text)

@@ -36,9 +36,9 @@ import threading
 from typing import Any, Optional
 
 from ._errors import TaskAborted
-from ._states import ABORTED, FAILURE, SUCCESS
+from ._states import ABORTED, FAILURE
 from ._store import Store
-from ._task import AbortableTask, Outcome, execute, execute_chunk
+from ._task import AbortableTask, Outcome, execute, execute_chunk, pickle_outcome
 
 __all__ = ["worker_main"]
 
@@ -109,28 +109,8 @@ def _run(
 
 
 def _reply(seq: int, outcome: Outcome, progress: Any, name: str = "task") -> bytes:
-    state, value, exc, tb = outcome
-    try:
-        blob = _dumps(value if state == SUCCESS else exc, _PROTOCOL)
-    except Exception as err:
-        if state == SUCCESS:
-            state, exc = (
-                FAILURE,
-                TypeError(
-                    f"the result of {name} cannot be pickled ({err}); return plain data (numbers, str, lists, dicts)"
-                ),
-            )
-        else:
-            exc = _picklable_copy(exc, err)
-        blob = _dumps(exc, _PROTOCOL)
+    (state, _, _, tb), blob = pickle_outcome(outcome, name)
     return _dumps(("r", seq, state, blob, tb, progress), _PROTOCOL)
-
-
-def _picklable_copy(exc: Any, err: Exception) -> BaseException:
-    text = f"{type(exc).__name__}: {exc} (the exception itself cannot be pickled: {err})"
-    if isinstance(exc, TaskAborted):
-        return TaskAborted(text, task_id=exc.task_id)
-    return RuntimeError(text)
 
 
 def _name(target: Any) -> str:

@@ -52,7 +52,7 @@ from ._jobs import new_id
 from ._schema import STATE_COLUMNS, tasks
 from ._states import ABORTED, PENDING, STARTED, SUCCESS
 from ._store import Store
-from ._task import AbortableTask, execute
+from ._task import AbortableTask, execute, pickle_outcome
 
 __all__ = ["POLL_INTERVAL", "CeleryResult", "LocalabortCeleryTask", "register"]
 
@@ -127,10 +127,10 @@ class LocalabortCeleryTask(Task):  # type: ignore[misc]
 
     def apply_async(self, args: Any = None, kwargs: Any = None, task_id: Optional[str] = None, **options: Any) -> Any:
         """Record the task PENDING, send it as Celery does, and return its ``CeleryResult``."""
-        task_id = task_id or new_id()
-        self.store.write([_row(task_id, self.name, PENDING, submitted_at=time.time())])
+        task_id, store = task_id or new_id(), self.store
+        store.write([_row(task_id, self.name, PENDING, submitted_at=time.time())])
         super().apply_async(args, kwargs, task_id=task_id, **options)
-        return CeleryResult(task_id, store=self.store)
+        return CeleryResult(task_id, store=store)
 
     def run_localabort(self, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
         """The worker's side: claim the task, run it, store its outcome, and tell Celery."""
@@ -148,9 +148,8 @@ class LocalabortCeleryTask(Task):  # type: ignore[misc]
             store.write([dict(row, progress_done=done, progress_total=total)])
 
         task._bind(task_id, probe, report, store.is_abort_requested, args, kwargs)
-        state, value, exc, tb = execute(task, args, kwargs)
+        (state, value, exc, tb), blob = pickle_outcome(execute(task, args, kwargs), self.localabort_class.__qualname__)
         done, total = task._last_progress or (None, None)
-        blob = pickle.dumps(value if state == SUCCESS else exc)
         final = dict(row, state=state, finished_at=time.time(), progress_done=done, progress_total=total, result=blob)
         store.write([dict(final, traceback=tb)])
         if state == SUCCESS:

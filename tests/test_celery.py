@@ -70,6 +70,13 @@ def test_failure_keeps_the_exception_and_traceback(worker):
     wait_for(lambda: AsyncResult(res.id, app=worker).state == FAILURE, what="Celery's backend to say FAILURE")
 
 
+def test_an_unpicklable_result_fails_the_task_in_the_store_too(worker):
+    res = celery_app.unpicklable.delay()
+    with pytest.raises(TypeError, match="the result of Unpicklable cannot be pickled"):
+        res.get(timeout=30)
+    assert res.state == FAILURE
+
+
 def test_abort_of_a_running_task(worker):
     res = celery_app.spin.delay()
     wait_for(lambda: started(res), what="the task to start")
