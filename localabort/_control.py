@@ -117,6 +117,12 @@ class Control:
             self._flags[job.flag] = job.seq
         return False
 
+    def _queue_head(self) -> Optional[Job]:
+        """Under the lock: the first job still queued, dropping those ended while queued (aborted, cancelled)."""
+        while self._queue and self._queue[0].status != QUEUED:
+            self._queue.popleft()
+        return self._queue[0] if self._queue else None
+
     def _end_unrun(self, job: Job, how: str) -> None:
         """Under the lock: end ``job``, which never started, ABORTED. The caller writes its row."""
         job.end(ABORTED, TaskAborted(f"task {job.id} {how} before it started", task_id=job.id))

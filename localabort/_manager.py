@@ -265,9 +265,8 @@ class Manager(Control):
     def _unrecorded_job_waits(self) -> bool:
         """Whether an idle worker waits for a job whose row is not in the store yet."""
         with self._lock:
-            while self._queue and self._queue[0].status != QUEUED:
-                self._queue.popleft()  # aborted or cancelled while queued
-            return bool(self._queue) and not self._queue[0].recorded and any(s.job is None for s in self._slots)
+            head = self._queue_head()
+            return head is not None and not head.recorded and any(s.job is None for s in self._slots)
 
     @staticmethod
     def _send(messages: List[Tuple[Slot, bytes]]) -> None:
@@ -302,9 +301,8 @@ class Manager(Control):
             for slot in [s for s in self._slots if s.job is None] + [s for s in self._slots if s.job is not None]:
                 if slot.next is not None:
                     continue
-                while self._queue and self._queue[0].status != QUEUED:
-                    self._queue.popleft()  # aborted or cancelled while queued
-                if not self._queue or not self._queue[0].recorded:  # not recorded: wait for the next write
+                head = self._queue_head()
+                if head is None or not head.recorded:  # not recorded: wait for the next write
                     break
                 job = self._queue.popleft()
                 job.slot, job.flag = slot, slot.take_flag()

@@ -150,8 +150,8 @@ class LocalabortCeleryTask(Task):  # type: ignore[misc]
         task._bind(task_id, probe, report, store.is_abort_requested, args, kwargs)
         (state, value, exc, tb), blob = pickle_outcome(execute(task, args, kwargs), self.localabort_class.__qualname__)
         done, total = task._last_progress or (None, None)
-        final = dict(row, state=state, finished_at=time.time(), progress_done=done, progress_total=total, result=blob)
-        store.write([dict(final, traceback=tb)])
+        store.write([dict(row, state=state, finished_at=time.time(), progress_done=done, progress_total=total,
+                          result=blob, traceback=tb)])  # fmt: skip
         if state == SUCCESS:
             return value
         if state == ABORTED:
