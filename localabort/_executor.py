@@ -346,6 +346,9 @@ def _chunks(items: Iterator[Any], size: int) -> Iterator[List[Any]]:
 
 
 _live_executors: weakref.WeakSet[Executor] = weakref.WeakSet()
+# Nothing module-level crosses fork(): a forked child (a replacement worker, or any process the user
+# forks) owns none of these executors, and must not wait for their manager threads at its exit.
+os.register_at_fork(after_in_child=_live_executors.clear)
 
 
 def _shutdown_live_executors() -> None:

@@ -16,6 +16,7 @@ every runner ends a task the same way.
 
 from __future__ import annotations
 
+import os
 import pickle
 import time
 import traceback
@@ -34,6 +35,22 @@ Progress = Tuple[float, Optional[float]]
 _current: Optional[AbortableTask] = None
 #: Executors whose ``with`` block is active, innermost last (see ``delay``).
 _active_executors: List[Any] = []
+
+
+def _forget_after_fork() -> None:
+    """Nothing module-level crosses ``fork()``: a forked child runs no task and is inside no ``with`` block.
+
+    Left alone, ``delay()`` in a worker forked while a ``with Executor`` block
+    was active would submit to the parent's executor, of which the child
+    holds a dead copy, and ``progress()`` in a process a task forked would
+    write into its worker's pipe.
+    """
+    global _current
+    _current = None
+    _active_executors.clear()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def _never() -> bool:

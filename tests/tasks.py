@@ -186,3 +186,23 @@ class Touch(AbortableTask):
     def run(self, path):
         Path(path).touch()
         return path
+
+
+class DelayInside(AbortableTask):
+    """Calls ``delay()`` from inside a worker, where no executor is active; returns the error's text."""
+
+    def run(self):
+        try:
+            Crunch.delay(1)
+        except RuntimeError as exc:
+            return str(exc)
+        return "submitted"
+
+
+def die_now():
+    """A plain callable that kills its own worker."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def return_zero():
+    return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import itertools
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -123,6 +124,45 @@ def test_dead_child_fails_only_its_task_and_is_replaced(executor, how):
     assert [f.result(timeout=30) for f in after] == list(range(1, 7))
     assert all(f.result(timeout=30) == [i * i for i in range(50)] for f in others)
     assert executor.submit(tasks.add, 2, 2).result(timeout=30) == 4  # the pool still works
+
+
+# -- nothing module-level crosses fork() ------------------------------------------
+
+
+def test_a_replacement_worker_exits_when_asked_as_an_original_one_does(start_method, store_path):
+    """A replacement is started after the executor registered itself: it must not inherit it.
+
+    Before the fix, under fork, the replacement ran the parent's exit hook, waited for the
+    dead copy of the executor, and was killed only after the grace period (5 s per shutdown).
+    """
+    ex = Executor(max_workers=1, store=store_path, mp_context=start_method)
+    original = ex._manager._slots[0].process
+    with pytest.raises(WorkerLost):
+        ex.submit(tasks.die_now).result(timeout=30)
+    assert ex.submit(tasks.return_zero).result(timeout=30) == 0
+    replacement = ex._manager._slots[0].process
+    assert replacement is not original
+    ex.shutdown()
+    assert (original.exitcode, replacement.exitcode) == (-9, 0)  # exited on its own, not killed
+
+
+def test_delay_on_a_replacement_worker_raises_the_clear_error(start_method, store_path):
+    with Executor(max_workers=1, store=store_path, mp_context=start_method) as ex:
+        assert "needs an active executor" in ex.submit(tasks.DelayInside).result(timeout=30)
+        with pytest.raises(WorkerLost):
+            ex.submit(tasks.die_now).result(timeout=30)
+        assert "needs an active executor" in ex.submit(tasks.DelayInside).result(timeout=30)
+
+
+def test_a_process_forked_beside_a_live_executor_exits(store_path):
+    """Any child forked while an executor runs (a plain Process, another pool's worker) exits at once."""
+    ctx = multiprocessing.get_context("fork")
+    with Executor(max_workers=1, store=store_path, mp_context="fork") as ex:
+        child = ctx.Process(target=tasks.return_zero)
+        child.start()
+        child.join(30)
+        assert child.exitcode == 0
+        assert ex.submit(tasks.add, 1, 1).result(timeout=30) == 2
 
 
 # -- futures, the store, and the standard API ----------------------------------
