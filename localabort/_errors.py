@@ -11,7 +11,10 @@
           +-- StoreError                the state store cannot be opened or used
 
 Every one pickles, so a child can send it to its parent and the store can
-keep it.
+keep it. A stored pickle names a class by its module: the public ones say
+``localabort`` (their ``__module__``, set below, as httpx does), so a
+pickle never names a private module, and private modules can be renamed
+without breaking a store.
 """
 
 from __future__ import annotations
@@ -41,9 +44,6 @@ class TaskAborted(concurrent.futures.CancelledError):
         super().__init__(*args)
         self.partial_result = partial_result
         self.task_id = task_id
-
-    def __reduce__(self) -> Any:
-        return (_rebuild, (type(self), self.args, self.__dict__))
 
 
 class WorkerLost(Exception):
@@ -83,7 +83,13 @@ class RemoteTraceback(Exception):
         return self.tb
 
 
+for _public in (TaskAborted, WorkerLost, TimeLimitExceeded, StoreError):
+    _public.__module__ = "localabort"
+del _public
+
+
 def _rebuild(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]) -> BaseException:
+    """Stores written by localabort 0.1 pickled ``TaskAborted`` through this name; kept to read them."""
     exc = cls.__new__(cls)
     exc.args = args
     exc.__dict__.update(state)

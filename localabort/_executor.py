@@ -5,39 +5,41 @@ Data flow::
     submit() / map()                                    store (SQLite, WAL)
       |  pickle (task, args) in the caller's thread          ^
       v                                                      | one upsert per
-    queue (deque of jobs)  --wake pipe-->  manager thread ---+ loop, batched
+    scheduler: queue of jobs --wake pipe--> manager thread --+ group commit
                                              |   ^
-                          job over the       |   | ("p", progress) and
-                          slot's own pipe    v   | ("r", outcome) replies
+                          Call, over the     |   | Report (progress) and
+                          slot's own pipe    v   | Reply (outcome)
                                            worker processes: one job running, one sent ahead
-      future.abort() ----------------------> flags[job's word] = seq  (shared memory)
-      AbortableAsyncResult(id).abort() --> store --polled every 20 ms--> manager --> flags
+      future.abort() --> scheduler --> the job's abort word = seq  (shared memory)
+      AbortableAsyncResult(id).abort() --> store --polled every 20 ms--> manager --> scheduler
 
-The caller's thread pickles a job's task and arguments (an unpicklable
-argument fails that future at once), appends the job to the queue and
-wakes the manager through a pipe.
+The actors, each in its module:
 
-The manager thread is the only thread that talks to workers. Each loop it
-waits on the wake pipe, the pipes of busy workers and every worker's
-process sentinel; reads replies; replaces dead workers (their job fails
-with ``WorkerLost``); sends queued jobs to idle workers, and to each busy
-worker the job it runs next; then writes every
-changed row to the store in one transaction, and only then completes the
-futures of the finished jobs, so a final state is stored before anyone
-sees it.
-
-A worker runs one job at a time, in the order sent, and answers each, so
-the manager always knows which job a dead worker took with it; the job sent
-ahead, never reached, runs on the replacement. A job sent ahead is claimed
-by the worker before it starts, under a lock the parent shares: an abort
-that wins the lock ends it unrun at once, not when the job before it ends. The manager thread and its state live in
-``_manager``; process plumbing in ``_pool``; the child side in ``_worker``.
-
-Aborting is a shared-memory write: the parent writes a job's ``seq`` into
-the job's word (two per slot, one per job it holds), and the task's ``is_aborted()`` compares the two. The
-request itself goes to the store first, in its own column, so no later
-state write undoes it. Aborts made elsewhere reach the manager through the
-store, which it polls while jobs run.
+- The caller's thread (``Executor``, here) pickles a job's task and
+  arguments (an unpicklable argument fails that future at once), and hands
+  the job to the scheduler, which queues it and wakes the manager.
+- The scheduler (``_scheduler``) is the one state machine: the queue, the
+  unfinished jobs, what each worker slot holds, and the rows owed to the
+  store, under one lock. Submit, abort, cancel and shutdown change it from
+  user threads; the manager thread changes it for everything else.
+- The manager thread (``_manager``) loops: it waits on the wake pipe, the
+  pipes of busy workers and every worker's process sentinel; reads
+  replies; replaces dead workers (their job fails with ``WorkerLost``);
+  reads the store for aborts asked elsewhere; enforces time limits; sends
+  recorded jobs to idle workers, and to each busy worker the job it runs
+  next; then writes every changed row in one transaction, and only then
+  completes the futures of the finished jobs, so a final state is stored
+  before anyone sees it.
+- A worker slot (``_slot``) is one process and its pipe; the worker
+  (``_worker``) runs one job at a time, in the order sent, and answers each
+  (``_messages``), so the manager always knows which job a dead worker
+  took with it; the job sent ahead, never reached, runs on the replacement.
+- The abort words (``_words``): aborting a job is a shared-memory write the
+  task's ``is_aborted()`` reads, and a job sent ahead is claimed by its
+  worker under a hand-over lock, so an abort that wins it ends the job
+  unrun at once. The abort request is also written to the store, in its
+  own column, so no later state write undoes it; aborts asked by other
+  processes reach the manager through the store.
 """
 
 from __future__ import annotations
@@ -58,10 +60,12 @@ from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Literal
 from . import _task
 from ._future import AbortableFuture
 from ._interrupt import stop_on_interrupt
-from ._jobs import Job, completed, new_id, task_name
+from ._jobs import Job, completed, new_id
 from ._manager import Manager
+from ._scheduler import Scheduler
 from ._states import FAILURE
 from ._store import Store, StoreSpec
+from ._task import task_name
 
 __all__ = ["Executor"]
 
@@ -116,7 +120,8 @@ class Executor(concurrent.futures.Executor):
         self._store.register_executor(self.id)
 
         self._max_workers = max_workers
-        self._manager = Manager(self._store, self.id, mp_context, max_workers, poll_interval, self._tmpdir)
+        self._scheduler = Scheduler(self._store, self.id)
+        self._manager = Manager(self._scheduler, self._store, mp_context, max_workers, poll_interval, self._tmpdir)
         self._watched: Optional[List[AbortableFuture]] = None
         self._progress: Optional[threading.Thread] = None
         if progress:
@@ -183,7 +188,7 @@ class Executor(concurrent.futures.Executor):
         time_limit: Optional[float],
         chunked: bool = False,
     ) -> AbortableFuture:
-        if self._manager._shutdown:
+        if self._scheduler.shutting_down:
             raise RuntimeError("cannot submit to an Executor after shutdown()")
         if not callable(task):
             raise TypeError(f"{task!r} is not a task: pass an AbortableTask subclass or a callable")
@@ -192,7 +197,7 @@ class Executor(concurrent.futures.Executor):
             done = self._store.find_success(name, key)
             if done is not None:
                 return self._watch(completed(done.id, done.result, done.progress), name)
-        job = Job(task_id or new_id(), self._manager.next_seq(), name, key, self._manager)
+        job = Job(task_id or new_id(), self._scheduler.next_seq(), name, key, self._scheduler)
         job.chunked = chunked
         job.soft_time_limit = soft_time_limit if soft_time_limit is not None else getattr(task, "soft_time_limit", None)
         job.time_limit = time_limit if time_limit is not None else getattr(task, "time_limit", None)
@@ -201,14 +206,14 @@ class Executor(concurrent.futures.Executor):
         except Exception as exc:
             error = TypeError(f"cannot send {name} to a worker: {exc}; use a module-level task and picklable arguments")
             job.end(FAILURE, error)
-            self._manager.fail_now(job)
+            self._scheduler.fail_now(job)
             return self._watch(job.future, name)
-        self._manager.enqueue(job)
+        self._scheduler.enqueue(job)
         return self._watch(job.future, name)
 
     def _watch(self, future: AbortableFuture, name: str) -> AbortableFuture:
         if self._watched is not None:
-            future._la_name = name
+            future._task_name = name
             self._watched.append(future)
         return future
 
@@ -220,14 +225,14 @@ class Executor(concurrent.futures.Executor):
         assert watched is not None
         try:
             while True:
-                stopped = self._manager.stopped.wait(0.1)
-                bars.update([TaskView(f.id, f._la_name, f.state, f.progress) for f in list(watched)])
+                stopped = self._scheduler.stopped.wait(0.1)
+                bars.update([TaskView(f.id, f._task_name, f.state, f.progress) for f in list(watched)])
                 if stopped:
                     return
         finally:
             bars.close()
 
-    def map(  # type: ignore[override]
+    def map(
         self,
         fn: Callable[..., Any],
         *iterables: Iterable[Any],
@@ -296,7 +301,7 @@ class Executor(concurrent.futures.Executor):
         >>> asked, [f.state for f in futures]
         (3, ['SUCCESS', 'ABORTED', 'ABORTED'])
         """
-        return self._manager.abort_all()
+        return self._scheduler.abort_all()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking tasks; let queued and running ones finish, then stop the workers.
@@ -311,7 +316,7 @@ class Executor(concurrent.futures.Executor):
         >>> fut.result(), fut.state
         (27, 'SUCCESS')
         """
-        self._manager.shutdown(wait, cancel_futures)
+        self._scheduler.shutdown(wait, cancel_futures)
         if wait and self._progress is not None:
             self._progress.join()
 
@@ -357,7 +362,7 @@ def _shutdown_live_executors() -> None:
 
 
 if hasattr(threading, "_register_atexit"):  # run before the interpreter joins threads, as CPython's own pools do
-    threading._register_atexit(_shutdown_live_executors)  # type: ignore[attr-defined]
+    threading._register_atexit(_shutdown_live_executors)
 else:  # pragma: no cover
     import atexit
 

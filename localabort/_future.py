@@ -5,37 +5,20 @@ executor that made it, through the small ``Controller`` protocol below, so
 this module knows nothing of processes. An ``AbortableAsyncResult`` reads
 the store on every call, so it is fresh in any process.
 
-A finished task's outcome travels as one pickle, ``blob``: the return value
-for SUCCESS, else the exception that ``result()`` raises (a
-``TaskAborted`` carries the partial result).
+A finished task's outcome is read back with ``_outcome.load_outcome``.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import pickle
 import time
-from typing import Any, Optional, Protocol, Tuple
+from typing import Any, Optional, Protocol
 
-from ._errors import RemoteTraceback, TaskAborted
-from ._states import ABORTED, FAILURE, PENDING, READY_STATES, SUCCESS
+from ._outcome import load_outcome
+from ._states import FAILURE, PENDING, READY_STATES, SUCCESS, Progress
 from ._store import Store, StoreSpec
 
 __all__ = ["AbortableAsyncResult", "AbortableFuture"]
-
-Progress = Optional[Tuple[float, Optional[float]]]
-
-
-def load_outcome(state: str, blob: Optional[bytes], tb: Optional[str]) -> Tuple[Any, Optional[BaseException]]:
-    """The (value, exception) that a finished task's stored outcome stands for."""
-    payload = pickle.loads(blob) if blob is not None else None
-    if state == SUCCESS:
-        return payload, None
-    if not isinstance(payload, BaseException):  # pragma: no cover - a row from elsewhere
-        payload = TaskAborted("task aborted") if state == ABORTED else RuntimeError(f"task ended {state}")
-    if tb:
-        payload.__cause__ = RemoteTraceback(tb)
-    return None, payload
 
 
 class Controller(Protocol):
@@ -64,13 +47,15 @@ class AbortableFuture(concurrent.futures.Future):  # type: ignore[type-arg]
         super().__init__()
         self._id = task_id
         self._controller = controller
-        self._la_state = PENDING
-        self._la_progress: Progress = None
+        # ``_task_*``, not ``_state``: ``concurrent.futures.Future`` has a ``_state`` of its own
+        # (PENDING, RUNNING, FINISHED...), which it alone writes. The executor sets these.
+        self._task_state = PENDING
+        self._task_progress: Optional[Progress] = None
+        self._task_name = ""
         self._abort_requested = False
-        self._la_name = ""
 
     def __repr__(self) -> str:
-        return f"<AbortableFuture {self._id} {self._la_state}>"
+        return f"<AbortableFuture {self._id} {self._task_state}>"
 
     @property
     def id(self) -> str:
@@ -80,14 +65,14 @@ class AbortableFuture(concurrent.futures.Future):  # type: ignore[type-arg]
     @property
     def state(self) -> str:
         """``PENDING``, ``STARTED``, then ``SUCCESS``, ``FAILURE`` or ``ABORTED``."""
-        return self._la_state
+        return self._task_state
 
     status = state
 
     @property
-    def progress(self) -> Progress:
+    def progress(self) -> Optional[Progress]:
         """The task's last reported ``(done, total)``, or ``None``."""
-        return self._la_progress
+        return self._task_progress
 
     def abort(self) -> bool:
         """Ask the task to abort; ``True`` if recorded, ``False`` if it had already finished."""
@@ -109,11 +94,11 @@ class AbortableFuture(concurrent.futures.Future):  # type: ignore[type-arg]
 
     def successful(self) -> bool:
         """Whether the task finished with ``SUCCESS``."""
-        return self._la_state == SUCCESS
+        return self._task_state == SUCCESS
 
     def failed(self) -> bool:
         """Whether the task finished with ``FAILURE``."""
-        return self._la_state == FAILURE
+        return self._task_state == FAILURE
 
     def get(self, timeout: Optional[float] = None) -> Any:
         """``result(timeout)``, by its Celery name."""
@@ -152,7 +137,7 @@ class AbortableAsyncResult:
     status = state
 
     @property
-    def progress(self) -> Progress:
+    def progress(self) -> Optional[Progress]:
         """The task's last stored ``(done, total)``, or ``None``."""
         record = self.store.get(self.id)
         return record.progress if record is not None else None

@@ -1,4 +1,12 @@
-"""A job: one task run as the executor tracks it, and how it becomes a future's outcome."""
+"""A job: one task run as the executor tracks it, and how it becomes a future's outcome.
+
+A job's *stage* is where it is in the executor; its *state* is the task
+state the store and the future show (``_states``)::
+
+    stage:  QUEUED --> SENT (ahead of a busy worker) --> RUNNING --> DONE
+               |            |                                        ^
+               +------------+---- aborted or cancelled unrun --------+
+"""
 
 from __future__ import annotations
 
@@ -6,26 +14,29 @@ import pickle
 import random
 import time
 import uuid
-from typing import Any, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, List, Optional
 
-from ._future import AbortableFuture, load_outcome
-from ._states import PENDING, SUCCESS
+from ._future import AbortableFuture, Controller
+from ._outcome import load_outcome
+from ._states import PENDING, SUCCESS, Progress
 
-__all__ = ["DONE", "QUEUED", "RUNNING", "SENT", "Job", "completed", "new_id", "resolve", "task_name"]
+if TYPE_CHECKING:
+    from ._slot import Slot
 
-#: A job's life in the executor: queued in the parent, sent to a worker that is busy with another job
-#: (it runs next), running, done.
+__all__ = ["DONE", "QUEUED", "RUNNING", "SENT", "Job", "completed", "new_id", "resolve"]
+
 QUEUED, SENT, RUNNING, DONE = "queued", "sent", "running", "done"
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
 class Job:
+    """One task in the executor: its stage, its task state, its slot and word, and what the store gets."""
+
     __slots__ = (
         "abort_requested",
         "blob",
         "chunked",
         "finished_at",
-        "flag",
         "future",
         "hard_deadline",
         "id",
@@ -39,28 +50,29 @@ class Job:
         "slot",
         "soft_deadline",
         "soft_time_limit",
+        "stage",
         "started_at",
         "state",
-        "status",
         "submitted_at",
         "time_limit",
         "traceback",
+        "word",
     )  # fmt: skip
 
-    def __init__(self, task_id: str, seq: int, name: str, key: Optional[str], controller: Any) -> None:
+    def __init__(self, task_id: str, seq: int, name: str, key: Optional[str], controller: Controller) -> None:
         self.id, self.seq, self.name, self.key = task_id, seq, name, key
         self.future = AbortableFuture(task_id, controller)
-        self.blob: Optional[bytes] = None
+        self.blob: Optional[bytes] = None  # the pickled (task, args, kwargs) until it ends
         self.chunked = False
-        self.status = QUEUED
-        self.slot: Any = None  # the pool slot it was sent to
-        self.flag = 0  # its word in the abort-flag array while it is sent or running
+        self.stage = QUEUED
+        self.slot: Optional[Slot] = None  # the slot it was sent to
+        self.word = 0  # its abort word while it is sent or running
         self.state = PENDING
         self.submitted_at = time.time()
         self.started_at: Optional[float] = None
         self.finished_at: Optional[float] = None
-        self.progress: Optional[Tuple[float, Optional[float]]] = None
-        self.result: Optional[bytes] = None
+        self.progress: Optional[Progress] = None
+        self.result: Optional[bytes] = None  # the outcome's blob once it ended
         self.traceback: Optional[str] = None
         self.abort_requested = False
         self.soft_time_limit: Optional[float] = None
@@ -71,9 +83,17 @@ class Job:
 
     def end(self, state: str, exc: Optional[BaseException] = None) -> None:
         """Record the job's final state; ``exc``, if given, becomes its stored outcome."""
-        self.status, self.state, self.finished_at = DONE, state, time.time()
+        self.stage, self.state, self.finished_at = DONE, state, time.time()
         if exc is not None:
             self.result = pickle.dumps(exc, PROTOCOL)
+
+    def start_clock(self) -> None:
+        """Start its time limits: from when a started worker has it, not from a worker's own start-up."""
+        now = time.monotonic()
+        if self.soft_time_limit is not None:
+            self.soft_deadline = now + self.soft_time_limit
+        if self.time_limit is not None:
+            self.hard_deadline = now + self.time_limit
 
 
 def new_id() -> str:
@@ -91,31 +111,23 @@ def new_id() -> str:
     return str(uuid.UUID(int=value))
 
 
-def task_name(task: Any) -> str:
-    qualname = getattr(task, "__qualname__", None) or type(task).__qualname__
-    module = getattr(task, "__module__", None) or type(task).__module__
-    return f"{module}.{qualname}"
-
-
 def resolve(jobs: List[Job]) -> None:
-    """Resolve the futures of finished jobs; their rows must already be stored."""
+    """Complete the futures of finished jobs; their rows must already be stored."""
     for job in jobs:
-        future = job.future
-        future._la_progress = job.progress
-        future._la_state = job.state
-        try:
-            value, exc = load_outcome(job.state, job.result, job.traceback)
-        except Exception as err:  # the parent cannot unpickle what the child sent
-            value, exc = None, err
-        if exc is None:
-            future.set_result(value)
-        else:
-            future.set_exception(exc)
+        _settle(job.future, job.state, job.result, job.traceback, job.progress)
 
 
 def completed(task_id: str, blob: Optional[bytes], progress: Any) -> AbortableFuture:
     """A future already holding a stored SUCCESS (``key=`` resume)."""
     future = AbortableFuture(task_id)
-    future._la_state, future._la_progress = SUCCESS, progress
-    future.set_result(load_outcome(SUCCESS, blob, None)[0])
+    _settle(future, SUCCESS, blob, None, progress)
     return future
+
+
+def _settle(future: AbortableFuture, state: str, blob: Optional[bytes], tb: Optional[str], progress: Any) -> None:
+    future._task_state, future._task_progress = state, progress
+    result, exc = load_outcome(state, blob, tb)
+    if exc is None:
+        future.set_result(result)
+    else:
+        future.set_exception(exc)

@@ -9,11 +9,11 @@ the store grows.
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional, Tuple
+from typing import Any, Dict, NamedTuple, Optional
 
 import sqlalchemy as sa
 
-from ._states import PENDING, STARTED
+from ._states import PENDING, STARTED, Progress
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -24,6 +24,7 @@ __all__ = [
     "meta",
     "metadata",
     "record",
+    "task_row",
     "tasks",
 ]
 
@@ -86,6 +87,13 @@ STATE_COLUMNS = (
 )  # fmt: skip
 
 
+def task_row(task_id: str, **values: Any) -> Dict[str, Any]:
+    """A row for ``Store.write``: ``id`` and every column of ``STATE_COLUMNS``, ``None`` where not given."""
+    row: Dict[str, Any] = dict.fromkeys(STATE_COLUMNS)
+    row.update(values, id=task_id)
+    return row
+
+
 class TaskRecord(NamedTuple):
     """One task as the store holds it."""
 
@@ -97,7 +105,7 @@ class TaskRecord(NamedTuple):
     submitted_at: Optional[float]
     started_at: Optional[float]
     finished_at: Optional[float]
-    progress: Optional[Tuple[float, Optional[float]]]
+    progress: Optional[Progress]
     abort_requested: bool
     result: Optional[bytes]
     traceback: Optional[str]

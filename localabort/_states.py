@@ -12,6 +12,8 @@ a separate fact (see the store), so no later write of a state can undo it.
 
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
 PENDING = "PENDING"
 STARTED = "STARTED"
 SUCCESS = "SUCCESS"
@@ -23,3 +25,6 @@ READY_STATES = frozenset({SUCCESS, FAILURE, ABORTED})
 #: States of a task that has not finished.
 UNREADY_STATES = frozenset({PENDING, STARTED})
 ALL_STATES = READY_STATES | UNREADY_STATES
+
+#: A task's progress as it reports it: ``(done, total)``, ``total`` ``None`` when unknown.
+Progress = Tuple[float, Optional[float]]

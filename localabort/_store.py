@@ -30,9 +30,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from ._errors import StoreError, WorkerLost
+from ._outcome import unrun
 from ._procs import alive, process_start
 from ._schema import SCHEMA_VERSION, STATE_COLUMNS, UNFINISHED, TaskRecord, executors, meta, metadata, record, tasks
-from ._states import FAILURE, READY_STATES, SUCCESS
+from ._states import ABORTED, FAILURE, PENDING, READY_STATES, STARTED, SUCCESS, UNREADY_STATES
 
 __all__ = ["Store", "TaskRecord", "forget"]
 
@@ -238,6 +239,52 @@ class Store:
                 .values(abort_requested_at=sa.func.coalesce(tasks.c.abort_requested_at, time.time()))
             ).rowcount
         return bool(done)
+
+    def abort_unclaimed(self, task_id: str, owner: str) -> bool:
+        """End ``task_id`` ABORTED if it is still PENDING under ``owner``; return whether it was.
+
+        The opposite of ``claim``: of an abort and a claim racing for one
+        task, the database lets exactly one win, so a task aborted before
+        it was claimed never runs.
+        """
+        blob = pickle.dumps(unrun(task_id))
+        with self._begin() as conn:
+            ended = conn.execute(
+                tasks.update()
+                .where(tasks.c.id == task_id, tasks.c.state == PENDING, tasks.c.executor_id == owner)
+                .values(state=ABORTED, finished_at=time.time(), result=blob)
+            ).rowcount
+        return bool(ended)
+
+    def claim(self, row: Dict[str, Any]) -> str:
+        """Move the task of ``row`` (a STARTED row) from PENDING to STARTED, unless it was aborted.
+
+        Returns STARTED if the caller may run it, ABORTED if it must not (the
+        task is stored ABORTED), or the final state of a task that finished
+        already. ``row`` gets the task's stored ``submitted_at`` and ``key``.
+        A task the store does not know (sent without a PENDING row) is
+        recorded STARTED; one STARTED and not aborted (delivered again) may
+        run again.
+        """
+        task_id = row["id"]
+        with self._begin() as conn:
+            claimed = conn.execute(
+                tasks.update()
+                .where(tasks.c.id == task_id, tasks.c.state == PENDING, tasks.c.abort_requested_at.is_(None))
+                .values(state=STARTED, started_at=row["started_at"])
+            ).rowcount
+            query = sa.select(tasks.c.state, tasks.c.abort_requested_at, tasks.c.submitted_at, tasks.c.key)
+            found = conn.execute(query.where(tasks.c.id == task_id)).first()
+        if found is None:
+            self.write([row])
+            return STARTED
+        row.update(submitted_at=found.submitted_at, key=found.key)
+        if claimed or (found.state == STARTED and found.abort_requested_at is None):
+            return STARTED
+        if found.state in UNREADY_STATES:  # aborted in the instant before the claim
+            self.write([dict(row, state=ABORTED, finished_at=time.time(), result=pickle.dumps(unrun(task_id)))])
+            return ABORTED
+        return str(found.state)
 
     def register_executor(self, executor_id: str) -> None:
         """Record that an executor of this process writes to the store."""

@@ -5,32 +5,32 @@ a child process, ``localabort.testing.run_inline`` in this one, a Celery
 worker) *binds* it to three callables:
 
 * ``probe() -> bool``: has an abort been requested for this task? It is
-  called on every ``is_aborted()``, so the runner makes it a memory read
-  (a shared-memory word in a child), never a query;
+  called on every ``is_aborted()``, so the runner makes it cheap: a
+  shared-memory word in an executor's child (``_words``), a counter in
+  ``run_inline``, a throttled store read on a Celery worker;
 * ``report(done, total)``: forward progress; the task throttles the calls;
 * ``lookup(task_id) -> bool``: is another task aborted (``task_id=``)?
 
 ``execute`` applies the outcome table of SPEC section 6 in one place, so
-every runner ends a task the same way.
+every runner ends a task the same way; what a ``RunOutcome`` becomes on its
+way to the store is ``_outcome``'s.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 import time
 import traceback
-from typing import Any, Callable, ClassVar, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple
 
 from ._errors import TaskAborted
-from ._states import ABORTED, FAILURE, SUCCESS
+from ._outcome import RunOutcome
+from ._states import ABORTED, FAILURE, SUCCESS, Progress
 
 __all__ = ["AbortableTask", "checkpoint", "current_task", "is_aborted"]
 
 #: Seconds between two progress reports that a task forwards to its runner.
 PROGRESS_INTERVAL = 0.1
-
-Progress = Tuple[float, Optional[float]]
 
 _current: Optional[AbortableTask] = None
 #: Executors whose ``with`` block is active, innermost last (see ``delay``).
@@ -252,16 +252,19 @@ def checkpoint() -> None:
         task.checkpoint()
 
 
-class Outcome(NamedTuple):
-    """How a run ended: a final state, a value, and the exception to raise."""
+def task_name(task: Any) -> str:
+    """The name a task is stored and shown under: its module and qualified name.
 
-    state: str
-    value: Any
-    exception: Optional[BaseException]
-    traceback: Optional[str] = None
+    >>> from collections import OrderedDict
+    >>> task_name(OrderedDict)
+    'collections.OrderedDict'
+    """
+    qualname = getattr(task, "__qualname__", None) or type(task).__qualname__
+    module = getattr(task, "__module__", None) or type(task).__module__
+    return f"{module}.{qualname}"
 
 
-def execute(target: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Outcome:
+def execute(target: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> RunOutcome:
     """Run a bound task instance, or a plain callable, to its SPEC section 6 outcome.
 
     ``KeyboardInterrupt`` is not caught: the caller's process decides.
@@ -271,7 +274,7 @@ def execute(target: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Outco
     return _guarded(None, lambda: target(*args, **kwargs), None)
 
 
-def execute_chunk(target: Any, items: List[Tuple[Any, ...]]) -> Outcome:
+def execute_chunk(target: Any, items: List[Tuple[Any, ...]]) -> RunOutcome:
     """Run ``target`` over a chunk of ``map`` items in order, as one task.
 
     The first item that does not succeed ends the chunk with its outcome;
@@ -294,7 +297,7 @@ def execute_chunk(target: Any, items: List[Tuple[Any, ...]]) -> Outcome:
     return _guarded(task, run_items, values)
 
 
-def _guarded(task: Optional[AbortableTask], body: Callable[[], Any], partial: Optional[List[Any]]) -> Outcome:
+def _guarded(task: Optional[AbortableTask], body: Callable[[], Any], partial: Optional[List[Any]]) -> RunOutcome:
     """The outcome rules, in one place: call ``body`` with ``task`` current and judge how it ended.
 
     ``partial`` is the list a chunk fills as its items complete; an aborted
@@ -309,42 +312,12 @@ def _guarded(task: Optional[AbortableTask], body: Callable[[], Any], partial: Op
             exc.task_id = task.task_id
         if partial is not None:
             exc.partial_result = partial
-        return Outcome(ABORTED, None, exc)
+        return RunOutcome(ABORTED, None, exc)
     except (Exception, SystemExit) as exc:
-        return Outcome(FAILURE, None, exc, traceback.format_exc())
+        return RunOutcome(FAILURE, None, exc, traceback.format_exc())
     finally:
         _current = previous
     if task is not None and task._saw_abort:
         msg = f"task {task.task_id} aborted; run() returned after it saw is_aborted()"
-        return Outcome(ABORTED, value, TaskAborted(msg, partial_result=value, task_id=task.task_id))
-    return Outcome(SUCCESS, value, None)
-
-
-def pickle_outcome(outcome: Outcome, name: str = "task") -> Tuple[Outcome, bytes]:
-    """The outcome as stored, and its pickled value (SUCCESS) or exception.
-
-    A result that cannot be pickled turns the outcome into a FAILURE that
-    says so; an exception that cannot be pickled is stored as a copy that
-    keeps its text (and stays a ``TaskAborted`` if it was one).
-    """
-    state, value, exc, tb = outcome
-    try:
-        return outcome, pickle.dumps(value if state == SUCCESS else exc, pickle.HIGHEST_PROTOCOL)
-    except Exception as err:
-        if state == SUCCESS:
-            state, exc = (
-                FAILURE,
-                TypeError(
-                    f"the result of {name} cannot be pickled ({err}); return plain data (numbers, str, lists, dicts)"
-                ),
-            )
-        else:
-            exc = _picklable_copy(exc, err)
-        return Outcome(state, None, exc, tb), pickle.dumps(exc, pickle.HIGHEST_PROTOCOL)
-
-
-def _picklable_copy(exc: Any, err: Exception) -> BaseException:
-    text = f"{type(exc).__name__}: {exc} (the exception itself cannot be pickled: {err})"
-    if isinstance(exc, TaskAborted):
-        return TaskAborted(text, task_id=exc.task_id)
-    return RuntimeError(text)
+        return RunOutcome(ABORTED, value, TaskAborted(msg, partial_result=value, task_id=task.task_id))
+    return RunOutcome(SUCCESS, value, None)

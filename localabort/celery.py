@@ -38,21 +38,19 @@ Example (a runnable one is ``examples/celery_crunch.py``)::
 
 from __future__ import annotations
 
-import pickle
 import time
 from typing import Any, Dict, Optional, Tuple, Type
 
-import sqlalchemy as sa
 from celery import Task
 from celery.exceptions import Ignore
 
-from ._errors import TaskAborted
 from ._future import AbortableAsyncResult
 from ._jobs import new_id
-from ._schema import STATE_COLUMNS, tasks
+from ._outcome import pickle_outcome
+from ._schema import task_row
 from ._states import ABORTED, PENDING, STARTED, SUCCESS
 from ._store import Store
-from ._task import AbortableTask, execute, pickle_outcome
+from ._task import AbortableTask, execute, task_name
 
 __all__ = ["POLL_INTERVAL", "CeleryResult", "LocalabortCeleryTask", "register"]
 
@@ -82,7 +80,7 @@ def register(app: Any, task_class: Type[AbortableTask], store: Optional[str] = N
     'localabort.celery.Double'
     """
     soft_time_limit = celery_options.pop("soft_time_limit", getattr(task_class, "soft_time_limit", None))
-    options: Dict[str, Any] = {"name": f"{task_class.__module__}.{task_class.__qualname__}"}
+    options: Dict[str, Any] = {"name": task_name(task_class)}
     if getattr(task_class, "time_limit", None) is not None:
         options["time_limit"] = task_class.time_limit
     options.update(celery_options)
@@ -102,14 +100,7 @@ class CeleryResult(AbortableAsyncResult):
     def abort(self) -> bool:
         """Ask the task to abort. Not yet claimed by a worker, it ends ABORTED now and never runs."""
         requested = self.store.request_abort(self.id)
-        exc = TaskAborted(f"task {self.id} aborted before it started", task_id=self.id)
-        with self.store._begin() as conn:
-            ended = conn.execute(
-                tasks.update()
-                .where(tasks.c.id == self.id, tasks.c.state == PENDING, tasks.c.executor_id == CELERY)
-                .values(state=ABORTED, finished_at=time.time(), result=pickle.dumps(exc))
-            ).rowcount
-        return requested or bool(ended)
+        return self.store.abort_unclaimed(self.id, CELERY) or requested
 
 
 class LocalabortCeleryTask(Task):  # type: ignore[misc]
@@ -128,15 +119,15 @@ class LocalabortCeleryTask(Task):  # type: ignore[misc]
     def apply_async(self, args: Any = None, kwargs: Any = None, task_id: Optional[str] = None, **options: Any) -> Any:
         """Record the task PENDING, send it as Celery does, and return its ``CeleryResult``."""
         task_id, store = task_id or new_id(), self.store
-        store.write([_row(task_id, self.name, PENDING, submitted_at=time.time())])
+        store.write([task_row(task_id, executor_id=CELERY, name=self.name, state=PENDING, submitted_at=time.time())])
         super().apply_async(args, kwargs, task_id=task_id, **options)
         return CeleryResult(task_id, store=store)
 
     def run_localabort(self, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
         """The worker's side: claim the task, run it, store its outcome, and tell Celery."""
         task_id, store = self.request.id, self.store
-        row = _row(task_id, self.name, STARTED, started_at=time.time())
-        claim = _claim(store, row)
+        row = task_row(task_id, executor_id=CELERY, name=self.name, state=STARTED, started_at=time.time())
+        claim = store.claim(row)
         if claim == ABORTED:
             self._report_aborted(None)
         if claim != STARTED:  # finished already: a copy delivered again
@@ -148,7 +139,7 @@ class LocalabortCeleryTask(Task):  # type: ignore[misc]
             store.write([dict(row, progress_done=done, progress_total=total)])
 
         task._bind(task_id, probe, report, store.is_abort_requested, args, kwargs)
-        (state, value, exc, tb), blob = pickle_outcome(execute(task, args, kwargs), self.localabort_class.__qualname__)
+        (state, value, exc, tb), blob = pickle_outcome(execute(task, args, kwargs), self.name)
         done, total = task._last_progress or (None, None)
         store.write([dict(row, state=state, finished_at=time.time(), progress_done=done, progress_total=total,
                           result=blob, traceback=tb)])  # fmt: skip
@@ -173,40 +164,6 @@ def _backend_store(app: Any) -> str:
             "pass register(app, Task, store=...) a database URL or SQLite path that producers and workers share"
         )
     return backend[len("db+") :]
-
-
-def _row(task_id: str, name: str, state: str, **values: Any) -> Dict[str, Any]:
-    row: Dict[str, Any] = dict.fromkeys(STATE_COLUMNS)
-    row.update(id=task_id, executor_id=CELERY, name=name, state=state, **values)
-    return row
-
-
-def _claim(store: Store, row: Dict[str, Any]) -> str:
-    """Move the task PENDING to STARTED unless it was aborted, and fill in ``row`` from the store.
-
-    Returns STARTED if this worker may run it, ABORTED if it must not, or
-    the final state of a task that has finished already.
-    """
-    task_id = row["id"]
-    with store._begin() as conn:
-        claimed = conn.execute(
-            tasks.update()
-            .where(tasks.c.id == task_id, tasks.c.state == PENDING, tasks.c.abort_requested_at.is_(None))
-            .values(state=STARTED, started_at=row["started_at"])
-        ).rowcount
-        query = sa.select(tasks.c.state, tasks.c.abort_requested_at, tasks.c.submitted_at, tasks.c.key)
-        found = conn.execute(query.where(tasks.c.id == task_id)).first()
-    if found is None:  # sent without apply_async (send_task, say): record it now
-        store.write([row])
-        return STARTED
-    row.update(submitted_at=found.submitted_at, key=found.key)
-    if claimed or (found.state == STARTED and found.abort_requested_at is None):  # or delivered again (acks_late)
-        return STARTED
-    if found.state in (PENDING, STARTED):  # aborted in the instant before the claim
-        exc = TaskAborted(f"task {task_id} aborted before it started", task_id=task_id)
-        store.write([dict(row, state=ABORTED, finished_at=time.time(), result=pickle.dumps(exc))])
-        return ABORTED
-    return str(found.state)
 
 
 class _Probe:

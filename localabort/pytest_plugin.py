@@ -63,7 +63,7 @@ def localabort_executor(request: pytest.FixtureRequest, tmp_path_factory: pytest
     store = tmp_path_factory.mktemp("localabort") / "store.sqlite"
     with Executor(max_workers=max_workers, store=str(store), mp_context=start_method) as executor:
         yield executor
-        leftovers = [job.future for job in list(executor._manager._jobs.values())]
+        leftovers = [job.future for job in list(executor._scheduler.jobs.values())]
         names = ", ".join(f"{f.id} ({f.state})" for f in leftovers[:5]) + (" ..." if len(leftovers) > 5 else "")
         if leftovers:
             executor.abort_all()

@@ -74,7 +74,7 @@ def pool(store, start_method, max_workers=2, **options):
     except BaseException:
         ex.abort_all()
         ex.shutdown(wait=False)
-        if not ex._manager.stopped.wait(5):
+        if not ex._scheduler.stopped.wait(5):
             ex._manager.terminate()
         raise
     finally:

@@ -38,3 +38,53 @@ def test_typed():
     import importlib.resources
 
     assert importlib.resources.files("localabort").joinpath("py.typed").is_file()
+
+
+def test_nothing_public_leaks_outside_all():
+    """Every public attribute of the package is in __all__, or is one of its public modules."""
+    import types
+
+    leaked = {
+        name
+        for name, value in vars(localabort).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType) and name not in localabort.__all__
+    }
+    assert leaked == set()
+
+
+def test_public_exceptions_pickle_through_public_names_only():
+    import pickle
+    import pickletools
+
+    errors = [
+        localabort.TaskAborted("stopped", partial_result=[1], task_id="t1"),
+        localabort.WorkerLost("gone"),
+        localabort.TimeLimitExceeded("late"),
+        localabort.StoreError("s.sqlite: broken"),
+    ]
+    for error in errors:
+        assert type(error).__module__ == "localabort"
+        blob = pickle.dumps(error, pickle.HIGHEST_PROTOCOL)
+        named = [arg for op, arg, _ in pickletools.genops(blob) if op.name == "SHORT_BINUNICODE"]
+        assert not any(str(arg).startswith("localabort._") for arg in named), named
+        copy = pickle.loads(blob)
+        assert type(copy) is type(error) and copy.args == error.args and vars(copy) == vars(error)
+
+
+def test_pickles_written_by_localabort_0_1_still_load():
+    """Stores written before the exceptions were pickled by their public names keep their outcomes."""
+    import pickle
+
+    old_aborted = (
+        b"\x80\x04\x95y\x00\x00\x00\x00\x00\x00\x00\x8c\x12localabort._errors\x94\x8c\x08_rebuild\x94\x93\x94h\x00"
+        b"\x8c\x0bTaskAborted\x94\x93\x94\x8c\x0ftask t1 aborted\x94\x85\x94}\x94(\x8c\x0epartial_result\x94]\x94"
+        b"(K\x01K\x02e\x8c\x07task_id\x94\x8c\x02t1\x94u\x87\x94R\x94."
+    )
+    old_lost = (
+        b"\x80\x04\x950\x00\x00\x00\x00\x00\x00\x00\x8c\x12localabort._errors\x94\x8c\nWorkerLost\x94\x93\x94"
+        b"\x8c\x04gone\x94\x85\x94R\x94."
+    )
+    aborted = pickle.loads(old_aborted)
+    assert type(aborted) is localabort.TaskAborted
+    assert (aborted.args, aborted.partial_result, aborted.task_id) == (("task t1 aborted",), [1, 2], "t1")
+    assert type(pickle.loads(old_lost)) is localabort.WorkerLost

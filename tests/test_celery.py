@@ -72,7 +72,7 @@ def test_failure_keeps_the_exception_and_traceback(worker):
 
 def test_an_unpicklable_result_fails_the_task_in_the_store_too(worker):
     res = celery_app.unpicklable.delay()
-    with pytest.raises(TypeError, match="the result of Unpicklable cannot be pickled"):
+    with pytest.raises(TypeError, match=r"the result of tests\.tasks\.Unpicklable cannot be pickled"):
         res.get(timeout=30)
     assert res.state == FAILURE
 

@@ -29,7 +29,7 @@ from localabort import (
     TaskAborted,
     TimeLimitExceeded,
     WorkerLost,
-    _manager,
+    _outcome,
 )  # fmt: skip
 from localabort._store import Store
 
@@ -231,7 +231,7 @@ def test_a_result_of_hundreds_of_megabytes_arrives(start_method, store_path):
 
 
 def test_a_result_over_the_store_limit_fails_clearly(executor, monkeypatch):
-    monkeypatch.setattr(_manager, "MAX_RESULT_BYTES", 10 * 2**20)
+    monkeypatch.setattr(_outcome, "MAX_RESULT_BYTES", 10 * 2**20)
     fut = executor.submit(tasks.big_bytes, 11)
     with pytest.raises(ValueError, match=r"the result of tests.tasks.big_bytes .* over the store's limit"):
         fut.result(timeout=60)

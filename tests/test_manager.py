@@ -20,7 +20,7 @@ def test_a_submit_during_a_wake_up_is_not_lost(store_path, monkeypatch):
         injected = []
 
         def read(fd, size):
-            if fd == ex._manager._wake_r and not injected:
+            if fd == ex._scheduler.wake_r and not injected:
                 injected.append(ex.submit(tasks.add, 2, 2))  # lands mid wake-up
             return real_read(fd, size)
 

@@ -38,7 +38,7 @@ def test_abort(localabort_executor):
     with pytest.raises(TaskAborted):
         fut.result(timeout=30)
     assert fut.state == "ABORTED"
-    assert localabort_executor._manager._ctx.get_start_method() == "START_METHOD"
+    assert localabort_executor._manager.ctx.get_start_method() == "START_METHOD"
 
 def test_delay_goes_to_the_fixture(localabort_executor):
     assert Crunch.delay(3).result(timeout=30) == [0, 1, 4]
@@ -54,8 +54,8 @@ def test_marker_chooses_options(pytester):
         """
 @pytest.mark.localabort(start_method="spawn", max_workers=1)
 def test_one_spawned_worker(localabort_executor):
-    assert len(localabort_executor._manager._slots) == 1
-    assert localabort_executor._manager._ctx.get_start_method() == "spawn"
+    assert len(localabort_executor._scheduler.slots) == 1
+    assert localabort_executor._manager.ctx.get_start_method() == "spawn"
     assert localabort_executor.submit(Crunch, 2).result(timeout=30) == [0, 1]
 """,
     )

@@ -16,17 +16,16 @@ import sys
 
 import pytest
 
-from localabort import ABORTED, FAILURE, PENDING, STARTED, SUCCESS, StoreError, WorkerLost
-from localabort._future import load_outcome
-from localabort._schema import executors
-from localabort._store import STATE_COLUMNS, Store
+from localabort import ABORTED, FAILURE, PENDING, STARTED, SUCCESS, StoreError, TaskAborted, WorkerLost
+from localabort._outcome import load_outcome
+from localabort._schema import executors, task_row
+from localabort._store import Store
 
 
 def row(task_id="t1", state=PENDING, **extra):
-    values = dict.fromkeys(STATE_COLUMNS)
-    values.update(id=task_id, name="tests.Job", executor_id="e1", state=state, submitted_at=1.0)
+    values = dict(name="tests.Job", executor_id="e1", state=state, submitted_at=1.0)
     values.update(extra)
-    return values
+    return task_row(task_id, **values)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -134,6 +133,55 @@ def test_abort_rows_for_tasks_not_yet_written(store):
     assert record.state == PENDING and record.abort_requested
     store.write([row("early", STARTED)], aborts=[dict(row("early"), abort_requested_at=9.0)])
     assert store.get("early").state == STARTED and store.is_abort_requested("early")
+
+
+# -- claiming a task (what a Celery worker does before it runs one) ----------------
+
+
+def started(task_id="t1", **extra):
+    return row(task_id, STARTED, executor_id="celery", started_at=2.0, submitted_at=None, **extra)
+
+
+def test_claim_starts_a_pending_task_once_and_fills_in_its_row(store):
+    store.write([row("t1", executor_id="celery", key="k1", submitted_at=1.5)])
+    claim = started()
+    assert store.claim(claim) == STARTED
+    assert (claim["submitted_at"], claim["key"]) == (1.5, "k1")
+    record = store.get("t1")
+    assert (record.state, record.started_at) == (STARTED, 2.0)
+    assert store.claim(started()) == STARTED  # delivered again (acks_late), not aborted: it may run again
+
+
+def test_claim_of_an_aborted_task_ends_it_unrun(store):
+    store.write([row("t1", executor_id="celery")])
+    assert store.request_abort("t1")
+    assert store.claim(started()) == ABORTED
+    record = store.get("t1")
+    assert record.state == ABORTED
+    with pytest.raises(TaskAborted, match="t1 aborted before it started"):
+        raise load_outcome(record.state, record.result, record.traceback)[1]
+    assert store.claim(started()) == ABORTED  # a later delivery finds it finished
+
+
+def test_claim_of_a_finished_task_says_its_state(store):
+    store.write([row("t1", SUCCESS, executor_id="celery", finished_at=3.0)])
+    assert store.claim(started()) == SUCCESS and store.get("t1").state == SUCCESS
+
+
+def test_claim_of_an_unknown_task_records_it(store):
+    assert store.claim(started("sent-elsewhere")) == STARTED
+    assert store.get("sent-elsewhere").state == STARTED
+
+
+def test_abort_unclaimed_ends_only_a_pending_task_of_its_owner(store):
+    store.write([row("t1", executor_id="celery"), row("t2", executor_id="e1"), row("t3", executor_id="celery")])
+    assert store.claim(started("t3")) == STARTED
+    assert store.abort_unclaimed("t1", "celery") is True
+    assert store.abort_unclaimed("t1", "celery") is False  # ended already
+    assert store.abort_unclaimed("t2", "celery") is False  # an executor's task: its executor ends it
+    assert store.abort_unclaimed("t3", "celery") is False  # claimed: it runs, and is asked instead
+    assert [store.get(t).state for t in ("t1", "t2", "t3")] == [ABORTED, PENDING, STARTED]
+    assert store.claim(started("t1")) == ABORTED  # the claim that comes after loses
 
 
 def test_aborts_requested_lists_unfinished_tasks_of_one_executor(store):

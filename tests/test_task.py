@@ -67,7 +67,7 @@ def test_chunk_outcomes():
     from localabort._task import execute_chunk
 
     ok = execute_chunk(tasks.add, [(1, 2), (3, 4)])
-    assert (ok.state, ok.value) == (SUCCESS, [3, 7])
+    assert (ok.state, ok.result) == (SUCCESS, [3, 7])
     bad = execute_chunk(tasks.Fail(), [("a",), ("b",)])
     assert bad.state == FAILURE and str(bad.exception) == "a"
     checks = iter([False, False, True])

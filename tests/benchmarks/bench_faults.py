@@ -93,7 +93,7 @@ def dead_child(tmp, start_method, rep):
         except WorkerLost:
             pass
         lost = (time.monotonic() - start) * 1e3
-        while not all(slot.ready for slot in ex._manager._slots):
+        while not all(slot.ready for slot in ex._scheduler.slots):
             time.sleep(0.001)
         healed = (time.monotonic() - start) * 1e3
         return lost, healed

@@ -26,7 +26,7 @@ def main():
         futures = [ex.submit(task, seconds) for _ in range(6)]
         while not all(f.progress for f in futures[:2]):
             time.sleep(0.005)
-        pids = [slot.pid for slot in ex._manager._slots]
+        pids = [slot.pid for slot in ex._scheduler.slots]
         print(json.dumps({"pid": os.getpid(), "workers": pids, "ids": [f.id for f in futures]}), flush=True)
         for f in futures:
             f.result()

@@ -1,0 +1,55 @@
+"""The messages between the parent and a worker, over the worker's own pipe.
+
+Each is a pickled named tuple (CPython's ``process.py`` names its
+``_CallItem`` and ``_ResultItem`` the same way)::
+
+    parent --Call------------> worker    a job to run (any number, in order)
+    parent --b""-------------> worker    stop (an empty message)
+    parent <--Ready----------- worker    once, when it has started (imports done)
+    parent <--Report---------- worker    progress of the job it runs (throttled, any number)
+    parent <--Reply----------- worker    exactly one per Call, in order
+
+Aborts are not messages: they are shared-memory words (``_words``).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+from ._states import Progress
+
+__all__ = ["Call", "Ready", "Reply", "Report"]
+
+
+class Call(NamedTuple):
+    """A job for the worker: run the pickled ``(task, args, kwargs)`` in ``blob``."""
+
+    seq: int  # the job's number, never reused in an executor
+    word: int  # its abort word (``_words``)
+    ahead: bool  # sent while the worker runs another job: claim it before starting
+    task_id: str
+    name: str
+    blob: bytes
+    chunked: bool  # ``args`` is a list of ``map`` items, run as one task
+
+
+class Ready(NamedTuple):
+    """The worker has started: imports are done, and its time limits may start counting."""
+
+
+class Report(NamedTuple):
+    """Progress of job ``seq``, as its task last reported it."""
+
+    seq: int
+    done: float
+    total: Optional[float]
+
+
+class Reply(NamedTuple):
+    """How job ``seq`` ended: its state, its outcome's blob (``_outcome``), the traceback text, and its progress."""
+
+    seq: int
+    state: str
+    blob: bytes
+    traceback: Optional[str]
+    progress: Optional[Progress]

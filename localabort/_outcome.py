@@ -1,0 +1,102 @@
+"""How a run ended, and how that travels: pickled in the child, capped, stored, loaded again.
+
+A run ends in a ``RunOutcome``: a final state, what ``run`` returned, the
+exception ``result()`` raises (``None`` for SUCCESS) and the child's
+traceback text. It crosses processes as one pickle, the *blob*: the return
+value for SUCCESS, else the exception (a ``TaskAborted`` carries the
+partial result). The worker, the Celery task and the store all use the
+functions below, so a blob is made, capped and read one way::
+
+    run in the child --> pickle_outcome() --> blob --> within_limit() --> store / reply
+                                                           |
+    result(), get() <-- load_outcome() <-------------------+
+
+The outcome *rules* (which state a run ends in) are ``_task.execute``'s.
+"""
+
+from __future__ import annotations
+
+import pickle
+from typing import Any, NamedTuple, Optional, Tuple
+
+from ._errors import RemoteTraceback, TaskAborted
+from ._states import ABORTED, FAILURE, SUCCESS
+
+__all__ = ["MAX_RESULT_BYTES", "RunOutcome", "load_outcome", "pickle_outcome", "unrun", "within_limit"]
+
+#: The largest pickled result the store takes (SQLite refuses values over 10**9 bytes).
+MAX_RESULT_BYTES = 900_000_000
+PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+
+class RunOutcome(NamedTuple):
+    """How one run of a task ended (``localabort.testing.Outcome`` is the public view of it)."""
+
+    state: str
+    result: Any
+    exception: Optional[BaseException]
+    traceback: Optional[str] = None
+
+
+def unrun(task_id: str, how: str = "aborted") -> TaskAborted:
+    """The error of a task that ended before it started: ``how`` is "aborted" or "cancelled"."""
+    return TaskAborted(f"task {task_id} {how} before it started", task_id=task_id)
+
+
+def pickle_outcome(outcome: RunOutcome, name: str) -> Tuple[RunOutcome, bytes]:
+    """The outcome as it will be stored, and its blob.
+
+    A result that cannot be pickled turns the outcome into a FAILURE that
+    says so; an exception that cannot be pickled is stored as a copy that
+    keeps its text (and stays a ``TaskAborted`` if it was one).
+    """
+    state, result, exc, tb = outcome
+    try:
+        return outcome, pickle.dumps(result if state == SUCCESS else exc, PROTOCOL)
+    except Exception as err:
+        if state == SUCCESS:
+            state = FAILURE
+            exc = TypeError(
+                f"the result of {name} cannot be pickled ({err}); return plain data (numbers, str, lists, dicts)"
+            )
+        else:
+            exc = _picklable_copy(exc, err)
+        return RunOutcome(state, None, exc, tb), pickle.dumps(exc, PROTOCOL)
+
+
+def _picklable_copy(exc: Any, err: Exception) -> BaseException:
+    text = f"{type(exc).__name__}: {exc} (the exception itself cannot be pickled: {err})"
+    if isinstance(exc, TaskAborted):
+        return TaskAborted(text, task_id=exc.task_id)
+    return RuntimeError(text)
+
+
+def within_limit(state: str, blob: bytes, tb: Optional[str], what: str) -> Tuple[str, bytes, Optional[str]]:
+    """``(state, blob, tb)``, or a FAILURE saying why if ``blob`` is over ``MAX_RESULT_BYTES``."""
+    if len(blob) <= MAX_RESULT_BYTES:
+        return state, blob, tb
+    error = ValueError(
+        f"the result of {what} is {len(blob):,} bytes pickled, over the store's limit of "
+        f"{MAX_RESULT_BYTES:,}; write large data to a file and return its path"
+    )
+    return FAILURE, pickle.dumps(error, PROTOCOL), None
+
+
+def load_outcome(state: str, blob: Optional[bytes], tb: Optional[str]) -> Tuple[Any, Optional[BaseException]]:
+    """The ``(result, exception)`` a finished task's blob stands for.
+
+    A blob this process cannot unpickle (a class it cannot import, say)
+    becomes the exception: ``result()`` raises it rather than the caller
+    crashing. The child's traceback text becomes the exception's cause.
+    """
+    try:
+        payload = pickle.loads(blob) if blob is not None else None
+    except Exception as err:
+        return None, err
+    if state == SUCCESS:
+        return payload, None
+    if not isinstance(payload, BaseException):  # pragma: no cover - a row from elsewhere
+        payload = TaskAborted("task aborted") if state == ABORTED else RuntimeError(f"task ended {state}")
+    if tb:
+        payload.__cause__ = RemoteTraceback(tb)
+    return None, payload

@@ -1,0 +1,363 @@
+"""The scheduler: the executor's one state machine, shared by user threads and the manager thread.
+
+Every change to which job is where happens here, under one lock, whichever
+thread makes it: user threads submit, abort, cancel and shut down; the
+manager thread (``_manager``) dispatches, promotes, finishes, requeues and
+drains rows for the store. The manager does the waiting and the I/O
+(pipes, processes, the store) and calls in here for each decision.
+
+What guards what:
+
+=====================================  ============  =========================================
+field                                  guarded by    written by
+=====================================  ============  =========================================
+``queue``, ``jobs``                    ``lock``      user threads (submit, abort, cancel,
+                                                     shutdown) and the manager (dispatch,
+                                                     requeue, finish)
+a job's ``stage``, ``state``, ``slot``,  ``lock``      both, as above
+``word``, ``abort_requested``
+``slot.job``, ``slot.next``            ``lock``      the manager (dispatch, promote); user
+                                                     threads read them through ``job.slot``
+``dirty``, ``abort_rows``              ``lock``      both; the manager drains them
+``shutting_down``, ``terminating``,    ``lock``      user threads; the manager on failure
+``broken``, ``wake_pending``
+a running job's ``progress``,          none          the manager only, before the job is DONE
+``result``, ``traceback``, deadlines
+``slots`` (the list)                   none          the manager only (it replaces dead
+                                                     workers); ``Manager.terminate`` copies it
+                                                     under ``lock``
+abort and claim words                  see           ``_words``; ``recall`` is called with
+                                       ``_words``    ``lock`` held: lock order is ``lock``,
+                                                     then a slot's hand-over lock
+=====================================  ============  =========================================
+
+A user thread holds ``lock`` only to change state; it writes the rows it
+must record at once (an abort request, a job ended unrun) to the store
+after releasing it. ``Scheduler`` is also the futures' ``Controller``:
+``future.abort()`` and ``future.cancel()`` land here.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import itertools
+import os
+import threading
+import time
+import weakref
+from typing import Any, Deque, Dict, List, Optional, Tuple
+
+from ._future import AbortableFuture
+from ._jobs import DONE, QUEUED, RUNNING, SENT, Job, resolve
+from ._messages import Call
+from ._outcome import unrun
+from ._schema import task_row
+from ._slot import Slot
+from ._states import ABORTED, FAILURE, STARTED
+from ._store import Store
+
+__all__ = ["Scheduler"]
+
+Row = Dict[str, Any]
+
+
+class Scheduler:
+    """The queue, the unfinished jobs, the slots' jobs and the rows owed to the store, under one lock."""
+
+    def __init__(self, store: Store, executor_id: str) -> None:
+        self.store = store
+        self.executor_id = executor_id
+        self.lock = threading.Lock()
+        self.queue: Deque[Job] = collections.deque()
+        self.jobs: Dict[str, Job] = {}  # every job not finished, by id
+        self.slots: List[Slot] = []  # filled by the manager
+        self.dirty: Dict[str, Job] = {}  # jobs whose row the store must get
+        self.abort_rows: List[Row] = []  # abort requests to record with the next write
+        self._seq = itertools.count(1)
+        self.shutting_down = self.terminating = False
+        self.broken: Optional[BaseException] = None
+        self.wake_r, self.wake_w = os.pipe()  # a byte here wakes the manager
+        weakref.finalize(self, _close_fds, self.wake_r, self.wake_w)
+        self.wake_pending = False
+        # Waiters wait on this, not on Thread.join(): up to Python 3.11, a join() interrupted by
+        # Ctrl-C marks the thread stopped while it runs, and every later join() returns at once.
+        self.stopped = threading.Event()
+
+    # -- user threads ------------------------------------------------------------------
+
+    def next_seq(self) -> int:
+        return next(self._seq)
+
+    def enqueue(self, job: Job) -> None:
+        with self.lock:
+            if self.shutting_down:
+                raise RuntimeError("cannot submit to an Executor after shutdown()")
+            if self.broken is not None:
+                raise concurrent.futures.BrokenExecutor(f"the executor stopped: {self.broken}")
+            self.queue.append(job)
+            self.jobs[job.id] = job
+            self.dirty[job.id] = job
+            wake, self.wake_pending = not self.wake_pending, True
+        if wake:
+            self.wake()
+
+    def fail_now(self, job: Job) -> None:
+        """Store and resolve a job that ended before it was queued."""
+        self.store.write([self.row(job)])
+        resolve([job])
+
+    def abort_all(self) -> int:
+        with self.lock:
+            asked = [job for job in self.jobs.values() if not job.abort_requested]
+            ended = [job for job in asked if self._mark_aborted(job)]
+            rows = [self.row(job, abort=True) for job in asked]
+        self.store.write([self.row(job) for job in ended], aborts=rows)
+        resolve(ended)
+        return len(asked)
+
+    def shutdown(self, wait: bool, cancel_futures: bool) -> None:
+        cancelled: List[Job] = []
+        recalled: List[Job] = []
+        with self.lock:  # one hold: the manager cannot send a job on between our look and our cancel
+            self.shutting_down = True
+            if cancel_futures:
+                for job in list(self.jobs.values()):
+                    if job.stage == QUEUED and not job.future.running():
+                        self._end_unrun(job, "cancelled")
+                        cancelled.append(job)
+                    elif job.stage == SENT and _recall(job, abort_if_claimed=False):
+                        self._end_unrun(job, "cancelled")  # sent ahead, not claimed: it has not started either
+                        recalled.append(job)
+            rows = [self.row(job) for job in cancelled + recalled]
+        self.store.write(rows)
+        for job in cancelled:
+            _notify_cancelled(job.future)
+        resolve(recalled)
+        self.wake()
+        if wait:
+            self.stopped.wait()
+
+    def _abort(self, future: AbortableFuture) -> bool:  # Controller
+        with self.lock:
+            job = self.jobs.get(future.id)
+            if job is None:
+                return False
+            if job.abort_requested:
+                return True
+            ended = self._mark_aborted(job)
+            row = self.row(job, abort=True)
+        self.store.write([row] if ended else [], aborts=[row])
+        if ended:
+            resolve([job])
+        return True
+
+    def _cancel(self, future: AbortableFuture) -> bool:  # Controller
+        with self.lock:
+            job = self.jobs.get(future.id)
+            if job is None or job.stage != QUEUED or future.running():  # running: sent to a worker once
+                return future.cancelled()
+            self._end_unrun(job, "cancelled")
+            row = self.row(job)
+        self.store.write([row])
+        _notify_cancelled(future)
+        return True
+
+    def wake(self) -> None:
+        os.write(self.wake_w, b"\0")
+
+    # -- the manager thread -----------------------------------------------------------
+
+    def woken(self) -> None:
+        """The manager drained the wake pipe: the next submit must write a byte again."""
+        with self.lock:
+            self.wake_pending = False
+
+    def dispatch(self) -> List[Tuple[Slot, Call]]:
+        """Give recorded queued jobs to idle workers, then to busy ones as their next; return the calls."""
+        calls: List[Tuple[Slot, Call]] = []
+        with self.lock:
+            if self.terminating:
+                return []
+            for slot in [s for s in self.slots if s.job is None] + [s for s in self.slots if s.job is not None]:
+                if slot.next is not None:
+                    continue
+                head = self._queue_head()
+                if head is None or not head.recorded:  # not recorded: wait for the next write
+                    break
+                job = self.queue.popleft()
+                job.slot, job.word = slot, slot.words.take()
+                if slot.job is None:
+                    slot.job = job
+                    self._start(job)
+                else:
+                    slot.next, job.stage = job, SENT
+                # Under the lock, as its stage is: an abort or a shutdown may take the job back the moment
+                # the lock is free. ``ahead``: not reported STARTED, so the worker must claim it first.
+                if not job.future.running():  # a job sent again after its worker died is running already
+                    job.future.set_running_or_notify_cancel()
+                assert job.blob is not None
+                ahead = job.stage == SENT
+                calls.append((slot, Call(job.seq, job.word, ahead, job.id, job.name, job.blob, job.chunked)))
+        return calls
+
+    def promote(self, slot: Slot) -> None:
+        """The worker in ``slot`` answered its job and went straight on to the one sent ahead."""
+        with self.lock:
+            slot.job, slot.next = slot.next, None
+            if slot.job is not None and slot.job.stage != DONE:
+                self._start(slot.job)
+
+    def report(self, job: Job, progress: Tuple[float, Optional[float]]) -> None:
+        job.progress = job.future._task_progress = progress
+        with self.lock:
+            self.dirty[job.id] = job
+
+    def finish(self, job: Job, state: str, blob: bytes, tb: Optional[str], progress: Any) -> None:
+        """``job`` ended in ``state``; its row goes to the store with the next write."""
+        with self.lock:
+            job.end(state)
+            job.result, job.traceback, job.blob = blob, tb, None
+            if progress is not None:
+                job.progress = progress
+            self.jobs.pop(job.id, None)
+            self.dirty[job.id] = job
+
+    def requeue(self, job: Job) -> bool:
+        """A job sent to a worker that died before reaching it: queue it first again; or, if aborted, end it.
+
+        Returns whether it ended.
+        """
+        with self.lock:
+            if self.terminating or job.abort_requested:
+                self._end_unrun(job, "aborted")
+                self.dirty[job.id] = job
+                return True
+            job.stage, job.slot = QUEUED, None
+            self.queue.appendleft(job)
+            return False
+
+    def aborted_elsewhere(self, ids: List[str]) -> List[Job]:
+        """Honour aborts other processes recorded in the store; return the jobs that ended unrun."""
+        ended: List[Job] = []
+        with self.lock:
+            for task_id in ids:
+                job = self.jobs.get(task_id)
+                if job is not None and not job.abort_requested and self._mark_aborted(job):
+                    self.dirty[job.id] = job
+                    ended.append(job)
+        return ended
+
+    def soft_limit(self, job: Job) -> None:
+        """``job`` passed its soft time limit: abort it, as a user would."""
+        with self.lock:
+            if not job.abort_requested:
+                self._mark_aborted(job)
+                self.abort_rows.append(self.row(job, abort=True))
+
+    def unrecorded_job_waits(self) -> bool:
+        """Whether an idle worker waits for a job whose row is not in the store yet."""
+        with self.lock:
+            head = self._queue_head()
+            return head is not None and not head.recorded and any(s.job is None for s in self.slots)
+
+    def take_rows(self) -> Tuple[List[Job], List[Row], List[Row]]:
+        """The changed jobs, their rows and the abort rows owed to the store; the debt is cleared."""
+        with self.lock:
+            jobs = list(self.dirty.values())
+            rows = [self.row(job) for job in jobs]
+            aborts, self.dirty, self.abort_rows = self.abort_rows, {}, []
+        return jobs, rows, aborts
+
+    def keeps_workers(self) -> bool:
+        """Whether a worker that died is to be replaced."""
+        with self.lock:
+            return not self.terminating and not (self.shutting_down and not self.queue)
+
+    def finished(self) -> bool:
+        """Whether the manager may stop: shut down, and no job left anywhere."""
+        with self.lock:
+            return self.shutting_down and not self.jobs and all(s.job is None for s in self.slots)
+
+    def break_all(self, exc: BaseException, unresolved: List[Job]) -> List[Job]:
+        """The manager cannot go on: fail every job not finished; return every job whose future is open."""
+        error = concurrent.futures.BrokenExecutor(f"the localabort executor stopped: {exc}")
+        with self.lock:
+            self.broken, self.shutting_down = exc, True
+            jobs = {job.id: job for job in [*unresolved, *self.dirty.values(), *self.jobs.values()]}
+            self.jobs.clear()
+            self.queue.clear()
+            self.dirty.clear()
+            for job in jobs.values():
+                if job.stage != DONE:
+                    job.end(FAILURE, error)
+        return list(jobs.values())
+
+    # -- under the lock --------------------------------------------------------------
+
+    def _mark_aborted(self, job: Job) -> bool:
+        """Flag ``job`` aborted; end it if it has not started. Return whether it ended.
+
+        A job sent ahead to a busy worker has not started unless that worker
+        claimed it; recalled in time, it stays the slot's next job until the
+        worker answers it unrun.
+        """
+        job.abort_requested = job.future._abort_requested = True
+        if job.stage == QUEUED or (job.stage == SENT and _recall(job)):
+            self._end_unrun(job, "aborted")
+            return True
+        if job.stage == RUNNING and job.slot is not None:  # it sees the word at its next check
+            job.slot.words.abort(job.word, job.seq)
+        return False
+
+    def _queue_head(self) -> Optional[Job]:
+        """The first job still queued, dropping those ended while queued (aborted, cancelled)."""
+        while self.queue and self.queue[0].stage != QUEUED:
+            self.queue.popleft()
+        return self.queue[0] if self.queue else None
+
+    def _end_unrun(self, job: Job, how: str) -> None:
+        """End ``job``, which never started, ABORTED. The caller writes its row."""
+        job.end(ABORTED, unrun(job.id, how))
+        del self.jobs[job.id]
+
+    def _start(self, job: Job) -> None:
+        """``job`` is now its worker's current one."""
+        job.stage = RUNNING
+        if job.abort_requested:  # the worker skips it, or stops at its first check: no STARTED row
+            return
+        job.state = job.future._task_state = STARTED
+        job.started_at = time.time()
+        if job.slot is not None and job.slot.ready:
+            job.start_clock()
+        self.dirty[job.id] = job
+
+    def row(self, job: Job, abort: bool = False) -> Row:
+        """The store row of ``job``; ``abort`` adds the abort request."""
+        done, total = job.progress if job.progress is not None else (None, None)
+        row = task_row(
+            job.id, executor_id=self.executor_id, name=job.name, key=job.key, state=job.state,
+            submitted_at=job.submitted_at, started_at=job.started_at, finished_at=job.finished_at,
+            progress_done=done, progress_total=total, result=job.result, traceback=job.traceback,
+        )  # fmt: skip
+        if abort:
+            row["abort_requested_at"] = time.time()
+        return row
+
+
+def _recall(job: Job, abort_if_claimed: bool = True) -> bool:
+    """Take back ``job``, sent ahead; whether its worker will never start it (``AbortWords.recall``)."""
+    assert job.slot is not None
+    return job.slot.words.recall(job.word, job.seq, abort_if_claimed=abort_if_claimed)
+
+
+def _notify_cancelled(future: AbortableFuture) -> None:
+    """Cancel the future of a job ended unrun (its row is stored), as ``Future.cancel`` does."""
+    future._task_state = ABORTED
+    concurrent.futures.Future.cancel(future)
+    future.set_running_or_notify_cancel()
+
+
+def _close_fds(*fds: int) -> None:
+    for fd in fds:
+        os.close(fd)

@@ -1,0 +1,88 @@
+"""One worker slot: a worker process, the parent's end of its pipe, its abort words and the jobs it holds.
+
+Process plumbing only (start, feed, stop, kill, reap): which job goes
+where, and what its outcome means, is the scheduler's. A slot keeps its
+number, and so its words in the shared array, when its process is
+replaced; the replacement is a new ``Slot`` with a new hand-over lock.
+A slot holds up to ``DEPTH`` jobs: ``job``, the one its worker runs, and
+``next``, the one sent ahead, so the worker never waits between two jobs.
+"""
+
+from __future__ import annotations
+
+import multiprocessing.connection
+import signal
+from typing import TYPE_CHECKING, Any, Optional
+
+from ._words import AbortWords
+from ._worker import worker_main
+
+if TYPE_CHECKING:
+    from ._jobs import Job
+
+__all__ = ["STOP_GRACE", "Slot"]
+
+#: Seconds a worker has to exit after being asked before it is killed.
+STOP_GRACE = 5.0
+
+
+class Slot:
+    """One worker process and what the parent knows of it."""
+
+    def __init__(self, ctx: Any, index: int, array: Any, store_url: str) -> None:
+        self.index = index
+        self.job: Optional[Job] = None  # the job its worker runs, or None when idle
+        self.next: Optional[Job] = None  # the job sent ahead, to run after it, or None
+        self.words = AbortWords(array, index, ctx.Lock())
+        self.ready = False  # the worker said it has started
+        parent_end, child_end = ctx.Pipe(duplex=True)
+        self.process = ctx.Process(
+            target=worker_main,
+            args=(child_end, self.words, store_url),
+            name=f"localabort-worker-{index}",
+            daemon=False,
+        )
+        self.process.start()
+        child_end.close()
+        self.conn: multiprocessing.connection.Connection = parent_end
+        self.sentinel: int = self.process.sentinel
+
+    @property
+    def pid(self) -> Optional[int]:
+        pid: Optional[int] = self.process.pid
+        return pid
+
+    def send(self, message: bytes) -> None:
+        self.conn.send_bytes(message)
+
+    def ask_to_stop(self) -> None:
+        """Ask an idle worker to exit; ignore a worker that is already gone."""
+        try:
+            self.conn.send_bytes(b"")
+        except OSError:
+            pass
+
+    def kill(self) -> None:
+        """Terminate the worker at once (SIGKILL)."""
+        if self.process.is_alive():
+            self.process.kill()
+
+    def reap(self, timeout: float = STOP_GRACE) -> None:
+        """Wait for the process to exit (killing it after ``timeout``) and close the pipe."""
+        self.process.join(timeout)
+        if self.process.exitcode is None:
+            self.process.kill()
+            self.process.join()
+        self.conn.close()
+
+    def exit_reason(self) -> str:
+        """How the worker process ended, in words."""
+        code = self.process.exitcode
+        if code is None:
+            return "is still running"
+        if code < 0:
+            try:
+                return f"was killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"was killed by signal {-code}"
+        return f"exited with status {code}"

@@ -1,0 +1,167 @@
+"""The abort words: how the parent tells a task in a child that it is aborted.
+
+The problem
+-----------
+A task calls ``is_aborted()`` in its tightest loop, so a check must cost
+well under a microsecond, and an abort must reach it within milliseconds
+wherever the task is: in its own code, deep in a library, never between
+two jobs. And a worker holds up to two jobs at once (the one it runs and
+the one sent ahead of it, so it never waits for the parent between jobs):
+when the job sent ahead is aborted, the parent must know at once whether
+its worker has started it (then it is asked, like any running task) or not
+(then it ends ABORTED now, never runs, and its future completes).
+
+What does not work
+------------------
+- A message on the worker's pipe: the worker reads its pipe only between
+  jobs, and a reader thread in the child would cost every check the GIL.
+- A query to the store: hundreds of microseconds a check (Celery's
+  abortable does this), so users would have to ration their checks.
+- One flag per worker: an abort meant for one job would leak into the next
+  job on the same worker, or be cleared before its job saw it.
+- Asking the worker whether it started the job sent ahead: it is busy
+  running the job before it, and cannot answer until that one ends.
+
+The solution
+------------
+One shared-memory array of 64-bit words (``allocate``). Each job a worker
+holds gets a word of its slot's own (``DEPTH`` per slot, taken in turn),
+and each job has a number, ``seq``, never reused in an executor. To abort
+job ``seq`` the parent writes ``seq`` into the job's word; the task's
+``is_aborted()`` compares the two: one memory read, no lock, no call into
+the parent. A stale ``seq`` in a word (an earlier job's) never equals the
+current job's, so an abort cannot leak from one job into the next.
+
+The second half of the array holds as many *claim* words. A job sent ahead
+is claimed by its worker before it starts: under the slot's *hand-over
+lock*, the worker reads the job's abort word and, if it is clear, writes
+``seq`` into the job's claim word (``claim``). The parent, taking back a
+job sent ahead (``recall``), reads the claim word and writes the abort
+word under the same lock. Exactly one of them wins: either the worker
+claimed the job first (it runs, and sees the abort at its next check) or
+the parent's abort came first (the worker answers the job ABORTED unrun,
+and the parent has already ended it).
+
+Lock order. The parent calls ``recall`` holding the scheduler's lock (see
+``_scheduler``), so the order is: scheduler lock, then hand-over lock. The
+worker takes only the hand-over lock, and holds it for two word accesses.
+
+The hand-over wait. A worker killed while it holds the hand-over lock would
+leave the parent waiting for ever. The parent waits ``HANDOVER_WAIT``
+seconds at most, then takes the job as started (it sets the abort word, so
+a job that does run stops at its first check), and the job ends with its
+dead worker's slot.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict
+
+__all__ = ["DEPTH", "HANDOVER_WAIT", "AbortWords", "allocate"]
+
+#: Jobs a slot holds at once (the running one and the one sent ahead), so abort words per slot.
+DEPTH = 2
+#: Seconds the parent waits for a slot's hand-over lock before it takes the job as started.
+HANDOVER_WAIT = 1.0
+
+
+def allocate(ctx: Any, slots: int) -> Any:
+    """The shared array for ``slots`` worker slots: their abort words, then as many claim words."""
+    return ctx.RawArray("q", 2 * slots * DEPTH)
+
+
+class AbortWords:
+    """One slot's abort and claim words and its hand-over lock, seen from the parent or from its worker.
+
+    The parent takes a word for each job it sends (``take``), then aborts
+    (``abort``) or takes back (``recall``) that job; the worker claims a job
+    sent ahead (``claim``) and checks for aborts (``is_set``, or the faster
+    closure ``probe`` makes). Made in the parent and handed to the worker
+    process when it starts; a replacement worker gets a new lock, as its
+    predecessor may have died holding the old one.
+
+    >>> import multiprocessing
+    >>> ctx = multiprocessing.get_context()
+    >>> words = AbortWords(allocate(ctx, 1), 0, ctx.Lock())
+    >>> word = words.take()
+    >>> words.claim(word, seq=7), words.is_set(word, seq=7)
+    (True, False)
+    >>> words.abort(word, seq=7)
+    >>> words.is_set(word, seq=7), words.is_set(word, seq=8)
+    (True, False)
+    """
+
+    def __init__(self, array: Any, slot: int, lock: Any) -> None:
+        self._array = array
+        self._slot = slot
+        self._lock = lock
+        self._turn = 0
+        self._attach()
+
+    def _attach(self) -> None:
+        # A memoryview reads and writes a word faster than the ctypes array does.
+        self._view = memoryview(self._array).cast("B").cast("q")
+        self._claims = len(self._view) // 2
+
+    def __getstate__(self) -> Dict[str, Any]:  # only while a worker process is spawned
+        return {"_array": self._array, "_slot": self._slot, "_lock": self._lock, "_turn": self._turn}
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._attach()
+
+    # -- the parent's side ---------------------------------------------------------
+
+    def take(self) -> int:
+        """The word for the next job sent to this slot: the slot's ``DEPTH`` words in turn.
+
+        A slot holds at most ``DEPTH`` jobs at once, so two of them never share a word.
+        """
+        self._turn = (self._turn + 1) % DEPTH
+        return self._slot * DEPTH + self._turn
+
+    def abort(self, word: int, seq: int) -> None:
+        """Abort job ``seq``, which holds ``word``: its next ``is_aborted()`` returns ``True``."""
+        self._view[word] = seq
+
+    def recall(self, word: int, seq: int, *, abort_if_claimed: bool = True) -> bool:
+        """Take back job ``seq``, sent ahead; return whether its worker will never start it.
+
+        Unclaimed, the job's abort word is set, so the worker answers it
+        unrun. Claimed (it runs), the abort word is set only if
+        ``abort_if_claimed``. Call it with the scheduler's lock held.
+        """
+        if not self._lock.acquire(timeout=HANDOVER_WAIT):  # its worker died holding it
+            if abort_if_claimed:
+                self._view[word] = seq
+            return False
+        try:
+            claimed = self._view[self._claims + word] == seq
+            if abort_if_claimed or not claimed:
+                self._view[word] = seq
+            return not claimed
+        finally:
+            self._lock.release()
+
+    # -- the worker's side ---------------------------------------------------------
+
+    def claim(self, word: int, seq: int) -> bool:
+        """Claim job ``seq``, sent ahead, before starting it; ``False`` if the parent aborted it first."""
+        with self._lock:
+            if self._view[word] == seq:
+                return False
+            self._view[self._claims + word] = seq
+            return True
+
+    def is_set(self, word: int, seq: int) -> bool:
+        """Whether job ``seq``, holding ``word``, is aborted."""
+        return bool(self._view[word] == seq)
+
+    def probe(self, word: int, seq: int) -> Callable[[], bool]:
+        """``is_set(word, seq)`` as a closure: what a task's ``is_aborted()`` calls, one memory read."""
+        view = self._view
+
+        def probe() -> bool:
+            return bool(view[word] == seq)
+
+        return probe
