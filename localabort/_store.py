@@ -8,7 +8,10 @@ write (STARTED, progress, the task's return) can undo an abort.
 
 Each process gets its own SQLAlchemy engine, made on first use in that
 process: an engine inherited across ``fork`` is dropped unclosed, as
-SQLAlchemy's pooling guide says. SQLite runs in WAL mode (readers never
+SQLAlchemy's pooling guide says. That is one case of the package's rule:
+nothing module-level crosses ``fork()`` (``Store.open``'s cache may, as its
+handles make a new engine in each process; the executor and task
+registries are cleared by at-fork hooks in their modules). SQLite runs in WAL mode (readers never
 block the writer) with a long busy timeout, so concurrent writers wait
 instead of failing with "database is locked".
 

@@ -52,24 +52,30 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="localabort", description="Watch, abort and tidy the tasks of a localabort store.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    status = commands.add_parser("status", help="list tasks, newest first")
-    status.add_argument("store", help="the store: a SQLite file or an SQLAlchemy URL")
-    status.add_argument("--state", action="append", choices=sorted(ALL_STATES), help="only tasks in this state")
-    status.add_argument("--name", help="only tasks whose name contains this text")
-    status.add_argument("--limit", type=int, default=None, help="at most this many (table: 50 by default; 0: all)")
-    status.add_argument("--json", action="store_true", help="print a JSON array of objects, for scripts")
+    status_parser = commands.add_parser("status", help="list tasks, newest first")
+    status_parser.add_argument("store", help="the store: a SQLite file or an SQLAlchemy URL")
+    status_parser.add_argument("--state", action="append", choices=sorted(ALL_STATES), help="only tasks in this state")
+    status_parser.add_argument("--name", help="only tasks whose name contains this text")
+    status_parser.add_argument(
+        "--limit", type=int, default=None, help="at most this many (table: 50 by default; 0: all)"
+    )
+    status_parser.add_argument("--json", action="store_true", help="print a JSON array of objects, for scripts")
 
-    abort = commands.add_parser("abort", help="ask tasks to abort")
-    abort.add_argument("store", help="the store: a SQLite file or an SQLAlchemy URL")
-    abort.add_argument("task_ids", nargs="*", metavar="TASK_ID", help="the tasks to abort")
-    abort.add_argument("--all", action="store_true", help="every unfinished task in the store")
+    abort_parser = commands.add_parser("abort", help="ask tasks to abort")
+    abort_parser.add_argument("store", help="the store: a SQLite file or an SQLAlchemy URL")
+    abort_parser.add_argument("task_ids", nargs="*", metavar="TASK_ID", help="the tasks to abort")
+    abort_parser.add_argument("--all", action="store_true", help="every unfinished task in the store")
 
-    watch = commands.add_parser("watch", help="progress bars until every task finishes (Ctrl-C to stop watching)")
-    watch.add_argument("store", help="the store: a SQLite file or an SQLAlchemy URL")
+    watch_parser = commands.add_parser(
+        "watch", help="progress bars until every task finishes (Ctrl-C to stop watching)"
+    )
+    watch_parser.add_argument("store", help="the store: a SQLite file or an SQLAlchemy URL")
 
-    forget = commands.add_parser("forget", help="delete finished tasks older than an age")
-    forget.add_argument("store", help="the store: a SQLite file or an SQLAlchemy URL")
-    forget.add_argument("--older-than", type=_duration, required=True, metavar="AGE", help="30s, 15m, 12h, 7d ...")
+    forget_parser = commands.add_parser("forget", help="delete finished tasks older than an age")
+    forget_parser.add_argument("store", help="the store: a SQLite file or an SQLAlchemy URL")
+    forget_parser.add_argument(
+        "--older-than", type=_duration, required=True, metavar="AGE", help="30s, 15m, 12h, 7d ..."
+    )
     return parser
 
 
@@ -154,17 +160,17 @@ def abort(store: Store, args: argparse.Namespace) -> int:
         ids = store.request_abort_all()
         print(f"abort requested for {len(ids):,} unfinished task(s)")
         return 0
-    status = 0
+    exit_status = 0
     for task_id in args.task_ids:
         record = store.get(task_id)
         if record is None:
             print(f"localabort: no task {task_id} in {store.name}", file=sys.stderr)
-            status = 1
+            exit_status = 1
         elif store.request_abort(task_id):
             print(f"abort requested: {task_id} ({record.name}, {record.state})")
         else:
             print(f"not aborted: {task_id} had already finished ({record.state})")
-    return status
+    return exit_status
 
 
 def watch(store: Store, args: argparse.Namespace) -> int:
