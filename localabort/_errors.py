@@ -20,6 +20,7 @@ without breaking a store.
 from __future__ import annotations
 
 import concurrent.futures
+import copyreg
 from typing import Any, Optional
 
 __all__ = ["RemoteTraceback", "StoreError", "TaskAborted", "TimeLimitExceeded", "WorkerLost"]
@@ -44,6 +45,11 @@ class TaskAborted(concurrent.futures.CancelledError):
         super().__init__(*args)
         self.partial_result = partial_result
         self.task_id = task_id
+
+    def __reduce__(self) -> Any:
+        # Rebuilt without calling __init__ (a subclass's may take other arguments), through the
+        # class's own name: pickle writes ``copyreg.__newobj__`` as NEWOBJ, naming no helper.
+        return (copyreg.__newobj__, (type(self), *self.args), self.__dict__)  # type: ignore[attr-defined]
 
 
 class WorkerLost(Exception):

@@ -22,13 +22,12 @@ The actors, each in its module:
   unfinished jobs, what each worker slot holds, and the rows owed to the
   store, under one lock. Submit, abort, cancel and shutdown change it from
   user threads; the manager thread changes it for everything else.
-- The manager thread (``_manager``) loops: it waits on the wake pipe, the
-  pipes of busy workers and every worker's process sentinel; reads
-  replies; replaces dead workers (their job fails with ``WorkerLost``);
-  reads the store for aborts asked elsewhere; enforces time limits; sends
-  recorded jobs to idle workers, and to each busy worker the job it runs
-  next; then writes every changed row in one transaction, and only then
-  completes the futures of the finished jobs, so a final state is stored
+- The manager thread (``_manager``, whose docstring gives its loop step
+  by step) waits on the workers' pipes and process sentinels; reads
+  replies; replaces dead workers; reads the store for aborts asked
+  elsewhere; enforces time limits; sends recorded jobs to workers; and
+  writes changed rows in group commits, completing the futures of finished
+  jobs only after their rows are written, so a final state is stored
   before anyone sees it.
 - A worker slot (``_slot``) is one process and its pipe; the worker
   (``_worker``) runs one job at a time, in the order sent, and answers each
@@ -55,7 +54,21 @@ import threading
 import time
 import uuid
 import weakref
-from typing import Any, Callable, Deque, Dict, Iterable, Iterator, List, Literal, Optional, TextIO, Union
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Deque,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Literal,
+    Optional,
+    TextIO,
+    Union,
+    cast,
+)
 
 from . import _task
 from ._future import AbortableFuture
@@ -66,6 +79,9 @@ from ._scheduler import Scheduler
 from ._states import FAILURE
 from ._store import Store, StoreSpec
 from ._task import task_name
+
+if TYPE_CHECKING:
+    from ._slot import Context
 
 __all__ = ["Executor"]
 
@@ -111,6 +127,7 @@ class Executor(concurrent.futures.Executor):
             raise ValueError(f"max_workers must be at least 1, not {max_workers}")
         if mp_context is None or isinstance(mp_context, str):
             mp_context = multiprocessing.get_context(mp_context)
+        ctx = cast("Context", mp_context)
         self._tmpdir: Optional[str] = None
         if store is None:
             self._tmpdir = tempfile.mkdtemp(prefix="localabort-")
@@ -121,7 +138,7 @@ class Executor(concurrent.futures.Executor):
 
         self._max_workers = max_workers
         self._scheduler = Scheduler(self._store, self.id)
-        self._manager = Manager(self._scheduler, self._store, mp_context, max_workers, poll_interval, self._tmpdir)
+        self._manager = Manager(self._scheduler, self._store, ctx, max_workers, poll_interval, self._tmpdir)
         self._watched: Optional[List[AbortableFuture]] = None
         self._progress: Optional[threading.Thread] = None
         if progress:

@@ -3,21 +3,24 @@
 A job's *stage* is where it is in the executor; its *state* is the task
 state the store and the future show (``_states``)::
 
-    stage:  QUEUED --> SENT (ahead of a busy worker) --> RUNNING --> DONE
-               |            |                                        ^
-               +------------+---- aborted or cancelled unrun --------+
+    QUEUED  --> RUNNING   sent to an idle worker
+    QUEUED  --> SENT      sent ahead, to a busy worker, to run after its current job
+    SENT    --> RUNNING   its worker went on to it (having claimed it, see ``_words``)
+    SENT    --> QUEUED    its worker died before reaching it: it runs on another
+    QUEUED  --> DONE      aborted or cancelled while queued: it never runs
+    SENT    --> DONE      the same, when taken back before its worker claimed it
+    RUNNING --> DONE      its worker replied, or died
 """
 
 from __future__ import annotations
 
-import pickle
 import random
 import time
 import uuid
 from typing import TYPE_CHECKING, Any, List, Optional
 
 from ._future import AbortableFuture, Controller
-from ._outcome import load_outcome
+from ._outcome import dump, load_outcome
 from ._states import PENDING, SUCCESS, Progress
 
 if TYPE_CHECKING:
@@ -26,7 +29,6 @@ if TYPE_CHECKING:
 __all__ = ["DONE", "QUEUED", "RUNNING", "SENT", "Job", "completed", "new_id", "resolve"]
 
 QUEUED, SENT, RUNNING, DONE = "queued", "sent", "running", "done"
-PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
 class Job:
@@ -85,7 +87,7 @@ class Job:
         """Record the job's final state; ``exc``, if given, becomes its stored outcome."""
         self.stage, self.state, self.finished_at = DONE, state, time.time()
         if exc is not None:
-            self.result = pickle.dumps(exc, PROTOCOL)
+            self.result = dump(exc)
 
     def start_clock(self) -> None:
         """Start its time limits: from when a started worker has it, not from a worker's own start-up."""

@@ -1,46 +1,58 @@
 """The manager thread: it waits, reads the workers, keeps them alive, and writes the store.
 
 Decisions about jobs are the scheduler's (``_scheduler``); this thread
-does the waiting and the I/O around them. Its loop is described once, in
-``_executor``'s opening comment; in short, each ``_step``:
+does the waiting and the I/O around them. This is the one description of
+its loop (``_executor`` gives the overview). Each ``_step``:
 
 1. waits on the wake pipe, the pipes of busy workers and every worker's
-   process sentinel, or until the next abort poll, time limit or write;
-2. reads replies, and replaces dead workers;
-3. reads the store for aborts other processes asked for, while jobs run;
-4. enforces time limits;
-5. sends queued, recorded jobs to workers;
-6. writes every changed row in one transaction (group commit), then
-   completes the futures of finished jobs.
+   process sentinel, or until the next abort poll, time limit or write is
+   due (with no timeout only when no job is queued or running);
+2. reads replies, and replaces dead workers: a job a worker ran fails with
+   ``WorkerLost`` (``TimeLimitExceeded`` when the manager killed it for its
+   time limit, ABORTED when terminated), and the job sent ahead of it runs
+   on the replacement;
+3. while jobs run, reads the store for aborts other processes asked for,
+   every ``poll_interval``;
+4. enforces time limits: the soft one asks for an abort, the hard one
+   kills the worker;
+5. if an idle worker waits for a job whose row is not in the store yet,
+   writes first: a task never starts before the store knows it;
+6. sends recorded jobs to idle workers, and to each busy one the job it
+   runs next;
+7. writes every changed row in one transaction (group commit): at most
+   ``FLUSH_INTERVAL`` after the first change while workers are busy, at
+   once when none is; then completes the futures of the jobs that
+   finished, so a final state is stored before anyone sees it; then sends
+   what that write let start.
 
-User threads never wait for this thread except to shut down; they reach
-workers only through the abort words (``_words``).
+User threads wait for this thread only to shut down. They reach a worker
+through its abort words (``_words``), and kill workers through
+``terminate``.
 """
 
 from __future__ import annotations
 
 import multiprocessing.connection
 import os
-import pickle
 import shutil
 import threading
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
-from ._errors import TaskAborted, TimeLimitExceeded, WorkerLost
+from ._errors import TimeLimitExceeded, WorkerLost
 from ._jobs import DONE, Job, resolve
-from ._messages import Call, Ready, Reply, Report
-from ._outcome import within_limit
+from ._messages import Call, Message, Ready, Reply, Report, decode, encode
+from ._outcome import dump, terminated, within_limit
 from ._scheduler import Scheduler
 from ._slot import Slot
 from ._states import ABORTED, FAILURE
 from ._store import Store
 from ._words import allocate
 
-__all__ = ["Manager"]
+if TYPE_CHECKING:
+    from ._slot import Context
 
-_dumps = pickle.dumps
-_PROTOCOL = pickle.HIGHEST_PROTOCOL
+__all__ = ["Manager"]
 #: Seconds a changed row may wait for the next store write while workers are busy.
 FLUSH_INTERVAL = 0.002
 #: Workers in a row that may die before they start before the executor gives up.
@@ -51,7 +63,7 @@ class Manager:
     """The thread that drives the workers of one executor, deciding through its ``Scheduler``."""
 
     def __init__(
-        self, scheduler: Scheduler, store: Store, ctx: Any, max_workers: int, poll_interval: float,
+        self, scheduler: Scheduler, store: Store, ctx: Context, max_workers: int, poll_interval: float,
         tmpdir: Optional[str],
     ) -> None:  # fmt: skip
         self.scheduler = scheduler
@@ -70,13 +82,9 @@ class Manager:
 
     def terminate(self) -> None:
         """Kill every worker now (from a user thread); their tasks end ABORTED."""
-        scheduler = self.scheduler
-        with scheduler.lock:
-            scheduler.terminating = scheduler.shutting_down = True
-            slots = list(scheduler.slots)
-        for slot in slots:
+        for slot in self.scheduler.terminate():
             slot.kill()
-        scheduler.stopped.wait()
+        self.scheduler.stopped.wait()
 
     def _manage(self) -> None:
         try:
@@ -142,52 +150,48 @@ class Manager:
         return max(0.0, min(self._next_poll, soonest, self._flush_due) - time.monotonic())
 
     def _receive(self, slot: Slot, finished: List[Job]) -> None:
-        """Read every message the worker in ``slot`` has sent."""
-        try:
-            while True:
-                self._handle(slot, pickle.loads(slot.conn.recv_bytes()), finished)
-                if not slot.conn.poll():
-                    return
-        except (EOFError, OSError):
+        """Read every message the worker in ``slot`` has sent; replace it if its pipe broke."""
+        if not self._drain(slot, finished):
             self._replace(slot, finished)
 
-    def _handle(self, slot: Slot, message: Any, finished: List[Job]) -> None:
-        if type(message) is Ready:
+    def _drain(self, slot: Slot, finished: List[Job]) -> bool:
+        """Handle what the worker in ``slot`` has sent so far; ``False`` if its pipe broke."""
+        try:
+            while slot.conn.poll():
+                self._handle(slot, decode(slot.conn.recv_bytes()), finished)
+        except (EOFError, OSError):
+            return False
+        return True
+
+    def _handle(self, slot: Slot, message: Message, finished: List[Job]) -> None:
+        if isinstance(message, Ready):
             slot.ready = True
             self._start_failures = 0
             if slot.job is not None:  # sent before the worker had started: its clock starts now
                 slot.job.start_clock()
             return
         job = slot.job
-        if job is None or message.seq != job.seq:  # pragma: no cover - a message for no job
+        if job is None or not isinstance(message, (Report, Reply)) or message.seq != job.seq:  # pragma: no cover
             return
         if job.stage == DONE:  # recalled before its worker reached it: ended already
-            if type(message) is Reply:
+            if isinstance(message, Reply):
                 self.scheduler.promote(slot)
             return
-        if type(message) is Report:
+        if isinstance(message, Report):
             self.scheduler.report(job, (message.done, message.total))
-            return
-        reply: Reply = message
-        self.scheduler.promote(slot)
-        state, blob, tb = within_limit(reply.state, reply.blob, reply.traceback, f"{job.name} [{job.id}]")
-        self.scheduler.finish(job, state, blob, tb, reply.progress)
-        finished.append(job)
+        else:
+            self.scheduler.promote(slot)
+            state, blob, tb = within_limit(message.state, message.blob, message.traceback, f"{job.name} [{job.id}]")
+            self.scheduler.finish(job, state, blob, tb, message.progress)
+            finished.append(job)
 
     def _replace(self, slot: Slot, finished: List[Job]) -> None:
         """The worker in ``slot`` is gone: fail its job, requeue the one sent ahead, start a new worker."""
         scheduler = self.scheduler
-        try:
-            while slot.conn.poll():  # what it sent before it died
-                self._handle(slot, pickle.loads(slot.conn.recv_bytes()), finished)
-        except (EOFError, OSError):
-            pass
+        self._drain(slot, finished)  # what it sent before it died
         slot.reap(timeout=1.0)
-        job, ahead, slot.job, slot.next = slot.job, slot.next, None, None
-        if ahead is not None and ahead.stage != DONE and scheduler.requeue(ahead):  # never reached: run it again
-            finished.append(ahead)
-        if job is not None and job.stage == DONE:  # recalled unrun: ended already
-            job = None
+        job, ended = scheduler.vacate(slot)
+        finished += ended
         start_failure = None
         if not slot.ready and not scheduler.terminating:
             self._start_failures += 1
@@ -198,13 +202,13 @@ class Manager:
             )
         if job is not None:
             if scheduler.terminating:
-                state, exc = ABORTED, job.lost or TaskAborted(f"task {job.id} terminated", task_id=job.id)
+                state, exc = ABORTED, job.lost or terminated(job.id)
             else:
                 state = FAILURE
                 exc = job.lost or WorkerLost(
                     start_failure or f"the worker (pid {slot.pid}) running {job.name} [{job.id}] {slot.exit_reason()}"
                 )
-            scheduler.finish(job, state, _dumps(exc, _PROTOCOL), None, None)
+            scheduler.finish(job, state, dump(exc), None, None)
             finished.append(job)
         if self._start_failures >= MAX_START_FAILURES:
             raise RuntimeError(start_failure)
@@ -227,7 +231,7 @@ class Manager:
     def _send(calls: List[Tuple[Slot, Call]]) -> None:
         for slot, call in calls:
             try:
-                slot.send(_dumps(call, _PROTOCOL))
+                slot.send(encode(call))
             except OSError:  # the worker died; its sentinel says so next loop
                 pass
 

@@ -1,7 +1,8 @@
 """The messages between the parent and a worker, over the worker's own pipe.
 
-Each is a pickled named tuple (CPython's ``process.py`` names its
-``_CallItem`` and ``_ResultItem`` the same way)::
+Each is a named tuple (CPython's ``process.py`` names its ``_CallItem``
+and ``_ResultItem`` the same way), sent as ``encode`` makes it; the one
+message that is not is the empty one, which asks a worker to stop::
 
     parent --Call------------> worker    a job to run (any number, in order)
     parent --b""-------------> worker    stop (an empty message)
@@ -14,11 +15,15 @@ Aborts are not messages: they are shared-memory words (``_words``).
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+import pickle
+from typing import NamedTuple, Optional, Union
 
 from ._states import Progress
 
-__all__ = ["Call", "Ready", "Reply", "Report"]
+__all__ = ["STOP", "Call", "Message", "Ready", "Reply", "Report", "decode", "encode"]
+
+#: The message that asks a worker to exit.
+STOP = b""
 
 
 class Call(NamedTuple):
@@ -53,3 +58,17 @@ class Reply(NamedTuple):
     blob: bytes
     traceback: Optional[str]
     progress: Optional[Progress]
+
+
+Message = Union[Call, Ready, Report, Reply]
+
+
+def encode(message: Message) -> bytes:
+    """The bytes of ``message`` on the pipe."""
+    return pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+
+
+def decode(data: bytes) -> Message:
+    """The message ``data`` encodes (``STOP`` is checked for before)."""
+    message: Message = pickle.loads(data)
+    return message

@@ -2,14 +2,15 @@
 
 A run ends in a ``RunOutcome``: a final state, what ``run`` returned, the
 exception ``result()`` raises (``None`` for SUCCESS) and the child's
-traceback text. It crosses processes as one pickle, the *blob*: the return
-value for SUCCESS, else the exception (a ``TaskAborted`` carries the
-partial result). The worker, the Celery task and the store all use the
-functions below, so a blob is made, capped and read one way::
+traceback text. It crosses processes and sits in the store as one pickle,
+the *blob*: the return value for SUCCESS, else the exception (a
+``TaskAborted`` carries the partial result). Every blob is made, capped and
+read by the functions below::
 
-    run in the child --> pickle_outcome() --> blob --> within_limit() --> store / reply
-                                                           |
-    result(), get() <-- load_outcome() <-------------------+
+    a worker:            pickle_outcome() --> blob --Reply--> (manager) within_limit() --> store
+    a Celery task:       pickle_outcome() --> blob --> store
+    ended without a run: dump(unrun(...)), dump(terminated(...)), dump(WorkerLost(...)) --> store
+    result(), get():     load_outcome(blob)
 
 The outcome *rules* (which state a run ends in) are ``_task.execute``'s.
 """
@@ -22,7 +23,16 @@ from typing import Any, NamedTuple, Optional, Tuple
 from ._errors import RemoteTraceback, TaskAborted
 from ._states import ABORTED, FAILURE, SUCCESS
 
-__all__ = ["MAX_RESULT_BYTES", "RunOutcome", "load_outcome", "pickle_outcome", "unrun", "within_limit"]
+__all__ = [
+    "MAX_RESULT_BYTES",
+    "RunOutcome",
+    "dump",
+    "load_outcome",
+    "pickle_outcome",
+    "terminated",
+    "unrun",
+    "within_limit",
+]
 
 #: The largest pickled result the store takes (SQLite refuses values over 10**9 bytes).
 MAX_RESULT_BYTES = 900_000_000
@@ -38,9 +48,19 @@ class RunOutcome(NamedTuple):
     traceback: Optional[str] = None
 
 
+def dump(obj: Any) -> bytes:
+    """The blob of a value or an exception."""
+    return pickle.dumps(obj, PROTOCOL)
+
+
 def unrun(task_id: str, how: str = "aborted") -> TaskAborted:
     """The error of a task that ended before it started: ``how`` is "aborted" or "cancelled"."""
     return TaskAborted(f"task {task_id} {how} before it started", task_id=task_id)
+
+
+def terminated(task_id: str) -> TaskAborted:
+    """The error of a task whose worker was killed on purpose (a second Ctrl-C, ``terminate``)."""
+    return TaskAborted(f"task {task_id} terminated", task_id=task_id)
 
 
 def pickle_outcome(outcome: RunOutcome, name: str) -> Tuple[RunOutcome, bytes]:
@@ -52,7 +72,7 @@ def pickle_outcome(outcome: RunOutcome, name: str) -> Tuple[RunOutcome, bytes]:
     """
     state, result, exc, tb = outcome
     try:
-        return outcome, pickle.dumps(result if state == SUCCESS else exc, PROTOCOL)
+        return outcome, dump(result if state == SUCCESS else exc)
     except Exception as err:
         if state == SUCCESS:
             state = FAILURE
@@ -61,7 +81,7 @@ def pickle_outcome(outcome: RunOutcome, name: str) -> Tuple[RunOutcome, bytes]:
             )
         else:
             exc = _picklable_copy(exc, err)
-        return RunOutcome(state, None, exc, tb), pickle.dumps(exc, PROTOCOL)
+        return RunOutcome(state, None, exc, tb), dump(exc)
 
 
 def _picklable_copy(exc: Any, err: Exception) -> BaseException:
@@ -79,7 +99,7 @@ def within_limit(state: str, blob: bytes, tb: Optional[str], what: str) -> Tuple
         f"the result of {what} is {len(blob):,} bytes pickled, over the store's limit of "
         f"{MAX_RESULT_BYTES:,}; write large data to a file and return its path"
     )
-    return FAILURE, pickle.dumps(error, PROTOCOL), None
+    return FAILURE, dump(error), None
 
 
 def load_outcome(state: str, blob: Optional[bytes], tb: Optional[str]) -> Tuple[Any, Optional[BaseException]]:

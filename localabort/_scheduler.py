@@ -2,38 +2,49 @@
 
 Every change to which job is where happens here, under one lock, whichever
 thread makes it: user threads submit, abort, cancel and shut down; the
-manager thread (``_manager``) dispatches, promotes, finishes, requeues and
-drains rows for the store. The manager does the waiting and the I/O
+manager thread (``_manager``) dispatches, promotes, finishes, vacates the
+slots of dead workers and drains rows for the store. The manager does the waiting and the I/O
 (pipes, processes, the store) and calls in here for each decision.
 
-What guards what:
+What guards what. The manager thread also reads some fields without the
+lock, as hints: a queue it sees empty while a submit lands costs nothing,
+as the submit writes to the wake pipe after it queues.
 
-=====================================  ============  =========================================
-field                                  guarded by    written by
-=====================================  ============  =========================================
-``queue``, ``jobs``                    ``lock``      user threads (submit, abort, cancel,
-                                                     shutdown) and the manager (dispatch,
-                                                     requeue, finish)
-a job's ``stage``, ``state``, ``slot``,  ``lock``      both, as above
-``word``, ``abort_requested``
-``slot.job``, ``slot.next``            ``lock``      the manager (dispatch, promote); user
-                                                     threads read them through ``job.slot``
-``dirty``, ``abort_rows``              ``lock``      both; the manager drains them
-``shutting_down``, ``terminating``,    ``lock``      user threads; the manager on failure
-``broken``, ``wake_pending``
-a running job's ``progress``,          none          the manager only, before the job is DONE
-``result``, ``traceback``, deadlines
-``slots`` (the list)                   none          the manager only (it replaces dead
-                                                     workers); ``Manager.terminate`` copies it
-                                                     under ``lock``
-abort and claim words                  see           ``_words``; ``recall`` is called with
-                                       ``_words``    ``lock`` held: lock order is ``lock``,
-                                                     then a slot's hand-over lock
-=====================================  ============  =========================================
+=========================================  ============  ======================================
+field                                      guarded by    written by
+=========================================  ============  ======================================
+``queue``, ``jobs``                        ``lock``      user threads (submit, abort, cancel,
+                                                         shutdown) and the manager (dispatch,
+                                                         vacate, finish)
+a job's ``stage``, ``state``, ``slot``,    ``lock``      both, as above; ``take`` turns a
+``word``, ``abort_requested``, its                       slot's words only under ``lock``
+future's ``_task_state``
+``slot.job``, ``slot.next``                ``lock``      the manager (dispatch, promote,
+                                                         vacate); user threads read a job's
+                                                         slot only to reach its words
+``dirty``                                  ``lock``      both; the manager drains it
+``abort_rows``                             ``lock``      the manager (soft limits); it drains it
+``shutting_down``                          ``lock``      user threads (shutdown, terminate);
+                                                         the manager when it breaks
+``terminating``                            ``lock``      ``terminate``, from a user thread
+``broken``                                 ``lock``      the manager, when it breaks
+``wake_pending``                           ``lock``      submit sets it; the manager clears it
+                                                         when it drains the wake pipe
+a job's ``progress``, ``result``,          none          the manager only, before the job is
+``traceback``, ``lost``, deadlines,                      DONE (and ``end``, under ``lock``)
+``recorded``; ``slot.ready``
+``slots`` (the list)                       none          the manager only (it replaces dead
+                                                         workers); ``terminate`` copies it
+                                                         under ``lock``
+abort and claim words                      see           ``_words``; ``recall`` is called with
+                                           ``_words``    ``lock`` held: lock order is ``lock``,
+                                                         then a slot's hand-over lock
+=========================================  ============  ======================================
 
-A user thread holds ``lock`` only to change state; it writes the rows it
-must record at once (an abort request, a job ended unrun) to the store
-after releasing it. ``Scheduler`` is also the futures' ``Controller``:
+A user thread holds ``lock`` only to change state (and, to take back a job
+sent ahead, for up to ``HANDOVER_WAIT`` if its worker died holding the
+hand-over lock); it writes the rows it must record at once (an abort
+request, a job ended unrun) to the store after releasing it. ``Scheduler`` is also the futures' ``Controller``:
 ``future.abort()`` and ``future.cancel()`` land here.
 """
 
@@ -54,7 +65,7 @@ from ._messages import Call
 from ._outcome import unrun
 from ._schema import task_row
 from ._slot import Slot
-from ._states import ABORTED, FAILURE, STARTED
+from ._states import ABORTED, FAILURE, STARTED, Progress
 from ._store import Store
 
 __all__ = ["Scheduler"]
@@ -163,6 +174,12 @@ class Scheduler:
         _notify_cancelled(future)
         return True
 
+    def terminate(self) -> List[Slot]:
+        """Stop for good: no job starts or restarts from now on. Returns the slots, for their workers to be killed."""
+        with self.lock:
+            self.terminating = self.shutting_down = True
+            return list(self.slots)
+
     def wake(self) -> None:
         os.write(self.wake_w, b"\0")
 
@@ -197,8 +214,11 @@ class Scheduler:
                 if not job.future.running():  # a job sent again after its worker died is running already
                     job.future.set_running_or_notify_cancel()
                 assert job.blob is not None
-                ahead = job.stage == SENT
-                calls.append((slot, Call(job.seq, job.word, ahead, job.id, job.name, job.blob, job.chunked)))
+                call = Call(
+                    seq=job.seq, word=job.word, ahead=job.stage == SENT, task_id=job.id, name=job.name,
+                    blob=job.blob, chunked=job.chunked,
+                )  # fmt: skip
+                calls.append((slot, call))
         return calls
 
     def promote(self, slot: Slot) -> None:
@@ -208,12 +228,12 @@ class Scheduler:
             if slot.job is not None and slot.job.stage != DONE:
                 self._start(slot.job)
 
-    def report(self, job: Job, progress: Tuple[float, Optional[float]]) -> None:
+    def report(self, job: Job, progress: Progress) -> None:
         job.progress = job.future._task_progress = progress
         with self.lock:
             self.dirty[job.id] = job
 
-    def finish(self, job: Job, state: str, blob: bytes, tb: Optional[str], progress: Any) -> None:
+    def finish(self, job: Job, state: str, blob: bytes, tb: Optional[str], progress: Optional[Progress]) -> None:
         """``job`` ended in ``state``; its row goes to the store with the next write."""
         with self.lock:
             job.end(state)
@@ -223,19 +243,26 @@ class Scheduler:
             self.jobs.pop(job.id, None)
             self.dirty[job.id] = job
 
-    def requeue(self, job: Job) -> bool:
-        """A job sent to a worker that died before reaching it: queue it first again; or, if aborted, end it.
+    def vacate(self, slot: Slot) -> Tuple[Optional[Job], List[Job]]:
+        """The worker in ``slot`` is gone: empty the slot; return its running job, and the jobs ended here.
 
-        Returns whether it ended.
+        The job sent ahead, never reached, is queued first again, to run on
+        another worker; or, if it was aborted (or the pool terminates), it
+        ends ABORTED unrun. The running job is returned for the manager to
+        fail, unless it had ended already (taken back unrun).
         """
+        ended: List[Job] = []
         with self.lock:
-            if self.terminating or job.abort_requested:
-                self._end_unrun(job, "aborted")
-                self.dirty[job.id] = job
-                return True
-            job.stage, job.slot = QUEUED, None
-            self.queue.appendleft(job)
-            return False
+            job, ahead, slot.job, slot.next = slot.job, slot.next, None, None
+            if ahead is not None and ahead.stage != DONE:
+                if self.terminating or ahead.abort_requested:
+                    self._end_unrun(ahead, "aborted")
+                    self.dirty[ahead.id] = ahead
+                    ended.append(ahead)
+                else:
+                    ahead.stage, ahead.slot = QUEUED, None
+                    self.queue.appendleft(ahead)
+        return (None if job is None or job.stage == DONE else job), ended
 
     def aborted_elsewhere(self, ids: List[str]) -> List[Job]:
         """Honour aborts other processes recorded in the store; return the jobs that ended unrun."""

@@ -12,13 +12,20 @@ from __future__ import annotations
 
 import multiprocessing.connection
 import signal
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Optional, Union
 
+from ._messages import STOP
 from ._words import AbortWords
 from ._worker import worker_main
 
 if TYPE_CHECKING:
+    from multiprocessing.context import DefaultContext, ForkContext, ForkServerContext, SpawnContext
+
     from ._jobs import Job
+    from ._words import Array
+
+    #: A ``multiprocessing`` context: what ``multiprocessing.get_context()`` returns.
+    Context = Union[DefaultContext, ForkContext, ForkServerContext, SpawnContext]
 
 __all__ = ["STOP_GRACE", "Slot"]
 
@@ -29,7 +36,7 @@ STOP_GRACE = 5.0
 class Slot:
     """One worker process and what the parent knows of it."""
 
-    def __init__(self, ctx: Any, index: int, array: Any, store_url: str) -> None:
+    def __init__(self, ctx: Context, index: int, array: Array, store_url: str) -> None:
         self.index = index
         self.job: Optional[Job] = None  # the job its worker runs, or None when idle
         self.next: Optional[Job] = None  # the job sent ahead, to run after it, or None
@@ -58,7 +65,7 @@ class Slot:
     def ask_to_stop(self) -> None:
         """Ask an idle worker to exit; ignore a worker that is already gone."""
         try:
-            self.conn.send_bytes(b"")
+            self.conn.send_bytes(STOP)
         except OSError:
             pass
 

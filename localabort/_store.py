@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import pickle
 import socket
 import time
 from typing import Any, ClassVar, Dict, Iterable, Iterator, List, Optional, Sequence, Union
@@ -33,7 +32,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from ._errors import StoreError, WorkerLost
-from ._outcome import unrun
+from ._outcome import dump, unrun
 from ._procs import alive, process_start
 from ._schema import SCHEMA_VERSION, STATE_COLUMNS, UNFINISHED, TaskRecord, executors, meta, metadata, record, tasks
 from ._states import ABORTED, FAILURE, PENDING, READY_STATES, STARTED, SUCCESS, UNREADY_STATES
@@ -250,7 +249,7 @@ class Store:
         task, the database lets exactly one win, so a task aborted before
         it was claimed never runs.
         """
-        blob = pickle.dumps(unrun(task_id))
+        blob = dump(unrun(task_id))
         with self._begin() as conn:
             ended = conn.execute(
                 tasks.update()
@@ -278,14 +277,14 @@ class Store:
             ).rowcount
             query = sa.select(tasks.c.state, tasks.c.abort_requested_at, tasks.c.submitted_at, tasks.c.key)
             found = conn.execute(query.where(tasks.c.id == task_id)).first()
-        if found is None:
+        if found is None:  # sent without a PENDING row (Celery's send_task, say): record it now
             self.write([row])
             return STARTED
         row.update(submitted_at=found.submitted_at, key=found.key)
-        if claimed or (found.state == STARTED and found.abort_requested_at is None):
+        if claimed or (found.state == STARTED and found.abort_requested_at is None):  # or delivered again (acks_late)
             return STARTED
         if found.state in UNREADY_STATES:  # aborted in the instant before the claim
-            self.write([dict(row, state=ABORTED, finished_at=time.time(), result=pickle.dumps(unrun(task_id)))])
+            self.write([dict(row, state=ABORTED, finished_at=time.time(), result=dump(unrun(task_id)))])
             return ABORTED
         return str(found.state)
 
@@ -321,7 +320,7 @@ class Store:
                 conn.execute(
                     tasks.update()
                     .where(tasks.c.executor_id == row.id, sa.text(UNFINISHED))
-                    .values(state=FAILURE, finished_at=now, result=pickle.dumps(lost))
+                    .values(state=FAILURE, finished_at=now, result=dump(lost))
                 )
                 conn.execute(executors.update().where(executors.c.id == row.id).values(closed_at=now))
         return [row.id for row in dead]

@@ -21,11 +21,14 @@ from __future__ import annotations
 import os
 import time
 import traceback
-from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Dict, List, Optional, Tuple
 
 from ._errors import TaskAborted
 from ._outcome import RunOutcome
 from ._states import ABORTED, FAILURE, SUCCESS, Progress
+
+if TYPE_CHECKING:
+    from ._executor import Executor
 
 __all__ = ["AbortableTask", "checkpoint", "current_task", "is_aborted"]
 
@@ -34,19 +37,18 @@ PROGRESS_INTERVAL = 0.1
 
 _current: Optional[AbortableTask] = None
 #: Executors whose ``with`` block is active, innermost last (see ``delay``).
-_active_executors: List[Any] = []
+_active_executors: List[Executor] = []
 
 
 def _forget_after_fork() -> None:
-    """Nothing module-level crosses ``fork()``: a forked child runs no task and is inside no ``with`` block.
+    """Nothing module-level crosses ``fork()``: a forked child is inside no ``with Executor`` block.
 
-    Left alone, ``delay()`` in a worker forked while a ``with Executor`` block
-    was active would submit to the parent's executor, of which the child
-    holds a dead copy, and ``progress()`` in a process a task forked would
-    write into its worker's pipe.
+    Left alone, ``delay()`` in a worker forked while such a block was active
+    (a replacement worker) would submit to the dead copy of the parent's
+    executor instead of raising its clear error. ``_current`` is kept: a
+    process a task forks works for that task, and its ``is_aborted()``
+    reads the same shared word.
     """
-    global _current
-    _current = None
     _active_executors.clear()
 
 
@@ -252,14 +254,16 @@ def checkpoint() -> None:
         task.checkpoint()
 
 
-def task_name(task: Any) -> str:
-    """The name a task is stored and shown under: its module and qualified name.
+def task_name(task: Any, *, short: bool = False) -> str:
+    """The name a task is stored under: its module and qualified name; ``short``: the latter alone.
 
     >>> from collections import OrderedDict
-    >>> task_name(OrderedDict)
-    'collections.OrderedDict'
+    >>> task_name(OrderedDict), task_name(OrderedDict, short=True)
+    ('collections.OrderedDict', 'OrderedDict')
     """
     qualname = getattr(task, "__qualname__", None) or type(task).__qualname__
+    if short:
+        return str(qualname)
     module = getattr(task, "__module__", None) or type(task).__module__
     return f"{module}.{qualname}"
 

@@ -48,14 +48,24 @@ worker takes only the hand-over lock, and holds it for two word accesses.
 
 The hand-over wait. A worker killed while it holds the hand-over lock would
 leave the parent waiting for ever. The parent waits ``HANDOVER_WAIT``
-seconds at most, then takes the job as started (it sets the abort word, so
-a job that does run stops at its first check), and the job ends with its
-dead worker's slot.
+seconds at most, then takes the job as claimed: for an abort it sets the
+abort word, so a job that does run stops at its first check; a shutdown
+that cancels leaves it be. If the worker is dead, the manager finds out
+from its process sentinel, and a job it never reached runs on the
+replacement worker, or ends ABORTED unrun if it was aborted.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict
+import ctypes
+from typing import TYPE_CHECKING, Any, Callable, Dict
+
+if TYPE_CHECKING:
+    from multiprocessing.context import BaseContext
+    from multiprocessing.synchronize import Lock
+
+    #: The shared array: every slot's abort words, then as many claim words.
+    Array = ctypes.Array[ctypes.c_int64]
 
 __all__ = ["DEPTH", "HANDOVER_WAIT", "AbortWords", "allocate"]
 
@@ -65,9 +75,9 @@ DEPTH = 2
 HANDOVER_WAIT = 1.0
 
 
-def allocate(ctx: Any, slots: int) -> Any:
+def allocate(ctx: BaseContext, slots: int) -> Array:
     """The shared array for ``slots`` worker slots: their abort words, then as many claim words."""
-    return ctx.RawArray("q", 2 * slots * DEPTH)
+    return ctx.RawArray(ctypes.c_int64, 2 * slots * DEPTH)
 
 
 class AbortWords:
@@ -91,7 +101,7 @@ class AbortWords:
     (True, False)
     """
 
-    def __init__(self, array: Any, slot: int, lock: Any) -> None:
+    def __init__(self, array: Array, slot: int, lock: Lock) -> None:
         self._array = array
         self._slot = slot
         self._lock = lock
@@ -133,12 +143,12 @@ class AbortWords:
         """
         if not self._lock.acquire(timeout=HANDOVER_WAIT):  # its worker died holding it
             if abort_if_claimed:
-                self._view[word] = seq
+                self.abort(word, seq)
             return False
         try:
             claimed = self._view[self._claims + word] == seq
             if abort_if_claimed or not claimed:
-                self._view[word] = seq
+                self.abort(word, seq)
             return not claimed
         finally:
             self._lock.release()
@@ -148,7 +158,7 @@ class AbortWords:
     def claim(self, word: int, seq: int) -> bool:
         """Claim job ``seq``, sent ahead, before starting it; ``False`` if the parent aborted it first."""
         with self._lock:
-            if self._view[word] == seq:
+            if self.is_set(word, seq):
                 return False
             self._view[self._claims + word] = seq
             return True

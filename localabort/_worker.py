@@ -22,19 +22,16 @@ import os
 import pickle
 import signal
 import threading
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
-from ._messages import Call, Ready, Reply, Report
+from ._messages import STOP, Call, Ready, Reply, Report, decode, encode
 from ._outcome import RunOutcome, pickle_outcome, unrun
-from ._states import ABORTED, FAILURE
+from ._states import ABORTED, FAILURE, Progress
 from ._store import Store
 from ._task import AbortableTask, execute, execute_chunk, task_name
 from ._words import AbortWords
 
 __all__ = ["worker_main"]
-
-_dumps = pickle.dumps
-_PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
 def worker_main(conn: multiprocessing.connection.Connection, words: AbortWords, store_url: str) -> None:
@@ -42,15 +39,15 @@ def worker_main(conn: multiprocessing.connection.Connection, words: AbortWords, 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with_parent()
     lookup = _Lookup(store_url)
-    conn.send_bytes(_dumps(Ready(), _PROTOCOL))
+    conn.send_bytes(encode(Ready()))
     while True:
         try:
             message = conn.recv_bytes()
         except (EOFError, OSError):
             return
-        if not message:
+        if message == STOP:
             return
-        call: Call = pickle.loads(message)
+        call = cast(Call, decode(message))  # the parent sends only calls
         if call.ahead and not words.claim(call.word, call.seq):
             conn.send_bytes(_reply(call.seq, RunOutcome(ABORTED, None, unrun(call.task_id)), None, call.name))
         else:
@@ -69,7 +66,7 @@ def _run(conn: Any, words: AbortWords, call: Call, lookup: _Lookup) -> bytes:
         return _reply(seq, RunOutcome(FAILURE, None, RuntimeError(msg)), None, call.name)
 
     def report(done: float, total: Optional[float]) -> None:
-        conn.send_bytes(_dumps(Report(seq, done, total), _PROTOCOL))
+        conn.send_bytes(encode(Report(seq=seq, done=done, total=total)))
 
     task: Any = target
     if isinstance(target, type) and issubclass(target, AbortableTask):
@@ -83,9 +80,9 @@ def _run(conn: Any, words: AbortWords, call: Call, lookup: _Lookup) -> bytes:
     return _reply(seq, outcome, progress, task_name(target))
 
 
-def _reply(seq: int, outcome: RunOutcome, progress: Any, name: str) -> bytes:
+def _reply(seq: int, outcome: RunOutcome, progress: Optional[Progress], name: str) -> bytes:
     (state, _, _, tb), blob = pickle_outcome(outcome, name)
-    return _dumps(Reply(seq, state, blob, tb, progress), _PROTOCOL)
+    return encode(Reply(seq=seq, state=state, blob=blob, traceback=tb, progress=progress))
 
 
 class _Lookup:

@@ -35,8 +35,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
-from ._states import ABORTED, SUCCESS
-from ._task import AbortableTask, execute
+from ._states import ABORTED, SUCCESS, Progress
+from ._task import AbortableTask, execute, task_name
 
 __all__ = ["Outcome", "assert_aborts_cleanly", "assert_checks_every", "assert_stops_within", "run_inline"]
 
@@ -57,7 +57,7 @@ class Outcome:
     result: Any
     exception: Optional[BaseException]
     checks: int
-    progress: Optional[Tuple[float, Optional[float]]]
+    progress: Optional[Progress]
 
 
 def run_inline(task: Any, *args: Any, abort_after: Optional[int] = None, **kwargs: Any) -> Outcome:
@@ -101,10 +101,6 @@ def _run(
     return Outcome(state, value, exc, checks, progress)
 
 
-def _name(task: Any) -> str:
-    return getattr(task, "__qualname__", None) or repr(task)
-
-
 def _ended(outcome: Outcome) -> str:
     return outcome.state + (f" ({type(outcome.exception).__name__}: {outcome.exception})" if outcome.exception else "")
 
@@ -126,12 +122,13 @@ def assert_checks_every(units: float, task: Any, *args: Any, **kwargs: Any) -> O
     AssertionError: Lazy ran from progress 0 to 11 without checking is_aborted(); it should check at least every 10
     """
     __tracebackhide__ = True
+    name = task_name(task, short=True)
     events: List[Tuple[str, float]] = []
     outcome = _run(task, args, kwargs, None, events)
     if outcome.state != SUCCESS:
-        raise AssertionError(f"{_name(task)} ended {_ended(outcome)} when run without an abort")
+        raise AssertionError(f"{name} ended {_ended(outcome)} when run without an abort")
     if not any(kind == "progress" for kind, _ in events):
-        raise AssertionError(f"{_name(task)} reported no progress(), so its checks cannot be measured against it")
+        raise AssertionError(f"{name} reported no progress(), so its checks cannot be measured against it")
     checked_at = current = 0.0
     for kind, value in events:
         if kind == "check":
@@ -140,7 +137,7 @@ def assert_checks_every(units: float, task: Any, *args: Any, **kwargs: Any) -> O
             current = value
             if current - checked_at > units:
                 raise AssertionError(
-                    f"{_name(task)} ran from progress {checked_at:g} to {current:g} without checking "
+                    f"{name} ran from progress {checked_at:g} to {current:g} without checking "
                     f"is_aborted(); it should check at least every {units:g}"
                 )
     return outcome
@@ -163,20 +160,19 @@ def assert_stops_within(checks: int, task: Any, *args: Any, abort_after: int = 1
     AssertionError: Stubborn checked is_aborted() 4 more times after the abort at check 1; expected at most 2
     """
     __tracebackhide__ = True
+    name = task_name(task, short=True)
     outcome = _run(task, args, kwargs, abort_after, None)
     if outcome.checks < abort_after:
         raise AssertionError(
-            f"{_name(task)} ended after {outcome.checks} checks, before the abort at check {abort_after}; "
+            f"{name} ended after {outcome.checks} checks, before the abort at check {abort_after}; "
             "pass a smaller abort_after"
         )
     if outcome.state != ABORTED:
-        raise AssertionError(
-            f"{_name(task)} ended {_ended(outcome)}, not ABORTED, after the abort at check {abort_after}"
-        )
+        raise AssertionError(f"{name} ended {_ended(outcome)}, not ABORTED, after the abort at check {abort_after}")
     extra = outcome.checks - abort_after
     if extra > checks:
         raise AssertionError(
-            f"{_name(task)} checked is_aborted() {extra} more times after the abort at check {abort_after}; "
+            f"{name} checked is_aborted() {extra} more times after the abort at check {abort_after}; "
             f"expected at most {checks}"
         )
     return outcome
@@ -202,15 +198,16 @@ def assert_aborts_cleanly(task: Any, *args: Any, max_points: int = 200, **kwargs
     AssertionError: with an abort at check 4 of 10, Fragile ended FAILURE (ZeroDivisionError: division by zero)
     """
     __tracebackhide__ = True
+    name = task_name(task, short=True)
     clean = _run(task, args, kwargs, None, None)
     if clean.state != SUCCESS:
-        raise AssertionError(f"{_name(task)} ended {_ended(clean)} when run without an abort")
+        raise AssertionError(f"{name} ended {_ended(clean)} when run without an abort")
     total = clean.checks
     if total == 0:
-        raise AssertionError(f"{_name(task)} never checked is_aborted(), so nothing can abort it")
+        raise AssertionError(f"{name} never checked is_aborted(), so nothing can abort it")
     step = max(1.0, (total - 1) / max(1, max_points - 1))
     points = sorted({min(total, 1 + round(i * step)) for i in range(min(total, max_points))} | {total})
     for point in points:
         outcome = _run(task, args, kwargs, point, None)
         if outcome.state != ABORTED:
-            raise AssertionError(f"with an abort at check {point} of {total}, {_name(task)} ended {_ended(outcome)}")
+            raise AssertionError(f"with an abort at check {point} of {total}, {name} ended {_ended(outcome)}")

@@ -88,3 +88,19 @@ def test_pickles_written_by_localabort_0_1_still_load():
     assert type(aborted) is localabort.TaskAborted
     assert (aborted.args, aborted.partial_result, aborted.task_id) == (("task t1 aborted",), [1, 2], "t1")
     assert type(pickle.loads(old_lost)) is localabort.WorkerLost
+
+
+class GaveUp(localabort.TaskAborted):
+    """A user's subclass whose __init__ takes other arguments than its args."""
+
+    def __init__(self, reason, attempts):
+        super().__init__(f"gave up: {reason}", partial_result=attempts)
+        self.attempts = attempts
+
+
+def test_a_subclass_of_task_aborted_pickles_whatever_its_init_takes():
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(GaveUp("flaky", 3), pickle.HIGHEST_PROTOCOL))
+    assert type(copy) is GaveUp and copy.args == ("gave up: flaky",)
+    assert (copy.partial_result, copy.attempts) == (3, 3)
