@@ -47,8 +47,11 @@ import collections
 import concurrent.futures
 import itertools
 import multiprocessing
+import multiprocessing.context
 import os
 import pickle
+import signal
+import sys
 import tempfile
 import threading
 import time
@@ -65,7 +68,9 @@ from typing import (
     List,
     Literal,
     Optional,
+    Set,
     TextIO,
+    Tuple,
     Union,
     cast,
 )
@@ -79,6 +84,7 @@ from ._scheduler import Scheduler
 from ._states import FAILURE
 from ._store import Store, StoreSpec
 from ._task import task_name
+from ._worker import WorkerSetup
 
 if TYPE_CHECKING:
     from ._slot import Context
@@ -96,7 +102,17 @@ class Executor(concurrent.futures.Executor):
             created (0600) if missing and reused if present.
         mp_context: a ``multiprocessing`` context or start method name
             (``"fork"``, ``"spawn"``, ``"forkserver"``); default the
-            platform's default.
+            platform's default (``"spawn"`` with ``max_tasks_per_child``).
+        initializer: called as ``initializer(*initargs)`` in each worker
+            when it starts (open a connection, load a model), as in
+            ``ProcessPoolExecutor``. If it raises, the executor stops:
+            every unfinished task fails with ``BrokenExecutor`` naming the
+            error, and ``submit`` raises it, since every worker would fail
+            the same way.
+        initargs: the arguments of ``initializer``.
+        max_tasks_per_child: a worker exits after this many tasks and a
+            new one takes its place (for code that leaks). Not with
+            ``fork``, as in ``ProcessPoolExecutor``.
         progress: ``True`` shows progress bars on stderr (the batch, and
             each running task's ``self.progress()``) until shutdown; a
             file object shows them there instead.
@@ -118,15 +134,32 @@ class Executor(concurrent.futures.Executor):
         store: Optional[StoreSpec] = None,
         *,
         mp_context: Union[str, Any, None] = None,
+        initializer: Optional[Callable[..., object]] = None,
+        initargs: Tuple[Any, ...] = (),
+        max_tasks_per_child: Optional[int] = None,
         progress: Union[bool, TextIO] = False,
         poll_interval: float = 0.02,
     ) -> None:
         if max_workers is None:
             max_workers = os.cpu_count() or 1
         if max_workers <= 0:
-            raise ValueError(f"max_workers must be at least 1, not {max_workers}")
+            raise ValueError(f"max_workers must be greater than 0, not {max_workers}")
+        if isinstance(store, multiprocessing.context.BaseContext):
+            raise TypeError("Executor's second argument is the store; pass the context as mp_context=...")
+        if initializer is not None and not callable(initializer):
+            raise TypeError(f"initializer must be a callable, not {initializer!r}")
+        if max_tasks_per_child is not None:
+            if not isinstance(max_tasks_per_child, int) or max_tasks_per_child <= 0:
+                raise ValueError(f"max_tasks_per_child must be an integer greater than 0, not {max_tasks_per_child!r}")
+            if mp_context is None:
+                mp_context = "spawn"
         if mp_context is None or isinstance(mp_context, str):
             mp_context = multiprocessing.get_context(mp_context)
+        if max_tasks_per_child is not None and mp_context.get_start_method(allow_none=False) == "fork":
+            raise ValueError(
+                "max_tasks_per_child is incompatible with the 'fork' start method (each new worker would be "
+                "forked from a process running threads); pass mp_context='spawn' or 'forkserver'"
+            )
         ctx = cast("Context", mp_context)
         self._tmpdir: Optional[str] = None
         if store is None:
@@ -137,18 +170,22 @@ class Executor(concurrent.futures.Executor):
         self._store.register_executor(self.id)
 
         self._max_workers = max_workers
-        self._scheduler = Scheduler(self._store, self.id)
-        self._manager = Manager(self._scheduler, self._store, ctx, max_workers, poll_interval, self._tmpdir)
+        self._scheduler = Scheduler(self._store, self.id, max_tasks_per_child)
+        worker = WorkerSetup(self._store.url, initializer, tuple(initargs), max_tasks_per_child)
+        self._manager = Manager(self._scheduler, self._store, ctx, max_workers, worker, poll_interval, self._tmpdir)
         self._watched: Optional[List[AbortableFuture]] = None
         self._progress: Optional[threading.Thread] = None
         if progress:
             self._watched = []
             out = None if progress is True else progress
-            self._progress = threading.Thread(
-                target=self._show_progress, args=(out,), name="localabort-progress", daemon=True
-            )
+            # Not a daemon: the interpreter's exit waits for its last drawing, after the exit hook below.
+            self._progress = threading.Thread(target=self._show_progress, args=(out,), name="localabort-progress")
             self._progress.start()
-        _live_executors.add(self)
+        _running.add(self._manager)
+        self._manager.start(on_stop=_running.discard)
+        # Dropped without shutdown() (``del ex``, a function that returns): finish the work, then stop,
+        # as ProcessPoolExecutor does. At the interpreter's exit the exit hook decides instead.
+        weakref.finalize(self, self._scheduler.abandon).atexit = False
 
     @property
     def store(self) -> Store:
@@ -205,8 +242,7 @@ class Executor(concurrent.futures.Executor):
         time_limit: Optional[float],
         chunked: bool = False,
     ) -> AbortableFuture:
-        if self._scheduler.shutting_down:
-            raise RuntimeError("cannot submit to an Executor after shutdown()")
+        self._scheduler.check_open()
         if not callable(task):
             raise TypeError(f"{task!r} is not a task: pass an AbortableTask subclass or a callable")
         name = task_name(task)
@@ -337,6 +373,34 @@ class Executor(concurrent.futures.Executor):
         if wait and self._progress is not None:
             self._progress.join()
 
+    def terminate_workers(self) -> None:
+        """Stop every worker now with SIGTERM, as Python 3.14's ``ProcessPoolExecutor`` does; then shut down.
+
+        Unlike a crash, nothing is lost track of: every task not finished
+        ends ABORTED (``TaskAborted`` says it was terminated), in the store
+        too, before this returns. No task can be submitted afterwards.
+
+        >>> import time
+        >>> ex = Executor(max_workers=1)
+        >>> fut = ex.submit(time.sleep, 60)
+        >>> ex.terminate_workers()
+        >>> fut.state
+        'ABORTED'
+        """
+        self._manager.terminate(signal.SIGTERM)
+
+    def kill_workers(self) -> None:
+        """``terminate_workers``, with SIGKILL: for workers that ignore or handle SIGTERM.
+
+        >>> ex = Executor(max_workers=1)
+        >>> ex.kill_workers()
+        >>> ex.submit(abs, -1)
+        Traceback (most recent call last):
+        ...
+        RuntimeError: cannot schedule new futures after shutdown
+        """
+        self._manager.terminate(signal.SIGKILL)
+
     def __enter__(self) -> Executor:
         _task._active_executors.append(self)
         return self
@@ -367,20 +431,41 @@ def _chunks(items: Iterator[Any], size: int) -> Iterator[List[Any]]:
         yield chunk
 
 
-_live_executors: weakref.WeakSet[Executor] = weakref.WeakSet()
+#: Managers whose thread runs, whether or not their ``Executor`` still exists: the exit hook waits for them.
+_running: Set[Manager] = set()
 # Nothing module-level crosses fork(): a forked child (a replacement worker, or any process the user
 # forks) owns none of these executors, and must not wait for their manager threads at its exit.
-os.register_at_fork(after_in_child=_live_executors.clear)
+os.register_at_fork(after_in_child=_running.clear)
 
 
-def _shutdown_live_executors() -> None:
-    for executor in list(_live_executors):
-        executor.shutdown(wait=True)
+def _finish_at_exit() -> None:
+    """At the interpreter's exit, wait for every executor's work, as ``ProcessPoolExecutor`` does.
+
+    With or without a ``with`` block, Ctrl-C takes the same graceful path
+    as in ``Executor.__exit__`` (see ``_interrupt``): if the script died of
+    a ``KeyboardInterrupt`` (its traceback already printed), or one arrives
+    while this waits, every task is aborted and waited for; one more
+    Ctrl-C terminates the workers. Every task ends in a stored final state.
+    """
+    died = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+    for manager in list(_running):
+        scheduler = manager.scheduler
+
+        def wait(scheduler: Scheduler = scheduler) -> None:
+            scheduler.shutdown(wait=True, cancel_futures=False)
+
+        if isinstance(died, KeyboardInterrupt):
+            stop_on_interrupt(scheduler.abort_all, wait, manager.terminate)
+            continue
+        try:
+            wait()
+        except KeyboardInterrupt:
+            stop_on_interrupt(scheduler.abort_all, wait, manager.terminate)
 
 
 if hasattr(threading, "_register_atexit"):  # run before the interpreter joins threads, as CPython's own pools do
-    threading._register_atexit(_shutdown_live_executors)
+    threading._register_atexit(_finish_at_exit)
 else:  # pragma: no cover
     import atexit
 
-    atexit.register(_shutdown_live_executors)
+    atexit.register(_finish_at_exit)

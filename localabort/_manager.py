@@ -35,19 +35,21 @@ from __future__ import annotations
 import multiprocessing.connection
 import os
 import shutil
+import signal
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from ._errors import TimeLimitExceeded, WorkerLost
 from ._jobs import DONE, Job, resolve
-from ._messages import Call, Message, Ready, Reply, Report, decode, encode
+from ._messages import Call, InitFailed, Message, Ready, Reply, Report, decode, encode
 from ._outcome import dump, terminated, within_limit
 from ._scheduler import Scheduler
 from ._slot import Slot
 from ._states import ABORTED, FAILURE
 from ._store import Store
 from ._words import allocate
+from ._worker import WorkerSetup
 
 if TYPE_CHECKING:
     from ._slot import Context
@@ -63,8 +65,8 @@ class Manager:
     """The thread that drives the workers of one executor, deciding through its ``Scheduler``."""
 
     def __init__(
-        self, scheduler: Scheduler, store: Store, ctx: Context, max_workers: int, poll_interval: float,
-        tmpdir: Optional[str],
+        self, scheduler: Scheduler, store: Store, ctx: Context, max_workers: int, worker: WorkerSetup,
+        poll_interval: float, tmpdir: Optional[str],
     ) -> None:  # fmt: skip
         self.scheduler = scheduler
         self.ctx = ctx
@@ -72,18 +74,24 @@ class Manager:
         self._poll_interval = poll_interval
         self._tmpdir = tmpdir
         self._array = allocate(ctx, max_workers)
-        scheduler.slots[:] = [Slot(ctx, i, self._array, store.url) for i in range(max_workers)]
+        self._worker = worker
+        scheduler.slots[:] = [Slot(ctx, i, self._array, worker) for i in range(max_workers)]
         self._next_poll = 0.0
         self._start_failures = 0
         self._unresolved: List[Job] = []  # finished jobs waiting for the next store write
         self._flush_due = float("inf")
+        self._on_stop: Callable[[Manager], None] = lambda manager: None
         self._thread = threading.Thread(target=self._manage, name="localabort-manager", daemon=True)
+
+    def start(self, on_stop: Callable[[Manager], None]) -> None:
+        """Start the thread; it calls ``on_stop(self)`` as it ends."""
+        self._on_stop = on_stop
         self._thread.start()
 
-    def terminate(self) -> None:
-        """Kill every worker now (from a user thread); their tasks end ABORTED."""
+    def terminate(self, sig: int = signal.SIGKILL) -> None:
+        """Kill every worker now with ``sig`` (from a user thread) and wait; their tasks end ABORTED."""
         for slot in self.scheduler.terminate():
-            slot.kill()
+            slot.kill(sig)
         self.scheduler.stopped.wait()
 
     def _manage(self) -> None:
@@ -97,6 +105,7 @@ class Manager:
                 self._close()
             finally:
                 self.scheduler.stopped.set()
+                self._on_stop(self)
 
     def _step(self) -> bool:
         """One loop of the manager; returns ``False`` when it is time to stop."""
@@ -170,6 +179,8 @@ class Manager:
             if slot.job is not None:  # sent before the worker had started: its clock starts now
                 slot.job.start_clock()
             return
+        if isinstance(message, InitFailed):  # every worker would fail the same way: stop, as ProcessPoolExecutor does
+            raise RuntimeError(f"the initializer {message.initializer} raised in a worker: {message.error}")
         job = slot.job
         if job is None or not isinstance(message, (Report, Reply)) or message.seq != job.seq:  # pragma: no cover
             return
@@ -213,7 +224,7 @@ class Manager:
         if self._start_failures >= MAX_START_FAILURES:
             raise RuntimeError(start_failure)
         if scheduler.keeps_workers():
-            scheduler.slots[slot.index] = Slot(self.ctx, slot.index, self._array, self._store.url)
+            scheduler.slots[slot.index] = Slot(self.ctx, slot.index, self._array, self._worker)
 
     def _enforce_limits(self, now: float) -> None:
         for slot in self.scheduler.slots:

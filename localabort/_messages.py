@@ -6,7 +6,8 @@ message that is not is the empty one, which asks a worker to stop::
 
     parent --Call------------> worker    a job to run (any number, in order)
     parent --b""-------------> worker    stop (an empty message)
-    parent <--Ready----------- worker    once, when it has started (imports done)
+    parent <--Ready----------- worker    once, when it has started (imports and initializer done)
+    parent <--InitFailed------ worker    instead, if the executor's initializer raised; it exits
     parent <--Report---------- worker    progress of the job it runs (throttled, any number)
     parent <--Reply----------- worker    exactly one per Call, in order
 
@@ -20,7 +21,7 @@ from typing import NamedTuple, Optional, Union
 
 from ._states import Progress
 
-__all__ = ["STOP", "Call", "Message", "Ready", "Reply", "Report", "decode", "encode"]
+__all__ = ["STOP", "Call", "InitFailed", "Message", "Ready", "Reply", "Report", "decode", "encode"]
 
 #: The message that asks a worker to exit.
 STOP = b""
@@ -42,6 +43,13 @@ class Ready(NamedTuple):
     """The worker has started: imports are done, and its time limits may start counting."""
 
 
+class InitFailed(NamedTuple):
+    """The executor's initializer raised in the worker, which exits."""
+
+    initializer: str
+    error: str
+
+
 class Report(NamedTuple):
     """Progress of job ``seq``, as its task last reported it."""
 
@@ -60,7 +68,7 @@ class Reply(NamedTuple):
     progress: Optional[Progress]
 
 
-Message = Union[Call, Ready, Report, Reply]
+Message = Union[Call, Ready, InitFailed, Report, Reply]
 
 
 def encode(message: Message) -> bytes:

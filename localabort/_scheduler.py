@@ -27,6 +27,8 @@ future's ``_task_state``
 ``shutting_down``                          ``lock``      user threads (shutdown, terminate);
                                                          the manager when it breaks
 ``terminating``                            ``lock``      ``terminate``, from a user thread
+``abandoned``                              none          ``abandon`` (the garbage collector);
+                                                         the manager reads it when woken
 ``broken``                                 ``lock``      the manager, when it breaks
 ``wake_pending``                           ``lock``      submit sets it; the manager clears it
                                                          when it drains the wake pipe
@@ -76,9 +78,10 @@ Row = Dict[str, Any]
 class Scheduler:
     """The queue, the unfinished jobs, the slots' jobs and the rows owed to the store, under one lock."""
 
-    def __init__(self, store: Store, executor_id: str) -> None:
+    def __init__(self, store: Store, executor_id: str, max_tasks_per_child: Optional[int] = None) -> None:
         self.store = store
         self.executor_id = executor_id
+        self.max_tasks_per_child = max_tasks_per_child
         self.lock = threading.Lock()
         self.queue: Deque[Job] = collections.deque()
         self.jobs: Dict[str, Job] = {}  # every job not finished, by id
@@ -91,6 +94,7 @@ class Scheduler:
         self.wake_r, self.wake_w = os.pipe()  # a byte here wakes the manager
         weakref.finalize(self, _close_fds, self.wake_r, self.wake_w)
         self.wake_pending = False
+        self.abandoned = False  # its Executor was collected without shutdown()
         # Waiters wait on this, not on Thread.join(): up to Python 3.11, a join() interrupted by
         # Ctrl-C marks the thread stopped while it runs, and every later join() returns at once.
         self.stopped = threading.Event()
@@ -102,16 +106,20 @@ class Scheduler:
 
     def enqueue(self, job: Job) -> None:
         with self.lock:
-            if self.shutting_down:
-                raise RuntimeError("cannot submit to an Executor after shutdown()")
-            if self.broken is not None:
-                raise concurrent.futures.BrokenExecutor(f"the executor stopped: {self.broken}")
+            self.check_open()
             self.queue.append(job)
             self.jobs[job.id] = job
             self.dirty[job.id] = job
             wake, self.wake_pending = not self.wake_pending, True
         if wake:
             self.wake()
+
+    def check_open(self) -> None:
+        """Raise what ``submit`` raises once the executor stopped: broken, or shut down."""
+        if self.broken is not None:
+            raise concurrent.futures.BrokenExecutor(f"the executor stopped: {self.broken}")
+        if self.shutting_down:
+            raise RuntimeError("cannot schedule new futures after shutdown")
 
     def fail_now(self, job: Job) -> None:
         """Store and resolve a job that ended before it was queued."""
@@ -175,20 +183,41 @@ class Scheduler:
         return True
 
     def terminate(self) -> List[Slot]:
-        """Stop for good: no job starts or restarts from now on. Returns the slots, for their workers to be killed."""
+        """Stop for good: queued jobs end ABORTED and no job starts from now on; return the slots to kill.
+
+        Jobs the workers hold end ABORTED when their workers are found dead.
+        """
         with self.lock:
             self.terminating = self.shutting_down = True
-            return list(self.slots)
+            ended = [job for job in self.jobs.values() if job.stage == QUEUED]
+            for job in ended:
+                self._end_unrun(job, "terminated")
+            rows = [self.row(job) for job in ended]
+            slots = list(self.slots)
+        self.store.write(rows)
+        resolve(ended)
+        return slots
 
     def wake(self) -> None:
         os.write(self.wake_w, b"\0")
 
     # -- the manager thread -----------------------------------------------------------
 
+    def abandon(self) -> None:
+        """The executor was collected without ``shutdown()``: finish the work, then stop.
+
+        Called by the garbage collector, in any thread, perhaps one that holds
+        ``lock``: so it takes no lock, and the manager shuts down when woken.
+        """
+        self.abandoned = True
+        self.wake()
+
     def woken(self) -> None:
         """The manager drained the wake pipe: the next submit must write a byte again."""
         with self.lock:
             self.wake_pending = False
+            if self.abandoned:
+                self.shutting_down = True
 
     def dispatch(self) -> List[Tuple[Slot, Call]]:
         """Give recorded queued jobs to idle workers, then to busy ones as their next; return the calls."""
@@ -196,14 +225,16 @@ class Scheduler:
         with self.lock:
             if self.terminating:
                 return []
+            budget = self.max_tasks_per_child
             for slot in [s for s in self.slots if s.job is None] + [s for s in self.slots if s.job is not None]:
-                if slot.next is not None:
+                if slot.next is not None or (budget is not None and slot.calls >= budget):  # full, or will exit
                     continue
                 head = self._queue_head()
                 if head is None or not head.recorded:  # not recorded: wait for the next write
                     break
                 job = self.queue.popleft()
                 job.slot, job.word = slot, slot.words.take()
+                slot.calls += 1
                 if slot.job is None:
                     slot.job = job
                     self._start(job)
@@ -256,7 +287,7 @@ class Scheduler:
             job, ahead, slot.job, slot.next = slot.job, slot.next, None, None
             if ahead is not None and ahead.stage != DONE:
                 if self.terminating or ahead.abort_requested:
-                    self._end_unrun(ahead, "aborted")
+                    self._end_unrun(ahead, "terminated" if self.terminating else "aborted")
                     self.dirty[ahead.id] = ahead
                     ended.append(ahead)
                 else:

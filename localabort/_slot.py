@@ -11,12 +11,13 @@ A slot holds up to ``DEPTH`` jobs: ``job``, the one its worker runs, and
 from __future__ import annotations
 
 import multiprocessing.connection
+import os
 import signal
 from typing import TYPE_CHECKING, Optional, Union
 
 from ._messages import STOP
 from ._words import AbortWords
-from ._worker import worker_main
+from ._worker import WorkerSetup, worker_main
 
 if TYPE_CHECKING:
     from multiprocessing.context import DefaultContext, ForkContext, ForkServerContext, SpawnContext
@@ -36,16 +37,17 @@ STOP_GRACE = 5.0
 class Slot:
     """One worker process and what the parent knows of it."""
 
-    def __init__(self, ctx: Context, index: int, array: Array, store_url: str) -> None:
+    def __init__(self, ctx: Context, index: int, array: Array, setup: WorkerSetup) -> None:
         self.index = index
         self.job: Optional[Job] = None  # the job its worker runs, or None when idle
         self.next: Optional[Job] = None  # the job sent ahead, to run after it, or None
         self.words = AbortWords(array, index, ctx.Lock())
         self.ready = False  # the worker said it has started
+        self.calls = 0  # jobs sent to this worker (it exits after max_tasks_per_child)
         parent_end, child_end = ctx.Pipe(duplex=True)
         self.process = ctx.Process(
             target=worker_main,
-            args=(child_end, self.words, store_url),
+            args=(child_end, self.words, setup),
             name=f"localabort-worker-{index}",
             daemon=False,
         )
@@ -69,10 +71,14 @@ class Slot:
         except OSError:
             pass
 
-    def kill(self) -> None:
-        """Terminate the worker at once (SIGKILL)."""
-        if self.process.is_alive():
-            self.process.kill()
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Stop the worker at once with ``sig``; ignore a worker that is already gone."""
+        pid = self.process.pid
+        if pid is not None and self.process.is_alive():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
 
     def reap(self, timeout: float = STOP_GRACE) -> None:
         """Wait for the process to exit (killing it after ``timeout``) and close the pipe."""

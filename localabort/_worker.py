@@ -16,31 +16,50 @@ closes or sends the empty message, and exits at once if its parent dies.
 
 from __future__ import annotations
 
+import itertools
+import logging
 import multiprocessing
 import multiprocessing.connection
 import os
 import pickle
 import signal
 import threading
-from typing import Any, Optional, cast
+from typing import Any, Callable, NamedTuple, Optional, Tuple, cast
 
-from ._messages import STOP, Call, Ready, Reply, Report, decode, encode
+from ._messages import STOP, Call, InitFailed, Ready, Reply, Report, decode, encode
 from ._outcome import RunOutcome, pickle_outcome, unrun
 from ._states import ABORTED, FAILURE, Progress
 from ._store import Store
 from ._task import AbortableTask, execute, execute_chunk, task_name
 from ._words import AbortWords
 
-__all__ = ["worker_main"]
+__all__ = ["WorkerSetup", "worker_main"]
 
 
-def worker_main(conn: multiprocessing.connection.Connection, words: AbortWords, store_url: str) -> None:
-    """Serve jobs from ``conn`` until it closes or sends the empty message."""
+class WorkerSetup(NamedTuple):
+    """What every worker of an executor starts with."""
+
+    store_url: str
+    initializer: Optional[Callable[..., object]] = None
+    initargs: Tuple[Any, ...] = ()
+    max_tasks: Optional[int] = None  # exit after answering this many calls
+
+
+def worker_main(conn: multiprocessing.connection.Connection, words: AbortWords, setup: WorkerSetup) -> None:
+    """Serve jobs from ``conn`` until it closes, sends the empty message, or ``max_tasks`` are done."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _exit_with_parent()
-    lookup = _Lookup(store_url)
+    if setup.initializer is not None:
+        try:
+            setup.initializer(*setup.initargs)
+        except BaseException as exc:
+            # As ProcessPoolExecutor does, on the logger its users configure.
+            logging.getLogger("concurrent.futures").critical("Exception in initializer:", exc_info=True)
+            conn.send_bytes(encode(InitFailed(task_name(setup.initializer), f"{type(exc).__name__}: {exc}")))
+            return
+    lookup = _Lookup(setup.store_url)
     conn.send_bytes(encode(Ready()))
-    while True:
+    for _ in itertools.count() if setup.max_tasks is None else range(setup.max_tasks):
         try:
             message = conn.recv_bytes()
         except (EOFError, OSError):

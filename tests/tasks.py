@@ -206,3 +206,21 @@ def die_now():
 
 def return_zero():
     return 0
+
+
+_initialized = None
+
+
+def remember(value):
+    """An executor initializer: what every task of that worker sees."""
+    global _initialized
+    _initialized = value
+
+
+def remembered():
+    return _initialized, os.getpid()
+
+
+def refuse_to_start():
+    """An executor initializer that fails."""
+    raise ValueError("no connection to the database")

@@ -27,7 +27,7 @@ from localabort import (
 from localabort._store import Store
 
 from . import tasks
-from .conftest import pool, started, wait_for
+from .conftest import ROOT, pool, started, wait_for
 
 
 def stored(executor, future):
@@ -163,6 +163,89 @@ def test_a_process_forked_beside_a_live_executor_exits(store_path):
         child.join(30)
         assert child.exitcode == 0
         assert ex.submit(tasks.add, 1, 1).result(timeout=30) == 2
+
+
+# -- what ProcessPoolExecutor users bring -----------------------------------------
+
+
+def test_initializer_runs_in_every_worker_before_its_tasks(start_method, store_path):
+    with Executor(2, store_path, mp_context=start_method, initializer=tasks.remember, initargs=("ready",)) as ex:
+        seen = [f.result(timeout=30) for f in [ex.submit(tasks.remembered) for _ in range(6)]]
+    assert {value for value, _ in seen} == {"ready"}
+
+
+def test_a_failing_initializer_stops_the_executor(start_method, store_path):
+    """As in ProcessPoolExecutor: every worker would fail the same way, so the executor breaks."""
+    ex = Executor(2, store_path, mp_context=start_method, initializer=tasks.refuse_to_start)
+    broken = "refuse_to_start raised in a worker: ValueError: no connection"
+    try:
+        future = ex.submit(tasks.add, 1, 1)
+    except concurrent.futures.BrokenExecutor as exc:  # broken already: the initializer was quick
+        assert broken in str(exc)
+    else:
+        with pytest.raises(concurrent.futures.BrokenExecutor, match=broken):
+            future.result(timeout=60)
+        assert future.state == FAILURE and ex.store.get(future.id).state == FAILURE
+    wait_for(lambda: ex._scheduler.broken is not None, what="the executor to break")
+    with pytest.raises(concurrent.futures.BrokenExecutor, match=broken):
+        ex.submit(tasks.add, 1, 1)
+    ex.shutdown()
+
+
+@pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
+def test_max_tasks_per_child_replaces_each_worker_after_that_many_tasks(start_method, store_path):
+    with Executor(1, store_path, mp_context=start_method, max_tasks_per_child=2) as ex:
+        pids = [ex.submit(os.getpid).result(timeout=30) for _ in range(5)]
+        futures = [ex.submit(tasks.add, i, 1) for i in range(7)]  # also when they queue up, sent ahead or not
+        assert [f.result(timeout=60) for f in futures] == list(range(1, 8))
+    assert pids[0] == pids[1] != pids[2] == pids[3] != pids[4]
+
+
+def test_max_tasks_per_child_as_in_process_pool_executor(store_path):
+    with pytest.raises(ValueError, match="incompatible with the 'fork' start method"):
+        Executor(1, store_path, mp_context="fork", max_tasks_per_child=3)
+    with pytest.raises(ValueError, match="greater than 0"):
+        Executor(1, store_path, max_tasks_per_child=0)
+    ex = Executor(1, store_path, max_tasks_per_child=3)
+    assert ex._manager.ctx.get_start_method() == "spawn"  # the default becomes spawn, as there
+    ex.shutdown()
+
+
+def test_constructor_errors_name_the_fix(store_path):
+    with pytest.raises(ValueError, match="max_workers must be greater than 0"):
+        Executor(0, store_path)
+    with pytest.raises(TypeError, match="second argument is the store; pass the context as mp_context"):
+        Executor(1, multiprocessing.get_context("spawn"))
+
+
+@pytest.mark.parametrize("how", ["terminate_workers", "kill_workers"])
+def test_terminate_and_kill_workers_end_every_task_aborted(start_method, store_path, how):
+    ex = Executor(2, store_path, mp_context=start_method)
+    running = [ex.submit(tasks.Deaf, 30) for _ in range(2)]
+    queued = [ex.submit(tasks.Deaf, 30) for _ in range(3)]
+    wait_for(lambda: all(started(f) for f in running), what="the tasks to start")
+    getattr(ex, how)()
+    for future in running + queued:
+        with pytest.raises(TaskAborted, match="terminated"):
+            future.result(timeout=0)
+    assert {r.state for r in ex.store.tasks([f.id for f in running + queued])} == {ABORTED}
+    assert all(not slot.process.is_alive() for slot in ex._scheduler.slots)
+    with pytest.raises(RuntimeError, match="after shutdown"):
+        ex.submit(tasks.add, 1, 1)
+
+
+@pytest.mark.parametrize("how", ["del", "nowait"])
+def test_an_executor_left_without_shutdown_finishes_its_work_and_lets_the_script_exit(start_method, tmp_path, how):
+    store = str(tmp_path / "s.sqlite")
+    script = str(ROOT / "tests" / "scripts" / "dropped.py")
+    done = subprocess.run(
+        [sys.executable, script, store, start_method, how], capture_output=True, text=True, timeout=90,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert all(os.path.exists(f"{store}.{i}") for i in range(4))
+    assert {r.state for r in Store.open(store).tasks()} == {SUCCESS}
 
 
 # -- futures, the store, and the standard API ----------------------------------

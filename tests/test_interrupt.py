@@ -36,9 +36,15 @@ def assert_interrupted_cleanly(rc, stderr, store, ids):
     assert {r.state for r in Store.open(store).tasks(ids)} == {ABORTED}
 
 
+@pytest.fixture(params=["with", "bare"])
+def style(request):
+    """A script with a ``with Executor(...)`` block, or without one (the exit hook then decides)."""
+    return request.param
+
+
 @pytest.mark.parametrize("target", ["group", "main only"])
-def test_ctrl_c_aborts_gracefully(start_batch, start_method, store_path, target):
-    proc, info = start_batch(store_path, start_method, "Ticker")
+def test_ctrl_c_aborts_gracefully(start_batch, start_method, store_path, target, style):
+    proc, info = start_batch(store_path, start_method, "Ticker", style=style)
     start = time.monotonic()
     os.killpg(proc.pid, signal.SIGINT) if target == "group" else os.kill(proc.pid, signal.SIGINT)
     rc, stderr = finish(proc)
@@ -48,8 +54,8 @@ def test_ctrl_c_aborts_gracefully(start_batch, start_method, store_path, target)
     assert sum(r.started_at is None for r in records) == 4  # the pending ones never started
 
 
-def test_second_ctrl_c_terminates_tasks_that_ignore_the_abort(start_batch, start_method, store_path):
-    proc, info = start_batch(store_path, start_method, "Deaf")
+def test_second_ctrl_c_terminates_tasks_that_ignore_the_abort(start_batch, start_method, store_path, style):
+    proc, info = start_batch(store_path, start_method, "Deaf", style=style)
     os.killpg(proc.pid, signal.SIGINT)
     store = Store.open(store_path)
     # The first Ctrl-C ended the four pending tasks; the two running ones ignore the abort.

@@ -1,8 +1,10 @@
 """A batch script as a user writes one; the fault tests run it in its own process group.
 
-Usage: batch.py STORE START_METHOD TASK [SECONDS]. TASK is a class of
-tests.tasks. It prints one JSON line once the first two tasks run (their
-worker pids and every task id), then waits on every result.
+Usage: batch.py STORE START_METHOD TASK [SECONDS [STYLE]]. TASK is a class
+of tests.tasks. It prints one JSON line once the first two tasks run (their
+worker pids and every task id), then waits on every result. STYLE "with"
+(the default) runs it in a ``with Executor(...)`` block; "bare" without
+one, as people write ``ProcessPoolExecutor`` scripts too.
 """
 
 import json
@@ -20,16 +22,25 @@ def main():
     signal.signal(signal.SIGINT, signal.default_int_handler)
     store, start_method, task_name = sys.argv[1:4]
     seconds = float(sys.argv[4]) if len(sys.argv) > 4 else 30.0
+    style = sys.argv[5] if len(sys.argv) > 5 else "with"
     task = getattr(tasks, task_name)
 
-    with Executor(max_workers=2, store=store, mp_context=start_method) as ex:
-        futures = [ex.submit(task, seconds) for _ in range(6)]
-        while not all(f.progress for f in futures[:2]):
-            time.sleep(0.005)
-        pids = [slot.pid for slot in ex._scheduler.slots]
-        print(json.dumps({"pid": os.getpid(), "workers": pids, "ids": [f.id for f in futures]}), flush=True)
-        for f in futures:
-            f.result()
+    ex = Executor(max_workers=2, store=store, mp_context=start_method)
+    if style == "with":
+        with ex:
+            run(ex, task, seconds)
+    else:
+        run(ex, task, seconds)
+
+
+def run(ex, task, seconds):
+    futures = [ex.submit(task, seconds) for _ in range(6)]
+    while not all(f.progress for f in futures[:2]):
+        time.sleep(0.005)
+    pids = [slot.pid for slot in ex._scheduler.slots]
+    print(json.dumps({"pid": os.getpid(), "workers": pids, "ids": [f.id for f in futures]}), flush=True)
+    for f in futures:
+        f.result()
 
 
 if __name__ == "__main__":

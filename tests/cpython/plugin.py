@@ -1,0 +1,95 @@
+"""Run CPython's own ``test_concurrent_futures`` process-pool tests against ``localabort.Executor``.
+
+A pytest plugin (``-p tests.cpython.plugin``), used by ``nox -s cpython``.
+It changes two things, and nothing else:
+
+- the executor the test mixins build: the fork, spawn and forkserver
+  mixins get ``executor_type = localabort.Executor``;
+- the import line of the scripts some tests run in a child interpreter
+  (``from concurrent.futures import Executor``, built from the executor
+  type's name), which becomes ``from localabort import Executor``.
+
+Tests that cannot pass on purpose are listed in ``expected.py`` with the
+reason, and are marked here: tests that read CPython's private attributes,
+and tests of behaviour where localabort differs by design.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Any, List
+
+import pytest
+
+import localabort
+
+from .expected import DIFFERENT, PRIVATE
+
+#: Where the mixins live: a package from Python 3.12, one module before.
+MIXIN_MODULES = ("test.test_concurrent_futures.util", "test.test_concurrent_futures")
+#: Modules whose tests run scripts in a child interpreter.
+SCRIPT_MODULES = ("test.test_concurrent_futures.test_shutdown", "test.test_concurrent_futures")
+MIXINS = ("ProcessPoolForkMixin", "ProcessPoolSpawnMixin", "ProcessPoolForkserverMixin")
+
+
+def _mixin_module() -> Any:
+    for name in MIXIN_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(module, MIXINS[0]):
+            return module
+    raise pytest.UsageError(f"Python {sys.version.split()[0]} ships no test.test_concurrent_futures")
+
+
+def _child_scripts_import_localabort(module: Any) -> None:
+    real = module.assert_python_ok
+
+    def assert_python_ok(*args: Any, **kwargs: Any) -> Any:
+        args = tuple(
+            a.replace("from concurrent.futures import Executor", "from localabort import Executor")
+            if isinstance(a, str)
+            else a
+            for a in args
+        )
+        return real(*args, **kwargs)
+
+    module.assert_python_ok = assert_python_ok
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    mixins = _mixin_module()
+    for name in MIXINS:
+        getattr(mixins, name).executor_type = localabort.Executor
+    for name in SCRIPT_MODULES:
+        module = sys.modules.get(name) or _try_import(name)
+        if module is not None and hasattr(module, "assert_python_ok"):
+            _child_scripts_import_localabort(module)
+
+
+def _try_import(name: str) -> Any:
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def _listed(item: pytest.Item, table: dict) -> Any:
+    """The reason ``item`` is listed in ``table`` (keys: ``Class.test`` or ``test``, start method stripped)."""
+    cls = item.cls.__name__ if item.cls is not None else ""
+    for method in ("Fork", "Forkserver", "Spawn"):
+        cls = cls.replace(f"ProcessPool{method}", "ProcessPool")
+    return table.get(f"{cls}.{item.name}") or table.get(item.name)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
+    for item in items:
+        reason = _listed(item, PRIVATE)
+        if reason:
+            item.add_marker(pytest.mark.skip(reason=f"reads CPython's internals: {reason}"))
+            continue
+        reason = _listed(item, DIFFERENT)
+        if reason:
+            item.add_marker(pytest.mark.xfail(reason=f"differs on purpose: {reason}", strict=True))
