@@ -41,6 +41,32 @@ def docs(session: nox.Session) -> None:
     session.run("mkdocs", "build", "--strict", "--site-dir", "site", env={"NO_MKDOCS_2_WARNING": "1"})
 
 
+@nox.session(python=PYTHONS)
+def cpython(session: nox.Session) -> None:
+    """Run CPython's own test_concurrent_futures process-pool tests against localabort.Executor.
+
+    On each installed Python that ships its ``test`` package (pyenv builds do; some
+    distributions strip it, and then the session says so and skips). The plugin
+    tests/cpython/plugin.py changes only the executor the tests' mixins build;
+    tests/cpython/expected.py lists, with reasons, the tests that cannot pass.
+    ``-- --ppe`` runs the same files on ProcessPoolExecutor itself, for comparison.
+    """
+    found = session.run(
+        "python", "-c", "import importlib.util as u; print(u.find_spec('test.test_concurrent_futures') is not None)",
+        silent=True,
+    )  # fmt: skip
+    if "True" not in str(found):
+        session.skip(f"Python {session.python} ships no test.test_concurrent_futures")
+    session.install("-e", ".[test]")
+    ppe = "--ppe" in session.posargs
+    args = [a for a in session.posargs if a != "--ppe"]
+    plugin = [] if ppe else ["-p", "tests.cpython.plugin"]
+    session.run(
+        "python", "-m", "pytest", "--pyargs", "test.test_concurrent_futures", *plugin, "-k", "ProcessPool",
+        "-p", "no:localabort", "--timeout", "300", "-o", "addopts=", "-o", "filterwarnings=", "-q", *args,
+    )  # fmt: skip
+
+
 #: Each benchmark script, and whether it takes ``--quick``.
 BENCHMARKS = {"core": True, "throughput": True, "memory": True, "celery": True, "faults": False, "status": False}
 

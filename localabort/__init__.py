@@ -19,12 +19,16 @@ load it; here ``localabort.testing.run_inline`` runs one in this process:
 'ABORTED'
 """
 
+import typing as _typing
+
 from ._errors import StoreError, TaskAborted, TimeLimitExceeded, WorkerLost
 from ._executor import Executor
 from ._future import AbortableAsyncResult, AbortableFuture
 from ._states import ABORTED, FAILURE, PENDING, STARTED, SUCCESS
-from ._store import forget
 from ._task import AbortableTask, checkpoint, current_task, is_aborted
+
+if _typing.TYPE_CHECKING:
+    from ._store import forget
 
 __all__ = [
     "ABORTED",
@@ -47,3 +51,13 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> _typing.Any:
+    # SQLAlchemy loads with the first store a process opens, not with this package: a worker under
+    # spawn or forkserver imports the package and never needs it.
+    if name == "forget":
+        from ._store import forget
+
+        return forget
+    raise AttributeError(f"module 'localabort' has no attribute {name!r}")

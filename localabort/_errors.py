@@ -6,7 +6,10 @@
      +-- Exception
           +-- concurrent.futures.CancelledError
           |    +-- TaskAborted          the task was aborted (result() of an ABORTED task)
-          +-- WorkerLost                the child running the task died
+          +-- RuntimeError
+          |    +-- concurrent.futures.BrokenExecutor
+          |         +-- concurrent.futures.process.BrokenProcessPool
+          |              +-- WorkerLost    the child running the task died
           +-- TimeLimitExceeded         the task passed its hard time limit
           +-- StoreError                the state store cannot be opened or used
 
@@ -20,6 +23,7 @@ without breaking a store.
 from __future__ import annotations
 
 import concurrent.futures
+import concurrent.futures.process
 import copyreg
 from typing import Any, Optional
 
@@ -52,10 +56,13 @@ class TaskAborted(concurrent.futures.CancelledError):
         return (copyreg.__newobj__, (type(self), *self.args), self.__dict__)  # type: ignore[attr-defined]
 
 
-class WorkerLost(Exception):
+class WorkerLost(concurrent.futures.process.BrokenProcessPool):
     """The child process running the task died (crash, kill, out of memory).
 
-    Only that task fails: the executor starts a new child and goes on.
+    Only that task fails: the executor starts a new child and goes on. It
+    is a ``BrokenProcessPool``, the error ``ProcessPoolExecutor`` raises
+    when a child dies, so code written for that pool still catches it; but
+    here the pool is not broken.
 
     >>> str(WorkerLost("child 4242 died with signal SIGKILL"))
     'child 4242 died with signal SIGKILL'
@@ -78,15 +85,9 @@ class StoreError(Exception):
     """
 
 
-class RemoteTraceback(Exception):
-    """The traceback text of an exception raised in a child, set as its ``__cause__``."""
-
-    def __init__(self, tb: str) -> None:
-        super().__init__(tb)
-        self.tb = tb
-
-    def __str__(self) -> str:
-        return self.tb
+#: The cause attached to an exception raised in a child, holding its traceback text: CPython's own
+#: class, so code (and CPython's tests) written for ProcessPoolExecutor find what they expect.
+RemoteTraceback = concurrent.futures.process._RemoteTraceback
 
 
 for _public in (TaskAborted, WorkerLost, TimeLimitExceeded, StoreError):

@@ -82,12 +82,12 @@ from ._jobs import Job, completed, new_id
 from ._manager import Manager
 from ._scheduler import Scheduler
 from ._states import FAILURE
-from ._store import Store, StoreSpec
 from ._task import task_name
 from ._worker import WorkerSetup
 
 if TYPE_CHECKING:
     from ._slot import Context
+    from ._store import Store, StoreSpec
 
 __all__ = ["Executor"]
 
@@ -165,6 +165,8 @@ class Executor(concurrent.futures.Executor):
         if store is None:
             self._tmpdir = tempfile.mkdtemp(prefix="localabort-")
             store = os.path.join(self._tmpdir, "store.sqlite")
+        from ._store import Store  # SQLAlchemy loads here, not in workers that import this module
+
         self._store = Store.open(store) if self._tmpdir is None else Store(store)  # type: ignore[arg-type]
         self.id = uuid.uuid4().hex
         self._store.register_executor(self.id)
@@ -256,9 +258,9 @@ class Executor(concurrent.futures.Executor):
         job.time_limit = time_limit if time_limit is not None else getattr(task, "time_limit", None)
         try:
             job.blob = pickle.dumps((task, args, kwargs), pickle.HIGHEST_PROTOCOL)
-        except Exception as exc:
-            error = TypeError(f"cannot send {name} to a worker: {exc}; use a module-level task and picklable arguments")
-            job.end(FAILURE, error)
+        except Exception as exc:  # the type pickle raised, as ProcessPoolExecutor gives it, with our words
+            exc.args = (f"cannot send {name} to a worker: {exc}; use a module-level task and picklable arguments",)
+            job.end(FAILURE, exc)
             self._scheduler.fail_now(job)
             return self._watch(job.future, name)
         self._scheduler.enqueue(job)
@@ -323,18 +325,24 @@ class Executor(concurrent.futures.Executor):
         self, pending: Deque[AbortableFuture], rest: Iterator[Any], submit: Callable[[Any], AbortableFuture],
         deadline: Optional[float], chunked: bool,
     ) -> Iterator[Any]:  # fmt: skip
+        # No local may hold a result (or its future) while suspended at a yield: the caller may drop a
+        # result and expect it freed (CPython issue 14406). So the head travels in a one-item list.
+        head: List[AbortableFuture] = []
         try:
             while pending:
-                future = pending.popleft()
+                head.append(pending.popleft())
                 for item in itertools.islice(rest, 1):
                     pending.append(submit(item))
-                value = future.result(None if deadline is None else deadline - time.monotonic())
-                if chunked:
-                    yield from value
-                else:
-                    yield value
+                timeout = None if deadline is None else deadline - time.monotonic()
+                if not chunked:
+                    yield _take_result(head, timeout)
+                    continue
+                chunk = _take_result(head, timeout)
+                chunk.reverse()
+                while chunk:
+                    yield chunk.pop()
         finally:
-            for future in pending:
+            for future in [*head, *pending]:
                 future.cancel()
 
     # -- aborting and shutting down ---------------------------------------------
@@ -421,6 +429,19 @@ class Executor(concurrent.futures.Executor):
     def _interrupted(self) -> None:
         """Ctrl-C reached the ``with`` block: see ``_interrupt`` for the design."""
         stop_on_interrupt(self.abort_all, self.shutdown, self._manager.terminate)
+
+
+def _take_result(head: List[AbortableFuture], timeout: Optional[float]) -> Any:
+    """The result of the one future in ``head``, which is emptied (so nothing else keeps either).
+
+    A future whose result does not come (a timeout, a Ctrl-C) is cancelled, as the rest are.
+    """
+    future = head.pop()
+    try:
+        return future.result(timeout)
+    except BaseException:
+        future.cancel()
+        raise
 
 
 def _chunks(items: Iterator[Any], size: int) -> Iterator[List[Any]]:

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
-from typing import Any, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 from ._outcome import load_outcome
 from ._states import FAILURE, PENDING, READY_STATES, SUCCESS, Progress
-from ._store import Store, StoreSpec
+
+if TYPE_CHECKING:
+    from ._store import StoreSpec
 
 __all__ = ["AbortableAsyncResult", "AbortableFuture"]
 
@@ -122,6 +124,8 @@ class AbortableAsyncResult:
     """
 
     def __init__(self, task_id: str, store: StoreSpec) -> None:
+        from ._store import Store  # SQLAlchemy loads with the first store opened
+
         self.id = task_id
         self.store = Store.open(store)
 

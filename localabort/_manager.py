@@ -47,12 +47,12 @@ from ._outcome import dump, terminated, within_limit
 from ._scheduler import Scheduler
 from ._slot import Slot
 from ._states import ABORTED, FAILURE
-from ._store import Store
 from ._words import allocate
 from ._worker import WorkerSetup
 
 if TYPE_CHECKING:
     from ._slot import Context
+    from ._store import Store
 
 __all__ = ["Manager"]
 #: Seconds a changed row may wait for the next store write while workers are busy.

@@ -49,8 +49,13 @@ class RunOutcome(NamedTuple):
 
 
 def dump(obj: Any) -> bytes:
-    """The blob of a value or an exception."""
-    return pickle.dumps(obj, PROTOCOL)
+    """The blob of a value or an exception; an exception that cannot be pickled is stored as a copy."""
+    try:
+        return pickle.dumps(obj, PROTOCOL)
+    except Exception as err:
+        if not isinstance(obj, BaseException):
+            raise
+        return pickle.dumps(_picklable_copy(obj, err), PROTOCOL)
 
 
 def unrun(task_id: str, how: str = "aborted") -> TaskAborted:
@@ -66,22 +71,24 @@ def terminated(task_id: str) -> TaskAborted:
 def pickle_outcome(outcome: RunOutcome, name: str) -> Tuple[RunOutcome, bytes]:
     """The outcome as it will be stored, and its blob.
 
-    A result that cannot be pickled turns the outcome into a FAILURE that
-    says so; an exception that cannot be pickled is stored as a copy that
-    keeps its text (and stays a ``TaskAborted`` if it was one).
+    A result that cannot be pickled turns the outcome into a FAILURE: the
+    error pickling raised (of its own type, as ``ProcessPoolExecutor``
+    reports it, even a ``SystemExit``), with words that say what failed. An
+    exception that cannot be pickled is stored as a copy that keeps its
+    text (and stays a ``TaskAborted`` if it was one).
     """
     state, result, exc, tb = outcome
+    if state != SUCCESS:
+        try:
+            return outcome, pickle.dumps(exc, PROTOCOL)
+        except Exception as err:
+            copy = _picklable_copy(exc, err)
+            return RunOutcome(state, None, copy, tb), pickle.dumps(copy, PROTOCOL)
     try:
-        return outcome, dump(result if state == SUCCESS else exc)
-    except Exception as err:
-        if state == SUCCESS:
-            state = FAILURE
-            exc = TypeError(
-                f"the result of {name} cannot be pickled ({err}); return plain data (numbers, str, lists, dicts)"
-            )
-        else:
-            exc = _picklable_copy(exc, err)
-        return RunOutcome(state, None, exc, tb), dump(exc)
+        return outcome, pickle.dumps(result, PROTOCOL)
+    except BaseException as err:  # a worker ignores SIGINT: this is the result's own doing
+        err.args = (f"the result of {name} cannot be pickled ({err}); return plain data (numbers, str, lists, dicts)",)
+        return RunOutcome(FAILURE, None, err, tb), dump(err)
 
 
 def _picklable_copy(exc: Any, err: Exception) -> BaseException:
@@ -107,16 +114,23 @@ def load_outcome(state: str, blob: Optional[bytes], tb: Optional[str]) -> Tuple[
 
     A blob this process cannot unpickle (a class it cannot import, say)
     becomes the exception: ``result()`` raises it rather than the caller
-    crashing. The child's traceback text becomes the exception's cause.
+    crashing (a ``SystemExit`` raised while unpickling becomes a
+    ``RuntimeError`` caused by it). The child's traceback text becomes the exception's cause.
     """
     try:
         payload = pickle.loads(blob) if blob is not None else None
+    except KeyboardInterrupt:
+        raise
     except Exception as err:
         return None, err
+    except BaseException as err:  # SystemExit from a __reduce__: never let it end the reader
+        error = RuntimeError(f"the outcome of a task cannot be unpickled here ({type(err).__name__}: {err})")
+        error.__cause__ = err
+        return None, error
     if state == SUCCESS:
         return payload, None
     if not isinstance(payload, BaseException):  # pragma: no cover - a row from elsewhere
         payload = TaskAborted("task aborted") if state == ABORTED else RuntimeError(f"task ended {state}")
     if tb:
-        payload.__cause__ = RemoteTraceback(tb)
+        payload.__cause__ = RemoteTraceback(tb)  # type: ignore[arg-type]  # typeshed has it take a traceback object
     return None, payload

@@ -59,16 +59,17 @@ import os
 import threading
 import time
 import weakref
-from typing import Any, Deque, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Deque, Dict, List, Optional, Tuple
 
 from ._future import AbortableFuture
 from ._jobs import DONE, QUEUED, RUNNING, SENT, Job, resolve
 from ._messages import Call
 from ._outcome import unrun
-from ._schema import task_row
 from ._slot import Slot
-from ._states import ABORTED, FAILURE, STARTED, Progress
-from ._store import Store
+from ._states import ABORTED, FAILURE, STARTED, Progress, task_row
+
+if TYPE_CHECKING:
+    from ._store import Store
 
 __all__ = ["Scheduler"]
 
@@ -136,23 +137,30 @@ class Scheduler:
         return len(asked)
 
     def shutdown(self, wait: bool, cancel_futures: bool) -> None:
+        """Take no more jobs; with ``cancel_futures``, cancel those no worker holds or is free to take.
+
+        As in ``ProcessPoolExecutor``: a running future completes (here, a
+        job a worker holds, sent ahead or not), and so do the queued jobs
+        that free workers are ready to take now, as the jobs in its call
+        queue do; every other queued job is cancelled (ABORTED).
+        """
         cancelled: List[Job] = []
-        recalled: List[Job] = []
         with self.lock:  # one hold: the manager cannot send a job on between our look and our cancel
             self.shutting_down = True
             if cancel_futures:
-                for job in list(self.jobs.values()):
-                    if job.stage == QUEUED and not job.future.running():
-                        self._end_unrun(job, "cancelled")
-                        cancelled.append(job)
-                    elif job.stage == SENT and _recall(job, abort_if_claimed=False):
-                        self._end_unrun(job, "cancelled")  # sent ahead, not claimed: it has not started either
-                        recalled.append(job)
-            rows = [self.row(job) for job in cancelled + recalled]
+                free = sum((slot.job is None) + (slot.next is None) for slot in self.slots)
+                for job in self.queue:
+                    if job.stage != QUEUED or job.future.running():  # ended already, or sent once
+                        continue
+                    if free > 0:
+                        free -= 1
+                        continue
+                    self._end_unrun(job, "cancelled")
+                    cancelled.append(job)
+            rows = [self.row(job) for job in cancelled]
         self.store.write(rows)
         for job in cancelled:
             _notify_cancelled(job.future)
-        resolve(recalled)
         self.wake()
         if wait:
             self.stopped.wait()
@@ -403,10 +411,10 @@ class Scheduler:
         return row
 
 
-def _recall(job: Job, abort_if_claimed: bool = True) -> bool:
+def _recall(job: Job) -> bool:
     """Take back ``job``, sent ahead; whether its worker will never start it (``AbortWords.recall``)."""
     assert job.slot is not None
-    return job.slot.words.recall(job.word, job.seq, abort_if_claimed=abort_if_claimed)
+    return job.slot.words.recall(job.word, job.seq)
 
 
 def _notify_cancelled(future: AbortableFuture) -> None:

@@ -9,11 +9,11 @@ the store grows.
 
 from __future__ import annotations
 
-from typing import Any, Dict, NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import sqlalchemy as sa
 
-from ._states import PENDING, STARTED, Progress
+from ._states import PENDING, STARTED, STATE_COLUMNS, Progress, task_row
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -79,19 +79,6 @@ meta = sa.Table(
     sa.Column("name", sa.String(64), primary_key=True),
     sa.Column("value", sa.String(255)),
 )
-
-#: The columns a state write sets; ``abort_requested_at`` is not among them.
-STATE_COLUMNS = (
-    "executor_id", "name", "key", "state", "submitted_at", "started_at",
-    "finished_at", "progress_done", "progress_total", "result", "traceback",
-)  # fmt: skip
-
-
-def task_row(task_id: str, **values: Any) -> Dict[str, Any]:
-    """A row for ``Store.write``: ``id`` and every column of ``STATE_COLUMNS``, ``None`` where not given."""
-    row: Dict[str, Any] = dict.fromkeys(STATE_COLUMNS)
-    row.update(values, id=task_id)
-    return row
 
 
 class TaskRecord(NamedTuple):

@@ -48,9 +48,8 @@ worker takes only the hand-over lock, and holds it for two word accesses.
 
 The hand-over wait. A worker killed while it holds the hand-over lock would
 leave the parent waiting for ever. The parent waits ``HANDOVER_WAIT``
-seconds at most, then takes the job as claimed: for an abort it sets the
-abort word, so a job that does run stops at its first check; a shutdown
-that cancels leaves it be. If the worker is dead, the manager finds out
+seconds at most, then takes the job as claimed: it sets the abort word,
+so a job that does run stops at its first check. If the worker is dead, the manager finds out
 from its process sentinel, and a job it never reached runs on the
 replacement worker, or ends ABORTED unrun if it was aborted.
 """
@@ -134,21 +133,18 @@ class AbortWords:
         """Abort job ``seq``, which holds ``word``: its next ``is_aborted()`` returns ``True``."""
         self._view[word] = seq
 
-    def recall(self, word: int, seq: int, *, abort_if_claimed: bool = True) -> bool:
-        """Take back job ``seq``, sent ahead; return whether its worker will never start it.
+    def recall(self, word: int, seq: int) -> bool:
+        """Abort job ``seq``, sent ahead; return whether its worker will never start it.
 
-        Unclaimed, the job's abort word is set, so the worker answers it
-        unrun. Claimed (it runs), the abort word is set only if
-        ``abort_if_claimed``. Call it with the scheduler's lock held.
+        Unclaimed, the worker answers it unrun; claimed, it runs, and sees
+        the abort at its next check. Call it with the scheduler's lock held.
         """
         if not self._lock.acquire(timeout=HANDOVER_WAIT):  # its worker died holding it
-            if abort_if_claimed:
-                self.abort(word, seq)
+            self.abort(word, seq)
             return False
         try:
             claimed = self._view[self._claims + word] == seq
-            if abort_if_claimed or not claimed:
-                self.abort(word, seq)
+            self.abort(word, seq)
             return not claimed
         finally:
             self._lock.release()

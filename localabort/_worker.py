@@ -24,14 +24,16 @@ import os
 import pickle
 import signal
 import threading
-from typing import Any, Callable, NamedTuple, Optional, Tuple, cast
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Tuple, cast
 
 from ._messages import STOP, Call, InitFailed, Ready, Reply, Report, decode, encode
 from ._outcome import RunOutcome, pickle_outcome, unrun
 from ._states import ABORTED, FAILURE, Progress
-from ._store import Store
 from ._task import AbortableTask, execute, execute_chunk, task_name
 from ._words import AbortWords
+
+if TYPE_CHECKING:
+    from ._store import Store
 
 __all__ = ["WorkerSetup", "worker_main"]
 
@@ -113,6 +115,8 @@ class _Lookup:
 
     def __call__(self, task_id: str) -> bool:
         if self.store is None:
+            from ._store import Store  # SQLAlchemy loads only in a worker that asks about another task
+
             self.store = Store.open(self.store_url)
         return self.store.is_abort_requested(task_id)
 

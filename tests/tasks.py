@@ -224,3 +224,10 @@ def remembered():
 def refuse_to_start():
     """An executor initializer that fails."""
     raise ValueError("no connection to the database")
+
+
+class Box:
+    """A plain object a test can take a weak reference to."""
+
+    def __init__(self, value=None):
+        self.value = value

@@ -38,9 +38,8 @@ def test_a_recall_before_the_claim_wins(words):
 def test_a_claim_before_the_recall_wins(words):
     word = words.take()
     assert words.claim(word, seq=3) is True
-    assert words.recall(word, seq=3, abort_if_claimed=False) is False  # it runs: shutdown leaves it be
     assert not words.is_set(word, 3)
-    assert words.recall(word, seq=3) is False  # an abort still reaches it, at its next check
+    assert words.recall(word, seq=3) is False  # it runs; the abort reaches it at its next check
     assert words.is_set(word, 3)
 
 

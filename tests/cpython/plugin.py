@@ -9,9 +9,10 @@ It changes two things, and nothing else:
   (``from concurrent.futures import Executor``, built from the executor
   type's name), which becomes ``from localabort import Executor``.
 
-Tests that cannot pass on purpose are listed in ``expected.py`` with the
-reason, and are marked here: tests that read CPython's private attributes,
-and tests of behaviour where localabort differs by design.
+Tests that cannot pass are listed in ``expected.py`` with the reason, and
+are marked here: skipped, those that read CPython's private attributes;
+expected to fail (strictly), those of behaviour where localabort differs
+by design.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pytest
 
 import localabort
 
-from .expected import DIFFERENT, PRIVATE
+from .expected import DIFFERENT, SKIP
 
 #: Where the mixins live: a package from Python 3.12, one module before.
 MIXIN_MODULES = ("test.test_concurrent_futures.util", "test.test_concurrent_futures")
@@ -78,17 +79,17 @@ def _try_import(name: str) -> Any:
 
 def _listed(item: pytest.Item, table: dict) -> Any:
     """The reason ``item`` is listed in ``table`` (keys: ``Class.test`` or ``test``, start method stripped)."""
-    cls = item.cls.__name__ if item.cls is not None else ""
-    for method in ("Fork", "Forkserver", "Spawn"):
-        cls = cls.replace(f"ProcessPool{method}", "ProcessPool")
+    cls = item.cls.__name__ if getattr(item, "cls", None) is not None else ""
+    for method in ("Forkserver", "Fork", "Spawn"):
+        cls = cls.replace(f"ProcessPool{method}", "")
     return table.get(f"{cls}.{item.name}") or table.get(item.name)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item]) -> None:
     for item in items:
-        reason = _listed(item, PRIVATE)
+        reason = _listed(item, SKIP)
         if reason:
-            item.add_marker(pytest.mark.skip(reason=f"reads CPython's internals: {reason}"))
+            item.add_marker(pytest.mark.skip(reason=reason))
             continue
         reason = _listed(item, DIFFERENT)
         if reason:
