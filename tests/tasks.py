@@ -6,6 +6,7 @@ import ctypes
 import faulthandler
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -231,3 +232,21 @@ class Box:
 
     def __init__(self, value=None):
         self.value = value
+
+
+class ExitWhenUnpickled:
+    """A result that pickles fine in the worker, and raises SystemExit when the parent unpickles it."""
+
+    def __reduce__(self):
+        return sys.exit, (3,)
+
+
+class ExitWhenPickled:
+    """A result whose pickling raises SystemExit in the worker."""
+
+    def __reduce__(self):
+        sys.exit(4)
+
+
+def make(cls_name):
+    return globals()[cls_name]()

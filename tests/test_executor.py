@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import concurrent.futures.process
 import itertools
 import multiprocessing
 import os
@@ -122,8 +123,9 @@ def test_dead_child_fails_only_its_task_and_is_replaced(executor, how):
     others = [executor.submit(tasks.Crunch, 50) for _ in range(4)]
     doomed = executor.submit(tasks.Die, how)
     after = [executor.submit(tasks.add, i, 1) for i in range(6)]
-    with pytest.raises(WorkerLost, match=r"worker .* running tests\.tasks\.Die"):
+    with pytest.raises(WorkerLost, match=r"worker .* running tests\.tasks\.Die") as info:
         doomed.result(timeout=30)
+    assert isinstance(info.value, concurrent.futures.process.BrokenProcessPool)  # what PPE users catch
     assert doomed.state == FAILURE and stored(executor, doomed).state == FAILURE
     assert [f.result(timeout=30) for f in after] == list(range(1, 7))
     assert all(f.result(timeout=30) == [i * i for i in range(50)] for f in others)

@@ -230,6 +230,22 @@ def test_a_result_of_hundreds_of_megabytes_arrives(start_method, store_path):
         assert ex.submit(tasks.add, 1, 1).result(timeout=30) == 2
 
 
+def test_a_result_that_exits_when_pickled_fails_its_task_with_that_error_and_the_worker_goes_on(executor):
+    """As in ProcessPoolExecutor: the future gets what pickling raised, even SystemExit."""
+    fut = executor.submit(tasks.make, "ExitWhenPickled")
+    with pytest.raises(SystemExit, match="the result of tests.tasks.make cannot be pickled"):
+        fut.result(timeout=30)
+    assert executor.store.get(fut.id).state == FAILURE
+    assert executor.submit(tasks.add, 1, 1).result(timeout=30) == 2
+
+
+def test_a_result_that_exits_when_unpickled_here_fails_its_task_only(executor):
+    fut = executor.submit(tasks.make, "ExitWhenUnpickled")
+    with pytest.raises(RuntimeError, match=r"cannot be unpickled here \(SystemExit: 3\)"):
+        fut.result(timeout=30)
+    assert executor.submit(tasks.add, 1, 1).result(timeout=30) == 2  # the executor goes on
+
+
 def test_a_result_over_the_store_limit_fails_clearly(executor, monkeypatch):
     monkeypatch.setattr(_outcome, "MAX_RESULT_BYTES", 10 * 2**20)
     fut = executor.submit(tasks.big_bytes, 11)

@@ -11,8 +11,8 @@ It changes two things, and nothing else:
 
 Tests that cannot pass are listed in ``expected.py`` with the reason, and
 are marked here: skipped, those that read CPython's private attributes;
-expected to fail (strictly), those of behaviour where localabort differs
-by design.
+expected to fail (and not run), those of behaviour where localabort
+differs by design.
 """
 
 from __future__ import annotations
@@ -93,4 +93,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: List[pytest.Item
             continue
         reason = _listed(item, DIFFERENT)
         if reason:
-            item.add_marker(pytest.mark.xfail(reason=f"differs on purpose: {reason}", strict=True))
+            # Not run: a failing test here keeps its executor alive in the failure's traceback, and
+            # CPython's dangling-thread check then waits 10 s for its manager thread. What localabort
+            # does instead is tested in tests/test_faults.py and tests/test_executor.py.
+            item.add_marker(pytest.mark.xfail(reason=f"differs on purpose: {reason}", run=False))
