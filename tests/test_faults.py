@@ -233,7 +233,7 @@ def test_a_result_of_hundreds_of_megabytes_arrives(start_method, store_path):
 def test_a_result_that_exits_when_pickled_fails_its_task_with_that_error_and_the_worker_goes_on(executor):
     """As in ProcessPoolExecutor: the future gets what pickling raised, even SystemExit."""
     fut = executor.submit(tasks.make, "ExitWhenPickled")
-    with pytest.raises(SystemExit, match="the result of tests.tasks.make cannot be pickled"):
+    with pytest.raises(SystemExit, match=r"the result of tests\.tasks\.make cannot be pickled"):
         fut.result(timeout=30)
     assert executor.store.get(fut.id).state == FAILURE
     assert executor.submit(tasks.add, 1, 1).result(timeout=30) == 2
