@@ -108,10 +108,10 @@ def start_batch():
     """Start tests/scripts/batch.py in its own process group; every group is killed at teardown."""
     procs = []
 
-    def start(store, start_method, task, seconds=30.0, style="with"):
+    def start(store, start_method, task, seconds=30.0, style="with", how="result"):
         script = str(ROOT / "tests" / "scripts" / "batch.py")
         proc = subprocess.Popen(
-            [sys.executable, script, store, start_method, task, str(seconds), style],
+            [sys.executable, script, store, start_method, task, str(seconds), style, how],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
             env=dict(os.environ, PYTHONPATH=str(ROOT)),
         )  # fmt: skip

@@ -70,3 +70,22 @@ def test_second_ctrl_c_terminates_tasks_that_ignore_the_abort(start_batch, start
     for pid in info["workers"]:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+@pytest.mark.parametrize("how", ["as_completed", "wait", "map"])
+def test_ctrl_c_in_any_wait_takes_the_same_path(start_batch, store_path, style, how):
+    proc, info = start_batch(store_path, "fork", "Ticker", style=style, how=how)
+    os.killpg(proc.pid, signal.SIGINT)
+    rc, stderr = finish(proc)
+    assert_interrupted_cleanly(rc, stderr, store_path, info["ids"])
+
+
+def test_ctrl_c_while_the_interpreter_exit_waits_aborts_the_tasks(start_batch, store_path):
+    """A script that ended without waiting (no with, no shutdown): its exit waits, as ProcessPoolExecutor's does."""
+    proc, info = start_batch(store_path, "fork", "Ticker", style="bare", how="exit")
+    with pytest.raises(subprocess.TimeoutExpired):
+        proc.wait(0.5)  # the exit waits for the tasks
+    os.killpg(proc.pid, signal.SIGINT)
+    rc, stderr = finish(proc)
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+    assert {r.state for r in Store.open(store_path).tasks(info["ids"])} == {ABORTED}
