@@ -167,7 +167,8 @@ class Executor(concurrent.futures.Executor):
             store = os.path.join(self._tmpdir, "store.sqlite")
         from ._store import Store  # SQLAlchemy loads here, not in workers that import this module
 
-        self._store = Store.open(store) if self._tmpdir is None else Store(store)  # type: ignore[arg-type]
+        # The one opener that creates a store (and, one day, migrates it).
+        self._store = Store.open(store, create=True) if self._tmpdir is None else Store(store)  # type: ignore[arg-type]
         self.id = uuid.uuid4().hex
         self._store.register_executor(self.id)
 

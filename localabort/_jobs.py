@@ -114,9 +114,16 @@ def new_id() -> str:
 
 
 def resolve(jobs: List[Job]) -> None:
-    """Complete the futures of finished jobs; their rows must already be stored."""
-    for job in jobs:
+    """Complete the futures of finished jobs, emptying ``jobs``; their rows must already be stored.
+
+    Each job leaves the list before its future completes, so this thread
+    holds no result once its caller may have dropped it.
+    """
+    jobs.reverse()
+    while jobs:
+        job = jobs.pop()
         _settle(job.future, job.state, job.result, job.traceback, job.progress)
+        del job
 
 
 def completed(task_id: str, blob: Optional[bytes], progress: Any) -> AbortableFuture:

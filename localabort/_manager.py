@@ -139,6 +139,7 @@ class Manager:
             finished += scheduler.aborted_elsewhere(self._store.aborts_requested(scheduler.executor_id))
         self._enforce_limits(now)
         self._unresolved += finished
+        finished.clear()  # hold no job past its resolve: a caller may drop its result and expect it freed
         if scheduler.unrecorded_job_waits():
             self._commit()  # a task never starts before the store knows it
         self._send(scheduler.dispatch())

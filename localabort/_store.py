@@ -26,7 +26,7 @@ import itertools
 import os
 import socket
 import time
-from typing import Any, ClassVar, Dict, Iterable, Iterator, List, Optional, Sequence, Union
+from typing import Any, ClassVar, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, make_url
@@ -51,47 +51,46 @@ class Store:
     """A handle on one state store, by SQLite path or SQLAlchemy URL.
 
     ``Store.open(spec)`` returns one shared handle per store and process.
-    Opening checks the store at once: a missing folder, a file that is not
-    a database, or one that cannot be written raises ``StoreError`` naming
-    the path.
+    Only an opener that passes ``create=True`` (an ``Executor``, a Celery
+    task) creates a store or its schema; every other opener needs an
+    existing localabort store, and leaves any other file as it found it.
+    Opening checks the store at once: a missing path or folder, a file that
+    is not a localabort store, or one that cannot be written raises
+    ``StoreError``, one line naming the path and the fix.
 
     >>> import os, tempfile
-    >>> store = Store.open(os.path.join(tempfile.mkdtemp(), "doc.sqlite"))
-    >>> store.get("no-such-task") is None
+    >>> path = os.path.join(tempfile.mkdtemp(), "doc.sqlite")
+    >>> Store.open(path)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    localabort.StoreError: .../doc.sqlite: no such store (check the path; an Executor creates one)
+    >>> Store.open(path, create=True).get("no-such-task") is None
     True
     """
 
     _open_stores: ClassVar[Dict[str, Store]] = {}
 
-    def __init__(self, spec: Union[str, os.PathLike[str]]) -> None:
-        text = os.fspath(spec)
-        if "://" in text:
-            self.url = text
-            url = make_url(text)
-            # A plain SQLite URL names a file; a URI one (``?uri=true``) names it its own way.
-            is_file = url.get_backend_name() == "sqlite" and "uri" not in url.query and url.database
-            self.path: Optional[str] = url.database if is_file else None
-        else:
-            self.path = os.path.abspath(text)
-            self.url = "sqlite:///" + self.path
+    def __init__(self, spec: Union[str, os.PathLike[str]], *, create: bool = True) -> None:
+        self.url, self.path = _locate(os.fspath(spec))
         url = make_url(self.url)
+        if url.get_backend_name() not in ("sqlite", "postgresql"):
+            raise StoreError(f"{spec}: a store is an SQLite file or a PostgreSQL database, not {url.drivername}")
         # How messages name the store: its path, or its URL as given, less any password.
         self.name = self.path or (self.url if url.password is None else url.render_as_string(hide_password=True))
         self._engine: Optional[Engine] = None
         self._pid = -1
         self._statements: Dict[bool, Any] = {}  # built once: building an upsert costs more than running it
-        self._prepare()
+        self._prepare(create)
 
     @classmethod
-    def open(cls, spec: StoreSpec) -> Store:
-        """The one handle of this process on the store ``spec`` names."""
+    def open(cls, spec: StoreSpec, *, create: bool = False) -> Store:
+        """The one handle of this process on the store ``spec`` names; ``create`` makes a missing one."""
         if isinstance(spec, Store):
             return spec
-        text = os.fspath(spec)
-        key = text if "://" in text else os.path.abspath(text)
+        key = _locate(os.fspath(spec))[0]
         store = cls._open_stores.get(key)
         if store is None:
-            store = cls._open_stores[key] = cls(key)
+            store = cls._open_stores[key] = cls(key, create=create)
         return store
 
     def __reduce__(self) -> Any:
@@ -116,14 +115,18 @@ class Store:
 
     def _make_engine(self) -> Engine:
         if not self.url.startswith("sqlite"):
-            return sa.create_engine(self.url, pool_pre_ping=True)
+            try:
+                return sa.create_engine(self.url, pool_pre_ping=True)
+            except ImportError as exc:
+                raise StoreError(
+                    f"{self.name}: its database driver is not installed ({exc}); pip install 'localabort[postgresql]'"
+                ) from None
         engine = sa.create_engine(self.url, connect_args={"timeout": BUSY_TIMEOUT, "check_same_thread": False})
 
         @sa.event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, record: Any) -> None:
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA synchronous=NORMAL")  # per connection; WAL is the file's own, set at creation
             cur.close()
 
         return engine
@@ -153,13 +156,17 @@ class Store:
         except sa.exc.SQLAlchemyError as exc:
             raise StoreError(f"{self.name}: cannot read the store ({_reason(exc)})") from exc
 
-    def _prepare(self) -> None:
-        """Create the file (0600) and schema, or check an existing one."""
+    def _prepare(self, create: bool) -> None:
+        """Check the store; with ``create``, first make its file (0600) and schema if missing."""
         if self.path is not None:
+            if os.path.isdir(self.path):
+                raise StoreError(f"{self.path}: is a folder; name a file in it, such as {self.path}/store.sqlite")
             folder = os.path.dirname(self.path)
-            if not os.path.isdir(folder):
-                raise StoreError(f"{self.path}: folder {folder} does not exist; create it first")
             if not os.path.exists(self.path):
+                if not create:
+                    raise StoreError(f"{self.path}: no such store (check the path; an Executor creates one)")
+                if not os.path.isdir(folder):
+                    raise StoreError(f"{self.path}: folder {folder} does not exist; create it first")
                 try:
                     os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
                 except FileExistsError:
@@ -167,21 +174,52 @@ class Store:
                 except OSError as exc:
                     raise StoreError(f"{self.path}: cannot create the store ({exc.strerror})") from None
         try:
-            with self.engine.begin() as conn:
-                metadata.create_all(conn)
-                found = conn.execute(sa.select(meta.c.value).where(meta.c.name == "schema")).scalar()
-                if found is None:
-                    conn.execute(meta.insert().values(name="schema", value=str(SCHEMA_VERSION)))
+            found = self._schema_version(create)
         except sa.exc.SQLAlchemyError as exc:
             self.dispose()
             raise StoreError(f"{self.name}: cannot open as a localabort store ({_reason(exc)})") from None
-        if int(found or SCHEMA_VERSION) > SCHEMA_VERSION:
+        if found is None:
+            self.dispose()
+            empty = self.path is not None and os.path.getsize(self.path) == 0
+            what = "is an empty file" if empty else "is a database, but not a localabort store"
+            raise StoreError(f"{self.name}: {what} (an Executor creates a store; check the path)")
+        if int(found) > SCHEMA_VERSION:
             self.dispose()
             raise StoreError(
                 f"{self.name}: written by a newer localabort (schema {found}, this one reads "
                 f"{SCHEMA_VERSION}); upgrade localabort"
             )
         self.recover_dead_executors()
+
+    def _schema_version(self, create: bool) -> Optional[str]:
+        """The schema version the store records; ``None`` if it has no localabort schema.
+
+        With ``create``, the schema is made first, in one transaction; two
+        processes making one store at the same moment both succeed (the
+        loser of the race finds the winner's tables and tries again).
+        """
+        for attempt in range(5):
+            try:
+                if create and self.path is not None:  # outside a transaction; it stays the file's mode
+                    with self.engine.connect() as conn:
+                        conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+                with self.engine.begin() as conn:
+                    if create:
+                        metadata.create_all(conn)
+                        found = conn.execute(sa.select(meta.c.value).where(meta.c.name == "schema")).scalar()
+                        if found is None:
+                            conn.execute(meta.insert().values(name="schema", value=str(SCHEMA_VERSION)))
+                        return str(found or SCHEMA_VERSION)
+                    if not sa.inspect(conn).has_table(meta.name):  # a read: it adds nothing to the file
+                        return None
+                    found = conn.execute(sa.select(meta.c.value).where(meta.c.name == "schema")).scalar()
+                    return None if found is None else str(found)
+            except sa.exc.SQLAlchemyError as exc:
+                raced = any(word in str(exc) for word in ("already exists", "duplicate", "locked"))
+                if not create or attempt == 4 or not raced:
+                    raise
+                time.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # -- writes ---------------------------------------------------------------
 
@@ -420,10 +458,31 @@ def forget(store: StoreSpec, *, older_than: float) -> int:
     ``localabort forget STORE --older-than 7d``.
 
     >>> import os, tempfile
-    >>> forget(os.path.join(tempfile.mkdtemp(), "s.sqlite"), older_than=7 * 86400)
+    >>> from localabort import Executor
+    >>> path = os.path.join(tempfile.mkdtemp(), "s.sqlite")
+    >>> Executor(max_workers=1, store=path).shutdown()
+    >>> forget(path, older_than=7 * 86400)
     0
     """
     return Store.open(store).forget(older_than)
+
+
+def _locate(spec: str) -> Tuple[str, Optional[str]]:
+    """The SQLAlchemy URL of the store ``spec`` names, and its file's absolute path if it is an SQLite file.
+
+    ``spec`` is a path (``~`` expanded, relative to the current folder) or a
+    URL; a plain ``sqlite:///`` URL names a file the same way, so
+    ``sqlite:///rel.sqlite`` is ``rel.sqlite`` here. A URI one
+    (``?uri=true``) names it its own way.
+    """
+    if "://" not in spec:
+        path = os.path.abspath(os.path.expanduser(spec))
+        return "sqlite:///" + path, path
+    url = make_url(spec)
+    if url.get_backend_name() != "sqlite" or "uri" in url.query or not url.database or url.database == ":memory:":
+        return spec, None
+    path = os.path.abspath(os.path.expanduser(url.database))
+    return url.set(database=path).render_as_string(hide_password=False), path
 
 
 def _reason(exc: BaseException) -> str:

@@ -114,7 +114,7 @@ class LocalabortCeleryTask(Task):  # type: ignore[misc]
     def store(self) -> Store:
         """The localabort store of this task's states."""
         spec = self.localabort_store or _backend_store(self.app)
-        return Store.open(spec)
+        return Store.open(spec, create=True)  # producers and workers make it, as an Executor does
 
     def apply_async(self, args: Any = None, kwargs: Any = None, task_id: Optional[str] = None, **options: Any) -> Any:
         """Record the task PENDING, send it as Celery does, and return its ``CeleryResult``."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -139,7 +141,8 @@ def test_forget_leaves_unfinished_tasks(busy, store_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["status", "/no/such/store.sqlite"], "localabort: /no/such/store.sqlite: no such store (check the path)"),
+        (["status", "/no/such/store.sqlite"], "localabort: /no/such/store.sqlite: no such store (check the path"),
+        (["status", "mysql://u@h/db"], "localabort: mysql://u@h/db: a store is an SQLite file or a PostgreSQL"),
         (["frobnicate", "x"], "localabort: argument command: invalid choice: 'frobnicate'"),
         (["status"], "localabort: the following arguments are required: store"),
         (["forget", "s.sqlite", "--older-than", "soon"], "localabort: argument --older-than: 'soon' is not an age"),
@@ -157,6 +160,17 @@ def test_unreadable_store_is_one_line_and_exit_2(tmp_path):
     out = cli("status", junk)
     assert out.returncode == 2 and out.stderr.count("\n") == 1
     assert out.stderr.startswith(f"localabort: {junk}: cannot open as a localabort store (file is not a database)")
+
+
+@pytest.mark.parametrize("command", [["status"], ["watch"], ["abort", "--all"], ["forget", "--older-than", "0"]])
+def test_no_command_touches_a_database_that_is_not_a_store(tmp_path, command):
+    other = tmp_path / "other_app.db"
+    with contextlib.closing(sqlite3.connect(other)) as conn, conn:
+        conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY)")
+    before = other.read_bytes()
+    out = cli(command[0], other, *command[1:])
+    assert out.returncode == 2 and "is a database, but not a localabort store" in out.stderr
+    assert other.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["other_app.db"]
 
 
 @pytest.mark.parametrize("command", [[], ["status"], ["abort"], ["watch"], ["forget"]])

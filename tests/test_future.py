@@ -16,8 +16,10 @@ from localabort import (
     SUCCESS,
     AbortableAsyncResult,
     AbortableFuture,
+    StoreError,
     TaskAborted,
 )  # fmt: skip
+from localabort._store import Store
 
 from . import tasks
 from .conftest import pool, started, wait_for
@@ -30,10 +32,18 @@ def test_future_without_executor():
 
 
 def test_async_result_of_unknown_task(tmp_path):
+    """An id the store does not hold reads PENDING, as in Celery (issue 15 makes it UnknownTask)."""
+    Store(str(tmp_path / "s.sqlite")).dispose()
     res = AbortableAsyncResult("nope", store=str(tmp_path / "s.sqlite"))
     assert (res.state, res.progress, res.ready(), res.abort(), res.is_aborted()) == (PENDING, None, False, False, False)
     with pytest.raises(concurrent.futures.TimeoutError):
         res.get(timeout=0.05)
+
+
+def test_async_result_on_a_store_path_with_a_typo_is_an_error_not_pending(tmp_path):
+    with pytest.raises(StoreError, match="no such store"):
+        AbortableAsyncResult("nope", store=str(tmp_path / "bacth.sqlite"))
+    assert not (tmp_path / "bacth.sqlite").exists()
 
 
 def test_async_result_reads_outcomes(executor):

@@ -87,5 +87,6 @@ def test_ctrl_c_while_the_interpreter_exit_waits_aborts_the_tasks(start_batch, s
         proc.wait(0.5)  # the exit waits for the tasks
     os.killpg(proc.pid, signal.SIGINT)
     rc, stderr = finish(proc)
+    assert rc == 0, stderr  # the script itself had finished
     assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
     assert {r.state for r in Store.open(store_path).tasks(info["ids"])} == {ABORTED}

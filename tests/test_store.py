@@ -16,7 +16,17 @@ import sys
 
 import pytest
 
-from localabort import ABORTED, FAILURE, PENDING, STARTED, SUCCESS, StoreError, TaskAborted, WorkerLost
+from localabort import (
+    ABORTED,
+    FAILURE,
+    PENDING,
+    STARTED,
+    SUCCESS,
+    AbortableAsyncResult,
+    StoreError,
+    TaskAborted,
+    WorkerLost,
+)  # fmt: skip
 from localabort._outcome import load_outcome
 from localabort._schema import executors, task_row
 from localabort._store import Store
@@ -69,6 +79,77 @@ def test_file_that_is_not_a_database(tmp_path):
         Store(str(path))
 
 
+# -- only an Executor creates a store; every other opener needs one ---------------------
+
+
+def test_a_missing_store_is_an_error_unless_the_opener_creates_it(tmp_path):
+    path = tmp_path / "typo.sqlite"
+    with pytest.raises(StoreError, match=rf"^{path}: no such store \(check the path; an Executor creates one\)$"):
+        Store.open(str(path))
+    assert not path.exists()
+    assert Store.open(str(path), create=True).get("x") is None and path.exists()
+
+
+@pytest.mark.parametrize("kind", ["zero-byte file", "foreign database"])
+def test_a_file_that_is_not_a_localabort_store_is_left_as_it_was(tmp_path, kind):
+    path = tmp_path / "other_app.db"
+    if kind == "zero-byte file":
+        path.touch()
+    else:
+        sql(str(path), "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+    before = path.read_bytes()
+    what = "is an empty file" if kind == "zero-byte file" else "is a database, but not a localabort store"
+    with pytest.raises(StoreError, match=rf"^{path}: {what} \(an Executor creates a store; check the path\)$"):
+        Store.open(str(path))
+    with pytest.raises(StoreError):
+        AbortableAsyncResult("t1", store=str(path))
+    assert path.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["other_app.db"]
+
+
+def test_every_way_of_naming_a_store_file_names_the_same_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    store = Store.open("rel.sqlite", create=True)
+    for spec in (
+        "sqlite:///rel.sqlite",
+        f"sqlite:///{tmp_path}/rel.sqlite",
+        "~/rel.sqlite",
+        str(tmp_path / "rel.sqlite"),
+    ):
+        assert Store(spec, create=False).path == store.path == str(tmp_path / "rel.sqlite"), spec
+
+
+def test_store_specs_that_cannot_work_fail_in_one_line(tmp_path):
+    with pytest.raises(
+        StoreError, match=rf"^{tmp_path}: is a folder; name a file in it, such as {tmp_path}/store.sqlite$"
+    ):
+        Store.open(str(tmp_path))
+    with pytest.raises(
+        StoreError, match=r"^mysql://u@h/db: a store is an SQLite file or a PostgreSQL database, not mysql$"
+    ):
+        Store.open("mysql://u@h/db")
+
+
+def _create(path, barrier):
+    barrier.wait()
+    Store(path).dispose()
+
+
+def test_two_processes_may_create_one_store_at_the_same_moment(tmp_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    path = str(tmp_path / "new.sqlite")
+    barrier = ctx.Barrier(4)
+    procs = [ctx.Process(target=_create, args=(path, barrier)) for _ in range(4)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(60)
+    assert [proc.exitcode for proc in procs] == [0, 0, 0, 0]
+    assert Store.open(path).get("x") is None
+
+
 def test_read_only_store(tmp_path):
     if os.geteuid() == 0:
         pytest.skip("root writes read-only files")
@@ -95,7 +176,7 @@ def test_reopen_keeps_tasks(store):
 
 def test_open_is_one_handle_per_store(tmp_path):
     path = str(tmp_path / "one.sqlite")
-    assert Store.open(path) is Store.open(os.path.relpath(path)) is Store.open("sqlite:///" + path) or True
+    assert Store.open(path, create=True) is Store.open(os.path.relpath(path)) is Store.open("sqlite:///" + path)
     assert Store.open(path) is Store.open(path)
 
 
