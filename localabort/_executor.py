@@ -77,7 +77,7 @@ from typing import (
 
 from . import _task
 from ._future import AbortableFuture
-from ._interrupt import stop_on_interrupt
+from ._interrupt import keep_exiting_as_interrupted, stop_on_interrupt
 from ._jobs import Job, completed, new_id
 from ._manager import Manager
 from ._scheduler import Scheduler
@@ -478,6 +478,7 @@ def _finish_at_exit() -> None:
 
         if isinstance(died, KeyboardInterrupt):
             stop_on_interrupt(scheduler.abort_all, wait, manager.terminate)
+            keep_exiting_as_interrupted()
             continue
         try:
             wait()

@@ -40,9 +40,11 @@ The solution
 
 from __future__ import annotations
 
+import ctypes
+import sys
 from typing import Callable
 
-__all__ = ["stop_on_interrupt"]
+__all__ = ["keep_exiting_as_interrupted", "stop_on_interrupt"]
 
 
 def stop_on_interrupt(abort_all: Callable[[], int], wait: Callable[[], None], terminate: Callable[[], None]) -> None:
@@ -52,3 +54,20 @@ def stop_on_interrupt(abort_all: Callable[[], int], wait: Callable[[], None], te
         wait()
     except KeyboardInterrupt:
         terminate()
+
+
+def keep_exiting_as_interrupted() -> None:
+    """After work at the interpreter's exit, let a script that died of Ctrl-C still exit as interrupted.
+
+    Up to Python 3.10, any ``exec`` of source run during the exit (SQLAlchemy
+    compiles a statement that way, say) clears CPython's record that the
+    script died of an unhandled ``KeyboardInterrupt``, and the script then
+    exits with status 1 instead of being killed by SIGINT (130 in a shell).
+    Python 3.11 keeps the record; before it, this sets it again.
+    """
+    if sys.version_info >= (3, 11):
+        return
+    try:
+        ctypes.c_int.in_dll(ctypes.pythonapi, "_Py_UnhandledKeyboardInterrupt").value = 1
+    except (AttributeError, ValueError):  # pragma: no cover - a Python built without the symbol exported
+        pass

@@ -116,7 +116,9 @@ def test_every_way_of_naming_a_store_file_names_the_same_one(tmp_path, monkeypat
         "~/rel.sqlite",
         str(tmp_path / "rel.sqlite"),
     ):
-        assert Store(spec, create=False).path == store.path == str(tmp_path / "rel.sqlite"), spec
+        other = Store(spec, create=False)
+        assert other.path == store.path == str(tmp_path / "rel.sqlite"), spec
+        other.dispose()
 
 
 def test_store_specs_that_cannot_work_fail_in_one_line(tmp_path):

@@ -78,7 +78,8 @@ def main() -> None:
         print("|---|---|")
         print(f"| python -c 'open the store' | {timed(sys.executable, '-c', opening)} |")
         print(f"| localabort status STORE | {timed(*cli, 'status', big)} |")
-        print(f"| localabort status STORE --limit 50 --json | {timed(*cli, 'status', big, '--limit', '50', '--json')} |")
+        limited = timed(*cli, "status", big, "--limit", "50", "--json")
+        print(f"| localabort status STORE --limit 50 --json | {limited} |")
 
 
 if __name__ == "__main__":
