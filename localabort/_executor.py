@@ -175,7 +175,7 @@ class Executor(concurrent.futures.Executor):
         self._max_workers = max_workers
         self._scheduler = Scheduler(self._store, self.id, max_tasks_per_child)
         worker = WorkerSetup(self._store.url, initializer, tuple(initargs), max_tasks_per_child)
-        self._manager = Manager(self._scheduler, self._store, ctx, max_workers, worker, poll_interval, self._tmpdir)
+        self._manager = Manager(self._scheduler, ctx, max_workers, worker, poll_interval, self._tmpdir)
         self._watched: Optional[List[AbortableFuture]] = None
         self._progress: Optional[threading.Thread] = None
         if progress:
@@ -469,21 +469,22 @@ def _finish_at_exit() -> None:
     while this waits, every task is aborted and waited for; one more
     Ctrl-C terminates the workers. Every task ends in a stored final state.
     """
-    died = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+    died_of_ctrl_c = isinstance(getattr(sys, "last_exc", None) or getattr(sys, "last_value", None), KeyboardInterrupt)
     for manager in list(_running):
         scheduler = manager.scheduler
 
         def wait(scheduler: Scheduler = scheduler) -> None:
             scheduler.shutdown(wait=True, cancel_futures=False)
 
-        if isinstance(died, KeyboardInterrupt):
-            stop_on_interrupt(scheduler.abort_all, wait, manager.terminate)
-            keep_exiting_as_interrupted()
-            continue
         try:
-            wait()
+            if not died_of_ctrl_c:
+                wait()
+                continue
         except KeyboardInterrupt:
-            stop_on_interrupt(scheduler.abort_all, wait, manager.terminate)
+            pass
+        stop_on_interrupt(scheduler.abort_all, wait, manager.terminate)
+    if died_of_ctrl_c:
+        keep_exiting_as_interrupted()
 
 
 if hasattr(threading, "_register_atexit"):  # run before the interpreter joins threads, as CPython's own pools do

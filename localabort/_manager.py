@@ -52,7 +52,6 @@ from ._worker import WorkerSetup
 
 if TYPE_CHECKING:
     from ._slot import Context
-    from ._store import Store
 
 __all__ = ["Manager"]
 #: Seconds a changed row may wait for the next store write while workers are busy.
@@ -65,17 +64,17 @@ class Manager:
     """The thread that drives the workers of one executor, deciding through its ``Scheduler``."""
 
     def __init__(
-        self, scheduler: Scheduler, store: Store, ctx: Context, max_workers: int, worker: WorkerSetup,
-        poll_interval: float, tmpdir: Optional[str],
+        self, scheduler: Scheduler, ctx: Context, max_workers: int, worker: WorkerSetup, poll_interval: float,
+        tmpdir: Optional[str],
     ) -> None:  # fmt: skip
         self.scheduler = scheduler
         self.ctx = ctx
-        self._store = store
+        self._store = scheduler.store
         self._poll_interval = poll_interval
         self._tmpdir = tmpdir
         self._array = allocate(ctx, max_workers)
         self._worker = worker
-        scheduler.slots[:] = [Slot(ctx, i, self._array, worker) for i in range(max_workers)]
+        scheduler.slots[:] = [self._start_slot(i) for i in range(max_workers)]
         self._next_poll = 0.0
         self._start_failures = 0
         self._unresolved: List[Job] = []  # finished jobs waiting for the next store write
@@ -225,7 +224,11 @@ class Manager:
         if self._start_failures >= MAX_START_FAILURES:
             raise RuntimeError(start_failure)
         if scheduler.keeps_workers():
-            scheduler.slots[slot.index] = Slot(self.ctx, slot.index, self._array, self._worker)
+            scheduler.slots[slot.index] = self._start_slot(slot.index)
+
+    def _start_slot(self, index: int) -> Slot:
+        """A new worker process in slot ``index`` (its words in the shared array stay the slot's)."""
+        return Slot(self.ctx, index, self._array, self._worker)
 
     def _enforce_limits(self, now: float) -> None:
         for slot in self.scheduler.slots:

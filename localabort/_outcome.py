@@ -50,12 +50,18 @@ class RunOutcome(NamedTuple):
 
 def dump(obj: Any) -> bytes:
     """The blob of a value or an exception; an exception that cannot be pickled is stored as a copy."""
+    if isinstance(obj, BaseException):
+        return _dump_exception(obj)[1]
+    return pickle.dumps(obj, PROTOCOL)
+
+
+def _dump_exception(exc: BaseException) -> Tuple[BaseException, bytes]:
+    """``exc``, or the copy stored for it if it cannot be pickled, and its blob."""
     try:
-        return pickle.dumps(obj, PROTOCOL)
+        return exc, pickle.dumps(exc, PROTOCOL)
     except Exception as err:
-        if not isinstance(obj, BaseException):
-            raise
-        return pickle.dumps(_picklable_copy(obj, err), PROTOCOL)
+        copy = _picklable_copy(exc, err)
+        return copy, pickle.dumps(copy, PROTOCOL)
 
 
 def unrun(task_id: str, how: str = "aborted") -> TaskAborted:
@@ -79,11 +85,9 @@ def pickle_outcome(outcome: RunOutcome, name: str) -> Tuple[RunOutcome, bytes]:
     """
     state, result, exc, tb = outcome
     if state != SUCCESS:
-        try:
-            return outcome, pickle.dumps(exc, PROTOCOL)
-        except Exception as err:
-            copy = _picklable_copy(exc, err)
-            return RunOutcome(state, None, copy, tb), pickle.dumps(copy, PROTOCOL)
+        assert exc is not None
+        stored, blob = _dump_exception(exc)
+        return (outcome if stored is exc else RunOutcome(state, None, stored, tb)), blob
     try:
         return outcome, pickle.dumps(result, PROTOCOL)
     except BaseException as err:  # a worker ignores SIGINT: this is the result's own doing

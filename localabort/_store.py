@@ -206,13 +206,12 @@ class Store:
                 with self.engine.begin() as conn:
                     if create:
                         metadata.create_all(conn)
-                        found = conn.execute(sa.select(meta.c.value).where(meta.c.name == "schema")).scalar()
-                        if found is None:
-                            conn.execute(meta.insert().values(name="schema", value=str(SCHEMA_VERSION)))
-                        return str(found or SCHEMA_VERSION)
-                    if not sa.inspect(conn).has_table(meta.name):  # a read: it adds nothing to the file
+                    elif not sa.inspect(conn).has_table(meta.name):  # a read: it adds nothing to the file
                         return None
                     found = conn.execute(sa.select(meta.c.value).where(meta.c.name == "schema")).scalar()
+                    if create and found is None:
+                        conn.execute(meta.insert().values(name="schema", value=str(SCHEMA_VERSION)))
+                        found = SCHEMA_VERSION
                     return None if found is None else str(found)
             except sa.exc.SQLAlchemyError as exc:
                 raced = any(word in str(exc) for word in ("already exists", "duplicate", "locked"))
