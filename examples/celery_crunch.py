@@ -1,4 +1,4 @@
-"""The SPEC's Crunch task on a real Celery worker, aborted from the producer (SPEC section 9).
+"""The Crunch task on a real Celery worker, aborted from the producer.
 
 Run it: ``python examples/celery_crunch.py [FOLDER]``. It starts a Celery
 worker on this module (``celery -A celery_crunch worker``), the way you

@@ -1,4 +1,4 @@
-"""The task of the SPEC's first example, in a module of its own so workers can import it."""
+"""The Crunch task of the README's example, in a module of its own so workers can import it."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Handles on tasks: ``AbortableFuture`` (the producer's) and ``AbortableAsyncResult`` (anyone's).
 
-Both speak the API of SPEC section 5. A future learns its state from the
+Both speak one API (``id``, ``state``, ``abort()``, ``get()``, ``progress``...). A future learns its state from the
 executor that made it, through the small ``Controller`` protocol below, so
 this module knows nothing of processes. An ``AbortableAsyncResult`` reads
 the store on every call, so it is fresh in any process.

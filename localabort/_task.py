@@ -11,7 +11,7 @@ worker) *binds* it to three callables:
 * ``report(done, total)``: forward progress; the task throttles the calls;
 * ``lookup(task_id) -> bool``: is another task aborted (``task_id=``)?
 
-``execute`` applies the outcome table of SPEC section 6 in one place, so
+``execute`` applies the outcome table (docs/states.md) in one place, so
 every runner ends a task the same way; what a ``RunOutcome`` becomes on its
 way to the store is ``_outcome``'s.
 """
@@ -269,7 +269,7 @@ def task_name(task: Any, *, short: bool = False) -> str:
 
 
 def execute(target: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> RunOutcome:
-    """Run a bound task instance, or a plain callable, to its SPEC section 6 outcome.
+    """Run a bound task instance, or a plain callable, to its outcome (the table in docs/states.md).
 
     ``KeyboardInterrupt`` is not caught: the caller's process decides.
     """

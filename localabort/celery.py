@@ -1,4 +1,4 @@
-"""The same tasks on Celery workers, with an abort that is never lost (SPEC section 9).
+"""The same tasks on Celery workers, with an abort that is never lost.
 
 ``register(app, TaskClass)`` makes a Celery task that runs ``TaskClass``
 on any worker of ``app``. Its state lives where an ``Executor``'s does: in
@@ -13,7 +13,7 @@ column of its own, and every state write is conditional (a final state
 stays final), so no later write can undo an abort.
 
 - ``apply_async``/``delay`` record the task PENDING, then send it, and
-  return an ``AbortableAsyncResult`` (SPEC section 5).
+  return an ``AbortableAsyncResult``.
 - A worker *claims* the task before it runs it: one conditional update,
   PENDING to STARTED, only if no abort was requested. ``abort()`` on a task
   not yet claimed ends it ABORTED at once, with the opposite update; the
@@ -23,7 +23,7 @@ stays final), so no later write can undo an abort.
   ``POLL_INTERVAL`` seconds and otherwise returns what it last read, so a
   check costs a clock read, not a query. ``soft_time_limit`` asks for an
   abort, as under ``Executor``; ``time_limit`` is Celery's own.
-- The task's outcome follows SPEC section 6 and is written to the store;
+- The task's outcome follows the states table (docs/states.md) and is written to the store;
   Celery's backend gets the value (SUCCESS), the exception (FAILURE), or
   the custom state ABORTED, after which the task raises ``Ignore`` so
   Celery writes nothing over it.

@@ -1,7 +1,7 @@
 """Test abort logic in this process: no children, no files, no broker.
 
 ``run_inline`` runs a task the way a worker does, through the same outcome
-rules (SPEC section 6), and can pretend an abort arrives at the N-th
+rules (the table in docs/states.md), and can pretend an abort arrives at the N-th
 check::
 
     >>> from localabort import AbortableTask
