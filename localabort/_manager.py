@@ -254,8 +254,7 @@ class Manager:
         """Write every changed row, then complete the futures of the jobs that finished."""
         self._flush()
         self._flush_due = float("inf")
-        resolve(self._unresolved)
-        self._unresolved = []
+        resolve(self._unresolved)  # empties the list
 
     def _flush(self) -> None:
         jobs, rows, aborts = self.scheduler.take_rows()
