@@ -21,10 +21,10 @@ load it; here ``localabort.testing.run_inline`` runs one in this process:
 
 import typing as _typing
 
-from ._errors import StoreError, TaskAborted, TimeLimitExceeded, WorkerLost
+from ._errors import StoreError, TaskAborted, TimeLimitExceeded, UnknownTask, WorkerLost
 from ._executor import Executor
 from ._future import AbortableAsyncResult, AbortableFuture
-from ._states import ABORTED, FAILURE, PENDING, STARTED, SUCCESS
+from ._states import ABORTED, FAILURE, PENDING, RECEIVED, STARTED, SUCCESS
 from ._task import AbortableTask, checkpoint, current_task, is_aborted
 
 if _typing.TYPE_CHECKING:
@@ -38,11 +38,13 @@ __all__ = [
     "Executor",
     "FAILURE",
     "PENDING",
+    "RECEIVED",
     "STARTED",
     "SUCCESS",
     "StoreError",
     "TaskAborted",
     "TimeLimitExceeded",
+    "UnknownTask",
     "WorkerLost",
     "checkpoint",
     "current_task",

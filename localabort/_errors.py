@@ -12,6 +12,8 @@
           |              +-- WorkerLost    the child running the task died
           +-- TimeLimitExceeded         the task passed its hard time limit
           +-- StoreError                the state store cannot be opened or used
+          +-- LookupError
+               +-- UnknownTask          no executor handed out this task id
 
 Every one pickles, so a child can send it to its parent and the store can
 keep it. A stored pickle names a class by its module: the public ones say
@@ -27,7 +29,7 @@ import concurrent.futures.process
 import copyreg
 from typing import Any, Optional
 
-__all__ = ["RemoteTraceback", "StoreError", "TaskAborted", "TimeLimitExceeded", "WorkerLost"]
+__all__ = ["RemoteTraceback", "StoreError", "TaskAborted", "TimeLimitExceeded", "UnknownTask", "WorkerLost"]
 
 
 class TaskAborted(concurrent.futures.CancelledError):
@@ -85,12 +87,25 @@ class StoreError(Exception):
     """
 
 
+class UnknownTask(LookupError):
+    """The store holds no task of this id, and no executor on it handed one out.
+
+    Raised by ``AbortableAsyncResult``'s ``state``, ``get()`` and ``abort()``
+    (and ``localabort abort``/``show``, exit status 1), where Celery would
+    answer PENDING for ever. An id ``submit()`` returned is never unknown:
+    an abort asked for it before its row is written is kept, and honoured.
+
+    >>> str(UnknownTask("no task 0a1b in batch.sqlite"))
+    'no task 0a1b in batch.sqlite'
+    """
+
+
 #: The cause attached to an exception raised in a child, holding its traceback text: CPython's own
 #: class, so code (and CPython's tests) written for ProcessPoolExecutor find what they expect.
 RemoteTraceback = concurrent.futures.process._RemoteTraceback
 
 
-for _public in (TaskAborted, WorkerLost, TimeLimitExceeded, StoreError):
+for _public in (TaskAborted, WorkerLost, TimeLimitExceeded, StoreError, UnknownTask):
     _public.__module__ = "localabort"
 del _public
 

@@ -81,7 +81,7 @@ from ._interrupt import keep_exiting_as_interrupted, stop_on_interrupt
 from ._jobs import Job, completed, new_id
 from ._manager import Manager
 from ._scheduler import Scheduler
-from ._states import FAILURE
+from ._states import FAILURE, SUCCESS
 from ._task import task_name
 from ._worker import WorkerSetup
 
@@ -249,11 +249,16 @@ class Executor(concurrent.futures.Executor):
         if not callable(task):
             raise TypeError(f"{task!r} is not a task: pass an AbortableTask subclass or a callable")
         name = task_name(task)
-        if key is not None:
-            done = self._store.find_success(name, key)
-            if done is not None:
-                return self._watch(completed(done.id, done.result, done.progress), name)
+        holder = None
+        if key is not None:  # a key runs once at a time: the task that holds it, here or elsewhere, is followed
+            local = self._scheduler.keyed_future(name, key)
+            if local is not None:
+                return local
+            holder = self._store.find_key(name, key)
+            if holder is not None and holder.state == SUCCESS:
+                return self._watch(completed(holder.id, holder.result, holder.progress), name)
         job = Job(task_id or new_id(), self._scheduler.next_seq(), name, key, self._scheduler)
+        job.follows = None if holder is None else holder.id
         job.chunked = chunked
         job.soft_time_limit = soft_time_limit if soft_time_limit is not None else getattr(task, "soft_time_limit", None)
         job.time_limit = time_limit if time_limit is not None else getattr(task, "time_limit", None)

@@ -66,7 +66,7 @@ class AbortableFuture(concurrent.futures.Future):  # type: ignore[type-arg]
 
     @property
     def state(self) -> str:
-        """``PENDING``, ``STARTED``, then ``SUCCESS``, ``FAILURE`` or ``ABORTED``."""
+        """``PENDING``, ``RECEIVED`` (claimed for a worker), ``STARTED``, then ``SUCCESS``, ``FAILURE``, ``ABORTED``."""
         return self._task_state
 
     status = state
@@ -134,25 +134,27 @@ class AbortableAsyncResult:
 
     @property
     def state(self) -> str:
-        """The stored state; ``PENDING`` for an id the store does not know, as in Celery."""
-        record = self.store.get(self.id)
-        return record.state if record is not None else PENDING
+        """The stored state; an id no executor handed out raises ``UnknownTask`` (not PENDING, as in Celery)."""
+        return self.store.lookup(self.id).state
 
     status = state
 
     @property
     def progress(self) -> Optional[Progress]:
         """The task's last stored ``(done, total)``, or ``None``."""
-        record = self.store.get(self.id)
-        return record.progress if record is not None else None
+        return self.store.lookup(self.id).progress
 
     def abort(self) -> bool:
-        """Ask the task to abort; ``True`` if recorded, ``False`` if finished or unknown."""
-        return self.store.request_abort(self.id)
+        """Ask the task to abort; ``True`` if recorded, ``False`` if finished; ``UnknownTask`` if unknown.
+
+        An abort asked before the task's row is written (moments after
+        ``submit()``) is kept, and the task never runs.
+        """
+        return self.store.request_abort(self.id) is not None
 
     def is_aborted(self) -> bool:
         """Whether an abort was ever requested for this task."""
-        return self.store.is_abort_requested(self.id)
+        return self.store.lookup(self.id).abort_requested
 
     def ready(self) -> bool:
         """Whether the task has finished, whatever its outcome."""
@@ -170,10 +172,12 @@ class AbortableAsyncResult:
         """Wait for the task; return its value or raise as ``AbortableFuture.result`` does.
 
         Polls the store every ``interval`` seconds (starting faster); raises
-        ``TimeoutError`` after ``timeout`` seconds.
+        ``TimeoutError`` after ``timeout`` seconds, and ``UnknownTask`` for an
+        id no executor handed out.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = min(0.005, interval)
+        self.store.lookup(self.id)  # an unknown id raises, instead of waiting for ever
         while True:
             record = self.store.get(self.id)
             if record is not None and record.state in READY_STATES:

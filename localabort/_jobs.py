@@ -10,6 +10,12 @@ state the store and the future show (``_states``)::
     QUEUED  --> DONE      aborted or cancelled while queued: it never runs
     SENT    --> DONE      the same, when taken back before its worker claimed it
     RUNNING --> DONE      its worker replied, or died
+
+A queued job is sent only once the store holds its *claim* (``claimed``):
+its row says RECEIVED, written in a transaction that then read whether an
+abort had been asked for it (``Store.sync``). A job whose key another task
+holds is not claimed: it leaves the queue and *follows* that task (QUEUED,
+``follows`` set), and ends with its outcome.
 """
 
 from __future__ import annotations
@@ -38,7 +44,9 @@ class Job:
         "abort_requested",
         "blob",
         "chunked",
+        "claimed",
         "finished_at",
+        "follows",
         "future",
         "hard_deadline",
         "id",
@@ -46,7 +54,6 @@ class Job:
         "lost",
         "name",
         "progress",
-        "recorded",
         "result",
         "seq",
         "slot",
@@ -81,7 +88,8 @@ class Job:
         self.time_limit: Optional[float] = None
         self.soft_deadline = self.hard_deadline = float("inf")
         self.lost: Optional[BaseException] = None  # why the parent killed its worker
-        self.recorded = False  # the store has its row: only then may it start
+        self.claimed = False  # the store holds its claim (RECEIVED): only then may it start
+        self.follows: Optional[str] = None  # the task holding its key, whose outcome it takes instead of running
 
     def end(self, state: str, exc: Optional[BaseException] = None) -> None:
         """Record the job's final state; ``exc``, if given, becomes its stored outcome."""

@@ -15,15 +15,26 @@ its loop (``_executor`` gives the overview). Each ``_step``:
    every ``poll_interval``;
 4. enforces time limits: the soft one asks for an abort, the hard one
    kills the worker;
-5. if an idle worker waits for a job whose row is not in the store yet,
-   writes first: a task never starts before the store knows it;
-6. sends recorded jobs to idle workers, and to each busy one the job it
+5. if an idle worker waits for a job whose claim is not in the store yet,
+   writes first (see 7): no task starts before the store holds its claim;
+6. sends claimed jobs to idle workers, and to each busy one the job it
    runs next;
-7. writes every changed row in one transaction (group commit): at most
-   ``FLUSH_INTERVAL`` after the first change while workers are busy, at
-   once when none is; then completes the futures of the jobs that
-   finished, so a final state is stored before anyone sees it; then sends
+7. writes to the store in one transaction (``Store.sync``, a group
+   commit): every changed row, among them the *claims* of the next queued
+   jobs (as many as the workers will take before the next write; their
+   rows say RECEIVED), then reads which of those have an abort requested;
+   it writes at most ``FLUSH_INTERVAL`` after the first change while
+   workers are busy, at once when none is, and at least every
+   ``HEARTBEAT`` s (a written-up time that tells other processes which
+   ids it may still hold unwritten); then completes the futures of the
+   jobs whose final state it stored (a final state is stored before
+   anyone sees it), ends unrun the claims an abort came before, and sends
    what that write let start.
+
+So an abort from another process is never lost: recorded before a job's
+claim, the job ends unrun; after it, the job is RECEIVED or STARTED, and
+the poll (3) finds the abort: a job no worker has started ends unrun, a
+running one is asked.
 
 User threads wait for this thread only to shut down. They reach a worker
 through its abort words (``_words``), and kill workers through
@@ -47,6 +58,7 @@ from ._outcome import dump, terminated, within_limit
 from ._scheduler import Scheduler
 from ._slot import Slot
 from ._states import ABORTED, FAILURE
+from ._store import HEARTBEAT
 from ._words import allocate
 from ._worker import WorkerSetup
 
@@ -78,7 +90,9 @@ class Manager:
         self._next_poll = 0.0
         self._start_failures = 0
         self._unresolved: List[Job] = []  # finished jobs waiting for the next store write
+        self._finished = 0  # jobs finished since the last write: how many to claim ahead
         self._flush_due = float("inf")
+        self._next_heartbeat = 0.0
         self._on_stop: Callable[[Manager], None] = lambda manager: None
         self._thread = threading.Thread(target=self._manage, name="localabort-manager", daemon=True)
 
@@ -116,9 +130,8 @@ class Manager:
             if slot.job is not None or not slot.ready:
                 waitables[slot.conn] = slot
             busy = busy or slot.job is not None
-        # Never wait without a timeout while work is queued: a lost wake-up then costs one poll, not a hang.
-        timeout = self._timeout() if busy or scheduler.queue else None
-        ready = multiprocessing.connection.wait(list(waitables), timeout)
+        # Never wait past the heartbeat, so never without a timeout: a lost wake-up costs one poll, not a hang.
+        ready = multiprocessing.connection.wait(list(waitables), self._timeout(busy or bool(scheduler.followers)))
         finished: List[Job] = []
         for obj in ready:
             owner = waitables[obj]
@@ -133,30 +146,38 @@ class Manager:
                 else:
                     self._replace(owner, finished)
         now = time.monotonic()
-        if busy and now >= self._next_poll:
+        if (busy or scheduler.followers) and now >= self._next_poll:
             self._next_poll = now + self._poll_interval
             finished += scheduler.aborted_elsewhere(self._store.aborts_requested(scheduler.executor_id))
+            if scheduler.followers:
+                finished += scheduler.follow({record.id: record for record in self._store.tasks(scheduler.holders())})
         self._enforce_limits(now)
+        self._finished += len(finished)
         self._unresolved += finished
         finished.clear()  # hold no job past its resolve: a caller may drop its result and expect it freed
-        if scheduler.unrecorded_job_waits():
-            self._commit()  # a task never starts before the store knows it
+        if scheduler.unclaimed_job_waits():
+            self._commit()  # a task never starts before the store holds its claim
         self._send(scheduler.dispatch())
         # Group commit: write while workers run, at most FLUSH_INTERVAL after a change,
         # and at once when no worker is busy (no reply is coming to share the write with).
         if scheduler.dirty or scheduler.abort_rows:
             self._flush_due = min(self._flush_due, now + FLUSH_INTERVAL)
-            if now >= self._flush_due or all(s.job is None for s in scheduler.slots):
-                self._commit()
-                self._send(scheduler.dispatch())  # jobs this write recorded may start now
+        if (
+            now >= self._flush_due
+            or now >= self._next_heartbeat
+            or (self._flush_due < float("inf") and all(s.job is None for s in scheduler.slots))
+        ):
+            self._commit()
+            self._send(scheduler.dispatch())  # jobs this write claimed may start now
         return not scheduler.finished()
 
-    def _timeout(self) -> float:
+    def _timeout(self, busy: bool) -> float:
         soonest = min(
             (min(s.job.soft_deadline, s.job.hard_deadline) for s in self.scheduler.slots if s.job is not None),
             default=float("inf"),
         )
-        return max(0.0, min(self._next_poll, soonest, self._flush_due) - time.monotonic())
+        poll = self._next_poll if busy else float("inf")
+        return max(0.0, min(poll, soonest, self._flush_due, self._next_heartbeat) - time.monotonic())
 
     def _receive(self, slot: Slot, finished: List[Job]) -> None:
         """Read every message the worker in ``slot`` has sent; replace it if its pipe broke."""
@@ -251,16 +272,20 @@ class Manager:
                 pass
 
     def _commit(self) -> None:
-        """Write every changed row, then complete the futures of the jobs that finished."""
-        self._flush()
+        """Write (step 7 of the loop), complete the futures of the jobs that finished, end aborted claims."""
+        scheduler = self.scheduler
+        scheduler.claim_ahead, self._finished = 2 * self._finished, 0
+        rows, aborts, claims, flushed_at = scheduler.take_rows()
+        aborted, held = self._store.sync(
+            scheduler.executor_id, rows, aborts, claims=[(job.id, job.name, job.key) for job in claims],
+            flushed_at=flushed_at,
+        )  # fmt: skip
+        scheduler.refused(held)
+        scheduler.claimed([job for job in claims if job.id not in held])
         self._flush_due = float("inf")
+        self._next_heartbeat = time.monotonic() + HEARTBEAT
         resolve(self._unresolved)  # empties the list
-
-    def _flush(self) -> None:
-        jobs, rows, aborts = self.scheduler.take_rows()
-        self._store.write(rows, aborts=aborts)
-        for job in jobs:
-            job.recorded = True
+        self._unresolved += scheduler.aborted_elsewhere(aborted)  # their rows go with the next write
 
     def _break(self, exc: BaseException) -> None:
         """The manager cannot go on: settle every future, then stop the workers.
@@ -289,8 +314,9 @@ class Manager:
             slot.reap()
         try:
             if self.scheduler.broken is None:
-                self._flush()
-                resolve(self._unresolved)
+                self._commit()
+                if self._unresolved:  # ended by that write's aborts: stored with one more
+                    self._commit()
                 self._store.close_executor(self.scheduler.executor_id)
         finally:
             self._store.dispose()  # its pooled connections hold file descriptors; reopened on next use

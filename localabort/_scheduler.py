@@ -32,9 +32,12 @@ future's ``_task_state``
 ``broken``                                 ``lock``      the manager, when it breaks
 ``wake_pending``                           ``lock``      submit sets it; the manager clears it
                                                          when it drains the wake pipe
+a job's ``claimed``                        ``lock``      the manager, once the store holds
+                                                         the claim ``take_rows`` chose
+``claim_ahead``                            none          the manager, before ``take_rows``
 a job's ``progress``, ``result``,          none          the manager only, before the job is
-``traceback``, ``lost``, deadlines,                      DONE (and ``end``, under ``lock``)
-``recorded``; ``slot.ready``
+``traceback``, ``lost``, deadlines;                      DONE (and ``end``, under ``lock``)
+``slot.ready``
 ``slots`` (the list)                       none          the manager only (it replaces dead
                                                          workers); ``terminate`` copies it
                                                          under ``lock``
@@ -66,7 +69,7 @@ from ._jobs import DONE, QUEUED, RUNNING, SENT, Job, resolve
 from ._messages import Call
 from ._outcome import unrun
 from ._slot import Slot
-from ._states import ABORTED, FAILURE, STARTED, Progress, task_row
+from ._states import ABORTED, FAILURE, PENDING, READY_STATES, RECEIVED, STARTED, Progress, task_row
 
 if TYPE_CHECKING:
     from ._store import Store
@@ -86,9 +89,12 @@ class Scheduler:
         self.lock = threading.Lock()
         self.queue: Deque[Job] = collections.deque()
         self.jobs: Dict[str, Job] = {}  # every job not finished, by id
+        self.keyed: Dict[Tuple[str, str], Job] = {}  # every job not finished that has a key, by name and key
+        self.followers: Dict[str, Job] = {}  # jobs following the task that holds their key, by id
         self.slots: List[Slot] = []  # filled by the manager
         self.dirty: Dict[str, Job] = {}  # jobs whose row the store must get
         self.abort_rows: List[Row] = []  # abort requests to record with the next write
+        self.claim_ahead = 0  # queued jobs to claim beyond the workers' free places (see take_rows)
         self._seq = itertools.count(1)
         self.shutting_down = self.terminating = False
         self.broken: Optional[BaseException] = None
@@ -106,14 +112,26 @@ class Scheduler:
         return next(self._seq)
 
     def enqueue(self, job: Job) -> None:
+        """Queue ``job``; or, if it follows a task that holds its key elsewhere, only record it."""
         with self.lock:
             self.check_open()
-            self.queue.append(job)
+            if job.follows is None:
+                self.queue.append(job)
+            else:
+                self.followers[job.id] = job
             self.jobs[job.id] = job
+            if job.key is not None:
+                self.keyed[job.name, job.key] = job
             self.dirty[job.id] = job
             wake, self.wake_pending = not self.wake_pending, True
         if wake:
             self.wake()
+
+    def keyed_future(self, name: str, key: str) -> Optional[AbortableFuture]:
+        """The future of this executor's unfinished job of task ``name`` under ``key``, if there is one."""
+        with self.lock:
+            job = self.keyed.get((name, key))
+            return None if job is None else job.future
 
     def check_open(self) -> None:
         """Raise what ``submit`` raises once the executor stopped: broken, or shut down."""
@@ -155,6 +173,9 @@ class Scheduler:
                     if free > 0:
                         free -= 1
                         continue
+                    self._end_unrun(job, "cancelled")
+                    cancelled.append(job)
+                for job in list(self.followers.values()):
                     self._end_unrun(job, "cancelled")
                     cancelled.append(job)
             rows = [self.row(job) for job in cancelled]
@@ -228,7 +249,7 @@ class Scheduler:
                 self.shutting_down = True
 
     def dispatch(self) -> List[Tuple[Slot, Call]]:
-        """Give recorded queued jobs to idle workers, then to busy ones as their next; return the calls."""
+        """Give claimed queued jobs to idle workers, then to busy ones as their next; return the calls."""
         calls: List[Tuple[Slot, Call]] = []
         with self.lock:
             if self.terminating:
@@ -238,7 +259,7 @@ class Scheduler:
                 if slot.next is not None or (budget is not None and slot.calls >= budget):  # full, or will exit
                     continue
                 head = self._queue_head()
-                if head is None or not head.recorded:  # not recorded: wait for the next write
+                if head is None or not head.claimed:  # not claimed: wait for the next write
                     break
                 job = self.queue.popleft()
                 job.slot, job.word = slot, slot.words.take()
@@ -279,7 +300,7 @@ class Scheduler:
             job.result, job.traceback, job.blob = blob, tb, None
             if progress is not None:
                 job.progress = progress
-            self.jobs.pop(job.id, None)
+            self._forget(job)
             self.dirty[job.id] = job
 
     def vacate(self, slot: Slot) -> Tuple[Optional[Job], List[Job]]:
@@ -314,6 +335,43 @@ class Scheduler:
                     ended.append(job)
         return ended
 
+    def refused(self, holders: Dict[str, str]) -> None:
+        """The store refused these jobs' claims, as other tasks hold their keys: each follows its holder."""
+        with self.lock:
+            for task_id, holder in holders.items():
+                job = self.jobs.get(task_id)
+                if job is not None and job.stage == QUEUED:
+                    job.state = job.future._task_state = PENDING
+                    job.follows = holder
+                    self.followers[job.id] = job
+                    self.queue.remove(job)
+
+    def holders(self) -> List[str]:
+        """The ids of the tasks that jobs follow."""
+        with self.lock:
+            return [job.follows for job in self.followers.values() if job.follows is not None]
+
+    def follow(self, found: Dict[str, Any]) -> List[Job]:
+        """Jobs whose holder ``found`` (``TaskRecord`` by id) shows finished end as it did; return them.
+
+        A job whose holder is gone from the store (forgotten) is queued again, to run itself.
+        """
+        ended: List[Job] = []
+        with self.lock:
+            for job in list(self.followers.values()):
+                holder = found.get(job.follows)  # type: ignore[arg-type]
+                if holder is None:
+                    job.follows = None
+                    del self.followers[job.id]
+                    self.queue.appendleft(job)
+                elif holder.finished_at is not None or holder.state in READY_STATES:
+                    job.end(holder.state)
+                    job.result, job.traceback, job.blob = holder.result, holder.traceback, None
+                    self._forget(job)
+                    self.dirty[job.id] = job
+                    ended.append(job)
+        return ended
+
     def soft_limit(self, job: Job) -> None:
         """``job`` passed its soft time limit: abort it, as a user would."""
         with self.lock:
@@ -321,19 +379,43 @@ class Scheduler:
                 self._mark_aborted(job)
                 self.abort_rows.append(self.row(job, abort=True))
 
-    def unrecorded_job_waits(self) -> bool:
-        """Whether an idle worker waits for a job whose row is not in the store yet."""
+    def unclaimed_job_waits(self) -> bool:
+        """Whether an idle worker waits for a job whose claim is not in the store yet."""
         with self.lock:
             head = self._queue_head()
-            return head is not None and not head.recorded and any(s.job is None for s in self.slots)
+            return head is not None and not head.claimed and any(s.job is None for s in self.slots)
 
-    def take_rows(self) -> Tuple[List[Job], List[Row], List[Row]]:
-        """The changed jobs, their rows and the abort rows owed to the store; the debt is cleared."""
+    def take_rows(self) -> Tuple[List[Row], List[Row], List[Job], float]:
+        """The rows and abort rows owed to the store, the jobs they claim, and when; the debt is cleared.
+
+        The queued jobs to claim are the first ones, as many as the workers
+        have free places for, plus ``claim_ahead`` (so the workers need not
+        wait for the next write); each is now RECEIVED. Every job submitted
+        before the time returned is among these rows or was written before.
+        """
         with self.lock:
-            jobs = list(self.dirty.values())
-            rows = [self.row(job) for job in jobs]
+            claims: List[Job] = []
+            wanted = sum((s.job is None) + (s.next is None) for s in self.slots) + self.claim_ahead
+            for job in itertools.islice(self.queue, 0, None) if not self.terminating else ():
+                if wanted <= 0:
+                    break
+                if job.stage != QUEUED:  # ended while queued
+                    continue
+                wanted -= 1
+                if not job.claimed and not job.abort_requested:
+                    claims.append(job)
+            rows = [self.row(job) for job in self.dirty.values()]
+            for job in claims:  # the store's claim writes it, not the job's row: the claim may be refused
+                job.state = job.future._task_state = RECEIVED
             aborts, self.dirty, self.abort_rows = self.abort_rows, {}, []
-        return jobs, rows, aborts
+            now = time.time()
+        return rows, aborts, claims, now
+
+    def claimed(self, jobs: List[Job]) -> None:
+        """The store holds the claims of ``jobs``: they may be sent (unless an abort ends them first)."""
+        with self.lock:
+            for job in jobs:
+                job.claimed = True
 
     def keeps_workers(self) -> bool:
         """Whether a worker that died is to be replaced."""
@@ -352,6 +434,8 @@ class Scheduler:
             self.broken, self.shutting_down = exc, True
             jobs = {job.id: job for job in [*unresolved, *self.dirty.values(), *self.jobs.values()]}
             self.jobs.clear()
+            self.keyed.clear()
+            self.followers.clear()
             self.queue.clear()
             self.dirty.clear()
             for job in jobs.values():
@@ -385,7 +469,14 @@ class Scheduler:
     def _end_unrun(self, job: Job, how: str) -> None:
         """End ``job``, which never started, ABORTED. The caller writes its row."""
         job.end(ABORTED, unrun(job.id, how))
-        del self.jobs[job.id]
+        self._forget(job)
+
+    def _forget(self, job: Job) -> None:
+        """``job`` has ended: it is no longer this executor's to track."""
+        self.jobs.pop(job.id, None)
+        self.followers.pop(job.id, None)
+        if job.key is not None and self.keyed.get((job.name, job.key)) is job:
+            del self.keyed[job.name, job.key]
 
     def _start(self, job: Job) -> None:
         """``job`` is now its worker's current one."""

@@ -4,18 +4,26 @@ One row per task in ``localabort_tasks``. ``abort_requested_at`` is the
 abort request, a fact of its own that state writes never touch;
 ``STATE_COLUMNS`` are what those writes set. A partial index covers only
 unfinished tasks, so the executors' abort poll stays cheap however large
-the store grows.
+the store grows; a unique one lets a key be held by one task at a time.
+An abort asked for an id whose row is not written yet is a row of its own
+(a *standing abort*, with an empty name) until the executor's row lands on it.
+
+``localabort_meta`` records the schema version. ``MIGRATIONS`` upgrade an
+older store, each step in the one transaction that also records the new
+version (``Store`` runs them, for an ``Executor`` only).
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional
+from typing import Any, Callable, Dict, NamedTuple, Optional
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
-from ._states import PENDING, STARTED, STATE_COLUMNS, Progress, task_row
+from ._states import HELD_STATES, STATE_COLUMNS, UNREADY_STATES, Progress, task_row
 
 __all__ = [
+    "MIGRATIONS",
     "SCHEMA_VERSION",
     "STATE_COLUMNS",
     "UNFINISHED",
@@ -28,12 +36,22 @@ __all__ = [
     "tasks",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 metadata = sa.MetaData()
+
+
+def _states_in(states: Any) -> str:
+    return "state IN (" + ", ".join(f"'{state}'" for state in sorted(states)) + ")"
+
+
 # Written out, not bound: SQLite uses a partial index only when it can see the
 # query's condition implies the index's, which bound parameters hide.
-UNFINISHED = f"state IN ('{PENDING}', '{STARTED}')"
+UNFINISHED = _states_in(UNREADY_STATES)
+#: A task a worker holds: at most one such task per name and key.
+HELD_KEY = f"key IS NOT NULL AND {_states_in(HELD_STATES)}"
+#: The name of a standing abort's row: no task has it.
+STANDING = ""
 
 tasks = sa.Table(
     "localabort_tasks",
@@ -60,6 +78,14 @@ tasks = sa.Table(
         sqlite_where=sa.text(UNFINISHED),
         postgresql_where=sa.text(UNFINISHED),
     ),
+    sa.Index(
+        "ux_localabort_tasks_held_key",
+        "name",
+        "key",
+        unique=True,
+        sqlite_where=sa.text(HELD_KEY),
+        postgresql_where=sa.text(HELD_KEY),
+    ),
 )
 
 executors = sa.Table(
@@ -71,6 +97,8 @@ executors = sa.Table(
     sa.Column("process_start", sa.String(32)),  # tells a live pid from a reused one
     sa.Column("started_at", sa.Float),
     sa.Column("closed_at", sa.Float),
+    # Every task this executor handed out before this time has its row (see Store.request_abort).
+    sa.Column("flushed_at", sa.Float),
 )
 
 meta = sa.Table(
@@ -79,6 +107,20 @@ meta = sa.Table(
     sa.Column("name", sa.String(64), primary_key=True),
     sa.Column("value", sa.String(255)),
 )
+
+
+def _to_2(conn: Connection) -> None:
+    """Schema 2: the state RECEIVED among the unfinished ones, keys held once, executors' flushed_at."""
+    conn.execute(sa.text("ALTER TABLE localabort_executors ADD COLUMN flushed_at FLOAT"))
+    for index in tasks.indexes:
+        if index.name == "ix_localabort_tasks_unfinished":
+            index.drop(conn)
+        if index.name in ("ix_localabort_tasks_unfinished", "ux_localabort_tasks_held_key"):
+            index.create(conn)
+
+
+#: Upgrades from each older schema version to the next.
+MIGRATIONS: Dict[int, Callable[[Connection], None]] = {1: _to_2}
 
 
 class TaskRecord(NamedTuple):

@@ -1,10 +1,18 @@
 """Task state names, spelled as in Celery, the rules between them, and the shape of a task's state row.
 
-A task moves one way only::
+A task moves forward only::
 
-    PENDING --> STARTED --> SUCCESS | FAILURE | ABORTED
-       |                                  ^
-       +----------------------------------+   (aborted or cancelled before it ran)
+    PENDING --> RECEIVED --> STARTED --> SUCCESS | FAILURE | ABORTED
+       |           |                             ^
+       +-----------+-----------------------------+   (aborted or cancelled before it ran)
+
+RECEIVED (Celery's name) is a task handed to a worker that is still busy
+with the task before it: an abort ends it unrun, unless that worker has
+just gone on to it, when it is asked like any running task. A PENDING task
+is one no worker holds, so an abort always ends it unrun: the executor
+records RECEIVED or STARTED in the store before a worker may start a task
+(the *claim*), and checks for aborts in the same transaction. (A task
+handed back when its worker dies is PENDING again.)
 
 A final state is never left again. The abort *request* is not a state: it is
 a separate fact (see the store), so no later write of a state can undo it.
@@ -15,6 +23,7 @@ from __future__ import annotations
 from typing import Any, Dict, Optional, Tuple
 
 PENDING = "PENDING"
+RECEIVED = "RECEIVED"
 STARTED = "STARTED"
 SUCCESS = "SUCCESS"
 FAILURE = "FAILURE"
@@ -23,7 +32,9 @@ ABORTED = "ABORTED"
 #: States a task never leaves once it has reached one.
 READY_STATES = frozenset({SUCCESS, FAILURE, ABORTED})
 #: States of a task that has not finished.
-UNREADY_STATES = frozenset({PENDING, STARTED})
+UNREADY_STATES = frozenset({PENDING, RECEIVED, STARTED})
+#: States of a task a worker holds: a key runs in at most one task in these states at a time.
+HELD_STATES = frozenset({RECEIVED, STARTED})
 ALL_STATES = READY_STATES | UNREADY_STATES
 
 #: A task's progress as it reports it: ``(done, total)``, ``total`` ``None`` when unknown.

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import re
 import socket
 import time
 from typing import Any, ClassVar, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -31,11 +32,24 @@ from typing import Any, ClassVar, Dict, Iterable, Iterator, List, Optional, Sequ
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, make_url
 
-from ._errors import StoreError, WorkerLost
+from ._errors import StoreError, UnknownTask, WorkerLost
 from ._outcome import dump, unrun
 from ._procs import alive, process_start
-from ._schema import SCHEMA_VERSION, STATE_COLUMNS, UNFINISHED, TaskRecord, executors, meta, metadata, record, tasks
-from ._states import ABORTED, FAILURE, PENDING, READY_STATES, STARTED, SUCCESS, UNREADY_STATES
+from ._schema import (
+    HELD_KEY,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    STANDING,
+    STATE_COLUMNS,
+    UNFINISHED,
+    TaskRecord,
+    executors,
+    meta,
+    metadata,
+    record,
+    tasks,
+)  # fmt: skip
+from ._states import ABORTED, FAILURE, PENDING, READY_STATES, RECEIVED, STARTED, SUCCESS, UNREADY_STATES
 
 __all__ = ["Store", "TaskRecord", "forget"]
 
@@ -43,6 +57,10 @@ __all__ = ["Store", "TaskRecord", "forget"]
 BUSY_TIMEOUT = 60.0
 #: Task ids one query asks about at most.
 ID_BATCH = 5000
+#: Seconds between an executor's writes of ``flushed_at`` when it has nothing else to write.
+HEARTBEAT = 0.5
+#: Seconds an executor may be silent before a lookup stops waiting for it (hung, or dead on another host).
+SILENT = 5.0
 
 StoreSpec = Union[str, "os.PathLike[str]", "Store"]
 
@@ -79,7 +97,6 @@ class Store:
         self.name = self.path or (self.url if url.password is None else url.render_as_string(hide_password=True))
         self._engine: Optional[Engine] = None
         self._pid = -1
-        self._statements: Dict[bool, Any] = {}  # built once: building an upsert costs more than running it
         self._prepare(create)
 
     @classmethod
@@ -141,10 +158,11 @@ class Store:
     @contextlib.contextmanager
     def _begin(self) -> Iterator[Connection]:
         """A short write transaction; any database failure becomes a ``StoreError`` naming the store."""
+        engine = self.engine
         try:
-            with self.engine.begin() as conn:
+            with engine.begin() as conn:
                 yield conn
-        except sa.exc.SQLAlchemyError as exc:
+        except (sa.exc.SQLAlchemyError, engine.dialect.loaded_dbapi.Error) as exc:  # the cursor's own, unwrapped
             raise StoreError(f"{self.name}: cannot write the store ({_reason(exc)})") from exc
 
     @contextlib.contextmanager
@@ -175,6 +193,9 @@ class Store:
                     raise StoreError(f"{self.path}: cannot create the store ({exc.strerror})") from None
         try:
             found = self._schema_version(create)
+        except StoreError:
+            self.dispose()
+            raise
         except sa.exc.SQLAlchemyError as exc:
             self.dispose()
             raise StoreError(f"{self.name}: cannot open as a localabort store ({_reason(exc)})") from None
@@ -194,9 +215,10 @@ class Store:
     def _schema_version(self, create: bool) -> Optional[str]:
         """The schema version the store records; ``None`` if it has no localabort schema.
 
-        With ``create``, the schema is made first, in one transaction; two
-        processes making one store at the same moment both succeed (the
-        loser of the race finds the winner's tables and tries again).
+        With ``create``, the schema is made first, or an older one upgraded,
+        in one transaction; two processes making or upgrading one store at
+        the same moment both succeed (the loser of the race finds the
+        winner's work and tries again). Without it, an older schema is an error.
         """
         for attempt in range(5):
             try:
@@ -212,9 +234,19 @@ class Store:
                     if create and found is None:
                         conn.execute(meta.insert().values(name="schema", value=str(SCHEMA_VERSION)))
                         found = SCHEMA_VERSION
+                    elif found is not None and int(found) < SCHEMA_VERSION:
+                        if not create:
+                            raise StoreError(
+                                f"{self.name}: made by an older localabort (schema {found}, this one reads "
+                                f"{SCHEMA_VERSION}); open it once with an Executor, which upgrades it"
+                            )
+                        for version in range(int(found), SCHEMA_VERSION):
+                            MIGRATIONS[version](conn)
+                        conn.execute(meta.update().where(meta.c.name == "schema").values(value=str(SCHEMA_VERSION)))
+                        found = SCHEMA_VERSION
                     return None if found is None else str(found)
             except sa.exc.SQLAlchemyError as exc:
-                raced = any(word in str(exc) for word in ("already exists", "duplicate", "locked"))
+                raced = any(word in str(exc) for word in ("already exists", "duplicate", "locked", "UNIQUE"))
                 if not create or attempt == 4 or not raced:
                     raise
                 time.sleep(0.05 * (attempt + 1))
@@ -222,32 +254,22 @@ class Store:
 
     # -- writes ---------------------------------------------------------------
 
-    def _upsert(self, keep_abort: bool) -> Any:
-        stmt = self._statements.get(keep_abort)
-        if stmt is None:
-            stmt = self._statements[keep_abort] = self._build_upsert(keep_abort)
-        return stmt
+    # The writes an executor makes at every group commit run on the DB-API cursor of SQLAlchemy's
+    # connection, with SQL written once here (SQLite and PostgreSQL share it): through SQLAlchemy Core
+    # each row and statement cost ten times as much, and the store's write is the executor's hot path.
 
-    def _build_upsert(self, keep_abort: bool) -> Any:
-        dialect = self.engine.dialect.name
-        insert: Any
-        if dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert
-        elif dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:  # pragma: no cover - guarded at open
-            raise StoreError(f"{self.name}: unsupported database {dialect!r}; use SQLite or PostgreSQL")
-        stmt = insert(tasks)
-        set_: Dict[str, Any]
-        if keep_abort:
-            set_ = {c: stmt.excluded[c] for c in STATE_COLUMNS}
-            where = sa.text(f"{tasks.name}.{UNFINISHED}")  # a final state stays final
-        else:
-            set_ = {
-                "abort_requested_at": sa.func.coalesce(tasks.c.abort_requested_at, stmt.excluded.abort_requested_at)
-            }
-            where = None
-        return stmt.on_conflict_do_update(index_elements=[tasks.c.id], set_=set_, where=where)
+    def _sql(self, text: str) -> str:
+        """``text``, whose parameters are written ``:name``, in the driver's own parameter style."""
+        return text if self.engine.dialect.name == "sqlite" else re.sub(r":(\w+)", r"%(\1)s", text)
+
+    def _cursor(self, conn: Connection) -> Any:
+        return conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+
+    def _write(self, cur: Any, rows: Sequence[Dict[str, Any]], aborts: Sequence[Dict[str, Any]]) -> None:
+        if aborts:
+            cur.executemany(self._sql(_ABORT_UPSERT), aborts)
+        if rows:
+            cur.executemany(self._sql(_STATE_UPSERT), rows)
 
     def write(self, rows: Sequence[Dict[str, Any]], aborts: Sequence[Dict[str, Any]] = ()) -> None:
         """Write task rows and abort requests in one short transaction.
@@ -260,24 +282,141 @@ class Store:
         if not rows and not aborts:
             return
         with self._begin() as conn:
-            if aborts:
-                conn.execute(self._upsert(keep_abort=False), list(aborts))
-            if rows:
-                conn.execute(self._upsert(keep_abort=True), list(rows))
+            self._write(self._cursor(conn), rows, aborts)
 
-    def request_abort(self, task_id: str) -> bool:
-        """Ask the task ``task_id`` to abort, from any process.
+    def sync(
+        self, executor_id: str, rows: Sequence[Dict[str, Any]], aborts: Sequence[Dict[str, Any]], *,
+        claims: Sequence[Tuple[str, str, Optional[str]]], flushed_at: float,
+    ) -> Tuple[List[str], Dict[str, str]]:  # fmt: skip
+        """An executor's write: its rows and abort requests, then the aborts it must honour, in one transaction.
 
-        Returns ``True`` if the request is recorded (now or before), ``False``
-        if the task has finished or the store does not know it.
+        ``claims`` are the ``(id, name, key)`` of the tasks to claim (PENDING
+        to RECEIVED) before any worker may start them. Returns the ids among
+        them with an abort requested, and those whose key another task
+        holds (RECEIVED or STARTED), with that task's id: they must not run.
+        The read follows the writes inside one write transaction: an abort
+        recorded before the claim is in the answer, and one recorded after
+        finds the task claimed, and reaches it through the executor's poll
+        (``aborts_requested``). ``flushed_at`` records that every task the
+        executor handed out before it now has its row.
         """
+        mark = "?" if self.engine.dialect.name == "sqlite" else "%s"
+        found: List[str] = []
+        held: Dict[str, str] = {}
         with self._begin() as conn:
-            done = conn.execute(
+            cur = self._cursor(conn)
+            self._write(cur, rows, aborts)
+            # First or not, a write: under SQLite's one writer lock no abort lands between here and the commit.
+            cur.execute(self._sql(_FLUSHED), {"flushed_at": flushed_at, "id": executor_id})
+            for task_id, name, key in claims:
+                if key is not None:
+                    holder = self._claim_key(cur, task_id, name, key)
+                    if holder is not None:
+                        held[task_id] = holder
+            check = [task_id for task_id, _, key in claims if key is None or task_id not in held]
+            for piece in _pieces(check):
+                ids = ", ".join([mark] * len(piece))
+                cur.execute(f"UPDATE {tasks.name} SET state = '{RECEIVED}' WHERE state = '{PENDING}' AND id IN ({ids})",
+                            piece)  # fmt: skip
+                cur.execute(f"SELECT id FROM {tasks.name} WHERE abort_requested_at IS NOT NULL AND id IN ({ids})",
+                            piece)  # fmt: skip
+                found += [task_id for (task_id,) in cur.fetchall()]
+        return found, held
+
+    def _claim_key(self, cur: Any, task_id: str, name: str, key: str) -> Optional[str]:
+        """Claim the keyed task ``task_id`` unless another task holds its key; return that task's id, or ``None``.
+
+        A unique index lets one task per name and key be RECEIVED or
+        STARTED; the claim asks first, so it never trips it. SQLite has one
+        writer at a time; on PostgreSQL, claims of one key wait on a lock of its own.
+        """
+        if self.engine.dialect.name == "postgresql":
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{name}\n{key}",))
+        values = {"id": task_id, "name": name, "key": key}
+        cur.execute(self._sql(_HOLDER), values)
+        holder = cur.fetchone()
+        if holder is not None:
+            return str(holder[0])
+        cur.execute(self._sql(_CLAIM_KEYED), values)
+        return None
+
+    def request_abort(self, task_id: str) -> Optional[str]:
+        """Ask the task ``task_id`` to abort, from any process; return its state then, or ``None`` if finished.
+
+        The state is read in the transaction that records the request: a
+        task aborted PENDING never runs; one RECEIVED ends unrun unless its
+        worker started it first; one STARTED is asked. An id whose row is
+        not written yet (an executor writes it within milliseconds of
+        ``submit()``) gets a *standing abort*, which that row keeps when it
+        lands, so the task never runs; the call waits for the row (see
+        ``lookup``) and answers PENDING. An id no executor handed out raises
+        ``UnknownTask``, and leaves nothing behind.
+        """
+        now = time.time()
+        with self._begin() as conn:
+            asked = conn.execute(
                 tasks.update()
-                .where(tasks.c.id == task_id, sa.text(UNFINISHED))
-                .values(abort_requested_at=sa.func.coalesce(tasks.c.abort_requested_at, time.time()))
+                .where(tasks.c.id == task_id, tasks.c.name != STANDING, sa.text(UNFINISHED))
+                .values(abort_requested_at=sa.func.coalesce(tasks.c.abort_requested_at, now))
             ).rowcount
-        return bool(done)
+            found = conn.execute(sa.select(tasks.c.name, tasks.c.state).where(tasks.c.id == task_id)).first()
+            if asked:  # this transaction holds the row: its state is the one the request met
+                assert found is not None
+                return str(found.state)
+            if found is not None and found.name != STANDING:
+                return None  # finished
+            if found is None:
+                conn.execute(tasks.insert().values(id=task_id, name=STANDING, state=PENDING, abort_requested_at=now))
+        try:
+            self.lookup(task_id, since=now)
+        except UnknownTask:
+            with self._begin() as conn:
+                gone = conn.execute(tasks.delete().where(tasks.c.id == task_id, tasks.c.name == STANDING)).rowcount
+            if gone:
+                raise
+        return PENDING  # its row landed on the standing abort: it never runs
+
+    def lookup(self, task_id: str, *, since: Optional[float] = None) -> TaskRecord:
+        """The task ``task_id``; an id not in the store raises ``UnknownTask`` once no executor can hold it.
+
+        An executor records its new tasks' rows within milliseconds, and
+        with them the time before which every id it handed out is written
+        (``flushed_at``, renewed every ``HEARTBEAT`` s). So an id asked
+        about at ``since`` (default: now) that has no row is waited for until
+        every live executor has written past ``since``, or has been silent
+        for ``SILENT`` s: only then is it unknown.
+        """
+        since = time.time() if since is None else since
+        pause = 0.001
+        while True:
+            found = self.get(task_id)
+            if found is not None:
+                return found
+            if self._written_since(since):
+                found = self.get(task_id)  # it may have landed with that very write
+                if found is not None:
+                    return found
+                raise UnknownTask(f"no task {task_id} in {self.name}")
+            time.sleep(pause)
+            pause = min(2 * pause, 0.05)
+
+    def _written_since(self, since: float) -> bool:
+        """Whether every executor that may still write has written every id it handed out before ``since``."""
+        query = sa.select(
+            executors.c.hostname, executors.c.pid, executors.c.process_start, executors.c.flushed_at,
+            executors.c.started_at,
+        ).where(executors.c.closed_at.is_(None))  # fmt: skip
+        with self._connect() as conn:
+            found = conn.execute(query).all()
+        host, now = socket.gethostname(), time.time()
+        for row in found:
+            flushed = row.flushed_at if row.flushed_at is not None else row.started_at or 0.0
+            if flushed >= since or now - flushed > SILENT:
+                continue
+            if row.hostname == host and not alive(row.pid, row.process_start):
+                continue
+            return False
+        return True
 
     def abort_unclaimed(self, task_id: str, owner: str) -> bool:
         """End ``task_id`` ABORTED if it is still PENDING under ``owner``; return whether it was.
@@ -330,7 +469,8 @@ class Store:
         pid = os.getpid()
         row = dict(id=executor_id, hostname=socket.gethostname(), pid=pid, process_start=process_start(pid))
         with self._begin() as conn:
-            conn.execute(executors.insert().values(started_at=time.time(), **row))
+            now = time.time()  # nothing handed out yet
+            conn.execute(executors.insert().values(started_at=now, flushed_at=now, **row))
 
     def close_executor(self, executor_id: str) -> None:
         with self._begin() as conn:
@@ -360,6 +500,13 @@ class Store:
                     .values(state=FAILURE, finished_at=now, result=dump(lost))
                 )
                 conn.execute(executors.update().where(executors.c.id == row.id).values(closed_at=now))
+        with self._begin() as conn:  # a standing abort whose asker died waiting: its wait ended long ago
+            conn.execute(
+                tasks.delete().where(
+                    tasks.c.executor_id.is_(None), tasks.c.name == STANDING, sa.text(UNFINISHED),
+                    tasks.c.abort_requested_at < time.time() - 10 * SILENT,
+                )
+            )  # fmt: skip
         return [row.id for row in dead]
 
     # -- reads ----------------------------------------------------------------
@@ -367,7 +514,7 @@ class Store:
     def get(self, task_id: str) -> Optional[TaskRecord]:
         """The task ``task_id`` as stored, or ``None``."""
         with self._connect() as conn:
-            row = conn.execute(sa.select(tasks).where(tasks.c.id == task_id)).first()
+            row = conn.execute(sa.select(tasks).where(tasks.c.id == task_id, tasks.c.name != STANDING)).first()
         return None if row is None else record(row)
 
     def is_abort_requested(self, task_id: str) -> bool:
@@ -379,23 +526,19 @@ class Store:
     def aborts_requested(self, executor_id: str) -> List[str]:
         """Ids of ``executor_id``'s unfinished tasks with an abort requested."""
         query = sa.select(tasks.c.id).where(
-            tasks.c.executor_id == executor_id,
-            tasks.c.abort_requested_at.is_not(None),
-            sa.text(UNFINISHED),
+            tasks.c.executor_id == executor_id, tasks.c.abort_requested_at.is_not(None), sa.text(UNFINISHED)
         )
         with self._connect() as conn:
             return list(conn.execute(query).scalars())
 
-    def find_success(self, name: str, key: str) -> Optional[TaskRecord]:
-        """The newest SUCCESS of task ``name`` under ``key``, or ``None``."""
-        query = (
-            sa.select(tasks)
-            .where(tasks.c.name == name, tasks.c.key == key, tasks.c.state == SUCCESS)
-            .order_by(tasks.c.finished_at.desc())
-            .limit(1)
-        )
+    def find_key(self, name: str, key: str) -> Optional[TaskRecord]:
+        """What holds the work of ``name`` under ``key``: an unfinished task, else its newest SUCCESS, or ``None``."""
+        keyed = sa.select(tasks).where(tasks.c.name == name, tasks.c.key == key)
         with self._connect() as conn:
-            row = conn.execute(query).first()
+            row = conn.execute(keyed.where(sa.text(UNFINISHED)).order_by(tasks.c.submitted_at).limit(1)).first()
+            if row is None:
+                done = keyed.where(tasks.c.state == SUCCESS).order_by(tasks.c.finished_at.desc()).limit(1)
+                row = conn.execute(done).first()
         return None if row is None else record(row)
 
     def tasks(
@@ -407,12 +550,11 @@ class Store:
         limit: Optional[int] = None,
     ) -> List[TaskRecord]:
         """Tasks newest first: all, or those of ``ids``, in ``states``, whose name contains ``name``."""
-        query = sa.select(tasks).order_by(tasks.c.submitted_at.desc())
+        query = sa.select(tasks).where(tasks.c.name != STANDING).order_by(tasks.c.submitted_at.desc())
         if ids is not None:
             ids = list(ids)
-            if len(ids) > ID_BATCH:  # in pieces: a database bounds one statement's parameters (SQLite: 32,766)
-                pieces = (ids[i : i + ID_BATCH] for i in range(0, len(ids), ID_BATCH))
-                parts = [self.tasks(piece, states=states, name=name) for piece in pieces]
+            if len(ids) > ID_BATCH:
+                parts = [self.tasks(piece, states=states, name=name) for piece in _pieces(ids)]
                 return sorted(itertools.chain(*parts), key=lambda r: -(r.submitted_at or 0.0))[:limit]
             query = query.where(tasks.c.id.in_(ids))
         if states is not None:
@@ -426,14 +568,14 @@ class Store:
 
     def counts(self) -> Dict[str, int]:
         """How many tasks the store holds in each state."""
-        query = sa.select(tasks.c.state, sa.func.count()).group_by(tasks.c.state)
+        query = sa.select(tasks.c.state, sa.func.count()).where(tasks.c.name != STANDING).group_by(tasks.c.state)
         with self._connect() as conn:
             return {state: count for state, count in conn.execute(query)}
 
     def request_abort_all(self) -> List[str]:
         """Ask every unfinished task in the store to abort; return the ids newly asked."""
         now = time.time()
-        where = sa.and_(sa.text(UNFINISHED), tasks.c.abort_requested_at.is_(None))
+        where = sa.and_(sa.text(UNFINISHED), tasks.c.abort_requested_at.is_(None), tasks.c.name != STANDING)
         with self._begin() as conn:
             return list(
                 conn.execute(tasks.update().where(where).values(abort_requested_at=now).returning(tasks.c.id)).scalars()
@@ -464,6 +606,31 @@ def forget(store: StoreSpec, *, older_than: float) -> int:
     0
     """
     return Store.open(store).forget(older_than)
+
+
+_COLUMNS = ("id", *STATE_COLUMNS)
+#: A state write: a final state stays final, and the abort request is not touched.
+_STATE_UPSERT = (
+    f"INSERT INTO {tasks.name} ({', '.join(_COLUMNS)}) VALUES ({', '.join(':' + c for c in _COLUMNS)}) "
+    f"ON CONFLICT (id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in STATE_COLUMNS)} "
+    f"WHERE {tasks.name}.{UNFINISHED}"
+)
+#: An abort request, for a row that may not exist yet: on one that does, only the first request is kept.
+_ABORT_UPSERT = (
+    f"INSERT INTO {tasks.name} ({', '.join(_COLUMNS)}, abort_requested_at) "
+    f"VALUES ({', '.join(':' + c for c in _COLUMNS)}, :abort_requested_at) "
+    f"ON CONFLICT (id) DO UPDATE SET abort_requested_at = "
+    f"COALESCE({tasks.name}.abort_requested_at, excluded.abort_requested_at)"
+)
+_FLUSHED = f"UPDATE {executors.name} SET flushed_at = :flushed_at WHERE id = :id"
+_HOLDER = f"SELECT id FROM {tasks.name} WHERE name = :name AND {HELD_KEY} AND key = :key AND id <> :id"
+_CLAIM_KEYED = f"UPDATE {tasks.name} SET state = '{RECEIVED}' WHERE id = :id AND state = '{PENDING}'"
+
+
+def _pieces(ids: List[str]) -> Iterator[List[str]]:
+    """``ids`` in pieces of ``ID_BATCH``: a database bounds one statement's parameters (SQLite: 32,766)."""
+    for i in range(0, len(ids), ID_BATCH):
+        yield ids[i : i + ID_BATCH]
 
 
 def _locate(spec: str) -> Tuple[str, Optional[str]]:

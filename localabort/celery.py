@@ -99,7 +99,7 @@ class CeleryResult(AbortableAsyncResult):
 
     def abort(self) -> bool:
         """Ask the task to abort. Not yet claimed by a worker, it ends ABORTED now and never runs."""
-        requested = self.store.request_abort(self.id)
+        requested = self.store.request_abort(self.id) is not None
         return self.store.abort_unclaimed(self.id, CELERY) or requested
 
 

@@ -20,8 +20,8 @@ import sys
 import time
 from typing import Any, Dict, NoReturn, Optional, Sequence
 
-from ._errors import StoreError
-from ._states import ALL_STATES, PENDING, READY_STATES, STARTED
+from ._errors import StoreError, UnknownTask
+from ._states import ALL_STATES, READY_STATES, UNREADY_STATES
 from ._store import Store, TaskRecord
 
 __all__ = ["main"]
@@ -159,12 +159,15 @@ def abort(store: Store, args: argparse.Namespace) -> int:
         return 0
     exit_status = 0
     for task_id in args.task_ids:
-        record = store.get(task_id)
-        if record is None:
-            print(f"localabort: no task {task_id} in {store.name}", file=sys.stderr)
+        try:
+            state = store.request_abort(task_id)
+        except UnknownTask as exc:
+            print(f"localabort: {exc}", file=sys.stderr)
             exit_status = 1
-        elif store.request_abort(task_id):
-            print(f"abort requested: {task_id} ({record.name}, {record.state})")
+            continue
+        record = store.lookup(task_id)
+        if state is not None:  # the state the request met, not what it is by now
+            print(f"abort requested: {task_id} ({record.name}, {state})")
         else:
             print(f"not aborted: {task_id} had already finished ({record.state})")
     return exit_status
@@ -174,7 +177,7 @@ def watch(store: Store, args: argparse.Namespace) -> int:
     """Show bars for the store's unfinished tasks, and any that start, until all have finished."""
     from .progress import Bars, TaskView
 
-    tracked: Dict[str, TaskRecord] = {r.id: r for r in store.tasks(states=[PENDING, STARTED])}
+    tracked: Dict[str, TaskRecord] = {r.id: r for r in store.tasks(states=UNREADY_STATES)}
     if not tracked:
         print("nothing to watch: every task in the store has finished")
         return 0
@@ -182,7 +185,7 @@ def watch(store: Store, args: argparse.Namespace) -> int:
     try:
         while True:
             live = [task_id for task_id, r in tracked.items() if r.state not in READY_STATES]
-            for record in store.tasks(live) + store.tasks(states=[PENDING, STARTED]):
+            for record in store.tasks(live) + store.tasks(states=UNREADY_STATES):
                 tracked[record.id] = record
             bars.update([TaskView(r.id, r.name, r.state, r.progress) for r in tracked.values()])
             if all(r.state in READY_STATES for r in tracked.values()):

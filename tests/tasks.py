@@ -171,6 +171,13 @@ def touch(path):
     return path
 
 
+def touch_soon(path, seconds):
+    """``touch``, after ``seconds``: a quick task whose run leaves a trace, and which never checks for aborts."""
+    time.sleep(seconds)
+    Path(path).touch()
+    return path
+
+
 class KilledOnFile(AbortableTask):
     """Reports progress, then SIGKILLs its own worker once ``path`` exists."""
 
@@ -250,3 +257,16 @@ class ExitWhenPickled:
 
 def make(cls_name):
     return globals()[cls_name]()
+
+
+class Ledger(AbortableTask):
+    """Appends a line to ``ledger`` each time it runs, then waits for ``go`` (if given) and returns ``value``."""
+
+    def run(self, ledger, value, go=None):
+        with open(ledger, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        while go is not None and not os.path.exists(go):
+            if self.is_aborted():
+                return None
+            time.sleep(0.005)
+        return value

@@ -527,3 +527,67 @@ def test_an_executor_on_postgresql_is_aborted_from_another_handle(start_method, 
         with pytest.raises(TaskAborted):
             fut.result(timeout=30)
     assert AbortableAsyncResult(fut.id, store=postgres_url).state == ABORTED
+
+
+# -- a key runs at most once at a time ------------------------------------------------
+
+
+def test_the_same_key_twice_in_one_executor_is_one_task(executor, tmp_path):
+    ledger, go = tmp_path / "ledger", tmp_path / "go"
+    first = executor.apply_async(tasks.Ledger, (str(ledger), "first", str(go)), key="row-1")
+    second = executor.apply_async(tasks.Ledger, (str(ledger), "second"), key="row-1")  # the same work, in flight
+    assert second is first
+    go.touch()
+    assert first.result(timeout=30) == "first" and ledger.read_text().count("\n") == 1
+
+
+SECOND_BATCH = """
+import sys
+from localabort import Executor
+from tests import tasks
+store, ledger = sys.argv[1:3]
+with Executor(max_workers=1, store=store, mp_context="spawn") as ex:
+    future = ex.apply_async(tasks.Ledger, (ledger, "from the second script"), key="row-1")
+    print(future.result(timeout=60), future.state, future.id)
+"""
+
+
+def test_a_key_in_flight_in_another_process_is_followed_not_run(start_method, store_path, tmp_path):
+    """Two copies of a batch script on one store: the second follows the first's task to its outcome."""
+    ledger, go = tmp_path / "ledger", tmp_path / "go"
+    with pool(store_path, start_method, 1) as ex:
+        first = ex.apply_async(tasks.Ledger, (str(ledger), "from the first script", str(go)), key="row-1")
+        wait_for(lambda: ledger.exists(), what="the first task to run")
+        second = subprocess.Popen(
+            [sys.executable, "-c", SECOND_BATCH, store_path, str(ledger)], stdout=subprocess.PIPE, text=True,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        )  # fmt: skip
+        wait_for(lambda: len(ex.store.tasks()) == 2, what="the second script's task")
+        assert second.poll() is None  # it waits for the first
+        go.touch()
+        assert first.result(timeout=30) == "from the first script"
+        out, _ = second.communicate(timeout=60)
+    value, state, follower = out.rsplit(" ", 2)
+    assert (value, state) == ("from the first script", SUCCESS)  # the outcome of the task it followed
+    assert ex.store.get(follower.strip()).state == SUCCESS and ledger.read_text().count("\n") == 1
+
+
+def _race(store, ledger, barrier, key):
+    barrier.wait()
+    with Executor(max_workers=1, store=store) as ex:
+        ex.apply_async(tasks.Ledger, (ledger, "raced"), key=key).result(timeout=60)
+
+
+def test_two_scripts_racing_for_one_key_run_it_once(store_path, tmp_path):
+    """Both submit before either has written its row: the store's claim lets one run, and the other follows."""
+    Executor(max_workers=1, store=store_path).shutdown()  # the store exists, so the race is for the key alone
+    ctx = multiprocessing.get_context("spawn")
+    for round_ in range(3):
+        ledger, barrier = tmp_path / f"ledger-{round_}", ctx.Barrier(2)
+        procs = [ctx.Process(target=_race, args=(store_path, str(ledger), barrier, f"k{round_}")) for _ in range(2)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(90)
+        assert [proc.exitcode for proc in procs] == [0, 0]
+        assert ledger.read_text().count("\n") == 1, f"round {round_}: the key ran twice"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -18,6 +19,7 @@ from localabort import (
     AbortableFuture,
     StoreError,
     TaskAborted,
+    UnknownTask,
 )  # fmt: skip
 from localabort._store import Store
 
@@ -31,13 +33,16 @@ def test_future_without_executor():
     assert fut.cancel() and fut.cancelled()
 
 
-def test_async_result_of_unknown_task(tmp_path):
-    """An id the store does not hold reads PENDING, as in Celery (issue 15 makes it UnknownTask)."""
-    Store(str(tmp_path / "s.sqlite")).dispose()
-    res = AbortableAsyncResult("nope", store=str(tmp_path / "s.sqlite"))
-    assert (res.state, res.progress, res.ready(), res.abort(), res.is_aborted()) == (PENDING, None, False, False, False)
-    with pytest.raises(concurrent.futures.TimeoutError):
-        res.get(timeout=0.05)
+@pytest.mark.parametrize("ask", ["state", "progress", "ready", "abort", "is_aborted", "get"])
+def test_async_result_of_unknown_task_is_an_error_not_pending(tmp_path, ask):
+    """Where Celery answers PENDING for ever, an id no executor handed out raises UnknownTask, naming id and store."""
+    path = str(tmp_path / "s.sqlite")
+    Store(path).dispose()
+    res = AbortableAsyncResult("nope", store=path)  # cheap and lazy: nothing is read yet
+    with pytest.raises(UnknownTask, match=rf"^no task nope in {path}$"):
+        value = getattr(res, ask)
+        value() if callable(value) else value
+    assert sqlite3.connect(path).execute("SELECT count(*) FROM localabort_tasks").fetchone() == (0,)
 
 
 def test_async_result_on_a_store_path_with_a_typo_is_an_error_not_pending(tmp_path):

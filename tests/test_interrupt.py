@@ -23,9 +23,11 @@ def finish(proc, timeout=30):
     try:
         _, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGUSR1)  # the script dumps every thread's stack (faulthandler)
+        time.sleep(1)
         os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail("the batch script did not exit after Ctrl-C")
+        _, stderr = proc.communicate()
+        pytest.fail(f"the batch script did not exit after Ctrl-C; its threads:\n{stderr}")
     return proc.returncode, stderr
 
 

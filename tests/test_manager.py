@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import json
 import os
+import re
+import subprocess
+import sys
 
 import pytest
 
-from localabort import ABORTED, PENDING, SUCCESS, TaskAborted, WorkerLost, _manager
+from localabort import ABORTED, RECEIVED, SUCCESS, TaskAborted, WorkerLost, _manager
 
 from . import tasks
-from .conftest import pool, started, wait_for
+from .conftest import ROOT, pool, started, wait_for
 
 
 def test_a_submit_during_a_wake_up_is_not_lost(store_path, monkeypatch):
@@ -35,8 +40,8 @@ def test_a_submit_during_a_wake_up_is_not_lost(store_path, monkeypatch):
 
 
 def sent_ahead(future) -> bool:
-    """Handed to a busy worker, not started: running() as in concurrent.futures, state still PENDING."""
-    return future.running() and future.state == PENDING
+    """Handed to a busy worker, not started: running() as in concurrent.futures, state RECEIVED (Celery's word)."""
+    return future.running() and future.state == RECEIVED
 
 
 def test_a_task_sent_ahead_and_aborted_never_runs(start_method, store_path, tmp_path):
@@ -44,6 +49,7 @@ def test_a_task_sent_ahead_and_aborted_never_runs(start_method, store_path, tmp_
         blocker = ex.submit(tasks.WaitForFile, str(tmp_path / "go"))
         ahead = ex.submit(tasks.touch, str(tmp_path / "ran"))
         wait_for(lambda: started(blocker) and sent_ahead(ahead), what="a task sent ahead")
+        assert ex.store.get(ahead.id).state == RECEIVED  # claimed in the store before it was sent
         assert ahead.abort() is True
         with pytest.raises(TaskAborted, match="before it started"):
             ahead.result(timeout=5)  # at once, not when the blocker ends
@@ -83,3 +89,82 @@ def test_a_task_sent_ahead_is_running_so_cancel_and_shutdown_leave_it_to_complet
     assert blocker.result() == "returned without checking"
     assert ahead.result() == str(tmp_path / "ran") and (tmp_path / "ran").exists()
     assert ex.store.get(ahead.id).state == SUCCESS and ex.store.get(queued.id).state == ABORTED
+
+
+# -- an abort by id, from another process, is never lost -------------------------------
+
+#: A second process: it aborts each id it reads, the moment it reads it, and says what state the request met.
+ABORTER = """
+import json, sys
+from localabort._store import Store
+store, met = Store.open(sys.argv[1]), {}
+print(sys.stdin.readline(), end="", flush=True)
+for line in iter(sys.stdin.readline, ""):
+    met[line.strip()] = store.request_abort(line.strip())
+print(json.dumps(met))
+"""
+
+
+def _abort_from_the_cli(store_path, ids):
+    """``localabort abort STORE ID...``: the state each request met, from its output."""
+    done = subprocess.run(
+        [sys.executable, "-m", "localabort", "abort", store_path, *ids], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    met = {}
+    for line in done.stdout.splitlines():
+        asked = re.fullmatch(r"abort requested: (\S+) \(\S+, (\w+)\)", line)
+        met.update({asked[1]: asked[2]} if asked else {re.match(r"not aborted: (\S+)", line)[1]: None})
+    return met
+
+
+@pytest.mark.timeout(240)
+def test_an_abort_by_id_from_another_process_is_never_lost(start_method, store_path, tmp_path):
+    """Quick tasks flow through two workers while two other processes abort a third of them, under CPU load.
+
+    An abort may meet a task before its row is written, PENDING, claimed (RECEIVED), running or finished;
+    each task leaves a file if it runs, and cannot see an abort once it has started. A task the abort met
+    PENDING (or before its row was written) never runs; one it met finished had run.
+    """
+    burner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    met, ran, final = {}, {}, {}
+    try:
+        for round_ in range(3):
+            with pool(store_path, start_method, 2) as ex:
+                # Started after the workers, which would otherwise inherit (fork) its stdin and never let it end.
+                aborter = subprocess.Popen(
+                    [sys.executable, "-c", ABORTER, store_path], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                    text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                )  # fmt: skip
+                aborter.stdin.write("ready\n")  # its first answer says it runs, so aborts race the tasks
+                aborter.stdin.flush()
+                assert aborter.stdout.readline() == "ready\n"
+                paths, by_cli = {}, []
+                for i in range(150):
+                    paths[i] = tmp_path / f"{round_}-{i}"
+                    future = ex.submit(tasks.touch_soon, str(paths[i]), 0.002)
+                    paths[future] = paths.pop(i)
+                    if i % 3 == 0:  # at once: often before the executor has written its row
+                        aborter.stdin.write(future.id + "\n")
+                        aborter.stdin.flush()
+                    elif i % 3 == 1:
+                        by_cli.append(future.id)
+                met.update(_abort_from_the_cli(store_path, by_cli))
+                out, _ = aborter.communicate(timeout=60)
+                assert aborter.returncode == 0
+                met.update(json.loads(out))
+                done, _ = concurrent.futures.wait(paths, timeout=60)
+                assert len(done) == len(paths)
+            for future, path in paths.items():
+                ran[future.id], final[future.id] = path.exists(), future.state
+                assert ex.store.get(future.id).state == future.state  # stored before the future completed
+                assert ran[future.id] == (future.state == SUCCESS)
+    finally:
+        burner.kill()
+        burner.wait()
+    for task_id, state in met.items():
+        if state == "PENDING":  # no worker held it: it never runs
+            assert final[task_id] == ABORTED and not ran[task_id], (task_id, final[task_id])
+        elif state is None:  # it had finished
+            assert final[task_id] == SUCCESS
+    assert sum(state == "PENDING" for state in met.values()) >= 30  # the race this test is about did happen

@@ -13,6 +13,8 @@ import sqlite3
 import stat
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -25,11 +27,14 @@ from localabort import (
     AbortableAsyncResult,
     StoreError,
     TaskAborted,
+    UnknownTask,
     WorkerLost,
 )  # fmt: skip
 from localabort._outcome import load_outcome
 from localabort._schema import executors, task_row
 from localabort._store import Store
+
+from .conftest import wait_for
 
 
 def row(task_id="t1", state=PENDING, **extra):
@@ -193,7 +198,7 @@ def test_final_state_is_never_overwritten(store):
 
 def test_abort_request_survives_state_and_progress_writes(store):
     store.write([row(state=STARTED)])
-    assert store.request_abort("t1") is True
+    assert store.request_abort("t1") == STARTED
     store.write([row(state=STARTED, progress_done=3.0, progress_total=10.0)])
     store.write([row(state=SUCCESS, finished_at=2.0, progress_done=3.0, progress_total=10.0)])
     record = store.get("t1")
@@ -201,12 +206,14 @@ def test_abort_request_survives_state_and_progress_writes(store):
 
 
 def test_request_abort(store):
-    assert store.request_abort("unknown") is False
+    with pytest.raises(UnknownTask, match=r"^no task unknown in "):
+        store.request_abort("unknown")
+    assert store.tasks() == [] and store.counts() == {}  # the standing abort it made while it asked is gone
     store.write([row("done", SUCCESS)])
-    assert store.request_abort("done") is False
+    assert store.request_abort("done") is None
     store.write([row("live", STARTED)])
-    assert store.request_abort("live") is True
-    assert store.request_abort("live") is True  # already recorded
+    assert store.request_abort("live") == STARTED  # the state the request met
+    assert store.request_abort("live") == STARTED  # already recorded
     assert store.is_abort_requested("live") and not store.is_abort_requested("done")
 
 
@@ -216,6 +223,108 @@ def test_abort_rows_for_tasks_not_yet_written(store):
     assert record.state == PENDING and record.abort_requested
     store.write([row("early", STARTED)], aborts=[dict(row("early"), abort_requested_at=9.0)])
     assert store.get("early").state == STARTED and store.is_abort_requested("early")
+
+
+# -- an id handed out before its row is written is never unknown ----------------------
+
+
+def test_an_abort_that_comes_before_the_row_is_kept_and_wins(store):
+    """An executor handed out "early" but has not written its row: the abort waits for it, and the row keeps it."""
+    store.register_executor("e1")
+    with store._begin() as conn:  # it has written nothing since long ago
+        conn.execute(executors.update().where(executors.c.id == "e1").values(flushed_at=time.time() - 1))
+    answer = []
+    asker = threading.Thread(target=lambda: answer.append(store.request_abort("early")))
+    asker.start()
+    wait_for(lambda: sql_rows(store, "early"), what="the standing abort")
+    assert store.get("early") is None and not store.tasks()  # readers never see a standing abort
+    # The executor's write lands on it: a claim, whose check finds the abort.
+    written = row("early")
+    assert store.sync("e1", [written], [], claims=[("early", "tests.Job", None)], flushed_at=time.time()) == (
+        ["early"],
+        {},
+    )
+    asker.join(10)
+    assert answer == [PENDING]  # it never runs
+    record = store.get("early")
+    assert record.state == "RECEIVED" and record.abort_requested and record.name == "tests.Job"  # claimed, aborted
+
+
+def test_an_unknown_id_waits_only_for_executors_that_may_hold_it(store):
+    store.register_executor("e1")
+    with store._begin() as conn:
+        conn.execute(executors.update().where(executors.c.id == "e1").values(flushed_at=time.time() - 1))
+    raised = []
+
+    def ask():
+        with pytest.raises(UnknownTask):
+            store.request_abort("typo")
+        raised.append(True)
+
+    asker = threading.Thread(target=ask)
+    asker.start()
+    wait_for(lambda: sql_rows(store, "typo"), what="the standing abort")
+    assert asker.is_alive()  # e1 may still write it
+    store.sync("e1", [], [], claims=[], flushed_at=time.time())  # e1 is written up: no such task
+    asker.join(10)
+    assert raised and not sql_rows(store, "typo")
+
+
+def test_sync_reads_aborts_after_its_writes(store):
+    store.write([row("a"), row("b"), row("c", STARTED)])
+    store.request_abort("a")
+    store.request_abort("c")
+    claims = [("a", "tests.Job", None), ("b", "tests.Job", None)]
+    assert store.sync("e1", [row("a"), row("b")], [], claims=claims, flushed_at=1.0) == (["a"], {})
+    assert store.get("a").state == store.get("b").state == "RECEIVED"  # claimed, and a's abort is in the answer
+    assert sorted(store.aborts_requested("e1")) == ["a", "c"]
+
+
+def sql_rows(store, task_id):
+    import sqlalchemy as sa
+
+    from localabort._schema import tasks
+
+    with store._connect() as conn:
+        return conn.execute(sa.select(tasks.c.id).where(tasks.c.id == task_id)).all()
+
+
+# -- the schema version, and upgrading an older store -------------------------------
+
+SCHEMA_1 = [
+    "CREATE TABLE localabort_tasks (id VARCHAR(64) NOT NULL, executor_id VARCHAR(64), name VARCHAR(255) NOT NULL, "
+    "key VARCHAR(255), state VARCHAR(16) NOT NULL, submitted_at FLOAT, started_at FLOAT, finished_at FLOAT, "
+    "progress_done FLOAT, progress_total FLOAT, abort_requested_at FLOAT, result BLOB, traceback TEXT, "
+    "PRIMARY KEY (id))",
+    "CREATE INDEX ix_localabort_tasks_name_key ON localabort_tasks (name, key)",
+    "CREATE INDEX ix_localabort_tasks_submitted_at ON localabort_tasks (submitted_at)",
+    "CREATE INDEX ix_localabort_tasks_unfinished ON localabort_tasks (executor_id) "
+    "WHERE state IN ('PENDING', 'STARTED')",
+    "CREATE TABLE localabort_executors (id VARCHAR(64) NOT NULL, hostname VARCHAR(255), pid INTEGER, "
+    "process_start VARCHAR(32), started_at FLOAT, closed_at FLOAT, PRIMARY KEY (id))",
+    "CREATE TABLE localabort_meta (name VARCHAR(64) NOT NULL, value VARCHAR(255), PRIMARY KEY (name))",
+    "INSERT INTO localabort_meta VALUES ('schema', '1')",
+    "INSERT INTO localabort_tasks (id, executor_id, name, key, state, submitted_at) "
+    "VALUES ('old', 'e0', 'tests.Job', 'k', 'SUCCESS', 1.0)",
+]
+
+
+def test_an_older_store_is_upgraded_by_an_executor_only(tmp_path):
+    path = str(tmp_path / "v1.sqlite")
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        for statement in SCHEMA_1:
+            conn.execute(statement)
+    with pytest.raises(StoreError, match=r"older localabort \(schema 1, this one reads 2\); open it once with an Ex"):
+        Store(path, create=False)
+    assert sql(path, "SELECT value FROM localabort_meta") == [("1",)]  # a reader changed nothing
+    store = Store(path, create=True)
+    assert sql(path, "SELECT value FROM localabort_meta") == [("2",)]
+    assert store.get("old").state == SUCCESS  # the tasks are kept
+    indexes = dict(sql(path, "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"))
+    assert "RECEIVED" in indexes["ix_localabort_tasks_unfinished"] and "ux_localabort_tasks_held_key" in indexes
+    store.register_executor("e1")  # the new column is there
+    store.dispose()
+    Store(path, create=False).dispose()  # and now any reader opens it
 
 
 # -- claiming a task (what a Celery worker does before it runs one) ----------------
@@ -276,9 +385,9 @@ def test_aborts_requested_lists_unfinished_tasks_of_one_executor(store):
 
 def test_find_success(store):
     store.write([row("old", SUCCESS, key="k", finished_at=1.0, result=b"x"), row("f", "FAILURE", key="k2")])
-    assert store.find_success("tests.Job", "k").id == "old"
-    assert store.find_success("tests.Job", "k2") is None
-    assert store.find_success("other.Job", "k") is None
+    assert store.find_key("tests.Job", "k").id == "old"
+    assert store.find_key("tests.Job", "k2") is None
+    assert store.find_key("other.Job", "k") is None
 
 
 def test_progress_keeps_fractions(store):
@@ -335,3 +444,27 @@ def test_store_survives_pickling_as_its_url(store):
     import pickle
 
     assert pickle.loads(pickle.dumps(store)).url == store.url
+
+
+# -- a key is held by one task at a time --------------------------------------------
+
+
+def claim(store, *keyed):
+    return store.sync("e1", [], [], claims=[(task_id, "tests.Job", key) for task_id, key in keyed], flushed_at=1.0)
+
+
+def test_a_key_is_held_by_one_task_at_a_time(store):
+    store.write([row("a", key="k"), row("b", key="k"), row("c", key="other"), row("d")])
+    assert claim(store, ("a", "k"), ("c", "other"), ("d", None)) == ([], {})
+    assert claim(store, ("b", "k")) == ([], {"b": "a"})  # a holds k: b must not run
+    assert [store.get(t).state for t in "abcd"] == ["RECEIVED", PENDING, "RECEIVED", "RECEIVED"]
+    with pytest.raises(StoreError):  # the index holds even against a write that does not ask
+        store.write([row("b", STARTED, key="k")])
+    store.write([row("a", SUCCESS, key="k", finished_at=2.0)])
+    assert claim(store, ("b", "k")) == ([], {})  # a has finished: k is free
+    assert store.find_key("tests.Job", "k").id == "b"  # unfinished first
+
+
+def test_find_key_prefers_the_task_in_flight(store):
+    store.write([row("old", SUCCESS, key="k", finished_at=1.0), row("live", STARTED, key="k", submitted_at=5.0)])
+    assert store.find_key("tests.Job", "k").id == "live"

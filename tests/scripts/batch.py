@@ -11,6 +11,7 @@ interpreter's exit waits).
 """
 
 import concurrent.futures
+import faulthandler
 import json
 import os
 import signal
@@ -24,6 +25,7 @@ from tests import tasks
 def main():
     # A shell starts background jobs with SIGINT ignored; a script at a terminal has Python's handler.
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # a test that finds it hung asks for its stacks
     store, start_method, task_name = sys.argv[1:4]
     seconds = float(sys.argv[4]) if len(sys.argv) > 4 else 30.0
     style = sys.argv[5] if len(sys.argv) > 5 else "with"
