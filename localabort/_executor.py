@@ -77,7 +77,7 @@ from typing import (
 
 from . import _task
 from ._future import AbortableFuture
-from ._interrupt import keep_exiting_as_interrupted, stop_on_interrupt
+from ._interrupt import keep_exiting_as_interrupted, release_leaked, stop_on_interrupt
 from ._jobs import Job, completed, new_id
 from ._manager import Manager
 from ._scheduler import Scheduler
@@ -434,6 +434,7 @@ class Executor(concurrent.futures.Executor):
 
     def _interrupted(self) -> None:
         """Ctrl-C reached the ``with`` block: see ``_interrupt`` for the design."""
+        release_leaked(self._manager.open_futures())
         stop_on_interrupt(self.abort_all, self.shutdown, self._manager.terminate)
 
 
@@ -487,6 +488,7 @@ def _finish_at_exit() -> None:
                 continue
         except KeyboardInterrupt:
             pass
+        release_leaked(manager.open_futures())
         stop_on_interrupt(scheduler.abort_all, wait, manager.terminate)
     if died_of_ctrl_c:
         keep_exiting_as_interrupted()

@@ -36,15 +36,23 @@ The solution
   ABORTED in the store.
 - Either way the ``KeyboardInterrupt`` is re-raised, so the script exits
   as an interrupted script does (killed by SIGINT, status 130 in a shell).
+- A ``KeyboardInterrupt`` can land between two bytecodes of
+  ``concurrent.futures``' own code: inside ``wait()`` or ``as_completed()``
+  after it has taken some futures' locks and before the ``with`` block that
+  releases them has begun. The main thread then holds those locks for
+  good, and the manager thread, completing those futures, would wait for
+  them for ever. So before it stops, the main thread lets go of any
+  future's lock it still holds (``release_leaked``): nothing of its own is
+  inside such a lock any more.
 """
 
 from __future__ import annotations
 
 import ctypes
 import sys
-from typing import Callable
+from typing import Any, Callable, Iterable
 
-__all__ = ["keep_exiting_as_interrupted", "stop_on_interrupt"]
+__all__ = ["keep_exiting_as_interrupted", "release_leaked", "stop_on_interrupt"]
 
 
 def stop_on_interrupt(abort_all: Callable[[], int], wait: Callable[[], None], terminate: Callable[[], None]) -> None:
@@ -54,6 +62,14 @@ def stop_on_interrupt(abort_all: Callable[[], int], wait: Callable[[], None], te
         wait()
     except KeyboardInterrupt:
         terminate()
+
+
+def release_leaked(futures: Iterable[Any]) -> None:
+    """Release every lock of ``futures`` this thread still holds after a Ctrl-C (see above)."""
+    for future in futures:
+        condition = future._condition
+        while condition._is_owned():
+            condition.release()
 
 
 def keep_exiting_as_interrupted() -> None:

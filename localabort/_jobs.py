@@ -124,14 +124,14 @@ def new_id() -> str:
 def resolve(jobs: List[Job]) -> None:
     """Complete the futures of finished jobs, emptying ``jobs``; their rows must already be stored.
 
-    Each job leaves the list before its future completes, so this thread
-    holds no result once its caller may have dropped it.
+    Each job leaves the list as soon as its future completes, so this
+    thread holds no result once its caller may have dropped it; while it
+    completes, it is still in the list (``Manager.open_futures`` looks there).
     """
     jobs.reverse()
     while jobs:
-        job = jobs.pop()
-        _settle(job.future, job.state, job.result, job.traceback, job.progress)
-        del job
+        _settle(jobs[-1].future, jobs[-1].state, jobs[-1].result, jobs[-1].traceback, jobs[-1].progress)
+        jobs.pop()
 
 
 def completed(task_id: str, blob: Optional[bytes], progress: Any) -> AbortableFuture:

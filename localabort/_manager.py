@@ -101,6 +101,12 @@ class Manager:
         self._on_stop = on_stop
         self._thread.start()
 
+    def open_futures(self) -> List[Any]:
+        """The futures not completed yet: the unfinished jobs', and those of jobs awaiting their write."""
+        with self.scheduler.lock:
+            jobs = [*self.scheduler.jobs.values(), *self._unresolved]
+        return [job.future for job in jobs]
+
     def terminate(self, sig: int = signal.SIGKILL) -> None:
         """Kill every worker now with ``sig`` (from a user thread) and wait; their tasks end ABORTED."""
         for slot in self.scheduler.terminate():

@@ -71,6 +71,8 @@ tasks = sa.Table(
     sa.Column("traceback", sa.Text),
     sa.Index("ix_localabort_tasks_name_key", "name", "key"),
     sa.Index("ix_localabort_tasks_submitted_at", "submitted_at"),
+    # The summary of ``localabort status`` counts by state: an index alone answers it.
+    sa.Index("ix_localabort_tasks_state", "state"),
     # Only unfinished tasks: the executors' abort poll reads this, and it stays small.
     sa.Index(
         "ix_localabort_tasks_unfinished",
@@ -110,12 +112,13 @@ meta = sa.Table(
 
 
 def _to_2(conn: Connection) -> None:
-    """Schema 2: the state RECEIVED among the unfinished ones, keys held once, executors' flushed_at."""
+    """Schema 2: the state RECEIVED among the unfinished ones, keys held once, executors' flushed_at, counts."""
     conn.execute(sa.text("ALTER TABLE localabort_executors ADD COLUMN flushed_at FLOAT"))
+    new = ("ix_localabort_tasks_unfinished", "ux_localabort_tasks_held_key", "ix_localabort_tasks_state")
     for index in tasks.indexes:
-        if index.name == "ix_localabort_tasks_unfinished":
+        if index.name == "ix_localabort_tasks_unfinished":  # it left RECEIVED out
             index.drop(conn)
-        if index.name in ("ix_localabort_tasks_unfinished", "ux_localabort_tasks_held_key"):
+        if index.name in new:
             index.create(conn)
 
 

@@ -471,6 +471,13 @@ class Store:
         with self._begin() as conn:
             now = time.time()  # nothing handed out yet
             conn.execute(executors.insert().values(started_at=now, flushed_at=now, **row))
+            # A standing abort whose asker died waiting (its wait ended long ago): tidied here, as readers never write.
+            conn.execute(
+                tasks.delete().where(
+                    tasks.c.executor_id.is_(None), tasks.c.name == STANDING, sa.text(UNFINISHED),
+                    tasks.c.abort_requested_at < now - 10 * SILENT,
+                )
+            )  # fmt: skip
 
     def close_executor(self, executor_id: str) -> None:
         with self._begin() as conn:
@@ -500,13 +507,6 @@ class Store:
                     .values(state=FAILURE, finished_at=now, result=dump(lost))
                 )
                 conn.execute(executors.update().where(executors.c.id == row.id).values(closed_at=now))
-        with self._begin() as conn:  # a standing abort whose asker died waiting: its wait ended long ago
-            conn.execute(
-                tasks.delete().where(
-                    tasks.c.executor_id.is_(None), tasks.c.name == STANDING, sa.text(UNFINISHED),
-                    tasks.c.abort_requested_at < time.time() - 10 * SILENT,
-                )
-            )  # fmt: skip
         return [row.id for row in dead]
 
     # -- reads ----------------------------------------------------------------
@@ -568,9 +568,15 @@ class Store:
 
     def counts(self) -> Dict[str, int]:
         """How many tasks the store holds in each state."""
-        query = sa.select(tasks.c.state, sa.func.count()).where(tasks.c.name != STANDING).group_by(tasks.c.state)
+        # The state index alone answers this; standing aborts (PENDING rows with no name) are counted apart.
+        query = sa.select(tasks.c.state, sa.func.count()).group_by(tasks.c.state)
+        standing = sa.select(sa.func.count()).where(
+            tasks.c.executor_id.is_(None), tasks.c.name == STANDING, sa.text(UNFINISHED)
+        )
         with self._connect() as conn:
-            return {state: count for state, count in conn.execute(query)}
+            counts = {state: count for state, count in conn.execute(query)}
+            counts[PENDING] = counts.get(PENDING, 0) - (conn.execute(standing).scalar() or 0)
+        return {state: count for state, count in counts.items() if count}
 
     def request_abort_all(self) -> List[str]:
         """Ask every unfinished task in the store to abort; return the ids newly asked."""

@@ -3,6 +3,7 @@
 ::
 
     localabort status STORE [--state STATE]... [--name TEXT] [--limit N] [--json]
+    localabort show STORE TASK_ID [--json]
     localabort abort STORE TASK_ID... | --all
     localabort watch STORE
     localabort forget STORE --older-than AGE
@@ -21,7 +22,7 @@ import time
 from typing import Any, Dict, NoReturn, Optional, Sequence
 
 from ._errors import StoreError, UnknownTask
-from ._states import ALL_STATES, READY_STATES, UNREADY_STATES
+from ._states import ALL_STATES, READY_STATES, SUCCESS, UNREADY_STATES
 from ._store import Store, TaskRecord
 
 __all__ = ["main"]
@@ -59,6 +60,11 @@ def _parser() -> argparse.ArgumentParser:
         "--limit", type=int, default=None, help="at most this many (table: 50 by default; 0: all)"
     )
     status_parser.add_argument("--json", action="store_true", help="print a JSON array of objects, for scripts")
+
+    show_parser = commands.add_parser("show", help="one task: its state, times, result or error and traceback")
+    show_parser.add_argument("store", help="the store: a SQLite file or an SQLAlchemy URL")
+    show_parser.add_argument("task_id", metavar="TASK_ID", help="the task")
+    show_parser.add_argument("--json", action="store_true", help="print a JSON object, for scripts")
 
     abort_parser = commands.add_parser("abort", help="ask tasks to abort")
     abort_parser.add_argument("store", help="the store: a SQLite file or an SQLAlchemy URL")
@@ -149,6 +155,46 @@ def status(store: Store, args: argparse.Namespace) -> int:
     return 0
 
 
+def show(store: Store, args: argparse.Namespace) -> int:
+    """Print one task: what ``status`` says of it, then its outcome and the child's traceback."""
+    from ._outcome import load_outcome
+
+    try:
+        record = store.lookup(args.task_id)
+    except UnknownTask as exc:
+        print(f"localabort: {exc}", file=sys.stderr)
+        return 1
+    now = time.time()
+    outcome = ""
+    if record.state in READY_STATES:
+        value, error = load_outcome(record.state, record.result, record.traceback)  # a store is as trusted as code
+        outcome = repr(value) if error is None else f"{type(error).__name__}: {error}"
+        outcome = outcome if len(outcome) <= 500 else outcome[:500] + "..."
+    if args.json:
+        print(json.dumps(dict(_json(record, now), outcome=outcome or None, traceback=record.traceback), indent=1))
+        return 0
+    fields = [
+        ("id", record.id), ("name", record.name),
+        ("state", record.state + (" (abort requested)" if record.abort_requested else "")),
+        ("progress", _progress(record)), ("key", record.key or ""),
+        *[(label, _when(at, now)) for label, at in
+          (("submitted", record.submitted_at), ("started", record.started_at), ("finished", record.finished_at))],
+        ("result" if record.state == SUCCESS else "outcome", outcome),
+    ]  # fmt: skip
+    for label, value in fields:
+        if value:
+            print(f"{label + ':':<11}{value}")
+    if record.traceback:
+        print(f"traceback:\n{record.traceback.rstrip()}")
+    return 0
+
+
+def _when(at: Optional[float], now: float) -> str:
+    if at is None:
+        return ""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)) + f" ({_age(now - at)} ago)"
+
+
 def abort(store: Store, args: argparse.Namespace) -> int:
     """Ask tasks to abort; say what was recorded."""
     if args.all == bool(args.task_ids):
@@ -201,4 +247,4 @@ def forget(store: Store, args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: Dict[str, Any] = {"status": status, "abort": abort, "watch": watch, "forget": forget}
+COMMANDS: Dict[str, Any] = {"status": status, "show": show, "abort": abort, "watch": watch, "forget": forget}

@@ -93,6 +93,21 @@ def test_abort_by_id_from_the_command_line(busy, store_path):
     assert not running[1].done()
 
 
+def test_show_one_task(busy, store_path):
+    done, running = busy
+    failed = cli("show", store_path, done[2].id)
+    assert failed.returncode == 0, failed.stderr
+    lines = failed.stdout.splitlines()
+    assert lines[:3] == [f"id:        {done[2].id}", "name:      tests.tasks.Fail", "state:     FAILURE"]
+    assert "outcome:   ValueError: x" in lines and "traceback:" in lines
+    assert failed.stdout.rstrip().endswith("ValueError: x")  # the child's own traceback
+    assert f"result:    {[0, 1, 4]!r}" in cli("show", store_path, done[0].id).stdout
+    live = json.loads(cli("show", store_path, running[0].id, "--json").stdout)
+    assert (live["state"], live["outcome"], live["traceback"]) == ("STARTED", None, None) and live["progress"]
+    unknown = cli("show", store_path, "no-such-task")
+    assert (unknown.returncode, unknown.stderr) == (1, f"localabort: no task no-such-task in {store_path}\n")
+
+
 def test_abort_all_from_the_command_line(busy, store_path):
     _, running = busy
     out = cli("abort", store_path, "--all")
@@ -162,18 +177,26 @@ def test_unreadable_store_is_one_line_and_exit_2(tmp_path):
     assert out.stderr.startswith(f"localabort: {junk}: cannot open as a localabort store (file is not a database)")
 
 
-@pytest.mark.parametrize("command", [["status"], ["watch"], ["abort", "--all"], ["forget", "--older-than", "0"]])
-def test_no_command_touches_a_database_that_is_not_a_store(tmp_path, command):
+@pytest.mark.parametrize("kind", ["foreign database", "zero-byte file"])
+@pytest.mark.parametrize(
+    "command",
+    [["status"], ["watch"], ["show", "t1"], ["abort", "t1"], ["abort", "--all"], ["forget", "--older-than", "0"]],
+)
+def test_no_command_touches_a_file_that_is_not_a_store(tmp_path, command, kind):
     other = tmp_path / "other_app.db"
-    with contextlib.closing(sqlite3.connect(other)) as conn, conn:
-        conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY)")
+    if kind == "zero-byte file":
+        other.touch()
+    else:
+        with contextlib.closing(sqlite3.connect(other)) as conn, conn:
+            conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY)")
     before = other.read_bytes()
     out = cli(command[0], other, *command[1:])
-    assert out.returncode == 2 and "is a database, but not a localabort store" in out.stderr
+    what = "is an empty file" if kind == "zero-byte file" else "is a database, but not a localabort store"
+    assert out.returncode == 2 and what in out.stderr
     assert other.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["other_app.db"]
 
 
-@pytest.mark.parametrize("command", [[], ["status"], ["abort"], ["watch"], ["forget"]])
+@pytest.mark.parametrize("command", [[], ["status"], ["show"], ["abort"], ["watch"], ["forget"]])
 def test_help_everywhere(command):
     out = cli(*command, "--help")
     assert out.returncode == 0 and out.stdout.startswith("usage: localabort")

@@ -321,10 +321,36 @@ def test_an_older_store_is_upgraded_by_an_executor_only(tmp_path):
     assert sql(path, "SELECT value FROM localabort_meta") == [("2",)]
     assert store.get("old").state == SUCCESS  # the tasks are kept
     indexes = dict(sql(path, "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"))
-    assert "RECEIVED" in indexes["ix_localabort_tasks_unfinished"] and "ux_localabort_tasks_held_key" in indexes
+    assert "RECEIVED" in indexes["ix_localabort_tasks_unfinished"]
+    assert {"ux_localabort_tasks_held_key", "ix_localabort_tasks_state"} <= set(indexes)
     store.register_executor("e1")  # the new column is there
     store.dispose()
     Store(path, create=False).dispose()  # and now any reader opens it
+
+
+def test_an_older_schema_is_upgraded_on_either_database(store):
+    """Schema 1, as localabort 0.1 made it, made from today's by undoing what schema 2 added."""
+    import sqlalchemy as sa
+
+    store.write([row("old", SUCCESS, key="k", finished_at=1.0)])
+    with store._begin() as conn:
+        for name in ("ix_localabort_tasks_unfinished", "ux_localabort_tasks_held_key", "ix_localabort_tasks_state"):
+            conn.execute(sa.text(f"DROP INDEX {name}"))
+        conn.execute(sa.text("ALTER TABLE localabort_executors DROP COLUMN flushed_at"))
+        conn.execute(sa.text("CREATE INDEX ix_localabort_tasks_unfinished ON localabort_tasks (executor_id) "
+                             "WHERE state IN ('PENDING', 'STARTED')"))  # fmt: skip
+        conn.execute(sa.text("UPDATE localabort_meta SET value = '1' WHERE name = 'schema'"))
+    store.dispose()
+    with pytest.raises(StoreError, match=r"older localabort \(schema 1"):
+        Store(store.url, create=False)
+    upgraded = Store(store.url, create=True)
+    assert upgraded._schema_version(create=False) == "2" and upgraded.get("old").state == SUCCESS
+    upgraded.register_executor("e1")  # flushed_at is back
+    assert upgraded.sync("e1", [row("new", key="k")], [], claims=[("new", "tests.Job", "k")], flushed_at=1.0) == (
+        [],
+        {},
+    )
+    upgraded.dispose()
 
 
 # -- claiming a task (what a Celery worker does before it runs one) ----------------
