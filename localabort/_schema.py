@@ -71,8 +71,6 @@ tasks = sa.Table(
     sa.Column("traceback", sa.Text),
     sa.Index("ix_localabort_tasks_name_key", "name", "key"),
     sa.Index("ix_localabort_tasks_submitted_at", "submitted_at"),
-    # The summary of ``localabort status`` counts by state: an index alone answers it.
-    sa.Index("ix_localabort_tasks_state", "state"),
     # Only unfinished tasks: the executors' abort poll reads this, and it stays small.
     sa.Index(
         "ix_localabort_tasks_unfinished",
@@ -112,9 +110,9 @@ meta = sa.Table(
 
 
 def _to_2(conn: Connection) -> None:
-    """Schema 2: the state RECEIVED among the unfinished ones, keys held once, executors' flushed_at, counts."""
+    """Schema 2: the state RECEIVED among the unfinished ones, keys held once, executors' flushed_at."""
     conn.execute(sa.text("ALTER TABLE localabort_executors ADD COLUMN flushed_at FLOAT"))
-    new = ("ix_localabort_tasks_unfinished", "ux_localabort_tasks_held_key", "ix_localabort_tasks_state")
+    new = ("ix_localabort_tasks_unfinished", "ux_localabort_tasks_held_key")
     for index in tasks.indexes:
         if index.name == "ix_localabort_tasks_unfinished":  # it left RECEIVED out
             index.drop(conn)
