@@ -21,7 +21,7 @@ load it; here ``localabort.testing.run_inline`` runs one in this process:
 
 import typing as _typing
 
-from ._errors import StoreError, TaskAborted, TimeLimitExceeded, UnknownTask, WorkerLost
+from ._errors import SoftTimeLimitExceeded, StoreError, TaskAborted, TimeLimitExceeded, UnknownTask, WorkerLost
 from ._executor import Executor
 from ._future import AbortableAsyncResult, AbortableFuture
 from ._states import ABORTED, FAILURE, PENDING, RECEIVED, STARTED, SUCCESS
@@ -41,6 +41,7 @@ __all__ = [
     "RECEIVED",
     "STARTED",
     "SUCCESS",
+    "SoftTimeLimitExceeded",
     "StoreError",
     "TaskAborted",
     "TimeLimitExceeded",

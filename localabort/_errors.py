@@ -6,6 +6,7 @@
      +-- Exception
           +-- concurrent.futures.CancelledError
           |    +-- TaskAborted          the task was aborted (result() of an ABORTED task)
+          |         +-- SoftTimeLimitExceeded   ... by its soft_time_limit, not by a user
           +-- RuntimeError
           |    +-- concurrent.futures.BrokenExecutor
           |         +-- concurrent.futures.process.BrokenProcessPool
@@ -29,7 +30,15 @@ import concurrent.futures.process
 import copyreg
 from typing import Any, Optional
 
-__all__ = ["RemoteTraceback", "StoreError", "TaskAborted", "TimeLimitExceeded", "UnknownTask", "WorkerLost"]
+__all__ = [
+    "RemoteTraceback",
+    "SoftTimeLimitExceeded",
+    "StoreError",
+    "TaskAborted",
+    "TimeLimitExceeded",
+    "UnknownTask",
+    "WorkerLost",
+]
 
 
 class TaskAborted(concurrent.futures.CancelledError):
@@ -56,6 +65,20 @@ class TaskAborted(concurrent.futures.CancelledError):
         # Rebuilt without calling __init__ (a subclass's may take other arguments), through the
         # class's own name: pickle writes ``copyreg.__newobj__`` as NEWOBJ, naming no helper.
         return (copyreg.__newobj__, (type(self), *self.args), self.__dict__)  # type: ignore[attr-defined]
+
+
+class SoftTimeLimitExceeded(TaskAborted):
+    """The task passed its ``soft_time_limit``: an abort was asked for it, and it stopped.
+
+    A ``TaskAborted``, so handlers of aborts keep working; catch this one to
+    tell a time limit from a user's abort. ``partial_result`` is what ``run``
+    returned after it saw the abort (Celery raises an exception of this name
+    inside the task; here the task sees ``is_aborted()`` as for any abort).
+
+    >>> err = SoftTimeLimitExceeded("Crunch passed its soft_time_limit of 5s", partial_result=[1])
+    >>> isinstance(err, TaskAborted), err.partial_result
+    (True, [1])
+    """
 
 
 class WorkerLost(concurrent.futures.process.BrokenProcessPool):
@@ -105,7 +128,7 @@ class UnknownTask(LookupError):
 RemoteTraceback = concurrent.futures.process._RemoteTraceback
 
 
-for _public in (TaskAborted, WorkerLost, TimeLimitExceeded, StoreError, UnknownTask):
+for _public in (TaskAborted, SoftTimeLimitExceeded, WorkerLost, TimeLimitExceeded, StoreError, UnknownTask):
     _public.__module__ = "localabort"
 del _public
 

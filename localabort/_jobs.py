@@ -58,6 +58,7 @@ class Job:
         "seq",
         "slot",
         "soft_deadline",
+        "soft_limited",
         "soft_time_limit",
         "stage",
         "started_at",
@@ -87,6 +88,7 @@ class Job:
         self.soft_time_limit: Optional[float] = None
         self.time_limit: Optional[float] = None
         self.soft_deadline = self.hard_deadline = float("inf")
+        self.soft_limited = False  # its soft time limit, not a user, asked for its abort
         self.lost: Optional[BaseException] = None  # why the parent killed its worker
         self.claimed = False  # the store holds its claim (RECEIVED): only then may it start
         self.follows: Optional[str] = None  # the task holding its key, whose outcome it takes instead of running

@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 from ._errors import TimeLimitExceeded, WorkerLost
 from ._jobs import DONE, Job, resolve
 from ._messages import Call, InitFailed, Message, Ready, Reply, Report, decode, encode
-from ._outcome import dump, terminated, within_limit
+from ._outcome import dump, load_outcome, over_soft_limit, terminated, within_limit
 from ._scheduler import Scheduler
 from ._slot import Slot
 from ._states import ABORTED, FAILURE
@@ -219,7 +219,10 @@ class Manager:
             self.scheduler.report(job, (message.done, message.total))
         else:
             self.scheduler.promote(slot)
-            state, blob, tb = within_limit(message.state, message.blob, message.traceback, f"{job.name} [{job.id}]")
+            what = f"{job.name} [{job.id}]"
+            state, blob, tb = within_limit(message.state, message.blob, message.traceback, what)
+            if state == ABORTED and job.soft_limited:  # say why: a limit, not a user
+                blob = dump(over_soft_limit(load_outcome(state, blob, None)[1], what, job.soft_time_limit))
             self.scheduler.finish(job, state, blob, tb, message.progress)
             finished.append(job)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import pickle
 from typing import Any, NamedTuple, Optional, Tuple
 
-from ._errors import RemoteTraceback, TaskAborted
+from ._errors import RemoteTraceback, SoftTimeLimitExceeded, TaskAborted
 from ._states import ABORTED, FAILURE, SUCCESS
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "RunOutcome",
     "dump",
     "load_outcome",
+    "over_soft_limit",
     "pickle_outcome",
     "terminated",
     "unrun",
@@ -72,6 +73,14 @@ def unrun(task_id: str, how: str = "aborted") -> TaskAborted:
 def terminated(task_id: str) -> TaskAborted:
     """The error of a task whose worker was killed on purpose (a second Ctrl-C, ``terminate``)."""
     return TaskAborted(f"task {task_id} terminated", task_id=task_id)
+
+
+def over_soft_limit(exc: Optional[BaseException], what: str, limit: Optional[float]) -> SoftTimeLimitExceeded:
+    """The error of ``what``, which stopped (raising ``exc``) after its soft time limit asked it to."""
+    return SoftTimeLimitExceeded(
+        f"{what} passed its soft_time_limit of {limit}s and stopped",
+        partial_result=getattr(exc, "partial_result", None), task_id=getattr(exc, "task_id", None),
+    )  # fmt: skip
 
 
 def pickle_outcome(outcome: RunOutcome, name: str) -> Tuple[RunOutcome, bytes]:

@@ -376,6 +376,7 @@ class Scheduler:
         """``job`` passed its soft time limit: abort it, as a user would."""
         with self.lock:
             if not job.abort_requested:
+                job.soft_limited = True
                 self._mark_aborted(job)
                 self.abort_rows.append(self.row(job, abort=True))
 

@@ -46,7 +46,7 @@ from celery.exceptions import Ignore
 
 from ._future import AbortableAsyncResult
 from ._jobs import new_id
-from ._outcome import pickle_outcome
+from ._outcome import over_soft_limit, pickle_outcome
 from ._schema import task_row
 from ._states import ABORTED, PENDING, STARTED, SUCCESS
 from ._store import Store
@@ -139,7 +139,11 @@ class LocalabortCeleryTask(Task):  # type: ignore[misc]
             store.write([dict(row, progress_done=done, progress_total=total)])
 
         task._bind(task_id, probe, report, store.is_abort_requested, args, kwargs)
-        (state, value, exc, tb), blob = pickle_outcome(execute(task, args, kwargs), self.name)
+        outcome = execute(task, args, kwargs)
+        if outcome.state == ABORTED and probe.soft_limited:  # say why: a limit, not a user
+            limit = self.localabort_soft_time_limit
+            outcome = outcome._replace(exception=over_soft_limit(outcome.exception, f"{self.name} [{task_id}]", limit))
+        (state, value, exc, tb), blob = pickle_outcome(outcome, self.name)
         done, total = task._last_progress or (None, None)
         store.write([dict(row, state=state, finished_at=time.time(), progress_done=done, progress_total=total,
                           result=blob, traceback=tb)])  # fmt: skip
@@ -169,11 +173,11 @@ def _backend_store(app: Any) -> str:
 class _Probe:
     """``is_aborted()`` on a worker: the store at most every ``POLL_INTERVAL`` s, a clock read otherwise."""
 
-    __slots__ = ("_next", "_seen", "_soft_deadline", "_store", "_task_id")
+    __slots__ = ("_next", "_seen", "_soft_deadline", "_store", "_task_id", "soft_limited")
 
     def __init__(self, store: Store, task_id: str, soft_time_limit: Optional[float]) -> None:
         self._store, self._task_id = store, task_id
-        self._seen = False
+        self._seen = self.soft_limited = False
         self._next = 0.0
         self._soft_deadline = float("inf") if soft_time_limit is None else time.monotonic() + soft_time_limit
 
@@ -186,7 +190,7 @@ class _Probe:
         self._next = now + POLL_INTERVAL
         if now >= self._soft_deadline:
             self._store.request_abort(self._task_id)
-            self._seen = True
+            self._seen = self.soft_limited = True
         else:
             self._seen = self._store.is_abort_requested(self._task_id)
         return self._seen

@@ -15,6 +15,7 @@ def test_all_is_pinned_and_sorted():
         "RECEIVED",
         "STARTED",
         "SUCCESS",
+        "SoftTimeLimitExceeded",
         "StoreError",
         "TaskAborted",
         "TimeLimitExceeded",

@@ -15,7 +15,7 @@ celery = pytest.importorskip("celery")
 
 from celery.result import AsyncResult  # noqa: E402
 
-from localabort import ABORTED, FAILURE, STARTED, SUCCESS, AbortableAsyncResult, TaskAborted  # noqa: E402
+from localabort import ABORTED, FAILURE, STARTED, SUCCESS, AbortableAsyncResult, SoftTimeLimitExceeded, TaskAborted  # noqa: E402
 from localabort.celery import CeleryResult, register  # noqa: E402
 
 from . import celery_app, tasks  # noqa: E402
@@ -140,7 +140,7 @@ def test_progress_is_visible_while_the_task_runs(worker):
 
 def test_soft_time_limit_asks_for_an_abort_as_under_executor(worker):
     res = celery_app.limited.delay()  # Limited.soft_time_limit = 0.3
-    with pytest.raises(TaskAborted):
+    with pytest.raises(SoftTimeLimitExceeded, match=r"Limited \[.*\] passed its soft_time_limit of 0.3s"):
         res.get(timeout=30)
     assert res.state == ABORTED and res.is_aborted()
 

@@ -25,6 +25,7 @@ from localabort import (
     SUCCESS,
     AbortableAsyncResult,
     Executor,
+    SoftTimeLimitExceeded,
     StoreError,
     TaskAborted,
     TimeLimitExceeded,
@@ -35,7 +36,7 @@ from localabort._states import UNREADY_STATES
 from localabort._store import Store
 
 from . import tasks
-from .conftest import wait_for
+from .conftest import started, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -44,15 +45,22 @@ ENV = dict(os.environ, PYTHONPATH=str(ROOT))
 # -- time limits ----------------------------------------------------------------
 
 
-def test_soft_time_limit_requests_an_abort(executor):
+def test_soft_time_limit_requests_an_abort_and_says_so(executor):
     fut = executor.submit(tasks.Limited)  # soft_time_limit = 0.3 on the class
-    with pytest.raises(TaskAborted) as info:
+    with pytest.raises(SoftTimeLimitExceeded, match=r"^tests.tasks.Limited \[.*\] passed its soft_time_limit of 0.3s"):
         fut.result(timeout=30)
-    assert info.value.partial_result > 0 and fut.state == ABORTED
+    assert isinstance(fut.exception(), TaskAborted)  # handlers of aborts keep working
+    assert fut.exception().partial_result > 0 and fut.state == ABORTED
     assert executor.store.get(fut.id).abort_requested
+    with pytest.raises(SoftTimeLimitExceeded):  # the store says so too
+        AbortableAsyncResult(fut.id, store=executor.store).get(timeout=10)
     override = executor.apply_async(tasks.Spin, soft_time_limit=0.1)
-    with pytest.raises(TaskAborted):
+    with pytest.raises(SoftTimeLimitExceeded, match=r"soft_time_limit of 0\.1s"):
         override.result(timeout=30)
+    by_a_user = executor.apply_async(tasks.Spin, soft_time_limit=60)
+    wait_for(lambda: started(by_a_user))
+    by_a_user.abort()
+    assert type(by_a_user.exception(timeout=30)) is TaskAborted  # a user's abort is not a time limit
 
 
 def test_hard_time_limit_kills_the_child_and_the_pool_heals(executor):
