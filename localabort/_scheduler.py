@@ -13,8 +13,8 @@ as the submit writes to the wake pipe after it queues.
 =========================================  ============  ======================================
 field                                      guarded by    written by
 =========================================  ============  ======================================
-``queue``, ``jobs``                        ``lock``      user threads (submit, abort, cancel,
-                                                         shutdown) and the manager (dispatch,
+``queue``, ``jobs``, ``keyed``,            ``lock``      user threads (submit, abort, cancel,
+``followers``                                            shutdown) and the manager (dispatch,
                                                          vacate, finish)
 a job's ``stage``, ``state``, ``slot``,    ``lock``      both, as above; ``take`` turns a
 ``word``, ``abort_requested``, its                       slot's words only under ``lock``
@@ -349,7 +349,7 @@ class Scheduler:
     def holders(self) -> List[str]:
         """The ids of the tasks that jobs follow."""
         with self.lock:
-            return [job.follows for job in self.followers.values() if job.follows is not None]
+            return [job.follows for job in self.followers.values() if job.follows]
 
     def follow(self, found: Dict[str, Any]) -> List[Job]:
         """Jobs whose holder ``found`` (``TaskRecord`` by id) shows finished end as it did; return them.
@@ -359,12 +359,12 @@ class Scheduler:
         ended: List[Job] = []
         with self.lock:
             for job in list(self.followers.values()):
-                holder = found.get(job.follows)  # type: ignore[arg-type]
+                holder = found.get(job.follows or "")
                 if holder is None:
                     job.follows = None
                     del self.followers[job.id]
                     self.queue.appendleft(job)
-                elif holder.finished_at is not None or holder.state in READY_STATES:
+                elif holder.state in READY_STATES:
                     job.end(holder.state)
                     job.result, job.traceback, job.blob = holder.result, holder.traceback, None
                     self._forget(job)
@@ -397,7 +397,7 @@ class Scheduler:
         with self.lock:
             claims: List[Job] = []
             wanted = sum((s.job is None) + (s.next is None) for s in self.slots) + self.claim_ahead
-            for job in itertools.islice(self.queue, 0, None) if not self.terminating else ():
+            for job in self.queue if not self.terminating else ():
                 if wanted <= 0:
                     break
                 if job.stage != QUEUED:  # ended while queued
