@@ -25,8 +25,10 @@ The actors, each in its module:
 - The manager thread (``_manager``, whose docstring gives its loop step
   by step) waits on the workers' pipes and process sentinels; reads
   replies; replaces dead workers; reads the store for aborts asked
-  elsewhere; enforces time limits; sends recorded jobs to workers; and
-  writes changed rows in group commits, completing the futures of finished
+  elsewhere; enforces time limits; sends claimed jobs to workers; and
+  writes changed rows in group commits, each of which also claims the next
+  queued jobs (RECEIVED) and reads their aborts, so no job starts that an
+  abort from anywhere came before; it completes the futures of finished
   jobs only after their rows are written, so a final state is stored
   before anyone sees it.
 - A worker slot (``_slot``) is one process and its pipe; the worker
