@@ -313,11 +313,12 @@ class Store:
                     holder = self._claim_key(cur, task_id, name, key)
                     if holder is not None:
                         held[task_id] = holder
-            check = [task_id for task_id, _, key in claims if key is None or task_id not in held]
-            for piece in _pieces(check):
+            for piece in _pieces([task_id for task_id, _, key in claims if key is None]):  # keyed: claimed above
                 ids = ", ".join([mark] * len(piece))
                 cur.execute(f"UPDATE {tasks.name} SET state = '{RECEIVED}' WHERE state = '{PENDING}' AND id IN ({ids})",
                             piece)  # fmt: skip
+            for piece in _pieces([task_id for task_id, _, _ in claims if task_id not in held]):
+                ids = ", ".join([mark] * len(piece))
                 cur.execute(f"SELECT id FROM {tasks.name} WHERE abort_requested_at IS NOT NULL AND id IN ({ids})",
                             piece)  # fmt: skip
                 found += [task_id for (task_id,) in cur.fetchall()]
