@@ -6,7 +6,7 @@ would in another terminal, on a kombu ``sqla+sqlite`` broker and a
 ``db+sqlite`` result backend in FOLDER (a new temporary folder by
 default); no server is needed. The localabort store lives in the result
 backend's database, so ``localabort status FOLDER/results.sqlite`` shows
-the tasks too. Needs ``pip install "localabort[celery]"``.
+the tasks too. Needs ``pip install ".[celery]"`` in the checkout.
 """
 
 from __future__ import annotations

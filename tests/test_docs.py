@@ -12,6 +12,11 @@ Per page, in a fresh folder holding ``examples/crunch.py``:
 Blocks that include lines of ``examples/`` (``--8<--``) are skipped here:
 the example files run in their own tests. Shell and ``text`` blocks are not
 Python examples.
+
+The site is also built here, as ``nox -s docs`` builds it, and read as a
+reader's browser would: the API page's Google-style sections are tables,
+its ``>>>`` examples code blocks, and no page waits on a script from the
+network.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -70,3 +76,95 @@ def test_page_examples_run(page, tmp_path):
     for argv in runs:
         out = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=150)
         assert out.returncode == 0, f"{page.name}: {' '.join(argv[1:])[:80]} failed:\n{out.stderr[-3000:]}"
+
+
+# -- The built site -------------------------------------------------------------
+
+
+class _Html(HTMLParser):
+    """A page's text runs, each with the tags open around it; its table rows; every element's tag and class."""
+
+    VOID = frozenset({"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "wbr"})
+
+    def __init__(self, html: str) -> None:
+        super().__init__()
+        self.open: list[str] = []
+        self.texts: list[tuple[tuple[str, ...], str]] = []
+        self.rows: list[list[str]] = []
+        self.classes: list[tuple[str, str]] = []
+        self.pres: list[str] = []  # the text of each <pre> block
+        self.feed(html)
+        self.rows = [[" ".join(cell.split()) for cell in row] for row in self.rows]
+
+    def handle_starttag(self, tag, attrs):
+        self.classes.append((tag, dict(attrs).get("class") or ""))
+        if tag == "tr":
+            self.rows.append([])
+        elif tag in ("td", "th") and self.rows:
+            self.rows[-1].append("")
+        elif tag == "pre":
+            self.pres.append("")
+        if tag not in self.VOID:
+            self.open.append(tag)
+
+    def handle_endtag(self, tag):
+        if tag in self.open:
+            while self.open.pop() != tag:
+                pass
+
+    def handle_data(self, data):
+        self.texts.append((tuple(self.open), data))
+        if ("td" in self.open or "th" in self.open) and self.rows and self.rows[-1]:
+            self.rows[-1][-1] += data
+        if "pre" in self.open and self.pres:
+            self.pres[-1] += data
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """The documentation site, built as ``nox -s docs`` builds it (strict: a warning fails it)."""
+    pytest.importorskip("mkdocs", reason="the docs toolchain is not installed: pip install -e '.[docs]'")
+    out = tmp_path_factory.mktemp("site")
+    build = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+        cwd=ROOT, env=dict(os.environ, NO_MKDOCS_2_WARNING="1"), capture_output=True, text=True, timeout=150,
+    )  # fmt: skip
+    assert build.returncode == 0, f"mkdocs build --strict failed:\n{build.stderr[-3000:]}"
+    return out
+
+
+@pytest.mark.timeout(180)
+def test_api_page_renders_google_style_sections(site):
+    page = _Html((site / "api" / "index.html").read_text())
+    # Executor's "Args:" is a parameters table: name, type, description, default.
+    rows = {row[0]: row for row in page.rows if row}
+    assert "max_workers" in rows, "no parameters table naming Executor's max_workers"
+    _, annotation, description, default = rows["max_workers"]
+    assert "int" in annotation and description and default == "None", rows["max_workers"]
+    # Its "Raises:" is a table too.
+    assert "StoreError" in rows, "no exceptions table naming StoreError"
+    titles = {text for tags, text in page.texts if text.endswith(":") and "p" in tags}
+    assert {"Parameters:", "Raises:"} <= titles, titles
+
+
+@pytest.mark.timeout(180)
+def test_api_page_doctests_are_code_blocks(site):
+    page = _Html((site / "api" / "index.html").read_text())
+    prompts = [tags for tags, text in page.texts if ">>>" in text]
+    assert len(prompts) > 20, "the docstrings' >>> examples are missing from the API page"
+    outside = [tags for tags in prompts if not {"pre", "code"} <= set(tags)]
+    assert not outside, f"{len(outside)} >>> lines outside a <pre><code> block, e.g. in {outside[0]}"
+    assert not any(tag == "blockquote" for tag, _ in page.classes), "a docstring line became a <blockquote>"
+    # Executor's own example: prompt, continuation and output in one block.
+    block = next((pre for pre in page.pres if ">>> with Executor(max_workers=2) as ex:" in pre), "")
+    assert "\n... " in block and "\n[1, 2, 3]" in block, block or "Executor's example is not in a <pre> block"
+
+
+@pytest.mark.timeout(180)
+def test_site_loads_no_diagram_script_from_the_network(site):
+    """A mermaid block makes Material fetch mermaid.js from a CDN; the diagrams are text blocks instead."""
+    for html in site.rglob("*.html"):
+        page = _Html(html.read_text())
+        assert not any("mermaid" in cls.split() for _, cls in page.classes), f"{html.relative_to(site)} has mermaid"
+    states = _Html((site / "states" / "index.html").read_text())
+    assert any("pre" in tags and "RECEIVED --" in text for tags, text in states.texts), "no state diagram"
