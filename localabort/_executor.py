@@ -85,7 +85,7 @@ from ._manager import Manager
 from ._scheduler import Scheduler
 from ._states import FAILURE, SUCCESS
 from ._task import task_name
-from ._worker import WorkerSetup
+from ._worker import MAIN_UNGUARDED, WorkerSetup
 
 if TYPE_CHECKING:
     from ._slot import Context
@@ -142,6 +142,10 @@ class Executor(concurrent.futures.Executor):
         progress: Union[bool, TextIO] = False,
         poll_interval: float = 0.02,
     ) -> None:
+        if getattr(multiprocessing.current_process(), "_inheriting", False):
+            # A worker importing the main script (spawn, forkserver) got here: the script has no
+            # ``if __name__ == "__main__":`` guard. Leave quietly; the parent says why, in one line.
+            sys.exit(MAIN_UNGUARDED)
         if max_workers is None:
             max_workers = os.cpu_count() or 1
         if max_workers <= 0:
@@ -162,6 +166,7 @@ class Executor(concurrent.futures.Executor):
                 "max_tasks_per_child is incompatible with the 'fork' start method (each new worker would be "
                 "forked from a process running threads); pass mp_context='spawn' or 'forkserver'"
             )
+        _check_main_importable(mp_context.get_start_method(allow_none=False))
         ctx = cast("Context", mp_context)
         self._tmpdir: Optional[str] = None
         if store is None:
@@ -228,7 +233,10 @@ class Executor(concurrent.futures.Executor):
             key: a stable name for the work: if the store holds a SUCCESS of
                 the same task under this key, the future completes at once
                 with that result and nothing runs.
-            soft_time_limit, time_limit: override the task class's limits.
+            soft_time_limit: overrides the task class's ``soft_time_limit``
+                (seconds; then the task is asked to abort).
+            time_limit: overrides the task class's ``time_limit`` (seconds;
+                then its worker is killed).
 
         >>> with Executor(max_workers=1) as ex:
         ...     ex.apply_async(pow, (2, 5), task_id="two-to-five").id
@@ -258,7 +266,7 @@ class Executor(concurrent.futures.Executor):
                 return local
             holder = self._store.find_key(name, key)
             if holder is not None and holder.state == SUCCESS:
-                return self._watch(completed(holder.id, holder.result, holder.progress), name)
+                return self._watch(completed(holder.id, holder.result, holder.progress), name, key)
         job = Job(task_id or new_id(), self._scheduler.next_seq(), name, key, self._scheduler)
         job.follows = None if holder is None else holder.id
         job.chunked = chunked
@@ -270,13 +278,13 @@ class Executor(concurrent.futures.Executor):
             exc.args = (f"cannot send {name} to a worker: {exc}; use a module-level task and picklable arguments",)
             job.end(FAILURE, exc)
             self._scheduler.fail_now(job)
-            return self._watch(job.future, name)
+            return self._watch(job.future, name, key)
         self._scheduler.enqueue(job)
-        return self._watch(job.future, name)
+        return self._watch(job.future, name, key)
 
-    def _watch(self, future: AbortableFuture, name: str) -> AbortableFuture:
+    def _watch(self, future: AbortableFuture, name: str, key: Optional[str]) -> AbortableFuture:
         if self._watched is not None:
-            future._task_name = name
+            future._task_name, future._task_key = name, key
             self._watched.append(future)
         return future
 
@@ -289,7 +297,7 @@ class Executor(concurrent.futures.Executor):
         try:
             while True:
                 stopped = self._scheduler.stopped.wait(0.1)
-                bars.update([TaskView(f.id, f._task_name, f.state, f.progress) for f in list(watched)])
+                bars.update([TaskView(f.id, f._task_name, f.state, f.progress, f._task_key) for f in list(watched)])
                 if stopped:
                     return
         finally:
@@ -370,7 +378,7 @@ class Executor(concurrent.futures.Executor):
         >>> asked, [f.state for f in futures]
         (3, ['SUCCESS', 'ABORTED', 'ABORTED'])
         """
-        return self._scheduler.abort_all()
+        return self._scheduler.abort_all()[0]
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking tasks; let queued and running ones finish, then stop the workers.
@@ -437,7 +445,24 @@ class Executor(concurrent.futures.Executor):
     def _interrupted(self) -> None:
         """Ctrl-C reached the ``with`` block: see ``_interrupt`` for the design."""
         release_leaked(self._manager.open_futures())
-        stop_on_interrupt(self.abort_all, self.shutdown, self._manager.terminate)
+        try:
+            stop_on_interrupt(self._scheduler.abort_all, self.shutdown, self._manager.terminate)
+        finally:
+            if self._progress is not None:  # its last drawing comes before the traceback, not over it
+                self._progress.join()
+
+
+def _check_main_importable(method: str) -> None:
+    """Under spawn and forkserver, workers run the main script's file first: fail now if there is none."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)  # None: interactive, or python -c (workers then skip it)
+    if method == "fork" or path is None or getattr(main, "__spec__", None) is not None or os.path.exists(path):
+        return
+    where = "stdin" if path == "<stdin>" else repr(path)
+    raise RuntimeError(
+        f"workers cannot import __main__ from {where}: under {method}, each worker first runs the main script's "
+        "file; put the task in a module and run it as a file, or pass mp_context='fork'"
+    )
 
 
 def _take_result(head: List[AbortableFuture], timeout: Optional[float]) -> Any:

@@ -26,7 +26,7 @@ __all__ = ["AbortableAsyncResult", "AbortableFuture"]
 class Controller(Protocol):
     """What a future asks of the executor that made it."""
 
-    def _abort(self, future: AbortableFuture) -> bool: ...
+    def _abort(self, future: AbortableFuture, terminate_after: Optional[float] = None) -> bool: ...
 
     def _cancel(self, future: AbortableFuture) -> bool: ...
 
@@ -54,6 +54,7 @@ class AbortableFuture(concurrent.futures.Future):  # type: ignore[type-arg]
         self._task_state = PENDING
         self._task_progress: Optional[Progress] = None
         self._task_name = ""
+        self._task_key: Optional[str] = None  # for its progress bar's label
         self._abort_requested = False
 
     def __repr__(self) -> str:
@@ -76,9 +77,33 @@ class AbortableFuture(concurrent.futures.Future):  # type: ignore[type-arg]
         """The task's last reported ``(done, total)``, or ``None``."""
         return self._task_progress
 
-    def abort(self) -> bool:
-        """Ask the task to abort; ``True`` if recorded, ``False`` if it had already finished."""
-        return self._controller._abort(self) if self._controller is not None else False
+    def abort(self, *, terminate_after: Optional[float] = None) -> bool:
+        """Ask the task to abort; ``True`` if recorded, ``False`` if it had already finished.
+
+        Args:
+            terminate_after: ``None`` (the default) only asks: the task stops
+                at its next ``is_aborted()`` check. A number of seconds also
+                kills the task's worker process if the task is still running
+                that long from now (``0``: at once), for a task that never
+                checks (Celery's ``revoke(terminate=True)``). The task then
+                ends ABORTED with a ``TaskAborted`` that says it was
+                terminated; a new worker takes the old one's place and the
+                other tasks go on. Asked again, the earlier time holds.
+
+        >>> import time
+        >>> from localabort import Executor
+        >>> with Executor(max_workers=1) as ex:
+        ...     fut = ex.submit(time.sleep, 60)   # never checks
+        ...     while fut.state != "STARTED":
+        ...         time.sleep(0.01)
+        ...     fut.abort(terminate_after=0.1)
+        ...     fut.exception(timeout=30)
+        True
+        TaskAborted('task ... terminated: still running when the terminate_after of 0.1s its abort gave it ran out')
+        """
+        if terminate_after is not None and not terminate_after >= 0:
+            raise ValueError(f"terminate_after must be a number of seconds >= 0 or None, not {terminate_after!r}")
+        return self._controller._abort(self, terminate_after) if self._controller is not None else False
 
     def is_aborted(self) -> bool:
         """Whether an abort was requested for this task (by this process or through the store)."""
@@ -144,17 +169,40 @@ class AbortableAsyncResult:
         """The task's last stored ``(done, total)``, or ``None``."""
         return self.store.lookup(self.id).progress
 
-    def abort(self) -> bool:
+    def abort(self, *, terminate_after: Optional[float] = None) -> bool:
         """Ask the task to abort; ``True`` if recorded, ``False`` if finished; ``UnknownTask`` if unknown.
 
         An abort asked before the task's row is written (moments after
-        ``submit()``) is kept, and the task never runs.
+        ``submit()``) is kept, and the task never runs. ``terminate_after``
+        is ``AbortableFuture.abort``'s: its executor kills the worker of a
+        task still running that many seconds from now.
         """
-        return self.store.request_abort(self.id) is not None
+        if terminate_after is not None and not terminate_after >= 0:
+            raise ValueError(f"terminate_after must be a number of seconds >= 0 or None, not {terminate_after!r}")
+        return self.store.request_abort(self.id, terminate_after) is not None
 
     def is_aborted(self) -> bool:
         """Whether an abort was ever requested for this task."""
         return self.store.lookup(self.id).abort_requested
+
+    @property
+    def result(self) -> Any:
+        """Celery's ``result``: the return value once SUCCESS, the exception once it failed or aborted, else ``None``.
+
+        Unlike ``get()``, it never waits and never raises the task's error.
+        """
+        record = self.store.lookup(self.id)
+        if record.state not in READY_STATES:
+            return None
+        value, exc = load_outcome(record.state, record.result, record.traceback)
+        return value if exc is None else exc
+
+    info = result
+
+    @property
+    def traceback(self) -> Optional[str]:
+        """The traceback text of a task that raised, as the worker printed it, or ``None``."""
+        return self.store.lookup(self.id).traceback
 
     def ready(self) -> bool:
         """Whether the task has finished, whatever its outcome."""

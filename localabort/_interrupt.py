@@ -34,6 +34,15 @@ The solution
   check), and we wait for them.
 - A second Ctrl-C during that wait terminates the workers; their tasks end
   ABORTED in the store.
+- Each Ctrl-C says, in one line on stderr, what it does and what the next
+  one would do.
+- A Ctrl-C can also land in the middle of an executor call the main thread
+  makes (``abort()`` in a loop, ``abort_all()``, a store write): every job
+  a user thread ends is owed to the manager's next write as well, so its
+  row is stored even when that thread's own write never happens
+  (``Scheduler._settle``); and a change of several jobs' states under
+  the scheduler's lock holds a Ctrl-C back until it is whole
+  (``deferred``), so no job is left half aborted.
 - Either way the ``KeyboardInterrupt`` is re-raised, so the script exits
   as an interrupted script does (killed by SIGINT, status 130 in a shell).
 - A ``KeyboardInterrupt`` can land between two bytecodes of
@@ -43,33 +52,111 @@ The solution
   good, and the manager thread, completing those futures, would wait for
   them for ever. So before it stops, the main thread lets go of any
   future's lock it still holds (``release_leaked``): nothing of its own is
-  inside such a lock any more.
+  inside such a lock any more. The same goes for the locks of the waiters
+  ``wait()`` and ``as_completed()`` install on the futures: ``wait()``
+  leaves its waiter installed when interrupted, and the manager calls it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import signal
 import sys
-from typing import Any, Callable, Iterable
+import threading
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Tuple
 
-__all__ = ["keep_exiting_as_interrupted", "release_leaked", "stop_on_interrupt"]
+#: Seconds a waiter's lock may stay held before ``release_leaked`` takes it for leaked by an interrupted wait.
+LEAK_WAIT = 0.05
+
+__all__ = ["deferred", "keep_exiting_as_interrupted", "release_leaked", "say", "stop_on_interrupt"]
 
 
-def stop_on_interrupt(abort_all: Callable[[], int], wait: Callable[[], None], terminate: Callable[[], None]) -> None:
-    """The first Ctrl-C: abort everything and wait; a second one during the wait: terminate."""
+def stop_on_interrupt(
+    abort_all: Callable[[str], Tuple[int, int]], wait: Callable[[], None], terminate: Callable[[], int]
+) -> None:
+    """The first Ctrl-C: abort everything and wait; a second one during the wait: terminate.
+
+    Each says on stderr what it does, in one line, as a Celery worker does.
+    ``abort_all`` returns how many tasks it asked and how many still run;
+    ``terminate`` returns how many it kills.
+    """
     try:
-        abort_all()
+        asked, running = abort_all("Ctrl-C")
+        if running:
+            say(f"aborting {_tasks(asked)}; {running} still running; press Ctrl-C again to terminate them")
+        elif asked:
+            say(f"aborted {_tasks(asked)} not started")
         wait()
     except KeyboardInterrupt:
-        terminate()
+        say(f"terminating {_tasks(terminate())}")
+
+
+def say(line: str) -> None:
+    """Print ``line`` to stderr as localabort's own, above any progress bars drawn there."""
+    bars = sys.modules.get("tqdm")  # loaded only if some bars are drawn (``progress``)
+    if bars is not None:
+        bars.tqdm.write(f"localabort: {line}", file=sys.stderr)
+    else:
+        print(f"localabort: {line}", file=sys.stderr, flush=True)
+
+
+def _tasks(n: int) -> str:
+    return f"{n} task" if n == 1 else f"{n} tasks"
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Hold a Ctrl-C back until the block ends, then raise it: for state changes that must not stop half done.
+
+    Only in the main thread (the only one Python raises ``KeyboardInterrupt``
+    in) and only while Python's own SIGINT handler is installed: a user's
+    handler is left alone.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: List[int] = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    except ValueError:  # pragma: no cover - a main thread in an interpreter without signals
+        yield
+        return
+    if previous is not signal.default_int_handler:
+        signal.signal(signal.SIGINT, previous)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            raise KeyboardInterrupt
 
 
 def release_leaked(futures: Iterable[Any]) -> None:
-    """Release every lock of ``futures`` this thread still holds after a Ctrl-C (see above)."""
+    """Release every lock of ``futures``, and of their waiters, this thread still holds after a Ctrl-C (see above).
+
+    A future's condition is an ``RLock``, whose owner is known. The waiters
+    that ``wait()`` and ``as_completed()`` install on futures hold plain
+    locks, whose owner is not: such a lock still held after
+    ``LEAK_WAIT`` is taken for leaked (the manager, completing a future,
+    holds one for microseconds), and released. The event's lock goes
+    first, as the manager may hold the waiter's own lock while it waits for
+    the event's.
+    """
+    waiters: Dict[int, Any] = {}
     for future in futures:
         condition = future._condition
         while condition._is_owned():
             condition.release()
+        waiters.update((id(waiter), waiter) for waiter in list(future._waiters))
+    for waiter in waiters.values():
+        for lock in (waiter.event._cond._lock, getattr(waiter, "lock", None)):
+            if lock is not None and lock.acquire(timeout=LEAK_WAIT):
+                lock.release()  # free: not leaked
+            elif lock is not None:
+                lock.release()
 
 
 def keep_exiting_as_interrupted() -> None:

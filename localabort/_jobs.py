@@ -26,7 +26,7 @@ import uuid
 from typing import TYPE_CHECKING, Any, List, Optional
 
 from ._future import AbortableFuture, Controller
-from ._outcome import dump, load_outcome
+from ._outcome import describe, dump, load_outcome
 from ._states import PENDING, SUCCESS, Progress
 
 if TYPE_CHECKING:
@@ -45,6 +45,7 @@ class Job:
         "blob",
         "chunked",
         "claimed",
+        "error",
         "finished_at",
         "follows",
         "future",
@@ -64,6 +65,9 @@ class Job:
         "started_at",
         "state",
         "submitted_at",
+        "terminate_after",
+        "terminate_at",
+        "terminate_deadline",
         "time_limit",
         "traceback",
         "word",
@@ -84,7 +88,12 @@ class Job:
         self.progress: Optional[Progress] = None
         self.result: Optional[bytes] = None  # the outcome's blob once it ended
         self.traceback: Optional[str] = None
+        self.error: Optional[str] = None  # "Type: message" of its outcome's exception
         self.abort_requested = False
+        # abort(terminate_after=...): kill its worker at terminate_deadline (monotonic; terminate_at, wall clock)
+        self.terminate_after: Optional[float] = None
+        self.terminate_at: Optional[float] = None
+        self.terminate_deadline = float("inf")
         self.soft_time_limit: Optional[float] = None
         self.time_limit: Optional[float] = None
         self.soft_deadline = self.hard_deadline = float("inf")
@@ -97,7 +106,19 @@ class Job:
         """Record the job's final state; ``exc``, if given, becomes its stored outcome."""
         self.stage, self.state, self.finished_at = DONE, state, time.time()
         if exc is not None:
-            self.result = dump(exc)
+            self.result, self.error = dump(exc), describe(exc)
+
+    def terminate_by(self, after: float, asked: bool = True) -> bool:
+        """Kill its worker ``after`` seconds from now, unless an earlier time was asked; whether this one is earlier.
+
+        ``asked``: ``after`` is what ``abort(terminate_after=...)`` asked, not what is left of it.
+        """
+        deadline = time.monotonic() + max(0.0, after)
+        if deadline >= self.terminate_deadline:
+            return False
+        self.terminate_after, self.terminate_deadline = (after if asked else -1.0), deadline
+        self.terminate_at = time.time() + max(0.0, after)
+        return True
 
     def start_clock(self) -> None:
         """Start its time limits: from when a started worker has it, not from a worker's own start-up."""

@@ -51,16 +51,16 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
-from ._errors import TimeLimitExceeded, WorkerLost
+from ._errors import TaskAborted, TimeLimitExceeded, WorkerLost
 from ._jobs import DONE, Job, resolve
 from ._messages import Call, InitFailed, Message, Ready, Reply, Report, decode, encode
-from ._outcome import dump, load_outcome, over_soft_limit, terminated, within_limit
+from ._outcome import describe, dump, load_outcome, over_soft_limit, terminated, within_limit
+from ._procs import HEARTBEAT
 from ._scheduler import Scheduler
 from ._slot import Slot
 from ._states import ABORTED, FAILURE
-from ._store import HEARTBEAT
 from ._words import allocate
-from ._worker import WorkerSetup
+from ._worker import MAIN_UNGUARDED, WorkerSetup
 
 if TYPE_CHECKING:
     from ._slot import Context
@@ -107,11 +107,17 @@ class Manager:
             jobs = [*self.scheduler.jobs.values(), *self._unresolved]
         return [job.future for job in jobs]
 
-    def terminate(self, sig: int = signal.SIGKILL) -> None:
-        """Kill every worker now with ``sig`` (from a user thread) and wait; their tasks end ABORTED."""
-        for slot in self.scheduler.terminate():
+    def terminate(self, sig: int = signal.SIGKILL) -> int:
+        """Kill every worker now with ``sig`` (from a user thread) and wait; their tasks end ABORTED.
+
+        Returns how many running tasks it killed.
+        """
+        slots = self.scheduler.terminate()
+        running = sum(slot.job is not None for slot in slots)
+        for slot in slots:
             slot.kill(sig)
         self.scheduler.stopped.wait()
+        return running
 
     def _manage(self) -> None:
         try:
@@ -179,7 +185,11 @@ class Manager:
 
     def _timeout(self, busy: bool) -> float:
         soonest = min(
-            (min(s.job.soft_deadline, s.job.hard_deadline) for s in self.scheduler.slots if s.job is not None),
+            (
+                min(s.job.soft_deadline, s.job.hard_deadline, s.job.terminate_deadline)
+                for s in self.scheduler.slots
+                if s.job is not None and s.job.lost is None
+            ),
             default=float("inf"),
         )
         poll = self._next_poll if busy else float("inf")
@@ -221,9 +231,11 @@ class Manager:
             self.scheduler.promote(slot)
             what = f"{job.name} [{job.id}]"
             state, blob, tb = within_limit(message.state, message.blob, message.traceback, what)
+            error = message.error if blob is message.blob else describe(load_outcome(state, blob, None)[1])
             if state == ABORTED and job.soft_limited:  # say why: a limit, not a user
-                blob = dump(over_soft_limit(load_outcome(state, blob, None)[1], what, job.soft_time_limit))
-            self.scheduler.finish(job, state, blob, tb, message.progress)
+                exc = over_soft_limit(load_outcome(state, blob, None)[1], what, job.soft_time_limit)
+                blob, error = dump(exc), describe(exc)
+            self.scheduler.finish(job, state, blob, tb, message.progress, error)
             finished.append(job)
 
     def _replace(self, slot: Slot, finished: List[Job]) -> None:
@@ -236,20 +248,24 @@ class Manager:
         start_failure = None
         if not slot.ready and not scheduler.terminating:
             self._start_failures += 1
+            unguarded = slot.process.exitcode == MAIN_UNGUARDED
+            if unguarded:  # it will not go better with the next: stop now
+                self._start_failures = MAX_START_FAILURES
             start_failure = (
-                f"a worker (pid {slot.pid}) {slot.exit_reason()} before it started; under spawn and forkserver "
-                "each worker imports the main module, so a script must keep its code under "
-                "`if __name__ == '__main__':`"
+                f"a worker (pid {slot.pid}) "
+                + ("started an Executor of its own" if unguarded else f"{slot.exit_reason()} before it started")
+                + "; under spawn and forkserver each worker imports the main module, so a script must keep its "
+                "code under `if __name__ == '__main__':`"
             )
         if job is not None:
             if scheduler.terminating:
-                state, exc = ABORTED, job.lost or terminated(job.id)
+                exc: BaseException = job.lost or terminated(job.id)
             else:
-                state = FAILURE
                 exc = job.lost or WorkerLost(
                     start_failure or f"the worker (pid {slot.pid}) running {job.name} [{job.id}] {slot.exit_reason()}"
                 )
-            scheduler.finish(job, state, dump(exc), None, None)
+            state = ABORTED if isinstance(exc, TaskAborted) else FAILURE  # killed on purpose, or lost
+            scheduler.finish(job, state, dump(exc), None, None, describe(exc))
             finished.append(job)
         if self._start_failures >= MAX_START_FAILURES:
             raise RuntimeError(start_failure)
@@ -267,6 +283,9 @@ class Manager:
                 continue
             if now >= job.hard_deadline and job.lost is None:
                 job.lost = TimeLimitExceeded(f"{job.name} [{job.id}] ran past its time_limit of {job.time_limit}s")
+                slot.kill()
+            elif now >= job.terminate_deadline and job.lost is None:
+                job.lost = terminated(job.id, job.terminate_after)
                 slot.kill()
             elif now >= job.soft_deadline:
                 job.soft_deadline = float("inf")
@@ -294,7 +313,7 @@ class Manager:
         self._flush_due = float("inf")
         self._next_heartbeat = time.monotonic() + HEARTBEAT
         resolve(self._unresolved)  # empties the list
-        self._unresolved += scheduler.aborted_elsewhere(aborted)  # their rows go with the next write
+        self._unresolved += scheduler.aborted_elsewhere(dict.fromkeys(aborted))  # their rows go with the next write
 
     def _break(self, exc: BaseException) -> None:
         """The manager cannot go on: settle every future, then stop the workers.
@@ -323,6 +342,7 @@ class Manager:
             slot.reap()
         try:
             if self.scheduler.broken is None:
+                self._unresolved += self.scheduler.leftovers()
                 self._commit()
                 if self._unresolved:  # ended by that write's aborts: stored with one more
                     self._commit()

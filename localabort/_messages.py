@@ -66,6 +66,7 @@ class Reply(NamedTuple):
     blob: bytes
     traceback: Optional[str]
     progress: Optional[Progress]
+    error: Optional[str] = None  # the exception in words (``_outcome.describe``), for the store
 
 
 Message = Union[Call, Ready, InitFailed, Report, Reply]

@@ -26,6 +26,7 @@ from ._states import ABORTED, FAILURE, SUCCESS
 __all__ = [
     "MAX_RESULT_BYTES",
     "RunOutcome",
+    "describe",
     "dump",
     "load_outcome",
     "over_soft_limit",
@@ -70,9 +71,34 @@ def unrun(task_id: str, how: str = "aborted") -> TaskAborted:
     return TaskAborted(f"task {task_id} {how} before it started", task_id=task_id)
 
 
-def terminated(task_id: str) -> TaskAborted:
-    """The error of a task whose worker was killed on purpose (a second Ctrl-C, ``terminate``)."""
-    return TaskAborted(f"task {task_id} terminated", task_id=task_id)
+def terminated(task_id: str, after: Optional[float] = None) -> TaskAborted:
+    """The error of a task whose worker was killed on purpose.
+
+    ``after`` is the ``terminate_after`` of the ``abort()`` it outlived
+    (``-1`` when not known here: asked through the store); ``None`` for a
+    second Ctrl-C or ``terminate_workers()``.
+    """
+    if after is None:
+        return TaskAborted(f"task {task_id} terminated", task_id=task_id)
+    if after == 0:
+        why = "at once, as its abort asked (terminate_after=0)"
+    else:
+        given = "" if after < 0 else f" of {after:g}s"
+        why = f"still running when the terminate_after{given} its abort gave it ran out"
+    return TaskAborted(f"task {task_id} terminated: {why}", task_id=task_id)
+
+
+#: The most characters of an error the store keeps in its ``error`` column (the pickled exception keeps it all).
+ERROR_CHARS = 500
+
+
+def describe(exc: Optional[BaseException]) -> Optional[str]:
+    """``Type: message``, on one line, as ``status`` and ``show`` print an error; ``None`` for no error."""
+    if exc is None:
+        return None
+    text = " ".join(str(exc).split())
+    line = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return line if len(line) <= ERROR_CHARS else line[: ERROR_CHARS - 3] + "..."
 
 
 def over_soft_limit(exc: Optional[BaseException], what: str, limit: Optional[float]) -> SoftTimeLimitExceeded:
@@ -105,10 +131,18 @@ def pickle_outcome(outcome: RunOutcome, name: str) -> Tuple[RunOutcome, bytes]:
 
 
 def _picklable_copy(exc: Any, err: Exception) -> BaseException:
-    text = f"{type(exc).__name__}: {exc} (the exception itself cannot be pickled: {err})"
+    """A copy of ``exc`` that pickles: a ``TaskAborted`` without its partial result, else a ``RuntimeError``."""
     if isinstance(exc, TaskAborted):
-        return TaskAborted(text, task_id=exc.task_id)
-    return RuntimeError(text)
+        try:
+            pickle.dumps(exc.partial_result, PROTOCOL)
+        except Exception:  # the partial result is what cannot be pickled: say so, and keep the rest
+            copy = TaskAborted(
+                f"{exc} (its partial result, a {type(exc.partial_result).__name__}, cannot be pickled: {err}; "
+                "return plain data: numbers, str, lists, dicts)", task_id=exc.task_id,
+            )  # fmt: skip
+            return copy
+        return TaskAborted(f"{exc} (this TaskAborted cannot be pickled: {err})", task_id=exc.task_id)
+    return RuntimeError(f"{type(exc).__name__}: {exc} (the exception itself cannot be pickled: {err})")
 
 
 def within_limit(state: str, blob: bytes, tb: Optional[str], what: str) -> Tuple[str, bytes, Optional[str]]:

@@ -3,14 +3,24 @@
 A pid alone is not enough: the system reuses pids, so a store would take a
 new process for a dead executor. The start time, from /proc, tells them
 apart (where /proc exists; elsewhere the pid alone decides).
+
+A live executor also writes to its store at least every ``HEARTBEAT``
+seconds; one silent for ``SILENT`` seconds is hung, or dead on another
+host, and readers stop waiting for it.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 from typing import Optional
 
-__all__ = ["alive", "process_start"]
+__all__ = ["HEARTBEAT", "SILENT", "alive", "asker", "process_start"]
+
+#: Seconds between an executor's writes of ``flushed_at`` when it has nothing else to write.
+HEARTBEAT = 0.5
+#: Seconds an executor may be silent before a lookup stops waiting for it (hung, or dead on another host).
+SILENT = 5.0
 
 
 def process_start(pid: int) -> Optional[str]:
@@ -32,3 +42,9 @@ def alive(pid: int, started: Optional[str]) -> bool:
         pass
     now = process_start(pid)
     return started is None or now is None or now == started
+
+
+def asker(what: str = "") -> str:
+    """Who asks for an abort, in words: ``what`` (a call, a command), then this process, by pid and host."""
+    me = f"pid {os.getpid()} on {socket.gethostname()}"
+    return f"{what} ({me})" if what else me

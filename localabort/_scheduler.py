@@ -65,9 +65,11 @@ import weakref
 from typing import TYPE_CHECKING, Any, Deque, Dict, List, Optional, Tuple
 
 from ._future import AbortableFuture
+from ._interrupt import deferred
 from ._jobs import DONE, QUEUED, RUNNING, SENT, Job, resolve
 from ._messages import Call
 from ._outcome import unrun
+from ._procs import asker
 from ._slot import Slot
 from ._states import ABORTED, FAILURE, PENDING, READY_STATES, RECEIVED, STARTED, Progress, task_row
 
@@ -94,6 +96,7 @@ class Scheduler:
         self.slots: List[Slot] = []  # filled by the manager
         self.dirty: Dict[str, Job] = {}  # jobs whose row the store must get
         self.abort_rows: List[Row] = []  # abort requests to record with the next write
+        self.unsettled: Dict[str, Job] = {}  # jobs a user thread ended, until it completed their futures
         self.claim_ahead = 0  # queued jobs to claim beyond the workers' free places (see take_rows)
         self._seq = itertools.count(1)
         self.shutting_down = self.terminating = False
@@ -142,17 +145,21 @@ class Scheduler:
 
     def fail_now(self, job: Job) -> None:
         """Store and resolve a job that ended before it was queued."""
-        self.store.write([self.row(job)])
-        resolve([job])
-
-    def abort_all(self) -> int:
         with self.lock:
+            self._owe([job])
+        self._settle([job])
+
+    def abort_all(self, by: str = "Executor.abort_all()") -> Tuple[int, int]:
+        """Abort every unfinished job; return how many were asked, and how many of those still run."""
+        by = asker(by)
+        with deferred(), self.lock:
             asked = [job for job in self.jobs.values() if not job.abort_requested]
             ended = [job for job in asked if self._mark_aborted(job)]
-            rows = [self.row(job, abort=True) for job in asked]
-        self.store.write([self.row(job) for job in ended], aborts=rows)
-        resolve(ended)
-        return len(asked)
+            self._owe(ended)
+            aborts = [self.row(job, abort=by) for job in asked]
+            running = sum(1 for job in self.jobs.values() if job.stage != QUEUED)
+        self._settle(ended, aborts)
+        return len(asked), running
 
     def shutdown(self, wait: bool, cancel_futures: bool) -> None:
         """Take no more jobs; with ``cancel_futures``, cancel those no worker holds or is free to take.
@@ -163,7 +170,7 @@ class Scheduler:
         queue do; every other queued job is cancelled (ABORTED).
         """
         cancelled: List[Job] = []
-        with self.lock:  # one hold: the manager cannot send a job on between our look and our cancel
+        with deferred(), self.lock:  # one hold: the manager cannot send a job on between our look and our cancel
             self.shutting_down = True
             if cancel_futures:
                 free = sum((slot.job is None) + (slot.next is None) for slot in self.slots)
@@ -178,37 +185,36 @@ class Scheduler:
                 for job in list(self.followers.values()):
                     self._end_unrun(job, "cancelled")
                     cancelled.append(job)
-            rows = [self.row(job) for job in cancelled]
-        self.store.write(rows)
-        for job in cancelled:
-            _notify_cancelled(job.future)
+            self._owe(cancelled)
+        self._settle(cancelled, cancel=True)
         self.wake()
         if wait:
             self.stopped.wait()
 
-    def _abort(self, future: AbortableFuture) -> bool:  # Controller
-        with self.lock:
+    def _abort(self, future: AbortableFuture, terminate_after: Optional[float] = None) -> bool:  # Controller
+        with deferred(), self.lock:
             job = self.jobs.get(future.id)
             if job is None:
                 return False
-            if job.abort_requested:
+            sooner = terminate_after is not None and job.terminate_by(terminate_after)
+            if job.abort_requested and not sooner:
                 return True
-            ended = self._mark_aborted(job)
-            row = self.row(job, abort=True)
-        self.store.write([row] if ended else [], aborts=[row])
-        if ended:
-            resolve([job])
+            ended = [job] if not job.abort_requested and self._mark_aborted(job) else []
+            self._owe(ended)
+            aborts = [self.row(job, abort=asker("AbortableFuture.abort()"))]
+        if sooner and not ended:
+            self.wake()  # the manager kills the worker when the time comes
+        self._settle(ended, aborts)
         return True
 
     def _cancel(self, future: AbortableFuture) -> bool:  # Controller
-        with self.lock:
+        with deferred(), self.lock:
             job = self.jobs.get(future.id)
             if job is None or job.stage != QUEUED or future.running():  # running: sent to a worker once
                 return future.cancelled()
             self._end_unrun(job, "cancelled")
-            row = self.row(job)
-        self.store.write([row])
-        _notify_cancelled(future)
+            self._owe([job])
+        self._settle([job], cancel=True)
         return True
 
     def terminate(self) -> List[Slot]:
@@ -216,19 +222,49 @@ class Scheduler:
 
         Jobs the workers hold end ABORTED when their workers are found dead.
         """
-        with self.lock:
+        with deferred(), self.lock:
             self.terminating = self.shutting_down = True
             ended = [job for job in self.jobs.values() if job.stage == QUEUED]
             for job in ended:
                 self._end_unrun(job, "terminated")
-            rows = [self.row(job) for job in ended]
+            self._owe(ended)
             slots = list(self.slots)
-        self.store.write(rows)
-        resolve(ended)
+        self._settle(ended)
         return slots
 
     def wake(self) -> None:
         os.write(self.wake_w, b"\0")
+
+    def _settle(self, ended: List[Job], aborts: Optional[List[Row]] = None, cancel: bool = False) -> None:
+        """Store the rows of jobs a user thread ended (and ``aborts``), then complete their futures.
+
+        A Ctrl-C can land anywhere in the main thread, this write included.
+        Nothing is lost if it does: a write that fails leaves its rows to
+        the manager's next write, and one that never began (the jobs are
+        still ``unsettled``) is made, and its futures completed, as the
+        manager closes (``leftovers``).
+        """
+        try:
+            self.store.write([self.row(job) for job in ended], aborts=aborts or ())
+        except BaseException:
+            with self.lock:
+                self.dirty.update((job.id, job) for job in ended)
+                self.abort_rows += aborts or []
+            raise
+        for job in ended:
+            with self.lock:  # this thread's to settle, unless the manager took it as a leftover as it closed
+                mine = self.unsettled.pop(job.id, None) is not None
+            if mine and cancel:
+                _notify_cancelled(job.future)
+            elif mine:
+                resolve([job])
+
+    def leftovers(self) -> List[Job]:
+        """The jobs a user thread ended but, interrupted, never settled; their rows go with the next write."""
+        with self.lock:
+            jobs, self.unsettled = list(self.unsettled.values()), {}
+            self.dirty.update((job.id, job) for job in jobs)
+        return jobs
 
     # -- the manager thread -----------------------------------------------------------
 
@@ -293,11 +329,13 @@ class Scheduler:
         with self.lock:
             self.dirty[job.id] = job
 
-    def finish(self, job: Job, state: str, blob: bytes, tb: Optional[str], progress: Optional[Progress]) -> None:
-        """``job`` ended in ``state``; its row goes to the store with the next write."""
+    def finish(
+        self, job: Job, state: str, blob: bytes, tb: Optional[str], progress: Optional[Progress], error: Optional[str]
+    ) -> None:
+        """``job`` ended in ``state`` (``error``: its exception in words); its row goes with the next write."""
         with self.lock:
             job.end(state)
-            job.result, job.traceback, job.blob = blob, tb, None
+            job.result, job.traceback, job.error, job.blob = blob, tb, error, None
             if progress is not None:
                 job.progress = progress
             self._forget(job)
@@ -324,13 +362,21 @@ class Scheduler:
                     self.queue.appendleft(ahead)
         return (None if job is None or job.stage == DONE else job), ended
 
-    def aborted_elsewhere(self, ids: List[str]) -> List[Job]:
-        """Honour aborts other processes recorded in the store; return the jobs that ended unrun."""
+    def aborted_elsewhere(self, found: Dict[str, Optional[float]]) -> List[Job]:
+        """Honour aborts other processes recorded in the store; return the jobs that ended unrun.
+
+        ``found`` maps each task's id to when its worker is to be killed
+        (``terminate_at``, wall clock), or ``None``.
+        """
         ended: List[Job] = []
         with self.lock:
-            for task_id in ids:
+            for task_id, terminate_at in found.items():
                 job = self.jobs.get(task_id)
-                if job is not None and not job.abort_requested and self._mark_aborted(job):
+                if job is None:
+                    continue
+                if terminate_at is not None:
+                    job.terminate_by(terminate_at - time.time(), asked=False)
+                if not job.abort_requested and self._mark_aborted(job):
                     self.dirty[job.id] = job
                     ended.append(job)
         return ended
@@ -366,7 +412,7 @@ class Scheduler:
                     self.queue.appendleft(job)
                 elif holder.state in READY_STATES:
                     job.end(holder.state)
-                    job.result, job.traceback, job.blob = holder.result, holder.traceback, None
+                    job.result, job.traceback, job.error, job.blob = holder.result, holder.traceback, holder.error, None
                     self._forget(job)
                     self.dirty[job.id] = job
                     ended.append(job)
@@ -378,7 +424,7 @@ class Scheduler:
             if not job.abort_requested:
                 job.soft_limited = True
                 self._mark_aborted(job)
-                self.abort_rows.append(self.row(job, abort=True))
+                self.abort_rows.append(self.row(job, abort=f"its soft_time_limit of {job.soft_time_limit}s"))
 
     def unclaimed_job_waits(self) -> bool:
         """Whether an idle worker waits for a job whose claim is not in the store yet."""
@@ -468,9 +514,14 @@ class Scheduler:
         return self.queue[0] if self.queue else None
 
     def _end_unrun(self, job: Job, how: str) -> None:
-        """End ``job``, which never started, ABORTED. The caller writes its row."""
+        """End ``job``, which never started, ABORTED. The caller has its row written."""
         job.end(ABORTED, unrun(job.id, how))
         self._forget(job)
+
+    def _owe(self, jobs: List[Job]) -> None:
+        """A user thread ended ``jobs``: it settles them (``_settle``), unless it is interrupted first."""
+        for job in jobs:
+            self.unsettled[job.id] = job
 
     def _forget(self, job: Job) -> None:
         """``job`` has ended: it is no longer this executor's to track."""
@@ -490,16 +541,16 @@ class Scheduler:
             job.start_clock()
         self.dirty[job.id] = job
 
-    def row(self, job: Job, abort: bool = False) -> Row:
-        """The store row of ``job``; ``abort`` adds the abort request."""
+    def row(self, job: Job, abort: Optional[str] = None) -> Row:
+        """The store row of ``job``; ``abort``, who asks for its abort, adds the request."""
         done, total = job.progress if job.progress is not None else (None, None)
         row = task_row(
             job.id, executor_id=self.executor_id, name=job.name, key=job.key, state=job.state,
             submitted_at=job.submitted_at, started_at=job.started_at, finished_at=job.finished_at,
-            progress_done=done, progress_total=total, result=job.result, traceback=job.traceback,
+            progress_done=done, progress_total=total, result=job.result, traceback=job.traceback, error=job.error,
         )  # fmt: skip
-        if abort:
-            row["abort_requested_at"] = time.time()
+        if abort is not None:
+            row.update(abort_requested_at=time.time(), abort_by=abort, terminate_at=job.terminate_at)
         return row
 
 

@@ -36,7 +36,7 @@ __all__ = [
     "tasks",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 metadata = sa.MetaData()
 
@@ -67,8 +67,14 @@ tasks = sa.Table(
     sa.Column("progress_done", sa.Float),
     sa.Column("progress_total", sa.Float),
     sa.Column("abort_requested_at", sa.Float),
+    # Who asked for the abort, in words ("localabort abort (pid 12 on host)", "Ctrl-C", "soft_time_limit").
+    sa.Column("abort_by", sa.String(255)),
+    # When the worker of a task still running is to be killed: abort(terminate_after=...).
+    sa.Column("terminate_at", sa.Float),
     sa.Column("result", sa.LargeBinary),
     sa.Column("traceback", sa.Text),
+    # "Type: message" of the outcome's exception, readable without unpickling anything.
+    sa.Column("error", sa.Text),
     sa.Index("ix_localabort_tasks_name_key", "name", "key"),
     sa.Index("ix_localabort_tasks_submitted_at", "submitted_at"),
     # Only unfinished tasks: the executors' abort poll reads this, and it stays small.
@@ -120,8 +126,15 @@ def _to_2(conn: Connection) -> None:
             index.create(conn)
 
 
+def _to_3(conn: Connection) -> None:
+    """Schema 3: who asked for a task's abort, when to kill its worker (``terminate_at``), its error as text."""
+    conn.execute(sa.text("ALTER TABLE localabort_tasks ADD COLUMN abort_by VARCHAR(255)"))
+    conn.execute(sa.text("ALTER TABLE localabort_tasks ADD COLUMN terminate_at FLOAT"))
+    conn.execute(sa.text("ALTER TABLE localabort_tasks ADD COLUMN error TEXT"))
+
+
 #: Upgrades from each older schema version to the next.
-MIGRATIONS: Dict[int, Callable[[Connection], None]] = {1: _to_2}
+MIGRATIONS: Dict[int, Callable[[Connection], None]] = {1: _to_2, 2: _to_3}
 
 
 class TaskRecord(NamedTuple):
@@ -139,6 +152,10 @@ class TaskRecord(NamedTuple):
     abort_requested: bool
     result: Optional[bytes]
     traceback: Optional[str]
+    error: Optional[str] = None  # "Type: message" of a task that did not succeed
+    terminate_at: Optional[float] = None  # when its worker is to be killed, if an abort asked for that
+    abort_requested_at: Optional[float] = None
+    abort_by: Optional[str] = None  # who asked for the abort, in words
 
 
 def _number(x: float) -> float:
@@ -153,5 +170,5 @@ def record(row: Any) -> TaskRecord:
     return TaskRecord(
         m["id"], m["name"], m["state"], m["executor_id"], m["key"], m["submitted_at"],
         m["started_at"], m["finished_at"], progress, m["abort_requested_at"] is not None,
-        m["result"], m["traceback"],
+        m["result"], m["traceback"], m["error"], m["terminate_at"], m["abort_requested_at"], m["abort_by"],
     )  # fmt: skip

@@ -51,7 +51,13 @@ class Slot:
             name=f"localabort-worker-{index}",
             daemon=False,
         )
-        self.process.start()
+        # Started with SIGINT blocked (a mask a child inherits, through exec too), so a Ctrl-C that lands while
+        # it starts up waits until the worker has set SIGINT aside; as CPython starts its resource tracker.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            self.process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         child_end.close()
         self.conn: multiprocessing.connection.Connection = parent_end
         self.sentinel: int = self.process.sentinel

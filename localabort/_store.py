@@ -34,7 +34,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 
 from ._errors import StoreError, UnknownTask, WorkerLost
 from ._outcome import dump, unrun
-from ._procs import alive, process_start
+from ._procs import SILENT, alive, asker, process_start
 from ._schema import (
     HELD_KEY,
     MIGRATIONS,
@@ -57,10 +57,6 @@ __all__ = ["Store", "TaskRecord", "forget"]
 BUSY_TIMEOUT = 60.0
 #: Task ids one query asks about at most.
 ID_BATCH = 5000
-#: Seconds between an executor's writes of ``flushed_at`` when it has nothing else to write.
-HEARTBEAT = 0.5
-#: Seconds an executor may be silent before a lookup stops waiting for it (hung, or dead on another host).
-SILENT = 5.0
 
 StoreSpec = Union[str, "os.PathLike[str]", "Store"]
 
@@ -259,14 +255,17 @@ class Store:
     # each row and statement cost ten times as much, and the store's write is the executor's hot path.
 
     def _sql(self, text: str) -> str:
-        """``text``, whose parameters are written ``:name``, in the driver's own parameter style."""
-        return text if self.engine.dialect.name == "sqlite" else re.sub(r":(\w+)", r"%(\1)s", text)
+        """``text``, whose parameters are written ``:name``, in the driver's own parameter style and words."""
+        if self.engine.dialect.name == "sqlite":
+            return text.replace("LEAST(", "MIN(")  # SQLite's MIN of two or more values is PostgreSQL's LEAST
+        return re.sub(r":(\w+)", r"%(\1)s", text)
 
     def _cursor(self, conn: Connection) -> Any:
         return conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
 
     def _write(self, cur: Any, rows: Sequence[Dict[str, Any]], aborts: Sequence[Dict[str, Any]]) -> None:
         if aborts:
+            aborts = [{"terminate_at": None, "abort_by": None, **row} for row in aborts]
             cur.executemany(self._sql(_ABORT_UPSERT), aborts)
         if rows:
             cur.executemany(self._sql(_STATE_UPSERT), rows)
@@ -341,8 +340,15 @@ class Store:
         cur.execute(self._sql(_CLAIM_KEYED), values)
         return None
 
-    def request_abort(self, task_id: str) -> Optional[str]:
+    def request_abort(
+        self, task_id: str, terminate_after: Optional[float] = None, *, by: Optional[str] = None
+    ) -> Optional[str]:
         """Ask the task ``task_id`` to abort, from any process; return its state then, or ``None`` if finished.
+
+        ``terminate_after`` (seconds) also asks its executor to kill the
+        task's worker if the task still runs that long after now (``0``: at
+        once); the earliest such time asked is kept. ``by`` says who asks
+        (default: this process, by pid and host); the first asker is kept.
 
         The state is read in the transaction that records the request: a
         task aborted PENDING never runs; one RECEIVED ends unrun unless its
@@ -354,11 +360,12 @@ class Store:
         ``UnknownTask``, and leaves nothing behind.
         """
         now = time.time()
+        values = self._abort_values(now, terminate_after, by)
         with self._begin() as conn:
             asked = conn.execute(
                 tasks.update()
                 .where(tasks.c.id == task_id, tasks.c.name != STANDING, sa.text(UNFINISHED))
-                .values(abort_requested_at=sa.func.coalesce(tasks.c.abort_requested_at, now))
+                .values(**values)
             ).rowcount
             found = conn.execute(sa.select(tasks.c.name, tasks.c.state).where(tasks.c.id == task_id)).first()
             if asked:  # this transaction holds the row: its state is the one the request met
@@ -367,7 +374,10 @@ class Store:
             if found is not None and found.name != STANDING:
                 return None  # finished
             if found is None:
-                conn.execute(tasks.insert().values(id=task_id, name=STANDING, state=PENDING, abort_requested_at=now))
+                conn.execute(tasks.insert().values(
+                    id=task_id, name=STANDING, state=PENDING, abort_requested_at=now, abort_by=by or asker(),
+                    terminate_at=_deadline(now, terminate_after),
+                ))  # fmt: skip
         try:
             self.lookup(task_id, since=now)
         except UnknownTask:
@@ -524,13 +534,37 @@ class Store:
             at = conn.execute(sa.select(tasks.c.abort_requested_at).where(tasks.c.id == task_id)).scalar()
         return at is not None
 
-    def aborts_requested(self, executor_id: str) -> List[str]:
-        """Ids of ``executor_id``'s unfinished tasks with an abort requested."""
-        query = sa.select(tasks.c.id).where(
-            tasks.c.executor_id == executor_id, tasks.c.abort_requested_at.is_not(None), sa.text(UNFINISHED)
+    def match(self, fragment: str, limit: int = 5) -> List[str]:
+        """Ids of tasks that start or end with ``fragment`` (what a label shows), at most ``limit``.
+
+        >>> import os, tempfile
+        >>> store = Store.open(os.path.join(tempfile.mkdtemp(), "s.sqlite"), create=True)
+        >>> store.match("0f27")
+        []
+        """
+        like = fragment.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = (
+            sa.select(tasks.c.id)
+            .where(tasks.c.name != STANDING)
+            .where(tasks.c.id.like(like + "%", escape="\\") | tasks.c.id.like("%" + like, escape="\\"))
+            .limit(limit)
         )
         with self._connect() as conn:
             return list(conn.execute(query).scalars())
+
+    def terminate_at(self, task_id: str) -> Optional[float]:
+        """When the worker of ``task_id`` is to be killed (``abort(terminate_after=...)``), or ``None``."""
+        with self._connect() as conn:
+            at = conn.execute(sa.select(tasks.c.terminate_at).where(tasks.c.id == task_id)).scalar()
+        return None if at is None else float(at)
+
+    def aborts_requested(self, executor_id: str) -> Dict[str, Optional[float]]:
+        """``executor_id``'s unfinished tasks with an abort requested: their ids, and when to kill their workers."""
+        query = sa.select(tasks.c.id, tasks.c.terminate_at).where(
+            tasks.c.executor_id == executor_id, tasks.c.abort_requested_at.is_not(None), sa.text(UNFINISHED)
+        )
+        with self._connect() as conn:
+            return {task_id: terminate_at for task_id, terminate_at in conn.execute(query)}
 
     def find_key(self, name: str, key: str) -> Optional[TaskRecord]:
         """What holds the work of ``name`` under ``key``: an unfinished task, else its newest SUCCESS, or ``None``."""
@@ -587,14 +621,35 @@ class Store:
         counts["finished"] = (total or 0) - (standing or 0) - sum(counts.values())
         return counts
 
-    def request_abort_all(self) -> List[str]:
-        """Ask every unfinished task in the store to abort; return the ids newly asked."""
+    def request_abort_all(self, terminate_after: Optional[float] = None, *, by: Optional[str] = None) -> List[str]:
+        """Ask every unfinished task in the store to abort (see ``request_abort``); return the ids newly asked."""
         now = time.time()
-        where = sa.and_(sa.text(UNFINISHED), tasks.c.abort_requested_at.is_(None), tasks.c.name != STANDING)
+        unfinished = sa.and_(sa.text(UNFINISHED), tasks.c.name != STANDING)
+        asked = unfinished & tasks.c.abort_requested_at.is_(None)
         with self._begin() as conn:
-            return list(
-                conn.execute(tasks.update().where(where).values(abort_requested_at=now).returning(tasks.c.id)).scalars()
+            ids = list(
+                conn.execute(
+                    tasks.update()
+                    .where(asked)
+                    .values(abort_requested_at=now, abort_by=by or asker())
+                    .returning(tasks.c.id)
+                ).scalars()
             )
+            if terminate_after is not None:  # asked before or not, each gets the earlier deadline
+                conn.execute(tasks.update().where(unfinished).values(self._abort_values(now, terminate_after, by)))
+        return ids
+
+    def _abort_values(self, now: float, terminate_after: Optional[float], by: Optional[str]) -> Dict[str, Any]:
+        """The columns an abort request sets on a task's row: the first request and asker, the earliest deadline."""
+        values: Dict[str, Any] = {
+            "abort_requested_at": sa.func.coalesce(tasks.c.abort_requested_at, now),
+            "abort_by": sa.func.coalesce(tasks.c.abort_by, by or asker()),
+        }
+        at = _deadline(now, terminate_after)
+        if at is not None:
+            earlier = sa.func.min if self.engine.dialect.name == "sqlite" else sa.func.least
+            values["terminate_at"] = earlier(sa.func.coalesce(tasks.c.terminate_at, at), at)
+        return values
 
     def forget(self, older_than: float) -> int:
         """Delete finished tasks that finished more than ``older_than`` seconds ago; return how many."""
@@ -630,16 +685,26 @@ _STATE_UPSERT = (
     f"ON CONFLICT (id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in STATE_COLUMNS)} "
     f"WHERE {tasks.name}.{UNFINISHED}"
 )
-#: An abort request, for a row that may not exist yet: on one that does, only the first request is kept.
+#: The earlier of a stored time and a new one, either of which may be NULL (``LEAST`` is ``_sql``'s to spell).
+_EARLIER = "LEAST(COALESCE({old}, {new}), COALESCE({new}, {old}))"
+#: An abort request, for a row that may not exist yet: on one that does, the first request and the
+#: earliest ``terminate_at`` are kept.
 _ABORT_UPSERT = (
-    f"INSERT INTO {tasks.name} ({', '.join(_COLUMNS)}, abort_requested_at) "
-    f"VALUES ({', '.join(':' + c for c in _COLUMNS)}, :abort_requested_at) "
+    f"INSERT INTO {tasks.name} ({', '.join(_COLUMNS)}, abort_requested_at, abort_by, terminate_at) "
+    f"VALUES ({', '.join(':' + c for c in _COLUMNS)}, :abort_requested_at, :abort_by, :terminate_at) "
     f"ON CONFLICT (id) DO UPDATE SET abort_requested_at = "
-    f"COALESCE({tasks.name}.abort_requested_at, excluded.abort_requested_at)"
+    f"COALESCE({tasks.name}.abort_requested_at, excluded.abort_requested_at), "
+    f"abort_by = COALESCE({tasks.name}.abort_by, excluded.abort_by), "
+    f"terminate_at = {_EARLIER.format(old=f'{tasks.name}.terminate_at', new='excluded.terminate_at')}"
 )
 _FLUSHED = f"UPDATE {executors.name} SET flushed_at = :flushed_at WHERE id = :id"
 _HOLDER = f"SELECT id FROM {tasks.name} WHERE name = :name AND {HELD_KEY} AND key = :key AND id <> :id"
 _CLAIM_KEYED = f"UPDATE {tasks.name} SET state = '{RECEIVED}' WHERE id = :id AND state = '{PENDING}'"
+
+
+def _deadline(now: float, terminate_after: Optional[float]) -> Optional[float]:
+    """When a task's worker is to be killed, for an abort asked at ``now`` with ``terminate_after``."""
+    return None if terminate_after is None else now + max(0.0, terminate_after)
 
 
 def _pieces(ids: List[str]) -> Iterator[List[str]]:

@@ -27,7 +27,7 @@ import threading
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Tuple, cast
 
 from ._messages import STOP, Call, InitFailed, Ready, Reply, Report, decode, encode
-from ._outcome import RunOutcome, pickle_outcome, unrun
+from ._outcome import RunOutcome, describe, pickle_outcome, unrun
 from ._states import ABORTED, FAILURE, Progress
 from ._task import AbortableTask, execute, execute_chunk, task_name
 from ._words import AbortWords
@@ -35,7 +35,10 @@ from ._words import AbortWords
 if TYPE_CHECKING:
     from ._store import Store
 
-__all__ = ["WorkerSetup", "worker_main"]
+__all__ = ["MAIN_UNGUARDED", "WorkerSetup", "worker_main"]
+
+#: The exit status of a worker whose import of the main script made an ``Executor`` (no ``__main__`` guard).
+MAIN_UNGUARDED = 78
 
 
 class WorkerSetup(NamedTuple):
@@ -50,6 +53,7 @@ class WorkerSetup(NamedTuple):
 def worker_main(conn: multiprocessing.connection.Connection, words: AbortWords, setup: WorkerSetup) -> None:
     """Serve jobs from ``conn`` until it closes, sends the empty message, or ``max_tasks`` are done."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # started blocked (``Slot``); a pending one is dropped
     _exit_with_parent()
     if setup.initializer is not None:
         try:
@@ -102,8 +106,8 @@ def _run(conn: Any, words: AbortWords, call: Call, lookup: _Lookup) -> bytes:
 
 
 def _reply(seq: int, outcome: RunOutcome, progress: Optional[Progress], name: str) -> bytes:
-    (state, _, _, tb), blob = pickle_outcome(outcome, name)
-    return encode(Reply(seq=seq, state=state, blob=blob, traceback=tb, progress=progress))
+    (state, _, exc, tb), blob = pickle_outcome(outcome, name)
+    return encode(Reply(seq=seq, state=state, blob=blob, traceback=tb, progress=progress, error=describe(exc)))
 
 
 class _Lookup:

@@ -38,6 +38,9 @@ Example (a runnable one is ``examples/celery_crunch.py``)::
 
 from __future__ import annotations
 
+import os
+import signal
+import threading
 import time
 from typing import Any, Dict, Optional, Tuple, Type
 
@@ -46,7 +49,7 @@ from celery.exceptions import Ignore
 
 from ._future import AbortableAsyncResult
 from ._jobs import new_id
-from ._outcome import over_soft_limit, pickle_outcome
+from ._outcome import describe, dump, over_soft_limit, pickle_outcome, terminated
 from ._schema import task_row
 from ._states import ABORTED, PENDING, STARTED, SUCCESS
 from ._store import Store
@@ -56,6 +59,8 @@ __all__ = ["POLL_INTERVAL", "CeleryResult", "LocalabortCeleryTask", "register"]
 
 #: Seconds between two store reads of a running task's abort request.
 POLL_INTERVAL = 0.02
+#: Seconds between two store reads, on a worker, of whether a running task's process must be killed.
+TERMINATE_POLL = 0.25
 #: The ``executor_id`` of rows written for Celery tasks: no executor process owns them.
 CELERY = "celery"
 
@@ -97,9 +102,17 @@ def register(app: Any, task_class: Type[AbortableTask], store: Optional[str] = N
 class CeleryResult(AbortableAsyncResult):
     """The result of a registered task: ``AbortableAsyncResult``, whose ``abort()`` also ends a task not yet claimed."""
 
-    def abort(self) -> bool:
-        """Ask the task to abort. Not yet claimed by a worker, it ends ABORTED now and never runs."""
-        requested = self.store.request_abort(self.id) is not None
+    def abort(self, *, terminate_after: Optional[float] = None) -> bool:
+        """Ask the task to abort. Not yet claimed by a worker, it ends ABORTED now and never runs.
+
+        With ``terminate_after``, the worker process running the task kills
+        itself if the task still runs that many seconds from now (it looks
+        every ``TERMINATE_POLL`` s); the store says ABORTED (terminated),
+        and Celery's own backend ``WorkerLostError``.
+        """
+        if terminate_after is not None and not terminate_after >= 0:
+            raise ValueError(f"terminate_after must be a number of seconds >= 0 or None, not {terminate_after!r}")
+        requested = self.store.request_abort(self.id, terminate_after) is not None
         return self.store.abort_unclaimed(self.id, CELERY) or requested
 
 
@@ -139,14 +152,21 @@ class LocalabortCeleryTask(Task):  # type: ignore[misc]
             store.write([dict(row, progress_done=done, progress_total=total)])
 
         task._bind(task_id, probe, report, store.is_abort_requested, args, kwargs)
-        outcome = execute(task, args, kwargs)
+        done_event = threading.Event()
+        threading.Thread(
+            target=_terminate_when_asked, args=(store, row, done_event), name="localabort-terminate", daemon=True
+        ).start()
+        try:
+            outcome = execute(task, args, kwargs)
+        finally:
+            done_event.set()
         if outcome.state == ABORTED and probe.soft_limited:  # say why: a limit, not a user
             limit = self.localabort_soft_time_limit
             outcome = outcome._replace(exception=over_soft_limit(outcome.exception, f"{self.name} [{task_id}]", limit))
         (state, value, exc, tb), blob = pickle_outcome(outcome, self.name)
         done, total = task._last_progress or (None, None)
         store.write([dict(row, state=state, finished_at=time.time(), progress_done=done, progress_total=total,
-                          result=blob, traceback=tb)])  # fmt: skip
+                          result=blob, traceback=tb, error=describe(exc))])  # fmt: skip
         if state == SUCCESS:
             return value
         if state == ABORTED:
@@ -158,6 +178,22 @@ class LocalabortCeleryTask(Task):  # type: ignore[misc]
         """Give Celery's backend the state ABORTED, and keep Celery from writing over it."""
         self.update_state(state=ABORTED, meta={"partial_result": repr(partial)})
         raise Ignore()
+
+
+def _terminate_when_asked(store: Store, row: Dict[str, Any], done: threading.Event) -> None:
+    """While the task of ``row`` runs in this process, kill the process if ``abort(terminate_after=...)`` says so.
+
+    The store gets the task's final state first: ABORTED, terminated (a
+    final state stays final, so a task that just finished keeps its own).
+    """
+    task_id = row["id"]
+    while not done.wait(TERMINATE_POLL):
+        at = store.terminate_at(task_id)
+        if at is None or time.time() < at:
+            continue
+        exc = terminated(task_id, -1.0)
+        store.write([dict(row, state=ABORTED, finished_at=time.time(), result=dump(exc), error=describe(exc))])
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _backend_store(app: Any) -> str:
@@ -173,12 +209,13 @@ def _backend_store(app: Any) -> str:
 class _Probe:
     """``is_aborted()`` on a worker: the store at most every ``POLL_INTERVAL`` s, a clock read otherwise."""
 
-    __slots__ = ("_next", "_seen", "_soft_deadline", "_store", "_task_id", "soft_limited")
+    __slots__ = ("_next", "_seen", "_soft_deadline", "_soft_limit", "_store", "_task_id", "soft_limited")
 
     def __init__(self, store: Store, task_id: str, soft_time_limit: Optional[float]) -> None:
         self._store, self._task_id = store, task_id
         self._seen = self.soft_limited = False
         self._next = 0.0
+        self._soft_limit = soft_time_limit
         self._soft_deadline = float("inf") if soft_time_limit is None else time.monotonic() + soft_time_limit
 
     def __call__(self) -> bool:
@@ -189,7 +226,7 @@ class _Probe:
             return False
         self._next = now + POLL_INTERVAL
         if now >= self._soft_deadline:
-            self._store.request_abort(self._task_id)
+            self._store.request_abort(self._task_id, by=f"its soft_time_limit of {self._soft_limit}s")
             self._seen = self.soft_limited = True
         else:
             self._seen = self._store.is_abort_requested(self._task_id)

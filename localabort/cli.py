@@ -2,14 +2,19 @@
 
 ::
 
-    localabort status STORE [--state STATE]... [--name TEXT] [--limit N] [--json]
+    localabort status STORE [TASK_ID...] [--state STATE]... [--name TEXT] [--limit N] [--json]
     localabort show STORE TASK_ID [--json]
-    localabort abort STORE TASK_ID... | --all
+    localabort abort STORE (TASK_ID... | --all) [--terminate-after SECONDS]
     localabort watch STORE
     localabort forget STORE --older-than AGE
+    localabort --version
+
+A TASK_ID may be shortened to any part of it that starts or ends it and
+names one task (the progress bars show its last 8 characters).
 
 Exit status: 0 on success; 1 when a task named is unknown; 2 on bad usage
 or an unreadable store, with one line on stderr and no traceback.
+``--help`` and ``--version`` load no database library, so they are quick.
 """
 
 from __future__ import annotations
@@ -20,16 +25,21 @@ import json
 import re
 import sys
 import time
-from typing import Any, Dict, NoReturn, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, List, NoReturn, Optional, Sequence
 
 from ._errors import StoreError, UnknownTask
+from ._procs import asker
 from ._states import ALL_STATES, READY_STATES, SUCCESS, UNREADY_STATES
-from ._store import Store, TaskRecord
+
+if TYPE_CHECKING:
+    from ._store import Store, TaskRecord
 
 __all__ = ["main"]
 
 #: How often ``watch`` reads the store, in seconds.
 WATCH_INTERVAL = 0.25
+#: The widest error ``status`` prints in its table (``show`` and ``--json`` give it whole).
+ERROR_WIDTH = 60
 
 
 class _Usage(Exception):
@@ -45,20 +55,42 @@ def _duration(text: str) -> float:
     """``"90"``, ``"30s"``, ``"15m"``, ``"12h"`` or ``"7d"`` in seconds."""
     match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd]?)", text.strip())
     if match is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an age: write 90, 30s, 15m, 12h or 7d")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration: write 90, 30s, 15m, 12h or 7d")
     return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+
+
+def _count(text: str) -> int:
+    """A whole number of 0 or more, for ``--limit``."""
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count: write 0 or more (0: no limit)")
+    return int(text)
+
+
+def _state(text: str) -> str:
+    """A state name, in any case: ``aborted`` is ``ABORTED``."""
+    return text.strip().upper()
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="localabort", description="Watch, abort and tidy the tasks of a localabort store.")
+    parser.add_argument("--version", action="version", version=f"localabort {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     status_parser = commands.add_parser("status", help="list tasks, newest first")
     status_parser.add_argument("store", help="the store: a SQLite file or an SQLAlchemy URL")
-    status_parser.add_argument("--state", action="append", choices=sorted(ALL_STATES), help="only tasks in this state")
+    status_parser.add_argument("task_ids", nargs="*", metavar="TASK_ID", help="only these tasks")
+    status_parser.add_argument(
+        "--state", action="append", type=_state, choices=sorted(ALL_STATES), help="only tasks in this state"
+    )
     status_parser.add_argument("--name", help="only tasks whose name contains this text")
     status_parser.add_argument(
-        "--limit", type=int, default=None, help="at most this many (table: 50 by default; 0: all)"
+        "--limit", type=_count, default=None, help="at most this many (table: 50 by default; 0: all)"
     )
     status_parser.add_argument("--json", action="store_true", help="print a JSON array of objects, for scripts")
 
@@ -71,6 +103,10 @@ def _parser() -> argparse.ArgumentParser:
     abort_parser.add_argument("store", help="the store: a SQLite file or an SQLAlchemy URL")
     abort_parser.add_argument("task_ids", nargs="*", metavar="TASK_ID", help="the tasks to abort")
     abort_parser.add_argument("--all", action="store_true", help="every unfinished task in the store")
+    abort_parser.add_argument(
+        "--terminate-after", type=_duration, metavar="SECONDS",
+        help="also kill the worker of a task still running this long from now (0: at once; 30s, 5m ...)",
+    )  # fmt: skip
 
     watch_parser = commands.add_parser(
         "watch", help="progress bars until every task finishes (Ctrl-C to stop watching)"
@@ -88,7 +124,12 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; return its exit status."""
     try:
-        args = _parser().parse_args(argv)
+        parser = _parser()
+        args, extra = parser.parse_known_args(argv)
+        if extra and getattr(args, "task_ids", None) is not None and not any(x.startswith("-") for x in extra):
+            args.task_ids += extra  # ids after an option: ``abort --all ID``, ``status --state X ID``
+        elif extra:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
         store = _open(args.store)
         return int(COMMANDS[args.command](store, args))
     except _Usage as exc:
@@ -104,7 +145,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _open(spec: str) -> Store:
+    from ._store import Store  # here, not at the top: --help and --version need no database library
+
     return Store.open(spec)  # never creates: a typo or a foreign file is a one-line error, left untouched
+
+
+def _resolve(store: Store, text: str) -> str:
+    """The id of the one task ``text`` names: the whole id, or a part that starts or ends it.
+
+    A whole id with no row is returned as it is: an abort for it may be
+    asked before its executor has written it (``Store.request_abort``).
+    """
+    if len(text) >= 32 or store.get(text) is not None:
+        return text
+    found = store.match(text) if len(text) >= 4 else []
+    if not found:
+        short = "" if len(text) >= 4 else " (give 4 characters of its id or more)"
+        raise UnknownTask(f"no task {text} in {store.name}{short}")
+    if len(found) > 1:
+        raise UnknownTask(f"{text} names more than one task ({', '.join(found[:3])}...); give more of the id")
+    return found[0]
 
 
 def _age(seconds: float) -> str:
@@ -114,49 +174,77 @@ def _age(seconds: float) -> str:
     return f"{seconds:.0f}s"
 
 
+def _number(x: float) -> str:
+    """``1234567``, not ``1.23457e+06``: whole numbers in full, others to 2 decimals."""
+    return str(int(x)) if x == int(x) else f"{x:.2f}".rstrip("0").rstrip(".")
+
+
 def _progress(record: TaskRecord) -> str:
     if record.progress is None:
         return ""
     done, total = record.progress
-    return f"{done:g}" if total is None else f"{done:g}/{total:g} ({100 * done / total:.0f}%)" if total else f"{done:g}"
+    if not total:
+        return _number(done)
+    return f"{_number(done)}/{_number(total)} ({100 * done / total:.0f}%)"
 
 
 def _json(record: TaskRecord, now: float) -> Dict[str, Any]:
     return {
         "id": record.id, "name": record.name, "state": record.state,
         "progress": list(record.progress) if record.progress is not None else None,
-        "abort_requested": record.abort_requested, "key": record.key, "executor_id": record.executor_id,
+        "error": record.error, "abort_requested": record.abort_requested,
+        "abort_requested_at": record.abort_requested_at, "abort_by": record.abort_by,
+        "terminate_at": record.terminate_at, "key": record.key, "executor_id": record.executor_id,
         "submitted_at": record.submitted_at, "started_at": record.started_at, "finished_at": record.finished_at,
         "age_seconds": None if record.submitted_at is None else round(now - record.submitted_at, 3),
     }  # fmt: skip
 
 
+def _clip(text: Optional[str], width: int) -> str:
+    text = text or ""
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
 def status(store: Store, args: argparse.Namespace) -> int:
     """Print the store's tasks, newest first, as a table or as JSON."""
     limit = args.limit if args.limit is not None else (0 if args.json else 50)
-    records = store.tasks(states=args.state, name=args.name, limit=limit or None)
+    ids = [_resolve(store, text) for text in args.task_ids] if args.task_ids else None
+    records = store.tasks(ids, states=args.state, name=args.name, limit=limit or None)
     now = time.time()
     if args.json:
         print(json.dumps([_json(r, now) for r in records], indent=1))
         return 0
     starred = [r.abort_requested and r.state not in READY_STATES for r in records]
-    rows = [("ID", "NAME", "STATE", "PROGRESS", "AGE")] + [
+    rows = [("ID", "NAME", "STATE", "PROGRESS", "AGE", "ERROR")] + [
         (r.id, r.name, r.state + ("*" if star else ""),
-         _progress(r), "" if r.submitted_at is None else _age(now - r.submitted_at))
+         _progress(r), "" if r.submitted_at is None else _age(now - r.submitted_at), _clip(r.error, ERROR_WIDTH))
         for r, star in zip(records, starred)
     ]  # fmt: skip
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
-    if not args.state and not args.name and not (limit and len(records) == limit):
+    filters = _filters(args)
+    if not filters and not (limit and len(records) == limit):
         counts = dict(collections.Counter(r.state for r in records))  # every task is listed: no other read
     else:  # a large store: the finished tasks as one count, for their states are never scanned
         counts = store.counts(finished=False)
     total = sum(counts.values())
     summary = ", ".join(f"{counts[s]:,} {s}" for s in sorted(counts) if s != "finished" or counts[s])
-    shown = f"{len(records):,} of {total:,} shown" + (" (--limit 0 shows all)" if len(records) < total else "")
+    shown = f"{len(records):,} of {total:,} shown"
+    if len(records) < total:
+        hidden = [*filters, *([] if not limit or len(records) < limit else [f"--limit {limit}"])]
+        shown += f" ({', '.join(hidden)} hid the rest" + ("; --limit 0 shows all)" if not filters else ")")
     print(f"{shown}; {summary or 'no tasks'}" + ("; * abort requested" if any(starred) else ""))
     return 0
+
+
+def _filters(args: argparse.Namespace) -> List[str]:
+    """The options of ``status`` that choose which tasks it lists, as typed."""
+    return [
+        *([f"{len(args.task_ids)} TASK_ID"] if args.task_ids else []),
+        *[f"--state {state}" for state in args.state or []],
+        *([f"--name {args.name}"] if args.name else []),
+    ]
 
 
 def show(store: Store, args: argparse.Namespace) -> int:
@@ -164,7 +252,7 @@ def show(store: Store, args: argparse.Namespace) -> int:
     from ._outcome import load_outcome
 
     try:
-        record = store.lookup(args.task_id)
+        record = store.lookup(_resolve(store, args.task_id))
     except UnknownTask as exc:
         print(f"localabort: {exc}", file=sys.stderr)
         return 1
@@ -183,7 +271,11 @@ def show(store: Store, args: argparse.Namespace) -> int:
         ("progress", _progress(record)), ("key", record.key or ""),
         *[(label, _when(at, now)) for label, at in
           (("submitted", record.submitted_at), ("started", record.started_at), ("finished", record.finished_at))],
-        ("result" if record.state == SUCCESS else "outcome", outcome),
+        ("abort", "" if not record.abort_requested else
+         f"asked {_when(record.abort_requested_at, now)} by {record.abort_by or 'an older localabort'}"),
+        ("terminate", "" if record.terminate_at is None else
+         f"its worker killed if still running at {_when(record.terminate_at, now)}"),
+        ("result" if record.state == SUCCESS else "error", outcome),
     ]  # fmt: skip
     for label, value in fields:
         if value:
@@ -196,31 +288,43 @@ def show(store: Store, args: argparse.Namespace) -> int:
 def _when(at: Optional[float], now: float) -> str:
     if at is None:
         return ""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)) + f" ({_age(now - at)} ago)"
+    when = f"{_age(now - at)} ago" if at <= now else f"in {_age(at - now)}"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at)) + f" ({when})"
 
 
 def abort(store: Store, args: argparse.Namespace) -> int:
     """Ask tasks to abort; say what was recorded."""
-    if args.all == bool(args.task_ids):
-        raise _Usage("name the tasks to abort, or pass --all (not both)")
+    if args.all and args.task_ids:
+        raise _Usage("pass TASK_IDs or --all, not both")
+    if not args.all and not args.task_ids:
+        raise _Usage("name the tasks to abort, or pass --all")
+    after = args.terminate_after
+    then = "" if after is None else f"; its worker is killed if it still runs {_in(after)}"
+    by = asker("localabort abort")
     if args.all:
-        ids = store.request_abort_all()
-        print(f"abort requested for {len(ids):,} unfinished task(s)")
+        ids = store.request_abort_all(after, by=by)
+        then = "" if after is None else f"; the worker of any still running is killed {_in(after)}"
+        print(f"abort requested for {len(ids):,} unfinished task(s){then}")
         return 0
     exit_status = 0
-    for task_id in args.task_ids:
+    for text in args.task_ids:
         try:
-            state = store.request_abort(task_id)
+            task_id = _resolve(store, text)
+            state = store.request_abort(task_id, after, by=by)
         except UnknownTask as exc:
             print(f"localabort: {exc}", file=sys.stderr)
             exit_status = 1
             continue
         record = store.lookup(task_id)
         if state is not None:  # the state the request met, not what it is by now
-            print(f"abort requested: {task_id} ({record.name}, {state})")
+            print(f"abort requested: {task_id} ({record.name}, {state})" + (then if state != "PENDING" else ""))
         else:
             print(f"not aborted: {task_id} had already finished ({record.state})")
     return exit_status
+
+
+def _in(seconds: float) -> str:
+    return "now" if seconds <= 0 else f"in {_number(seconds)}s"
 
 
 def watch(store: Store, args: argparse.Namespace) -> int:
@@ -237,7 +341,7 @@ def watch(store: Store, args: argparse.Namespace) -> int:
             live = [task_id for task_id, r in tracked.items() if r.state not in READY_STATES]
             for record in store.tasks(live) + store.tasks(states=UNREADY_STATES):
                 tracked[record.id] = record
-            bars.update([TaskView(r.id, r.name, r.state, r.progress) for r in tracked.values()])
+            bars.update([TaskView(r.id, r.name, r.state, r.progress, r.key) for r in tracked.values()])
             if all(r.state in READY_STATES for r in tracked.values()):
                 return 0
             time.sleep(WATCH_INTERVAL)

@@ -2,18 +2,28 @@
 
 The same renderer serves ``Executor(progress=True)`` (fed from the
 futures in memory) and ``localabort watch`` (fed from the store).
+
+On a terminal, tqdm draws and redraws the bars in place. Anywhere else (a
+log file, CI) the escape codes would fill the file, so the batch is
+written as a plain line every ``PLAIN_INTERVAL`` seconds, and once at the
+end. Either way the last line says how the batch ended: a batch with tasks
+aborted or failed does not end on a line that reads like success.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, TextIO, Tuple
 
 from tqdm import tqdm
 
 from ._states import ABORTED, FAILURE, READY_STATES, STARTED, SUCCESS
 
-__all__ = ["Bars", "TaskView"]
+__all__ = ["PLAIN_INTERVAL", "Bars", "TaskView", "label"]
+
+#: Seconds between two plain lines when the output is not a terminal.
+PLAIN_INTERVAL = 10.0
 
 
 class TaskView(NamedTuple):
@@ -23,6 +33,27 @@ class TaskView(NamedTuple):
     name: str
     state: str
     progress: Optional[Tuple[float, Optional[float]]]
+    key: Optional[str] = None
+
+
+def label(view: TaskView) -> str:
+    """A task's bar label: its class name, then its key, or else the end of its id.
+
+    Ids are time first, so the tasks of one batch share their first
+    characters; the last 8 tell them apart, and ``localabort show``,
+    ``abort`` and ``status`` accept them.
+
+    >>> label(TaskView("01a21166-f2c4-7e1a-9c3b-5d2e8f0a1b7c", "jobs.Crunch", "STARTED", None))
+    'Crunch 8f0a1b7c'
+    >>> label(TaskView("01a21166-f2c4-7e1a-9c3b-5d2e8f0a1b7c", "jobs.Crunch", "STARTED", None, key="2026-11.csv"))
+    'Crunch 2026-11.csv'
+    """
+    return f"{view.name.rsplit('.', 1)[-1]} {view.key if view.key else view.id[-8:]}"
+
+
+def _whole(x: Optional[float]) -> Any:
+    """``x`` as an int when it is a whole number, so a bar reads 1234567/10000000, not 1.23457e+06."""
+    return int(x) if x is not None and x == int(x) else x
 
 
 class Bars:
@@ -31,27 +62,36 @@ class Bars:
     >>> import io
     >>> out = io.StringIO()
     >>> bars = Bars(file=out, max_tasks=2)
-    >>> bars.update([TaskView("a1", "Crunch", "STARTED", (5, 10)), TaskView("b2", "Crunch", "SUCCESS", None)])
+    >>> bars.update([TaskView("a1", "Crunch", "ABORTED", (5, 10)), TaskView("b2", "Crunch", "SUCCESS", None)])
     >>> bars.close()
-    >>> "1/2" in out.getvalue() and "5/10" in out.getvalue()
-    True
+    >>> out.getvalue().splitlines()[-1]
+    'batch: 2/2 done: ok=1 aborted=1 failed=0'
     """
 
     def __init__(self, file: Optional[TextIO] = None, max_tasks: int = 8, desc: str = "batch") -> None:
         self.file = file or sys.stderr
         self.max_tasks = max_tasks
-        self.batch = tqdm(total=0, desc=desc, unit="task", file=self.file, position=0, dynamic_ncols=True)
+        self.desc = desc
+        self.plain = not _is_terminal(self.file)
+        self.batch: Any = None
+        if not self.plain:
+            self.batch = tqdm(total=0, desc=desc, unit="task", file=self.file, position=0, dynamic_ncols=True)
         self.tasks: Dict[str, Tuple[Any, int]] = {}  # task id -> (its bar, its line)
         self.free: List[int] = list(range(1, max_tasks + 1))
+        self.states: List[str] = []
+        self.next_line = 0.0  # when a plain line is due
 
     def update(self, views: Iterable[TaskView]) -> None:
         views = list(views)
-        states = [v.state for v in views]
+        self.states = [v.state for v in views]
+        if self.plain:
+            if time.monotonic() >= self.next_line:
+                self.next_line = time.monotonic() + PLAIN_INTERVAL
+                self._line()
+            return
         self.batch.total = len(views)
-        self.batch.n = sum(state in READY_STATES for state in states)
-        self.batch.set_postfix_str(
-            f"ok={states.count(SUCCESS)} aborted={states.count(ABORTED)} failed={states.count(FAILURE)}", refresh=False
-        )
+        self.batch.n = sum(state in READY_STATES for state in self.states)
+        self.batch.set_postfix_str(self._counts(), refresh=False)
         self.batch.refresh()
         running = {v.id: v for v in views if v.state == STARTED}
         for task_id in [t for t in self.tasks if t not in running]:
@@ -59,20 +99,50 @@ class Bars:
             self.free.append(line)
             bar.close()
         for view in running.values():
+            done, total = view.progress if view.progress is not None else (0, None)
             if view.id not in self.tasks:
                 if not self.free:
                     continue
                 line = self.free.pop(0)
-                label = f"{view.name.rsplit('.', 1)[-1]} {view.id[:8]}"
-                bar = tqdm(desc=label, total=None, file=self.file, position=line, leave=False, dynamic_ncols=True)
+                # Counted from what it had done when first seen: the rate and ETA are those of what is watched.
+                bar = tqdm(desc=label(view), total=_whole(total), initial=_whole(done), file=self.file, position=line,
+                           leave=False, dynamic_ncols=True)  # fmt: skip
                 self.tasks[view.id] = (bar, line)
             bar = self.tasks[view.id][0]
-            done, total = view.progress if view.progress is not None else (0, None)
-            bar.total, bar.n = total, done
+            bar.total, bar.n = _whole(total), _whole(done)
             bar.refresh()
 
     def close(self) -> None:
         for bar, _ in self.tasks.values():
             bar.close()
         self.tasks.clear()
+        if self.plain:
+            self._line()
+            return
+        failed = self.states.count(ABORTED) + self.states.count(FAILURE)
+        if failed:  # its last line must not read like success
+            self.batch.set_description_str(f"{self.desc} ({self._failures()})", refresh=False)
+            self.batch.colour = "red"
+        self.batch.refresh()
         self.batch.close()
+
+    def _counts(self) -> str:
+        states = self.states
+        return f"ok={states.count(SUCCESS)} aborted={states.count(ABORTED)} failed={states.count(FAILURE)}"
+
+    def _failures(self) -> str:
+        words = [f"{self.states.count(state)} {state}" for state in (ABORTED, FAILURE) if state in self.states]
+        return ", ".join(words)
+
+    def _line(self) -> None:
+        done = sum(state in READY_STATES for state in self.states)
+        running = self.states.count(STARTED)
+        now = f", {running} running" if running and done < len(self.states) else ""
+        print(f"{self.desc}: {done}/{len(self.states)} done{now}: {self._counts()}", file=self.file, flush=True)
+
+
+def _is_terminal(file: Any) -> bool:
+    try:
+        return bool(file.isatty())
+    except (AttributeError, ValueError):  # no isatty, or closed
+        return False

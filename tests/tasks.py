@@ -270,3 +270,15 @@ class Ledger(AbortableTask):
                 return None
             time.sleep(0.005)
         return value
+
+
+class KeepsALock(AbortableTask):
+    """Reports 3 of 10, waits for its abort, and returns what cannot be pickled: a lock."""
+
+    def run(self):
+        import threading
+
+        self.progress(3, 10)
+        while not self.is_aborted():
+            time.sleep(0.005)
+        return threading.Lock()

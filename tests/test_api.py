@@ -107,3 +107,12 @@ def test_a_subclass_of_task_aborted_pickles_whatever_its_init_takes():
     copy = pickle.loads(pickle.dumps(GaveUp("flaky", 3), pickle.HIGHEST_PROTOCOL))
     assert type(copy) is GaveUp and copy.args == ("gave up: flaky",)
     assert (copy.partial_result, copy.attempts) == (3, 3)
+
+
+def test_importing_the_package_leaves_sqlalchemy_to_the_store():
+    """Workers import the package; only an opened store needs SQLAlchemy (a slower start for every worker)."""
+    import subprocess
+    import sys
+
+    code = "import sys, localabort, localabort._worker; print(sorted(m for m in sys.modules if 'sqlalchemy' in m))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import select
 import sqlite3
 import subprocess
@@ -58,12 +59,20 @@ def test_status_json_lists_every_task_newest_first(busy, store_path):
 def test_status_table_and_filters(busy, store_path):
     done, _ = busy
     table = cli("status", store_path).stdout.splitlines()
-    assert table[0].split() == ["ID", "NAME", "STATE", "PROGRESS", "AGE"]
+    assert table[0].split() == ["ID", "NAME", "STATE", "PROGRESS", "AGE", "ERROR"]
     assert len(table) == 1 + 5 + 1 and table[-1].startswith("5 of 5 shown; 1 FAILURE, 2 STARTED, 2 SUCCESS")
+    assert "ValueError: x" in next(line for line in table if done[2].id in line)
     only = cli("status", store_path, "--state", "SUCCESS", "--state", "FAILURE", "--json").stdout
     assert {r["id"] for r in json.loads(only)} == {f.id for f in done}
     named = cli("status", store_path, "--name", "Crunch", "--limit", "1").stdout.splitlines()
-    assert len(named) == 3 and done[1].id in named[1] and named[-1].startswith("1 of 5 shown (--limit 0 shows all)")
+    assert len(named) == 3 and done[1].id in named[1]
+    assert named[-1].startswith("1 of 5 shown (--name Crunch, --limit 1 hid the rest)")
+    hidden = cli("status", store_path, "--state", "aborted").stdout.splitlines()  # any case
+    assert hidden[-1].startswith("0 of 5 shown (--state ABORTED hid the rest)")
+    rows = json.loads(cli("status", store_path, "--state", "failure", "--json").stdout)
+    assert [(r["state"], r["error"]) for r in rows] == [("FAILURE", "ValueError: x")]
+    two = cli("status", store_path, done[0].id[-8:], done[1].id[:24], "--json").stdout  # short forms of ids
+    assert {r["id"] for r in json.loads(two)} == {done[0].id, done[1].id}
 
 
 def test_status_marks_running_tasks_asked_to_abort(store_path, tmp_path):
@@ -95,17 +104,63 @@ def test_abort_by_id_from_the_command_line(busy, store_path):
 
 def test_show_one_task(busy, store_path):
     done, running = busy
-    failed = cli("show", store_path, done[2].id)
+    failed = cli("show", store_path, done[2].id[-8:])  # as a progress bar labels it
     assert failed.returncode == 0, failed.stderr
     lines = failed.stdout.splitlines()
     assert lines[:3] == [f"id:        {done[2].id}", "name:      tests.tasks.Fail", "state:     FAILURE"]
-    assert "outcome:   ValueError: x" in lines and "traceback:" in lines
+    assert "error:     ValueError: x" in lines and "traceback:" in lines
     assert failed.stdout.rstrip().endswith("ValueError: x")  # the child's own traceback
     assert f"result:    {[0, 1, 4]!r}" in cli("show", store_path, done[0].id).stdout
     live = json.loads(cli("show", store_path, running[0].id, "--json").stdout)
     assert (live["state"], live["outcome"], live["traceback"]) == ("STARTED", None, None) and live["progress"]
+    cli("abort", store_path, running[0].id)
+    asked = cli("show", store_path, running[0].id).stdout
+    assert re.search(r"^abort: +asked \S+ \S+ \(\d+s ago\) by localabort abort \(pid \d+ on ", asked, re.M), asked
     unknown = cli("show", store_path, "no-such-task")
     assert (unknown.returncode, unknown.stderr) == (1, f"localabort: no task no-such-task in {store_path}\n")
+
+
+def test_abort_terminate_after_from_the_command_line(store_path):
+    with pool(store_path, "fork", 2) as ex:
+        deaf = [ex.submit(tasks.Deaf, 60) for _ in range(2)]
+        wait_for(lambda: all(getattr(ex.store.get(f.id), "progress", None) for f in deaf), what="stored progress")
+        out = cli("abort", store_path, deaf[0].id[-8:], "--terminate-after", "0.3")
+        assert out.stdout == (
+            f"abort requested: {deaf[0].id} (tests.tasks.Deaf, STARTED); "
+            "its worker is killed if it still runs in 0.3s\n"
+        ), out.stderr
+        with pytest.raises(TaskAborted, match=r"terminated: still running when the terminate_after its abort gave"):
+            deaf[0].result(timeout=30)
+        assert not deaf[1].done()
+        out = cli("abort", store_path, "--all", "--terminate-after", "0")
+        assert out.stdout == "abort requested for 1 unfinished task(s); the worker of any still running is killed now\n"
+        with pytest.raises(TaskAborted, match=r"terminated: still running when the terminate_after"):
+            deaf[1].result(timeout=30)
+        assert ex.submit(tasks.add, 1, 2).result(timeout=30) == 3  # the pool goes on
+
+
+def test_ids_shortened_as_labels_show_them(busy, store_path):
+    done, _ = busy
+    ambiguous = cli("show", store_path, done[0].id[:8])  # one batch: its ids start alike (time first)
+    assert ambiguous.returncode == 1 and "names more than one task" in ambiguous.stderr
+    assert cli("show", store_path, "abc").stderr.endswith("(give 4 characters of its id or more)\n")
+
+
+def test_the_small_things(busy, store_path):
+    from localabort import __version__
+
+    assert cli("--version").stdout == f"localabort {__version__}\n"
+    both = cli("abort", store_path, "--all", busy[0][0].id)
+    assert both.returncode == 2
+    assert both.stderr == "localabort: pass TASK_IDs or --all, not both\n"
+    negative = cli("status", store_path, "--limit", "-1")
+    assert negative.returncode == 2 and "'-1' is not a count" in negative.stderr
+    code = (
+        "import sys\nfrom localabort.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n"
+        "    print(sorted(m for m in sys.modules if m.startswith('sqlalchemy')))"
+    )
+    imports = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert imports.stdout.startswith("usage: localabort") and imports.stdout.endswith("\n[]\n")  # no database library
 
 
 def test_abort_all_from_the_command_line(busy, store_path):
@@ -125,7 +180,7 @@ def test_watch_until_every_task_finishes(store_path, tmp_path):
         watcher = subprocess.Popen([sys.executable, "-m", "localabort", "watch", store_path],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
         seen = b""
-        while b"tasks:" not in seen:  # watch has read the store and drawn its bars
+        while b"tasks:" not in seen:  # watch has read the store and written its first line
             assert select.select([watcher.stderr], [], [], 30)[0], "watch drew nothing"
             seen += os.read(watcher.stderr.fileno(), 65536)
         futures[2].abort()  # the queued one ends ABORTED
@@ -133,8 +188,7 @@ def test_watch_until_every_task_finishes(store_path, tmp_path):
         _, rest = watcher.communicate(timeout=60)
     err = (seen + rest).decode()
     assert watcher.returncode == 0, err
-    final = err.replace("\r", "\n").strip().splitlines()
-    assert any("tasks: 100%" in line and "3/3" in line and "ok=2 aborted=1 failed=0" in line for line in final), err
+    assert err.splitlines()[-1] == "tasks: 3/3 done: ok=2 aborted=1 failed=0", err  # a pipe: plain lines
     assert cli("watch", store_path).stdout == "nothing to watch: every task in the store has finished\n"
 
 
@@ -160,7 +214,7 @@ def test_forget_leaves_unfinished_tasks(busy, store_path):
         (["status", "mysql://u@h/db"], "localabort: mysql://u@h/db: a store is an SQLite file or a PostgreSQL"),
         (["frobnicate", "x"], "localabort: argument command: invalid choice: 'frobnicate'"),
         (["status"], "localabort: the following arguments are required: store"),
-        (["forget", "s.sqlite", "--older-than", "soon"], "localabort: argument --older-than: 'soon' is not an age"),
+        (["forget", "s.sqlite", "--older-than", "soon"], "localabort: argument --older-than: 'soon' is not a duration"),
     ],
 )
 def test_bad_usage_is_one_line_and_exit_2(args, message):

@@ -10,6 +10,7 @@ import os
 import pickle
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -130,6 +131,65 @@ def test_dead_child_fails_only_its_task_and_is_replaced(executor, how):
     assert [f.result(timeout=30) for f in after] == list(range(1, 7))
     assert all(f.result(timeout=30) == [i * i for i in range(50)] for f in others)
     assert executor.submit(tasks.add, 2, 2).result(timeout=30) == 4  # the pool still works
+
+
+# -- abort(terminate_after=...): one task stopped for good -----------------------
+
+
+def test_terminate_after_kills_a_task_that_never_checks_and_the_batch_goes_on(start_method, store_path):
+    with pool(store_path, start_method) as ex:
+        deaf = ex.submit(tasks.Deaf, 60)
+        wait_for(lambda: started(deaf))
+        pid = next(slot.pid for slot in ex._scheduler.slots if slot.job is not None and slot.job.id == deaf.id)
+        rest = [ex.submit(tasks.add, i, 1) for i in range(8)]
+        asked = time.monotonic()
+        assert deaf.abort(terminate_after=0.5) is True
+        why = r"terminated: still running when the terminate_after of 0\.5s its abort gave it ran out"
+        with pytest.raises(TaskAborted, match=why) as info:
+            deaf.result(timeout=30)
+        assert time.monotonic() - asked >= 0.5  # it was asked first, and given its time
+        assert info.value.task_id == deaf.id and deaf.state == ABORTED
+        assert [f.result(timeout=30) for f in rest] == list(range(1, 9))  # the rest of the batch goes on
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # its worker is gone, and replaced:
+        assert ex.submit(tasks.add, 2, 2).result(timeout=30) == 4
+        record = stored(ex, deaf)
+        assert record.state == ABORTED and record.error.startswith(f"TaskAborted: task {deaf.id} terminated")
+        assert record.terminate_at is not None and "AbortableFuture.abort()" in record.abort_by
+        assert record.progress is not None  # what it reported before it was killed is kept
+
+
+def test_terminate_after_spares_a_task_that_honours_the_abort_in_time(executor):
+    fut = executor.submit(tasks.Ticker, 30)
+    wait_for(lambda: started(fut))
+    worker = next(slot.pid for slot in executor._scheduler.slots if slot.job is not None)
+    fut.abort(terminate_after=10)
+    with pytest.raises(TaskAborted) as info:
+        fut.result(timeout=5)  # it checks every 10 ms: long before 10 s
+    assert isinstance(info.value.partial_result, int) and "terminated" not in str(info.value)
+    assert worker in [slot.pid for slot in executor._scheduler.slots]  # nothing was killed
+
+
+def test_terminate_after_zero_kills_now_and_the_earliest_time_holds(executor):
+    fut = executor.submit(tasks.Deaf, 60)
+    wait_for(lambda: started(fut))
+    fut.abort(terminate_after=60)
+    fut.abort(terminate_after=0)  # sooner: it holds
+    fut.abort(terminate_after=30)  # later: ignored
+    with pytest.raises(TaskAborted, match=r"terminated: at once, as its abort asked \(terminate_after=0\)"):
+        fut.result(timeout=10)
+    with pytest.raises(ValueError, match="terminate_after must be"):
+        fut.abort(terminate_after=-1)
+
+
+def test_terminate_after_from_another_handle_goes_through_the_store(start_method, store_path):
+    with pool(store_path, start_method) as ex:
+        fut = ex.submit(time.sleep, 60)  # a plain callable: never checks
+        wait_for(lambda: fut.state == STARTED)
+        assert AbortableAsyncResult(fut.id, store=store_path).abort(terminate_after=0.2) is True
+        with pytest.raises(TaskAborted, match="terminated"):
+            fut.result(timeout=30)
+        assert AbortableAsyncResult(fut.id, store=store_path).state == ABORTED
 
 
 # -- nothing module-level crosses fork() ------------------------------------------
@@ -492,6 +552,19 @@ def test_unpicklable_result_fails_with_a_clear_error(executor):
     with pytest.raises(PICKLING_ERRORS, match=r"the result of tests\.tasks\.Unpicklable cannot be pickled"):
         fut.result(timeout=30)
     assert executor.submit(tasks.add, 1, 2).result(timeout=30) == 3
+
+
+def test_an_aborted_task_whose_partial_result_cannot_be_pickled_says_so(executor):
+    fut = executor.submit(tasks.KeepsALock)
+    wait_for(lambda: started(fut))
+    fut.abort()
+    with pytest.raises(TaskAborted) as info:
+        fut.result(timeout=30)
+    message = str(info.value)
+    assert "its partial result, a lock, cannot be pickled" in message and "TaskAborted" not in message
+    assert info.value.partial_result is None and info.value.task_id == fut.id
+    assert fut.progress == (3, 10) and stored(executor, fut).progress == (3, 10)  # the last progress is kept
+    assert stored(executor, fut).error.startswith("TaskAborted: task") and "cannot be pickled" in message
 
 
 def test_not_a_task(executor):

@@ -225,8 +225,19 @@ def test_script_without_main_guard_under_spawn_fails_fast(tmp_path, store_path):
     out = subprocess.run([sys.executable, str(script), store_path], capture_output=True, text=True, timeout=60, env=ENV)
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 5
-    assert all("under `if __name__ == '__main__':`" in line for line in lines)
+    assert all("started an Executor of its own" in line and "`if __name__ == '__main__':`" in line for line in lines)
     assert lines[-1].startswith("BrokenExecutor the localabort executor stopped: a worker (pid")
+    assert out.stderr == ""  # the one line says it all: no worker printed a traceback
+
+
+def test_a_script_from_stdin_under_spawn_is_told_to_use_a_module(store_path):
+    code = f"from localabort import Executor\nExecutor(max_workers=1, store={store_path!r}, mp_context='spawn')\n"
+    out = subprocess.run([sys.executable, "-"], input=code, capture_output=True, text=True, timeout=60, env=ENV)
+    assert out.returncode == 1 and "FileNotFoundError" not in out.stderr
+    assert out.stderr.splitlines()[-1] == (
+        "RuntimeError: workers cannot import __main__ from stdin: under spawn, each worker first runs the main "
+        "script's file; put the task in a module and run it as a file, or pass mp_context='fork'"
+    )
 
 
 # -- results -----------------------------------------------------------------------

@@ -64,6 +64,16 @@ def test_async_result_reads_outcomes(executor):
     assert AbortableAsyncResult(bad.id, store=store).failed()
 
 
+def test_async_result_has_celerys_result_info_and_traceback(executor):
+    ok = executor.submit(tasks.Crunch, 3)
+    bad = executor.submit(tasks.Fail, "nope")
+    concurrent.futures.wait([ok, bad], timeout=30)
+    good, failed = (AbortableAsyncResult(f.id, store=executor.store.path) for f in (ok, bad))
+    assert (good.id, good.result, good.info, good.traceback) == (ok.id, [0, 1, 4], [0, 1, 4], None)
+    assert isinstance(failed.result, ValueError) and str(failed.info) == "nope"  # not raised: returned
+    assert failed.traceback.startswith("Traceback") and "raise ValueError(message)" in failed.traceback
+
+
 OTHER_PROCESS = textwrap.dedent(
     """
     import sys

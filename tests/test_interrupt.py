@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import os
+import random
+import re
 import signal
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from localabort import ABORTED
+from localabort._states import READY_STATES
 from localabort._store import Store
 
-from .conftest import wait_for
+from .conftest import ROOT, wait_for
 
 #: A generous bound that tells "stopped promptly" from "waited for 30-second tasks"; the measured
 #: figures are printed by tests/benchmarks/bench_faults.py, not asserted here.
@@ -31,9 +36,16 @@ def finish(proc, timeout=30):
     return proc.returncode, stderr
 
 
-def assert_interrupted_cleanly(rc, stderr, store, ids):
+FIRST = r"aborting [1-6] tasks?; [2-4] still running; press Ctrl-C again to terminate them"
+
+
+def assert_interrupted_cleanly(rc, stderr, store, ids, said=(FIRST,)):
+    """One traceback, the script's own, and one line from localabort per Ctrl-C, matching ``said``."""
     assert rc == -signal.SIGINT, stderr  # died of SIGINT, as an interrupted script does
-    assert stderr.count("Traceback") == 1 and stderr.rstrip().endswith("KeyboardInterrupt"), stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("localabort: ")]
+    assert len(lines) == len(said) and all(re.fullmatch(f"localabort: {w}", x) for x, w in zip(lines, said)), stderr
+    rest = "\n".join(line for line in stderr.splitlines() if not line.startswith("localabort: "))
+    assert rest.count("Traceback") == 1 and rest.rstrip().endswith("KeyboardInterrupt"), stderr
     assert "localabort-worker" not in stderr  # no child printed anything
     assert {r.state for r in Store.open(store).tasks(ids)} == {ABORTED}
 
@@ -68,7 +80,8 @@ def test_second_ctrl_c_terminates_tasks_that_ignore_the_abort(start_batch, start
     os.killpg(proc.pid, signal.SIGINT)
     rc, stderr = finish(proc)
     assert time.monotonic() - start < PROMPT
-    assert_interrupted_cleanly(rc, stderr, store_path, info["ids"])
+    said = (FIRST, "terminating [2-4] tasks")
+    assert_interrupted_cleanly(rc, stderr, store_path, info["ids"], said)
     for pid in info["workers"]:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
@@ -92,3 +105,44 @@ def test_ctrl_c_while_the_interpreter_exit_waits_aborts_the_tasks(start_batch, s
     assert rc == 0, stderr  # the script itself had finished
     assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
     assert {r.state for r in Store.open(store_path).tasks(info["ids"])} == {ABORTED}
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("how", ["result", "abort"])
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_at_any_moment_of_a_big_batch_exits_with_every_task_recorded(start_method, tmp_path, how, presses):
+    """5,000 short tasks; Ctrl-C (once or twice) at a random moment: of submitting, of waiting, of an abort loop.
+
+    The script exits, and every task ``submit()`` returned has a final state in the store.
+    """
+    script = str(ROOT / "tests" / "scripts" / "flood.py")
+    for trial in range(2):
+        seed = random.randrange(10**6)
+        rnd = random.Random(seed)
+        store = str(tmp_path / f"{trial}.sqlite")
+        proc = subprocess.Popen(
+            [sys.executable, script, store, start_method, "5000", how], stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, start_new_session=True, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        )  # fmt: skip
+        try:
+            assert proc.stdout.readline() == "ready\n"
+            time.sleep(rnd.uniform(0, 1.5))
+            os.killpg(proc.pid, signal.SIGINT)
+            if presses == 2:
+                time.sleep(rnd.uniform(0, 0.4))
+                os.killpg(proc.pid, signal.SIGINT)
+            start = time.monotonic()
+            rc, stderr = finish(proc)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        why = f"trial {trial}, seed {seed}: {stderr[-2000:]}"
+        assert rc == -signal.SIGINT, why
+        if presses == 2:
+            assert time.monotonic() - start < PROMPT, why
+        assert "localabort-worker" not in stderr, why
+        ids = Path(store + ".ids").read_text().split()
+        records = Store.open(store).tasks(ids)
+        assert len(records) == len(ids), why
+        unfinished = [r for r in records if r.state not in READY_STATES]
+        assert not unfinished, f"{len(unfinished)} of {len(ids)} tasks not finished, e.g. {unfinished[0]}; {why}"

@@ -10,8 +10,15 @@ from . import tasks
 from .conftest import pool, wait_for
 
 
+class Terminal(io.StringIO):
+    """What tqdm draws on a terminal, kept to be read."""
+
+    def isatty(self):
+        return True
+
+
 def test_executor_draws_batch_and_task_bars(store_path):
-    out = io.StringIO()
+    out = Terminal()
 
     def drawn(text):
         return text in out.getvalue()
@@ -21,13 +28,36 @@ def test_executor_draws_batch_and_task_bars(store_path):
         futures[0].result(timeout=30)
         futures += [ex.submit(tasks.Ticker, 60) for _ in range(2)]
         wait_for(lambda: all(f.state == "STARTED" for f in futures[2:]), what="both Tickers to start")
-        wait_for(lambda: drawn("Ticker "), what=f"a running task's own bar; drawn so far: {out.getvalue()[-400:]!r}")
+        label = f"Ticker {futures[2].id[-8:]}"  # the end of its id: a batch's ids start alike
+        wait_for(lambda: drawn(label), what=f"a running task's own bar; drawn so far: {out.getvalue()[-400:]!r}")
         futures[3].abort()
         futures[2].abort()
         for f in futures:
             f.exception(timeout=30)
     lines = out.getvalue().replace("\r", "\n").splitlines()
-    assert any("batch: 100%" in line and "4/4" in line and "ok=1 aborted=2 failed=1" in line for line in lines)
+    final = [line for line in lines if "4/4" in line][-1]  # it does not read like success:
+    assert final.startswith("batch (2 ABORTED, 1 FAILURE): 100%") and "ok=1 aborted=2 failed=1" in final, final
+
+
+def test_bars_not_on_a_terminal_are_plain_lines_and_a_summary(store_path, tmp_path):
+    log = tmp_path / "batch.log"
+    with open(log, "w") as out, pool(store_path, "fork", 2, progress=out) as ex:
+        futures = [ex.submit(tasks.Crunch, 1000) for _ in range(6)] + [ex.submit(tasks.Fail, "x")]
+        for f in futures:
+            f.exception(timeout=30)
+    text = log.read_text()
+    assert "\r" not in text and "\x1b" not in text  # no cursor moves, no escape codes
+    lines = text.splitlines()
+    assert len(lines) <= 3 and lines[-1] == "batch: 7/7 done: ok=6 aborted=0 failed=1", lines
+
+
+def test_a_key_labels_its_task_bar(store_path):
+    out = Terminal()
+    with pool(store_path, "fork", 1, progress=out) as ex:
+        fut = ex.apply_async(tasks.Ticker, (60,), key="2026-11.csv")
+        wait_for(lambda: "Ticker 2026-11.csv" in out.getvalue(), what="the bar labelled by the key")
+        fut.abort()
+        fut.exception(timeout=30)
 
 
 def test_bars_go_to_stderr_when_asked_and_nowhere_otherwise(store_path, capsys):
@@ -36,4 +66,4 @@ def test_bars_go_to_stderr_when_asked_and_nowhere_otherwise(store_path, capsys):
     assert capsys.readouterr().err == ""
     with Executor(max_workers=1, store=store_path, mp_context="fork", progress=True) as ex:
         ex.submit(tasks.Crunch, 10).result(timeout=30)
-    assert "batch: 100%" in capsys.readouterr().err
+    assert capsys.readouterr().err.endswith("batch: 1/1 done: ok=1 aborted=0 failed=0\n")  # not a terminal here

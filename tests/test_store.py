@@ -314,12 +314,12 @@ def test_an_older_store_is_upgraded_by_an_executor_only(tmp_path):
     with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         for statement in SCHEMA_1:
             conn.execute(statement)
-    with pytest.raises(StoreError, match=r"older localabort \(schema 1, this one reads 2\); open it once with an Ex"):
+    with pytest.raises(StoreError, match=r"older localabort \(schema 1, this one reads 3\); open it once with an Ex"):
         Store(path, create=False)
     assert sql(path, "SELECT value FROM localabort_meta") == [("1",)]  # a reader changed nothing
     store = Store(path, create=True)
-    assert sql(path, "SELECT value FROM localabort_meta") == [("2",)]
-    assert store.get("old").state == SUCCESS  # the tasks are kept
+    assert sql(path, "SELECT value FROM localabort_meta") == [("3",)]
+    assert store.get("old").state == SUCCESS and store.get("old").error is None  # the tasks are kept
     indexes = dict(sql(path, "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"))
     assert "RECEIVED" in indexes["ix_localabort_tasks_unfinished"]
     assert "ux_localabort_tasks_held_key" in indexes
@@ -329,7 +329,7 @@ def test_an_older_store_is_upgraded_by_an_executor_only(tmp_path):
 
 
 def test_an_older_schema_is_upgraded_on_either_database(store):
-    """Schema 1, as localabort 0.1 made it, made from today's by undoing what schema 2 added."""
+    """Schema 1, as localabort 0.1 made it, made from today's by undoing what schemas 2 and 3 added."""
     import sqlalchemy as sa
 
     store.write([row("old", SUCCESS, key="k", finished_at=1.0)])
@@ -337,6 +337,8 @@ def test_an_older_schema_is_upgraded_on_either_database(store):
         for name in ("ix_localabort_tasks_unfinished", "ux_localabort_tasks_held_key"):
             conn.execute(sa.text(f"DROP INDEX {name}"))
         conn.execute(sa.text("ALTER TABLE localabort_executors DROP COLUMN flushed_at"))
+        for column in ("abort_by", "terminate_at", "error"):
+            conn.execute(sa.text(f"ALTER TABLE localabort_tasks DROP COLUMN {column}"))
         conn.execute(sa.text("CREATE INDEX ix_localabort_tasks_unfinished ON localabort_tasks (executor_id) "
                              "WHERE state IN ('PENDING', 'STARTED')"))  # fmt: skip
         conn.execute(sa.text("UPDATE localabort_meta SET value = '1' WHERE name = 'schema'"))
@@ -344,7 +346,7 @@ def test_an_older_schema_is_upgraded_on_either_database(store):
     with pytest.raises(StoreError, match=r"older localabort \(schema 1"):
         Store(store.url, create=False)
     upgraded = Store(store.url, create=True)
-    assert upgraded._schema_version(create=False) == "2" and upgraded.get("old").state == SUCCESS
+    assert upgraded._schema_version(create=False) == "3" and upgraded.get("old").state == SUCCESS
     upgraded.register_executor("e1")  # flushed_at is back
     assert upgraded.sync("e1", [row("new", key="k")], [], claims=[("new", "tests.Job", "k")], flushed_at=1.0) == (
         [],
