@@ -42,7 +42,7 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Dict, Optional, Tuple, Type
+from typing import Any, Callable, Dict, Optional, Tuple, Type
 
 from celery import Task
 from celery.exceptions import Ignore
@@ -51,7 +51,7 @@ from ._future import AbortableAsyncResult
 from ._jobs import new_id
 from ._outcome import describe, dump, over_soft_limit, pickle_outcome, terminated
 from ._schema import task_row
-from ._states import ABORTED, PENDING, STARTED, SUCCESS
+from ._states import ABORTED, PENDING, STARTED, SUCCESS, Progress
 from ._store import Store
 from ._task import AbortableTask, execute, task_name
 
@@ -154,7 +154,10 @@ class LocalabortCeleryTask(Task):  # type: ignore[misc]
         task._bind(task_id, probe, report, store.is_abort_requested, args, kwargs)
         done_event = threading.Event()
         threading.Thread(
-            target=_terminate_when_asked, args=(store, row, done_event), name="localabort-terminate", daemon=True
+            target=_terminate_when_asked,
+            args=(store, row, done_event, lambda: task._last_progress),
+            name="localabort-terminate",
+            daemon=True,
         ).start()
         try:
             outcome = execute(task, args, kwargs)
@@ -180,7 +183,9 @@ class LocalabortCeleryTask(Task):  # type: ignore[misc]
         raise Ignore()
 
 
-def _terminate_when_asked(store: Store, row: Dict[str, Any], done: threading.Event) -> None:
+def _terminate_when_asked(
+    store: Store, row: Dict[str, Any], done: threading.Event, progress: Callable[[], Optional[Progress]]
+) -> None:
     """While the task of ``row`` runs in this process, kill the process if ``abort(terminate_after=...)`` says so.
 
     The store gets the task's final state first: ABORTED, terminated (a
@@ -192,7 +197,9 @@ def _terminate_when_asked(store: Store, row: Dict[str, Any], done: threading.Eve
         if at is None or time.time() < at:
             continue
         exc = terminated(task_id, -1.0)
-        store.write([dict(row, state=ABORTED, finished_at=time.time(), result=dump(exc), error=describe(exc))])
+        last, total = progress() or (None, None)
+        store.write([dict(row, state=ABORTED, finished_at=time.time(), progress_done=last, progress_total=total,
+                          result=dump(exc), error=describe(exc))])  # fmt: skip
         os.kill(os.getpid(), signal.SIGKILL)
 
 

@@ -14,7 +14,7 @@ from localabort import AbortableTask, TaskAborted, checkpoint, current_task, is_
 
 
 class Crunch(AbortableTask):
-    """The SPEC section 1 example."""
+    """The README's example: squares, until aborted."""
 
     def run(self, n):
         done = []

@@ -120,6 +120,17 @@ def test_abort_of_a_queued_task_ends_it_at_once_and_it_never_runs(worker, tmp_pa
     assert not (tmp_path / "ran").exists()
 
 
+def test_terminate_after_kills_the_worker_child_of_a_task_that_never_checks(worker):
+    res = celery_app.deaf.delay(60)
+    wait_for(lambda: started(res), what="the task to start")
+    assert res.abort(terminate_after=0.3) is True
+    with pytest.raises(TaskAborted, match="terminated: still running when the terminate_after"):
+        res.get(timeout=30)
+    record = res.store.get(res.id)
+    assert record.state == ABORTED and record.error.startswith("TaskAborted: task") and record.progress
+    assert celery_app.crunch.delay(3).get(timeout=60) == [0, 1, 4]  # Celery replaced the child; work goes on
+
+
 def test_checkpoint_deep_in_the_stack_ends_the_task_aborted(worker):
     res = celery_app.deep.delay()  # checks only through module-level checkpoint(), 20 calls deep
     wait_for(lambda: started(res), what="the task to start")
@@ -143,6 +154,8 @@ def test_soft_time_limit_asks_for_an_abort_as_under_executor(worker):
     with pytest.raises(SoftTimeLimitExceeded, match=r"Limited \[.*\] passed its soft_time_limit of 0.3s"):
         res.get(timeout=30)
     assert res.state == ABORTED and res.is_aborted()
+    record = res.store.get(res.id)
+    assert record.error.startswith("SoftTimeLimitExceeded: ") and record.abort_by == "its soft_time_limit of 0.3s"
 
 
 def test_is_aborted_on_a_worker_reads_the_store_at_most_once_a_poll_interval(tmp_path, monkeypatch):

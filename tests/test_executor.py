@@ -40,7 +40,7 @@ def stored(executor, future):
     return executor.store.get(future.id)
 
 
-# -- SPEC section 6, row by row -------------------------------------------------
+# -- the outcome rules (docs/states.md), row by row ---------------------------
 
 
 def test_run_returned_without_abort_is_success(executor):

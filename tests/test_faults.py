@@ -51,7 +51,9 @@ def test_soft_time_limit_requests_an_abort_and_says_so(executor):
         fut.result(timeout=30)
     assert isinstance(fut.exception(), TaskAborted)  # handlers of aborts keep working
     assert fut.exception().partial_result > 0 and fut.state == ABORTED
-    assert executor.store.get(fut.id).abort_requested
+    record = executor.store.get(fut.id)
+    assert record.abort_requested and record.abort_by == "its soft_time_limit of 0.3s"
+    assert record.error.startswith("SoftTimeLimitExceeded: tests.tasks.Limited [")  # what status prints
     with pytest.raises(SoftTimeLimitExceeded):  # the store says so too
         AbortableAsyncResult(fut.id, store=executor.store).get(timeout=10)
     override = executor.apply_async(tasks.Spin, soft_time_limit=0.1)

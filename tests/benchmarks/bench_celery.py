@@ -2,7 +2,7 @@
 
 Run with ``nox -s bench`` or ``python tests/benchmarks/bench_celery.py [--quick]``.
 One ``celery worker --pool=prefork -c 2`` serves both, on the kombu
-``sqla+sqlite`` broker and the ``db+sqlite`` backend (as in PEERS section 3).
+``sqla+sqlite`` broker and the ``db+sqlite`` backend (the setup of the measured Celery figures).
 Latency runs from just before ``abort()`` is called to the moment the task
 sees it (``time.monotonic()`` is one clock for every process here).
 """
