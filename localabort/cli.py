@@ -217,7 +217,8 @@ def status(store: Store, args: argparse.Namespace) -> int:
     starred = [r.abort_requested and r.state not in READY_STATES for r in records]
     rows = [("ID", "NAME", "STATE", "PROGRESS", "AGE", "ERROR")] + [
         (r.id, r.name, r.state + ("*" if star else ""),
-         _progress(r), "" if r.submitted_at is None else _age(now - r.submitted_at), _clip(r.error, ERROR_WIDTH))
+         _progress(r), "" if r.submitted_at is None else _age(now - r.submitted_at),
+         _clip((r.error or "").replace(f"task {r.id} ", ""), ERROR_WIDTH))  # its id is in the first column
         for r, star in zip(records, starred)
     ]  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

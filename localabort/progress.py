@@ -103,7 +103,8 @@ class Bars:
             if view.id not in self.tasks:
                 if not self.free:
                     continue
-                line = self.free.pop(0)
+                line = min(self.free)  # the highest free line: no gap between the bars
+                self.free.remove(line)
                 # Counted from what it had done when first seen: the rate and ETA are those of what is watched.
                 bar = tqdm(desc=label(view), total=_whole(total), initial=_whole(done), file=self.file, position=line,
                            leave=False, dynamic_ncols=True)  # fmt: skip
