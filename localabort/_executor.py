@@ -289,9 +289,11 @@ class Executor(concurrent.futures.Executor):
         return future
 
     def _show_progress(self, out: Optional[TextIO]) -> None:
-        from .progress import Bars, TaskView  # tqdm is imported only by those who ask for bars
+        from .progress import Bars, TaskView, traceback_above_bars  # tqdm is imported only by those who ask for bars
 
         bars = Bars(file=out, max_tasks=self._max_workers)
+        if not bars.plain:
+            traceback_above_bars()
         watched = self._watched  # the executor's own list: submits append to it as the bars are drawn
         assert watched is not None
         try:

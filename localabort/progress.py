@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from ._states import ABORTED, FAILURE, READY_STATES, STARTED, SUCCESS
 
-__all__ = ["PLAIN_INTERVAL", "Bars", "TaskView", "label"]
+__all__ = ["PLAIN_INTERVAL", "Bars", "TaskView", "label", "traceback_above_bars"]
 
 #: Seconds between two plain lines when the output is not a terminal.
 PLAIN_INTERVAL = 10.0
@@ -140,6 +140,29 @@ class Bars:
         running = self.states.count(STARTED)
         now = f", {running} running" if running and done < len(self.states) else ""
         print(f"{self.desc}: {done}/{len(self.states)} done{now}: {self._counts()}", file=self.file, flush=True)
+
+
+def traceback_above_bars() -> None:
+    """Make the interpreter print an uncaught exception's traceback with the bars cleared, not drawn over it.
+
+    A script without a ``with`` block dies of its Ctrl-C before the
+    executor stops, so its traceback is printed while the bars are still
+    drawn. This ``sys.excepthook`` clears them first, and holds tqdm's lock
+    while the traceback is written, so no bar is drawn into it; the bars
+    are drawn again below it. Installed once per process.
+    """
+    previous = sys.excepthook
+    if getattr(previous, "localabort_bars", False):
+        return
+
+    def hook(exc_type: Any, exc: Any, tb: Any) -> None:
+        with tqdm.get_lock():  # type: ignore[no-untyped-call]
+            for bar in list(getattr(tqdm, "_instances", ())):
+                bar.clear(nolock=True)
+            previous(exc_type, exc, tb)
+
+    hook.localabort_bars = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
 
 
 def _is_terminal(file: Any) -> bool:

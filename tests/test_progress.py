@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
+import os
+import pty
+import re
+import select
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import time
 
 from localabort import Executor
 
 from . import tasks
-from .conftest import pool, wait_for
+from .conftest import ROOT, pool, wait_for
 
 
 class Terminal(io.StringIO):
@@ -67,3 +78,73 @@ def test_bars_go_to_stderr_when_asked_and_nowhere_otherwise(store_path, capsys):
     with Executor(max_workers=1, store=store_path, mp_context="fork", progress=True) as ex:
         ex.submit(tasks.Crunch, 10).result(timeout=30)
     assert capsys.readouterr().err.endswith("batch: 1/1 done: ok=1 aborted=0 failed=0\n")  # not a terminal here
+
+
+BARE_SCRIPT = """
+import sys
+from localabort import Executor
+from tests import tasks
+ex = Executor(max_workers=2, store=sys.argv[1], mp_context="fork", progress=True)
+futures = [ex.submit(tasks.Deaf, 60) for _ in range(3)]
+for f in futures:
+    f.result()
+"""
+
+
+def test_bars_on_a_terminal_leave_the_traceback_of_a_ctrl_c_whole(store_path):
+    """A script without ``with`` dies of Ctrl-C while its bars are drawn: its traceback must read whole."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a terminal has a size
+    proc = subprocess.Popen(
+        [sys.executable, "-c", BARE_SCRIPT, store_path], stdin=slave, stdout=slave, stderr=slave,
+        start_new_session=True, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )  # fmt: skip
+    os.close(slave)
+    seen = []
+
+    def read_until(text):
+        deadline = time.monotonic() + 30
+        while text not in "".join(seen):
+            assert time.monotonic() < deadline, f"never saw {text!r}: {''.join(seen)!r}"
+            if select.select([master], [], [], 1)[0]:
+                try:
+                    seen.append(os.read(master, 65536).decode(errors="replace"))
+                except OSError:  # the terminal closed: the script has exited
+                    return
+
+    try:
+        read_until("it/s")  # the task bars are drawn
+        os.killpg(proc.pid, signal.SIGINT)
+        read_until("press Ctrl-C again")
+        os.killpg(proc.pid, signal.SIGINT)
+        read_until("\x00never")  # to the end
+        assert proc.wait(timeout=30) == -signal.SIGINT
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        os.close(master)
+    screen = render("".join(seen))
+    first = next(i for i, row in enumerate(screen) if row.startswith("Traceback (most recent call last):"))
+    last = next(i for i, row in enumerate(screen) if row.startswith("KeyboardInterrupt"))
+    traceback = "\n".join(screen[first : last + 1])
+    assert "it/s" not in traceback and "%|" not in traceback, traceback  # no bar left in or drawn into it
+    assert "localabort: terminating 2 tasks" in screen and "batch (3 ABORTED)" in "\n".join(screen[last:])
+
+
+def render(output):
+    """The rows a terminal shows for ``output``: enough of one for tqdm (carriage return, newline, cursor up)."""
+    rows, row, col = [[]], 0, 0
+    for token in re.findall(r"\x1b\[[0-9;]*[A-Za-z]|\r|\n|[^\x1b\r\n]", output):
+        if token == "\r":
+            col = 0
+        elif token == "\n":
+            row, col = row + 1, 0
+            rows += [[] for _ in range(row + 1 - len(rows))]
+        elif token == "\x1b[A":
+            row = max(0, row - 1)
+        elif not token.startswith("\x1b"):
+            line = rows[row]
+            line += [" "] * (col + 1 - len(line))
+            line[col] = token
+            col += 1
+    return ["".join(line).rstrip() for line in rows]
