@@ -68,7 +68,9 @@ def cpython(session: nox.Session) -> None:
 
 
 #: Each benchmark script, and whether it takes ``--quick``.
-BENCHMARKS = {"core": True, "throughput": True, "memory": True, "celery": True, "faults": False, "status": False}
+BENCHMARKS = {
+    "core": True, "throughput": True, "memory": True, "celery": True, "faults": False, "status": False, "retries": True,
+}  # fmt: skip
 
 
 @nox.session

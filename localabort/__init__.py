@@ -21,10 +21,19 @@ load it; here ``localabort.testing.run_inline`` runs one in this process:
 
 import typing as _typing
 
-from ._errors import SoftTimeLimitExceeded, StoreError, TaskAborted, TimeLimitExceeded, UnknownTask, WorkerLost
+from ._errors import (
+    MaxRetriesExceededError,
+    Retry,
+    SoftTimeLimitExceeded,
+    StoreError,
+    TaskAborted,
+    TimeLimitExceeded,
+    UnknownTask,
+    WorkerLost,
+)
 from ._executor import Executor
 from ._future import AbortableAsyncResult, AbortableFuture
-from ._states import ABORTED, FAILURE, PENDING, RECEIVED, STARTED, SUCCESS
+from ._states import ABORTED, FAILURE, PENDING, RECEIVED, RETRY, STARTED, SUCCESS
 from ._task import AbortableTask, checkpoint, current_task, is_aborted
 
 if _typing.TYPE_CHECKING:
@@ -37,8 +46,11 @@ __all__ = [
     "AbortableTask",
     "Executor",
     "FAILURE",
+    "MaxRetriesExceededError",
     "PENDING",
     "RECEIVED",
+    "RETRY",
+    "Retry",
     "STARTED",
     "SUCCESS",
     "SoftTimeLimitExceeded",

@@ -31,7 +31,9 @@ import copyreg
 from typing import Any, Optional
 
 __all__ = [
+    "MaxRetriesExceededError",
     "RemoteTraceback",
+    "Retry",
     "SoftTimeLimitExceeded",
     "StoreError",
     "TaskAborted",
@@ -78,6 +80,37 @@ class SoftTimeLimitExceeded(TaskAborted):
     >>> err = SoftTimeLimitExceeded("Crunch passed its soft_time_limit of 5s", partial_result=[1])
     >>> isinstance(err, TaskAborted), err.partial_result
     (True, [1])
+    """
+
+
+class Retry(Exception):
+    """Raised by ``self.retry()``: the task asks for another attempt (Celery's ``celery.exceptions.Retry``).
+
+    ``exc`` is the error that made it retry (``result()`` raises it if no
+    attempt is left), ``countdown`` the seconds to wait first. ``raise
+    self.retry(...)`` reads as in Celery; ``retry()`` raises it itself.
+
+    >>> err = Retry(exc=ConnectionError("reset"), countdown=5)
+    >>> err.countdown, str(err)
+    (5, 'retry in 5s: ConnectionError: reset')
+    """
+
+    def __init__(self, message: Optional[str] = None, exc: Optional[BaseException] = None,
+                 countdown: Optional[float] = None) -> None:  # fmt: skip
+        self.exc, self.countdown = exc, countdown
+        cause = "" if exc is None else f": {type(exc).__name__}: {exc}"
+        when = "" if countdown is None else f" in {countdown:g}s"
+        super().__init__(message or f"retry{when}{cause}")
+
+    def __reduce__(self) -> Any:
+        return (copyreg.__newobj__, (type(self), *self.args), self.__dict__)  # type: ignore[attr-defined]
+
+
+class MaxRetriesExceededError(Exception):
+    """``self.retry()`` with no error to raise, once ``max_retries`` attempts were retried (Celery's name).
+
+    >>> str(MaxRetriesExceededError("Fetch [t1] retried 3 times, its max_retries"))
+    'Fetch [t1] retried 3 times, its max_retries'
     """
 
 
@@ -128,7 +161,10 @@ class UnknownTask(LookupError):
 RemoteTraceback = concurrent.futures.process._RemoteTraceback
 
 
-for _public in (TaskAborted, SoftTimeLimitExceeded, WorkerLost, TimeLimitExceeded, StoreError, UnknownTask):
+for _public in (
+    TaskAborted, SoftTimeLimitExceeded, Retry, MaxRetriesExceededError, WorkerLost, TimeLimitExceeded, StoreError,
+    UnknownTask,
+):  # fmt: skip
     _public.__module__ = "localabort"
 del _public
 

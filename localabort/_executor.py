@@ -225,6 +225,7 @@ class Executor(concurrent.futures.Executor):
         key: Optional[str] = None,
         soft_time_limit: Optional[float] = None,
         time_limit: Optional[float] = None,
+        **retry: Any,
     ) -> AbortableFuture:
         """``submit`` with options.
 
@@ -237,12 +238,20 @@ class Executor(concurrent.futures.Executor):
                 (seconds; then the task is asked to abort).
             time_limit: overrides the task class's ``time_limit`` (seconds;
                 then its worker is killed).
+            **retry: override the task class's retry settings for this call:
+                ``max_retries``, ``autoretry_for``, ``default_retry_delay``,
+                ``retry_backoff``, ``retry_backoff_max``, ``retry_jitter``.
 
         >>> with Executor(max_workers=1) as ex:
         ...     ex.apply_async(pow, (2, 5), task_id="two-to-five").id
         'two-to-five'
         """
-        return self._enqueue(task, tuple(args), kwargs or {}, task_id, key, soft_time_limit, time_limit)
+        unknown = sorted(set(retry) - set(_task.RETRY_OPTIONS))
+        if unknown:
+            raise TypeError(f"apply_async() got unknown option(s) {', '.join(unknown)}; "
+                            f"the retry options are {', '.join(_task.RETRY_OPTIONS)}")  # fmt: skip
+        future = self._enqueue(task, tuple(args), kwargs or {}, task_id, key, soft_time_limit, time_limit, retry=retry)
+        return future
 
     def _enqueue(
         self,
@@ -254,6 +263,7 @@ class Executor(concurrent.futures.Executor):
         soft_time_limit: Optional[float],
         time_limit: Optional[float],
         chunked: bool = False,
+        retry: Optional[Dict[str, Any]] = None,
     ) -> AbortableFuture:
         self._scheduler.check_open()
         if not callable(task):
@@ -270,6 +280,7 @@ class Executor(concurrent.futures.Executor):
         job = Job(task_id or new_id(), self._scheduler.next_seq(), name, key, self._scheduler)
         job.follows = None if holder is None else holder.id
         job.chunked = chunked
+        job.options = retry or None
         job.soft_time_limit = soft_time_limit if soft_time_limit is not None else getattr(task, "soft_time_limit", None)
         job.time_limit = time_limit if time_limit is not None else getattr(task, "time_limit", None)
         try:

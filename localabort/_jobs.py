@@ -10,6 +10,9 @@ state the store and the future show (``_states``)::
     QUEUED  --> DONE      aborted or cancelled while queued: it never runs
     SENT    --> DONE      the same, when taken back before its worker claimed it
     RUNNING --> DONE      its worker replied, or died
+    RUNNING --> WAITING   its attempt asked to be retried: it waits for its time (state RETRY)
+    WAITING --> QUEUED    its time came: queued first, to be claimed again
+    WAITING --> DONE      aborted or cancelled while it waits: it never runs again
 
 A queued job is sent only once the store holds its *claim* (``claimed``):
 its row says RECEIVED, written in a transaction that then read whether an
@@ -23,18 +26,18 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from ._future import AbortableFuture, Controller
 from ._outcome import describe, dump, load_outcome
-from ._states import PENDING, SUCCESS, Progress
+from ._states import PENDING, RETRY, SUCCESS, Progress
 
 if TYPE_CHECKING:
     from ._slot import Slot
 
-__all__ = ["DONE", "QUEUED", "RUNNING", "SENT", "Job", "completed", "new_id", "resolve"]
+__all__ = ["DONE", "QUEUED", "RUNNING", "SENT", "WAITING", "Job", "completed", "new_id", "resolve"]
 
-QUEUED, SENT, RUNNING, DONE = "queued", "sent", "running", "done"
+QUEUED, SENT, RUNNING, WAITING, DONE = "queued", "sent", "running", "waiting", "done"
 
 
 class Job:
@@ -45,7 +48,9 @@ class Job:
         "blob",
         "chunked",
         "claimed",
+        "due",
         "error",
+        "eta",
         "finished_at",
         "follows",
         "future",
@@ -54,8 +59,10 @@ class Job:
         "key",
         "lost",
         "name",
+        "options",
         "progress",
         "result",
+        "retries",
         "seq",
         "slot",
         "soft_deadline",
@@ -100,6 +107,10 @@ class Job:
         self.soft_limited = False  # its soft time limit, not a user, asked for its abort
         self.lost: Optional[BaseException] = None  # why the parent killed its worker
         self.claimed = False  # the store holds its claim (RECEIVED): only then may it start
+        self.options: Optional[Dict[str, Any]] = None  # apply_async's overrides of the task's retry settings
+        self.retries = 0  # attempts retried so far
+        self.due = float("inf")  # while WAITING: when its next attempt may start (monotonic; eta: wall clock)
+        self.eta: Optional[float] = None
         self.follows: Optional[str] = None  # the task holding its key, whose outcome it takes instead of running
 
     def end(self, state: str, exc: Optional[BaseException] = None) -> None:
@@ -119,6 +130,15 @@ class Job:
         self.terminate_after, self.terminate_deadline = (after if asked else -1.0), deadline
         self.terminate_at = time.time() + max(0.0, after)
         return True
+
+    def wait_to_retry(self, countdown: float) -> None:
+        """Its attempt asked for another in ``countdown`` s: it waits (RETRY), holding no worker and no claim."""
+        self.stage, self.state, self.slot, self.claimed = WAITING, RETRY, None, False
+        self.future._task_state = RETRY
+        self.retries += 1
+        self.due, self.eta = time.monotonic() + countdown, time.time() + countdown
+        self.soft_deadline = self.hard_deadline = self.terminate_deadline = float("inf")  # they are per attempt
+        self.soft_limited, self.lost, self.terminate_after, self.terminate_at = False, None, None, None
 
     def start_clock(self) -> None:
         """Start its time limits: from when a started worker has it, not from a worker's own start-up."""

@@ -58,7 +58,7 @@ from ._outcome import describe, dump, load_outcome, over_soft_limit, terminated,
 from ._procs import HEARTBEAT
 from ._scheduler import Scheduler
 from ._slot import Slot
-from ._states import ABORTED, FAILURE
+from ._states import ABORTED, FAILURE, RETRY
 from ._words import allocate
 from ._worker import MAIN_UNGUARDED, WorkerSetup
 
@@ -143,7 +143,8 @@ class Manager:
                 waitables[slot.conn] = slot
             busy = busy or slot.job is not None
         # Never wait past the heartbeat, so never without a timeout: a lost wake-up costs one poll, not a hang.
-        ready = multiprocessing.connection.wait(list(waitables), self._timeout(busy or bool(scheduler.followers)))
+        watching = busy or bool(scheduler.followers or scheduler.waiting)  # the store may hold aborts for them
+        ready = multiprocessing.connection.wait(list(waitables), self._timeout(watching))
         finished: List[Job] = []
         for obj in ready:
             owner = waitables[obj]
@@ -158,7 +159,8 @@ class Manager:
                 else:
                     self._replace(owner, finished)
         now = time.monotonic()
-        if (busy or scheduler.followers) and now >= self._next_poll:
+        scheduler.due(now)  # retries whose time came are queued first again
+        if (busy or scheduler.followers or scheduler.waiting) and now >= self._next_poll:
             self._next_poll = now + self._poll_interval
             finished += scheduler.aborted_elsewhere(self._store.aborts_requested(scheduler.executor_id))
             if scheduler.followers:
@@ -193,7 +195,8 @@ class Manager:
             default=float("inf"),
         )
         poll = self._next_poll if busy else float("inf")
-        return max(0.0, min(poll, soonest, self._flush_due, self._next_heartbeat) - time.monotonic())
+        due = self.scheduler.next_due()
+        return max(0.0, min(poll, soonest, due, self._flush_due, self._next_heartbeat) - time.monotonic())
 
     def _receive(self, slot: Slot, finished: List[Job]) -> None:
         """Read every message the worker in ``slot`` has sent; replace it if its pipe broke."""
@@ -227,6 +230,12 @@ class Manager:
             return
         if isinstance(message, Report):
             self.scheduler.report(job, (message.done, message.total))
+        elif message.state == RETRY:
+            self.scheduler.promote(slot)
+            ended = self.scheduler.retry(job, message.blob, message.traceback, message.error, message.countdown)
+            finished += ended  # aborted before it could wait: it ends here
+            if message.progress is not None:
+                job.progress = message.progress
         else:
             self.scheduler.promote(slot)
             what = f"{job.name} [{job.id}]"

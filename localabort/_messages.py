@@ -17,7 +17,7 @@ Aborts are not messages: they are shared-memory words (``_words``).
 from __future__ import annotations
 
 import pickle
-from typing import NamedTuple, Optional, Union
+from typing import Any, Dict, NamedTuple, Optional, Union
 
 from ._states import Progress
 
@@ -37,6 +37,8 @@ class Call(NamedTuple):
     name: str
     blob: bytes
     chunked: bool  # ``args`` is a list of ``map`` items, run as one task
+    retries: int = 0  # attempts retried before this one (``self.request.retries``)
+    options: Optional[Dict[str, Any]] = None  # apply_async's overrides of the task's retry settings
 
 
 class Ready(NamedTuple):
@@ -67,6 +69,7 @@ class Reply(NamedTuple):
     traceback: Optional[str]
     progress: Optional[Progress]
     error: Optional[str] = None  # the exception in words (``_outcome.describe``), for the store
+    countdown: Optional[float] = None  # RETRY: seconds before the next attempt
 
 
 Message = Union[Call, Ready, InitFailed, Report, Reply]

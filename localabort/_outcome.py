@@ -42,12 +42,17 @@ PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
 class RunOutcome(NamedTuple):
-    """How one run of a task ended (``localabort.testing.Outcome`` is the public view of it)."""
+    """How one run of a task ended (``localabort.testing.Outcome`` is the public view of it).
+
+    RETRY: the attempt asked for another, ``countdown`` seconds from now;
+    ``exception`` is the error it retries on.
+    """
 
     state: str
     result: Any
     exception: Optional[BaseException]
     traceback: Optional[str] = None
+    countdown: Optional[float] = None
 
 
 def dump(obj: Any) -> bytes:
@@ -118,11 +123,11 @@ def pickle_outcome(outcome: RunOutcome, name: str) -> Tuple[RunOutcome, bytes]:
     exception that cannot be pickled is stored as a copy that keeps its
     text (and stays a ``TaskAborted`` if it was one).
     """
-    state, result, exc, tb = outcome
+    state, result, exc, tb, _ = outcome
     if state != SUCCESS:
         assert exc is not None
         stored, blob = _dump_exception(exc)
-        return (outcome if stored is exc else RunOutcome(state, None, stored, tb)), blob
+        return (outcome if stored is exc else outcome._replace(result=None, exception=stored)), blob
     try:
         return outcome, pickle.dumps(result, PROTOCOL)
     except BaseException as err:  # a worker ignores SIGINT: this is the result's own doing

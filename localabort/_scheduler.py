@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import heapq
 import itertools
 import os
 import threading
@@ -64,9 +65,10 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any, Deque, Dict, List, Optional, Tuple
 
+from ._errors import TaskAborted
 from ._future import AbortableFuture
 from ._interrupt import deferred
-from ._jobs import DONE, QUEUED, RUNNING, SENT, Job, resolve
+from ._jobs import DONE, QUEUED, RUNNING, SENT, WAITING, Job, resolve
 from ._messages import Call
 from ._outcome import unrun
 from ._procs import asker
@@ -93,6 +95,7 @@ class Scheduler:
         self.jobs: Dict[str, Job] = {}  # every job not finished, by id
         self.keyed: Dict[Tuple[str, str], Job] = {}  # every job not finished that has a key, by name and key
         self.followers: Dict[str, Job] = {}  # jobs following the task that holds their key, by id
+        self.waiting: List[Tuple[float, int, Job]] = []  # a heap of (due, seq, job) waiting to retry
         self.slots: List[Slot] = []  # filled by the manager
         self.dirty: Dict[str, Job] = {}  # jobs whose row the store must get
         self.abort_rows: List[Row] = []  # abort requests to record with the next write
@@ -157,7 +160,7 @@ class Scheduler:
             ended = [job for job in asked if self._mark_aborted(job)]
             self._owe(ended)
             aborts = [self.row(job, abort=by) for job in asked]
-            running = sum(1 for job in self.jobs.values() if job.stage != QUEUED)
+            running = sum(1 for job in self.jobs.values() if job.stage in (SENT, RUNNING))
         self._settle(ended, aborts)
         return len(asked), running
 
@@ -182,7 +185,7 @@ class Scheduler:
                         continue
                     self._end_unrun(job, "cancelled")
                     cancelled.append(job)
-                for job in list(self.followers.values()):
+                for job in [*self.followers.values(), *self._waiting_jobs()]:
                     self._end_unrun(job, "cancelled")
                     cancelled.append(job)
             self._owe(cancelled)
@@ -224,7 +227,7 @@ class Scheduler:
         """
         with deferred(), self.lock:
             self.terminating = self.shutting_down = True
-            ended = [job for job in self.jobs.values() if job.stage == QUEUED]
+            ended = [job for job in self.jobs.values() if job.stage in (QUEUED, WAITING)]
             for job in ended:
                 self._end_unrun(job, "terminated")
             self._owe(ended)
@@ -312,7 +315,7 @@ class Scheduler:
                 assert job.blob is not None
                 call = Call(
                     seq=job.seq, word=job.word, ahead=job.stage == SENT, task_id=job.id, name=job.name,
-                    blob=job.blob, chunked=job.chunked,
+                    blob=job.blob, chunked=job.chunked, retries=job.retries, options=job.options,
                 )  # fmt: skip
                 calls.append((slot, call))
         return calls
@@ -426,6 +429,49 @@ class Scheduler:
                 self._mark_aborted(job)
                 self.abort_rows.append(self.row(job, abort=f"its soft_time_limit of {job.soft_time_limit}s"))
 
+    def retry(
+        self, job: Job, blob: bytes, tb: Optional[str], error: Optional[str], countdown: Optional[float]
+    ) -> List[Job]:
+        """``job``'s attempt asked for another: it waits ``countdown`` s (RETRY); return it if it ended instead.
+
+        An abort asked before now ends it ABORTED: an aborted task is never retried.
+        """
+        with self.lock:
+            self.dirty[job.id] = job
+            if job.abort_requested:
+                exc = TaskAborted(f"task {job.id} aborted; its attempt ended asking for a retry ({error})",
+                                  task_id=job.id)  # fmt: skip
+                job.end(ABORTED, exc)
+                job.blob = None
+                self._forget(job)
+                return [job]
+            job.result, job.traceback, job.error = blob, tb, error  # the last attempt's, shown while it waits
+            job.wait_to_retry(countdown or 0.0)
+            heapq.heappush(self.waiting, (job.due, job.seq, job))
+        return []
+
+    def due(self, now: float) -> bool:
+        """Queue first again the jobs whose retry is due by ``now``, in order; whether there were any."""
+        if not self.waiting or self.waiting[0][0] > now:  # a hint, read without the lock
+            return False
+        with self.lock:
+            ready: List[Job] = []
+            while self.waiting and self.waiting[0][0] <= now:
+                job = heapq.heappop(self.waiting)[2]
+                if job.stage == WAITING:  # not ended while it waited
+                    job.stage = QUEUED
+                    ready.append(job)
+            self.queue.extendleft(reversed(ready))
+        return bool(ready)
+
+    def next_due(self) -> float:
+        """When the first retry is due (monotonic), or infinity."""
+        waiting = self.waiting
+        return waiting[0][0] if waiting else float("inf")
+
+    def _waiting_jobs(self) -> List[Job]:
+        return [job for _, _, job in self.waiting if job.stage == WAITING]
+
     def unclaimed_job_waits(self) -> bool:
         """Whether an idle worker waits for a job whose claim is not in the store yet."""
         with self.lock:
@@ -500,6 +546,10 @@ class Scheduler:
         worker answers it unrun.
         """
         job.abort_requested = job.future._abort_requested = True
+        if job.stage == WAITING:
+            job.end(ABORTED, TaskAborted(f"task {job.id} aborted while it waited to retry", task_id=job.id))
+            self._forget(job)
+            return True
         if job.stage == QUEUED or (job.stage == SENT and _recall(job)):
             self._end_unrun(job, "aborted")
             return True
@@ -514,8 +564,10 @@ class Scheduler:
         return self.queue[0] if self.queue else None
 
     def _end_unrun(self, job: Job, how: str) -> None:
-        """End ``job``, which never started, ABORTED. The caller has its row written."""
-        job.end(ABORTED, unrun(job.id, how))
+        """End ``job``, which never started (or waits to retry), ABORTED. The caller has its row written."""
+        exc = unrun(job.id, how) if not job.retries else TaskAborted(f"task {job.id} {how} while it waited to retry",
+                                                                     task_id=job.id)  # fmt: skip
+        job.end(ABORTED, exc)
         self._forget(job)
 
     def _owe(self, jobs: List[Job]) -> None:
@@ -548,6 +600,7 @@ class Scheduler:
             job.id, executor_id=self.executor_id, name=job.name, key=job.key, state=job.state,
             submitted_at=job.submitted_at, started_at=job.started_at, finished_at=job.finished_at,
             progress_done=done, progress_total=total, result=job.result, traceback=job.traceback, error=job.error,
+            retries=job.retries, eta=job.eta if job.stage == WAITING else None,
         )  # fmt: skip
         if abort is not None:
             row.update(abort_requested_at=time.time(), abort_by=abort, terminate_at=job.terminate_at)

@@ -20,9 +20,10 @@ from typing import Any, Callable, Dict, NamedTuple, Optional
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ._states import HELD_STATES, STATE_COLUMNS, UNREADY_STATES, Progress, task_row
+from ._states import CLAIMABLE_STATES, HELD_STATES, STATE_COLUMNS, UNREADY_STATES, Progress, task_row
 
 __all__ = [
+    "CLAIMABLE",
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "STATE_COLUMNS",
@@ -48,8 +49,10 @@ def _states_in(states: Any) -> str:
 # Written out, not bound: SQLite uses a partial index only when it can see the
 # query's condition implies the index's, which bound parameters hide.
 UNFINISHED = _states_in(UNREADY_STATES)
-#: A task a worker holds: at most one such task per name and key.
+#: A task a worker holds, or that waits to retry: at most one such task per name and key.
 HELD_KEY = f"key IS NOT NULL AND {_states_in(HELD_STATES)}"
+#: A task that may be claimed for a worker: new, or waiting for its next attempt.
+CLAIMABLE = _states_in(CLAIMABLE_STATES)
 #: The name of a standing abort's row: no task has it.
 STANDING = ""
 
@@ -73,8 +76,12 @@ tasks = sa.Table(
     sa.Column("terminate_at", sa.Float),
     sa.Column("result", sa.LargeBinary),
     sa.Column("traceback", sa.Text),
-    # "Type: message" of the outcome's exception, readable without unpickling anything.
+    # "Type: message" of the outcome's exception (a task waiting to retry: of the last attempt's), readable
+    # without unpickling anything.
     sa.Column("error", sa.Text),
+    # Attempts retried so far, and when the next one is due (a task in RETRY).
+    sa.Column("retries", sa.Integer),
+    sa.Column("eta", sa.Float),
     sa.Index("ix_localabort_tasks_name_key", "name", "key"),
     sa.Index("ix_localabort_tasks_submitted_at", "submitted_at"),
     # Only unfinished tasks: the executors' abort poll reads this, and it stays small.
@@ -127,10 +134,21 @@ def _to_2(conn: Connection) -> None:
 
 
 def _to_3(conn: Connection) -> None:
-    """Schema 3: who asked for a task's abort, when to kill its worker (``terminate_at``), its error as text."""
-    conn.execute(sa.text("ALTER TABLE localabort_tasks ADD COLUMN abort_by VARCHAR(255)"))
-    conn.execute(sa.text("ALTER TABLE localabort_tasks ADD COLUMN terminate_at FLOAT"))
-    conn.execute(sa.text("ALTER TABLE localabort_tasks ADD COLUMN error TEXT"))
+    """Schema 3: who asked a task's abort, when to kill its worker, its error as text, and its retries.
+
+    The state RETRY is unfinished, and holds its key: both partial indexes are made again.
+    """
+    for column in ("abort_by VARCHAR(255)", "terminate_at FLOAT", "error TEXT", "retries INTEGER", "eta FLOAT"):
+        conn.execute(sa.text(f"ALTER TABLE localabort_tasks ADD COLUMN {column}"))
+    _remake_indexes(conn, "ix_localabort_tasks_unfinished", "ux_localabort_tasks_held_key")
+
+
+def _remake_indexes(conn: Connection, *names: str) -> None:
+    """Drop the indexes ``names`` and make them again as ``tasks`` defines them now."""
+    for index in tasks.indexes:
+        if index.name in names:
+            conn.execute(sa.text(f"DROP INDEX IF EXISTS {index.name}"))
+            index.create(conn)
 
 
 #: Upgrades from each older schema version to the next.
@@ -156,6 +174,8 @@ class TaskRecord(NamedTuple):
     terminate_at: Optional[float] = None  # when its worker is to be killed, if an abort asked for that
     abort_requested_at: Optional[float] = None
     abort_by: Optional[str] = None  # who asked for the abort, in words
+    retries: int = 0  # attempts retried so far
+    eta: Optional[float] = None  # when a task in RETRY runs its next attempt
 
 
 def _number(x: float) -> float:
@@ -171,4 +191,5 @@ def record(row: Any) -> TaskRecord:
         m["id"], m["name"], m["state"], m["executor_id"], m["key"], m["submitted_at"],
         m["started_at"], m["finished_at"], progress, m["abort_requested_at"] is not None,
         m["result"], m["traceback"], m["error"], m["terminate_at"], m["abort_requested_at"], m["abort_by"],
+        m["retries"] or 0, m["eta"],
     )  # fmt: skip

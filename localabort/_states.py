@@ -1,10 +1,17 @@
 """Task state names, spelled as in Celery, the rules between them, and the shape of a task's state row.
 
-A task moves forward only::
+A task moves forward only, but for its retries::
 
     PENDING --> RECEIVED --> STARTED --> SUCCESS | FAILURE | ABORTED
-       |           |                             ^
-       +-----------+-----------------------------+   (aborted or cancelled before it ran)
+       |           |            |                ^
+       |           |            v                |
+       |           |          RETRY -------------+   (aborted while it waits: it never runs again)
+       |           |            |  when due: claimed (RECEIVED) again for its next attempt
+       +-----------+------------+----------------+   (aborted or cancelled before it ran)
+
+RETRY (Celery's name) is a task waiting for its next attempt after one
+that asked to be retried (``self.retry()``, ``autoretry_for``); it holds
+no worker. An abort ends it ABORTED at once.
 
 RECEIVED (Celery's name) is a task handed to a worker that is still busy
 with the task before it: an abort ends it unrun, unless that worker has
@@ -25,6 +32,7 @@ from typing import Any, Dict, Optional, Tuple
 PENDING = "PENDING"
 RECEIVED = "RECEIVED"
 STARTED = "STARTED"
+RETRY = "RETRY"
 SUCCESS = "SUCCESS"
 FAILURE = "FAILURE"
 ABORTED = "ABORTED"
@@ -32,9 +40,11 @@ ABORTED = "ABORTED"
 #: States a task never leaves once it has reached one.
 READY_STATES = frozenset({SUCCESS, FAILURE, ABORTED})
 #: States of a task that has not finished.
-UNREADY_STATES = frozenset({PENDING, RECEIVED, STARTED})
-#: States of a task a worker holds: a key runs in at most one task in these states at a time.
-HELD_STATES = frozenset({RECEIVED, STARTED})
+UNREADY_STATES = frozenset({PENDING, RECEIVED, STARTED, RETRY})
+#: States of a task that holds its key (a worker has it, or it waits to retry): one such task per key at a time.
+HELD_STATES = frozenset({RECEIVED, STARTED, RETRY})
+#: States a task is claimed from, before a worker may start it.
+CLAIMABLE_STATES = frozenset({PENDING, RETRY})
 ALL_STATES = READY_STATES | UNREADY_STATES
 
 #: A task's progress as it reports it: ``(done, total)``, ``total`` ``None`` when unknown.
@@ -43,7 +53,7 @@ Progress = Tuple[float, Optional[float]]
 #: What a state write sets in a task's row (the store's ``_schema``); ``abort_requested_at`` is not among them.
 STATE_COLUMNS = (
     "executor_id", "name", "key", "state", "submitted_at", "started_at",
-    "finished_at", "progress_done", "progress_total", "result", "traceback", "error",
+    "finished_at", "progress_done", "progress_total", "result", "traceback", "error", "retries", "eta",
 )  # fmt: skip
 
 

@@ -32,10 +32,11 @@ from typing import Any, ClassVar, Dict, Iterable, Iterator, List, Optional, Sequ
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, make_url
 
-from ._errors import StoreError, UnknownTask, WorkerLost
-from ._outcome import dump, unrun
+from ._errors import StoreError, TaskAborted, UnknownTask, WorkerLost
+from ._outcome import describe, dump, unrun
 from ._procs import SILENT, alive, asker, process_start
 from ._schema import (
+    CLAIMABLE,
     HELD_KEY,
     MIGRATIONS,
     SCHEMA_VERSION,
@@ -49,7 +50,7 @@ from ._schema import (
     record,
     tasks,
 )  # fmt: skip
-from ._states import ABORTED, FAILURE, PENDING, READY_STATES, RECEIVED, STARTED, SUCCESS, UNREADY_STATES
+from ._states import ABORTED, FAILURE, PENDING, READY_STATES, RECEIVED, RETRY, STARTED, SUCCESS, UNREADY_STATES
 
 __all__ = ["Store", "TaskRecord", "forget"]
 
@@ -314,7 +315,7 @@ class Store:
                         held[task_id] = holder
             for piece in _pieces([task_id for task_id, _, key in claims if key is None]):  # keyed: claimed above
                 ids = ", ".join([mark] * len(piece))
-                cur.execute(f"UPDATE {tasks.name} SET state = '{RECEIVED}' WHERE state = '{PENDING}' AND id IN ({ids})",
+                cur.execute(f"UPDATE {tasks.name} SET state = '{RECEIVED}' WHERE {CLAIMABLE} AND id IN ({ids})",
                             piece)  # fmt: skip
             for piece in _pieces([task_id for task_id, _, _ in claims if task_id not in held]):
                 ids = ", ".join([mark] * len(piece))
@@ -430,19 +431,23 @@ class Store:
         return True
 
     def abort_unclaimed(self, task_id: str, owner: str) -> bool:
-        """End ``task_id`` ABORTED if it is still PENDING under ``owner``; return whether it was.
+        """End ``task_id`` ABORTED if it is still PENDING (or waiting to retry) under ``owner``; return whether it was.
 
         The opposite of ``claim``: of an abort and a claim racing for one
         task, the database lets exactly one win, so a task aborted before
         it was claimed never runs.
         """
-        blob = dump(unrun(task_id))
+        ended = 0
         with self._begin() as conn:
-            ended = conn.execute(
-                tasks.update()
-                .where(tasks.c.id == task_id, tasks.c.state == PENDING, tasks.c.executor_id == owner)
-                .values(state=ABORTED, finished_at=time.time(), result=blob)
-            ).rowcount
+            for state, exc in (
+                (PENDING, unrun(task_id)),
+                (RETRY, TaskAborted(f"task {task_id} aborted while it waited to retry", task_id=task_id)),
+            ):
+                ended += conn.execute(
+                    tasks.update()
+                    .where(tasks.c.id == task_id, tasks.c.state == state, tasks.c.executor_id == owner)
+                    .values(state=ABORTED, finished_at=time.time(), result=dump(exc), error=describe(exc))
+                ).rowcount
         return bool(ended)
 
     def claim(self, row: Dict[str, Any]) -> str:
@@ -459,7 +464,7 @@ class Store:
         with self._begin() as conn:
             claimed = conn.execute(
                 tasks.update()
-                .where(tasks.c.id == task_id, tasks.c.state == PENDING, tasks.c.abort_requested_at.is_(None))
+                .where(tasks.c.id == task_id, sa.text(CLAIMABLE), tasks.c.abort_requested_at.is_(None))
                 .values(state=STARTED, started_at=row["started_at"])
             ).rowcount
             query = sa.select(tasks.c.state, tasks.c.abort_requested_at, tasks.c.submitted_at, tasks.c.key)
@@ -699,7 +704,7 @@ _ABORT_UPSERT = (
 )
 _FLUSHED = f"UPDATE {executors.name} SET flushed_at = :flushed_at WHERE id = :id"
 _HOLDER = f"SELECT id FROM {tasks.name} WHERE name = :name AND {HELD_KEY} AND key = :key AND id <> :id"
-_CLAIM_KEYED = f"UPDATE {tasks.name} SET state = '{RECEIVED}' WHERE id = :id AND state = '{PENDING}'"
+_CLAIM_KEYED = f"UPDATE {tasks.name} SET state = '{RECEIVED}' WHERE id = :id AND {CLAIMABLE}"
 
 
 def _deadline(now: float, terminate_after: Optional[float]) -> Optional[float]:

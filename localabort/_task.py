@@ -19,18 +19,24 @@ way to the store is ``_outcome``'s.
 from __future__ import annotations
 
 import os
+import random
 import time
 import traceback
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Dict, List, NoReturn, Optional, Tuple, Type, Union
 
-from ._errors import TaskAborted
-from ._outcome import RunOutcome
-from ._states import ABORTED, FAILURE, SUCCESS, Progress
+from ._errors import MaxRetriesExceededError, Retry, TaskAborted
+from ._outcome import RunOutcome, describe
+from ._states import ABORTED, FAILURE, RETRY, SUCCESS, Progress
 
 if TYPE_CHECKING:
     from ._executor import Executor
 
-__all__ = ["AbortableTask", "checkpoint", "current_task", "is_aborted"]
+__all__ = ["RETRY_OPTIONS", "AbortableTask", "checkpoint", "current_task", "is_aborted"]
+
+#: The retry settings of a task class that ``apply_async`` may override for one call, as Celery names them.
+RETRY_OPTIONS = (
+    "autoretry_for", "max_retries", "default_retry_delay", "retry_backoff", "retry_backoff_max", "retry_jitter",
+)  # fmt: skip
 
 #: Seconds between two progress reports that a task forwards to its runner.
 PROGRESS_INTERVAL = 0.1
@@ -70,12 +76,15 @@ class Request:
     '4f3c'
     """
 
-    __slots__ = ("args", "id", "kwargs")
+    __slots__ = ("args", "id", "kwargs", "retries")
 
-    def __init__(self, id: str, args: Tuple[Any, ...] = (), kwargs: Optional[Dict[str, Any]] = None) -> None:
+    def __init__(
+        self, id: str, args: Tuple[Any, ...] = (), kwargs: Optional[Dict[str, Any]] = None, retries: int = 0
+    ) -> None:
         self.id = id
         self.args = args
         self.kwargs = kwargs or {}
+        self.retries = retries  # attempts retried before this one: 0 on the first
 
     def __repr__(self) -> str:
         return f"Request(id={self.id!r})"
@@ -91,6 +100,15 @@ class AbortableTask:
     Class attributes ``soft_time_limit`` and ``time_limit`` (seconds) bound a
     run: at the soft limit an abort is requested, at the hard limit the
     child is killed.
+
+    Retries take Celery's names: an error of a type in ``autoretry_for``,
+    or ``raise self.retry(exc=..., countdown=...)``, ends the attempt and
+    schedules the next one, at most ``max_retries`` times (``None``: no
+    limit), after ``default_retry_delay`` seconds, or an exponential
+    backoff (``retry_backoff``: a factor in seconds, or ``True`` for 1;
+    capped at ``retry_backoff_max``; with ``retry_jitter``, a random part
+    of it). ``self.request.retries`` counts the attempts before this one.
+    An abort ends retrying: a task aborted while it waits never runs again.
 
     >>> class Crunch(AbortableTask):
     ...     def run(self, n):
@@ -111,6 +129,13 @@ class AbortableTask:
     soft_time_limit: ClassVar[Optional[float]] = None
     time_limit: ClassVar[Optional[float]] = None
 
+    autoretry_for: Tuple[Type[BaseException], ...] = ()
+    max_retries: Optional[int] = 3
+    default_retry_delay: float = 180.0
+    retry_backoff: Union[bool, float] = False
+    retry_backoff_max: float = 600.0
+    retry_jitter: bool = True
+
     task_id: str
     request: Request
 
@@ -128,9 +153,13 @@ class AbortableTask:
         args: Tuple[Any, ...] = (),
         kwargs: Optional[Dict[str, Any]] = None,
         report_every: float = PROGRESS_INTERVAL,
+        retries: int = 0,
+        options: Optional[Dict[str, Any]] = None,
     ) -> None:
         self.task_id = task_id
-        self.request = Request(task_id, args, kwargs)
+        self.request = Request(task_id, args, kwargs, retries)
+        for name, value in (options or {}).items():  # apply_async's overrides of the class's retry settings
+            setattr(self, name, value)
         self._probe = probe
         self._report = report
         self._lookup = lookup
@@ -183,6 +212,38 @@ class AbortableTask:
         if now >= self._next_report:
             self._next_report = now + self._report_every
             self._report(done, total)
+
+    def retry(
+        self, exc: Optional[BaseException] = None, countdown: Optional[float] = None,
+        max_retries: Optional[int] = None,
+    ) -> NoReturn:  # fmt: skip
+        """End this attempt and ask for another, ``countdown`` seconds from now (default ``default_retry_delay``).
+
+        Raises ``Retry`` (write ``raise self.retry(...)``, as in Celery).
+        With no attempt left (``max_retries``, default the class's), it
+        raises ``exc`` instead, or ``MaxRetriesExceededError`` without one.
+
+        >>> AbortableTask().retry(exc=ConnectionError("reset"), countdown=5)
+        Traceback (most recent call last):
+        ...
+        localabort.Retry: retry in 5s: ConnectionError: reset
+        """
+        limit = self.max_retries if max_retries is None else max_retries
+        if limit is not None and self.request.retries >= limit:
+            if exc is not None:
+                raise exc
+            raise MaxRetriesExceededError(
+                f"{task_name(type(self))} [{self.task_id}] retried {self.request.retries} times, its max_retries"
+            )
+        raise Retry(exc=exc, countdown=self.default_retry_delay if countdown is None else countdown)
+
+    def _backoff(self) -> float:
+        """Seconds before the next attempt after an ``autoretry_for`` error (Celery's exponential backoff)."""
+        if not self.retry_backoff:
+            return float(self.default_retry_delay)
+        factor = 1.0 if self.retry_backoff is True else float(self.retry_backoff)
+        delay = min(float(self.retry_backoff_max), factor * 2**self.request.retries)
+        return random.uniform(0, delay) if self.retry_jitter else delay
 
     # -- submitting (Celery style) --------------------------------------------
 
@@ -317,11 +378,33 @@ def _guarded(task: Optional[AbortableTask], body: Callable[[], Any], partial: Op
         if partial is not None:
             exc.partial_result = partial
         return RunOutcome(ABORTED, None, exc)
+    except Retry as exc:
+        assert task is not None  # only a task has retry()
+        return _retried(task, exc.exc or exc, traceback.format_exc(), exc.countdown)
     except (Exception, SystemExit) as exc:
-        return RunOutcome(FAILURE, None, exc, traceback.format_exc())
+        tb = traceback.format_exc()
+        if task is not None and isinstance(exc, tuple(task.autoretry_for)) and _retries_left(task):
+            return _retried(task, exc, tb, task._backoff())
+        return RunOutcome(FAILURE, None, exc, tb)
     finally:
         _current = previous
     if task is not None and task._saw_abort:
         msg = f"task {task.task_id} aborted; run() returned after it saw is_aborted()"
         return RunOutcome(ABORTED, value, TaskAborted(msg, partial_result=value, task_id=task.task_id))
     return RunOutcome(SUCCESS, value, None)
+
+
+def _retries_left(task: AbortableTask) -> bool:
+    return task.max_retries is None or task.request.retries < task.max_retries
+
+
+def _retried(task: AbortableTask, exc: BaseException, tb: str, countdown: Optional[float]) -> RunOutcome:
+    """The outcome of an attempt that asked for another: RETRY, unless an abort came first.
+
+    An abort asked during the attempt ends the task, whatever the attempt
+    raised: an aborted task is never retried.
+    """
+    if task._saw_abort or task._probe():
+        msg = f"task {task.task_id} aborted; its attempt ended asking for a retry ({describe(exc)})"
+        return RunOutcome(ABORTED, None, TaskAborted(msg, task_id=task.task_id))
+    return RunOutcome(RETRY, None, exc, tb, max(0.0, countdown or 0.0))

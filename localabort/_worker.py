@@ -96,7 +96,8 @@ def _run(conn: Any, words: AbortWords, call: Call, lookup: _Lookup) -> bytes:
     task: Any = target
     if isinstance(target, type) and issubclass(target, AbortableTask):
         task = target()
-        task._bind(call.task_id, words.probe(call.word, seq), report, lookup, args, kwargs or {})
+        task._bind(call.task_id, words.probe(call.word, seq), report, lookup, args, kwargs or {},
+                   retries=call.retries, options=call.options)  # fmt: skip
     try:
         outcome = execute_chunk(task, args) if call.chunked else execute(task, args, kwargs)
     except BaseException as exc:  # KeyboardInterrupt raised by the task itself
@@ -106,8 +107,9 @@ def _run(conn: Any, words: AbortWords, call: Call, lookup: _Lookup) -> bytes:
 
 
 def _reply(seq: int, outcome: RunOutcome, progress: Optional[Progress], name: str) -> bytes:
-    (state, _, exc, tb), blob = pickle_outcome(outcome, name)
-    return encode(Reply(seq=seq, state=state, blob=blob, traceback=tb, progress=progress, error=describe(exc)))
+    (state, _, exc, tb, countdown), blob = pickle_outcome(outcome, name)
+    return encode(Reply(seq=seq, state=state, blob=blob, traceback=tb, progress=progress, error=describe(exc),
+                        countdown=countdown))  # fmt: skip
 
 
 class _Lookup:

@@ -23,6 +23,12 @@ stays final), so no later write can undo an abort.
   ``POLL_INTERVAL`` seconds and otherwise returns what it last read, so a
   check costs a clock read, not a query. ``soft_time_limit`` asks for an
   abort, as under ``Executor``; ``time_limit`` is Celery's own.
+- Retries keep the task class's settings (``autoretry_for``,
+  ``max_retries``, backoff, ``self.retry()``), decided in the worker as
+  under ``Executor``: an attempt that asks for another is stored RETRY,
+  then sent again with Celery's own ``retry()``. A task aborted while it
+  waits is ABORTED at once (the same update as a queued one), and its
+  next delivery finds it so and never runs.
 - The task's outcome follows the states table (docs/states.md) and is written to the store;
   Celery's backend gets the value (SUCCESS), the exception (FAILURE), or
   the custom state ABORTED, after which the task raises ``Ignore`` so
@@ -51,7 +57,7 @@ from ._future import AbortableAsyncResult
 from ._jobs import new_id
 from ._outcome import describe, dump, over_soft_limit, pickle_outcome, terminated
 from ._schema import task_row
-from ._states import ABORTED, PENDING, STARTED, SUCCESS, Progress
+from ._states import ABORTED, PENDING, RETRY, STARTED, SUCCESS, Progress
 from ._store import Store
 from ._task import AbortableTask, execute, task_name
 
@@ -85,7 +91,8 @@ def register(app: Any, task_class: Type[AbortableTask], store: Optional[str] = N
     'localabort.celery.Double'
     """
     soft_time_limit = celery_options.pop("soft_time_limit", getattr(task_class, "soft_time_limit", None))
-    options: Dict[str, Any] = {"name": task_name(task_class)}
+    # The task class's retry settings govern (in the worker, as under Executor); Celery only sends the retries.
+    options: Dict[str, Any] = {"name": task_name(task_class), "max_retries": None}
     if getattr(task_class, "time_limit", None) is not None:
         options["time_limit"] = task_class.time_limit
     options.update(celery_options)
@@ -130,16 +137,24 @@ class LocalabortCeleryTask(Task):  # type: ignore[misc]
         return Store.open(spec, create=True)  # producers and workers make it, as an Executor does
 
     def apply_async(self, args: Any = None, kwargs: Any = None, task_id: Optional[str] = None, **options: Any) -> Any:
-        """Record the task PENDING, send it as Celery does, and return its ``CeleryResult``."""
+        """Record the task PENDING, send it as Celery does, and return its ``CeleryResult``.
+
+        A retry (Celery's ``retry()`` sends the task again, with ``retries``)
+        keeps its row, which says RETRY.
+        """
         task_id, store = task_id or new_id(), self.store
-        store.write([task_row(task_id, executor_id=CELERY, name=self.name, state=PENDING, submitted_at=time.time())])
+        if not options.get("retries"):
+            row = task_row(task_id, executor_id=CELERY, name=self.name, state=PENDING, submitted_at=time.time())
+            store.write([row])
         super().apply_async(args, kwargs, task_id=task_id, **options)
         return CeleryResult(task_id, store=store)
 
     def run_localabort(self, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
         """The worker's side: claim the task, run it, store its outcome, and tell Celery."""
         task_id, store = self.request.id, self.store
-        row = task_row(task_id, executor_id=CELERY, name=self.name, state=STARTED, started_at=time.time())
+        retries = self.request.retries or 0
+        row = task_row(task_id, executor_id=CELERY, name=self.name, state=STARTED, started_at=time.time(),
+                       retries=retries)  # fmt: skip
         claim = store.claim(row)
         if claim == ABORTED:
             self._report_aborted(None)
@@ -151,7 +166,7 @@ class LocalabortCeleryTask(Task):  # type: ignore[misc]
         def report(done: float, total: Optional[float]) -> None:
             store.write([dict(row, progress_done=done, progress_total=total)])
 
-        task._bind(task_id, probe, report, store.is_abort_requested, args, kwargs)
+        task._bind(task_id, probe, report, store.is_abort_requested, args, kwargs, retries=retries)
         done_event = threading.Event()
         threading.Thread(
             target=_terminate_when_asked,
@@ -166,8 +181,13 @@ class LocalabortCeleryTask(Task):  # type: ignore[misc]
         if outcome.state == ABORTED and probe.soft_limited:  # say why: a limit, not a user
             limit = self.localabort_soft_time_limit
             outcome = outcome._replace(exception=over_soft_limit(outcome.exception, f"{self.name} [{task_id}]", limit))
-        (state, value, exc, tb), blob = pickle_outcome(outcome, self.name)
+        (state, value, exc, tb, countdown), blob = pickle_outcome(outcome, self.name)
         done, total = task._last_progress or (None, None)
+        if state == RETRY:  # stored RETRY, then sent again by Celery's own retry, which raises
+            wait = countdown or 0.0
+            store.write([dict(row, state=RETRY, retries=retries + 1, eta=time.time() + wait, progress_done=done,
+                              progress_total=total, result=blob, traceback=tb, error=describe(exc))])  # fmt: skip
+            Task.retry(self, exc=exc, countdown=wait, max_retries=None)
         store.write([dict(row, state=state, finished_at=time.time(), progress_done=done, progress_total=total,
                           result=blob, traceback=tb, error=describe(exc))])  # fmt: skip
         if state == SUCCESS:

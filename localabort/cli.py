@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, NoReturn, Optional, Sequence
 
 from ._errors import StoreError, UnknownTask
 from ._procs import asker
-from ._states import ALL_STATES, READY_STATES, SUCCESS, UNREADY_STATES
+from ._states import ALL_STATES, READY_STATES, RETRY, SUCCESS, UNREADY_STATES
 
 if TYPE_CHECKING:
     from ._store import Store, TaskRecord
@@ -276,6 +276,9 @@ def show(store: Store, args: argparse.Namespace) -> int:
          f"asked {_when(record.abort_requested_at, now)} by {record.abort_by or 'an older localabort'}"),
         ("terminate", "" if record.terminate_at is None else
          f"its worker killed if still running at {_when(record.terminate_at, now)}"),
+        ("retries", "" if not record.retries else str(record.retries) + (
+            f"; next attempt {_when(record.eta, now)}" if record.state == RETRY and record.eta else "")),
+        ("error", record.error or "" if record.state == RETRY else ""),  # the last attempt's
         ("result" if record.state == SUCCESS else "error", outcome),
     ]  # fmt: skip
     for label, value in fields:

@@ -18,7 +18,7 @@ from typing import Any, Dict, Iterable, List, NamedTuple, Optional, TextIO, Tupl
 
 from tqdm import tqdm
 
-from ._states import ABORTED, FAILURE, READY_STATES, STARTED, SUCCESS
+from ._states import ABORTED, FAILURE, READY_STATES, RETRY, STARTED, SUCCESS
 
 __all__ = ["PLAIN_INTERVAL", "Bars", "TaskView", "label", "traceback_above_bars"]
 
@@ -129,7 +129,8 @@ class Bars:
 
     def _counts(self) -> str:
         states = self.states
-        return f"ok={states.count(SUCCESS)} aborted={states.count(ABORTED)} failed={states.count(FAILURE)}"
+        retrying = f" retrying={states.count(RETRY)}" if RETRY in states else ""
+        return f"ok={states.count(SUCCESS)} aborted={states.count(ABORTED)} failed={states.count(FAILURE)}{retrying}"
 
     def _failures(self) -> str:
         words = [f"{self.states.count(state)} {state}" for state in (ABORTED, FAILURE) if state in self.states]

@@ -27,6 +27,23 @@ points at your line::
     >>> assert_stops_within(0, Crunch, 100, abort_after=7).state
     'ABORTED'
     >>> assert_aborts_cleanly(Crunch, 20)              # wherever the abort lands
+
+Retries run here too, one attempt after the other, without waiting: the
+delays the executor would have waited are on the outcome::
+
+    >>> class Flaky(AbortableTask):
+    ...     autoretry_for = (ConnectionError,)
+    ...     retry_backoff = 2
+    ...     retry_jitter = False
+    ...     def run(self):
+    ...         if self.request.retries < 2:
+    ...             raise ConnectionError("reset")
+    ...         return "fetched"
+    >>> outcome = run_inline(Flaky)
+    >>> outcome.result, outcome.retries, outcome.delays
+    ('fetched', 2, (2.0, 4.0))
+    >>> assert_stops_retrying_once_aborted(Flaky).state
+    'ABORTED'
 """
 
 from __future__ import annotations
@@ -35,10 +52,17 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
-from ._states import ABORTED, SUCCESS, Progress
+from ._states import ABORTED, RETRY, SUCCESS, Progress
 from ._task import AbortableTask, execute, task_name
 
-__all__ = ["Outcome", "assert_aborts_cleanly", "assert_checks_every", "assert_stops_within", "run_inline"]
+__all__ = [
+    "Outcome",
+    "assert_aborts_cleanly",
+    "assert_checks_every",
+    "assert_stops_retrying_once_aborted",
+    "assert_stops_within",
+    "run_inline",
+]
 
 
 @dataclass(frozen=True)
@@ -49,8 +73,11 @@ class Outcome:
         state: ``SUCCESS``, ``FAILURE`` or ``ABORTED``.
         result: what ``run`` returned (for an honoured abort, the partial result).
         exception: what ``result()`` would raise, or ``None``.
-        checks: how many times the task called ``is_aborted()``/``checkpoint()``.
+        checks: how many times the task called ``is_aborted()``/``checkpoint()``
+            (over all its attempts, with the check that ends each retried one).
         progress: the last ``(done, total)`` the task reported, or ``None``.
+        retries: how many attempts were retried before the last one.
+        delays: the seconds an executor would have waited before each retry.
     """
 
     state: str
@@ -58,6 +85,8 @@ class Outcome:
     exception: Optional[BaseException]
     checks: int
     progress: Optional[Progress]
+    retries: int = 0
+    delays: Tuple[float, ...] = ()
 
 
 def run_inline(task: Any, *args: Any, abort_after: Optional[int] = None, **kwargs: Any) -> Outcome:
@@ -92,13 +121,21 @@ def _run(
         if events is not None:
             events.append(("progress", done))
 
-    target: Any = task
-    if isinstance(task, type) and issubclass(task, AbortableTask):
-        target = task()
-        target._bind(f"inline-{uuid.uuid4()}", probe, report, args=args, kwargs=kwargs, report_every=0.0)
-    state, value, exc, _ = execute(target, args, kwargs)
+    task_id = f"inline-{uuid.uuid4()}"
+    delays: List[float] = []
+    while True:  # one attempt after the other, as an executor runs them, without the waits
+        target: Any = task
+        if isinstance(task, type) and issubclass(task, AbortableTask):
+            target = task()
+            target._bind(task_id, probe, report, args=args, kwargs=kwargs, report_every=0.0, retries=len(delays))
+        state, value, exc, _, countdown = execute(target, args, kwargs)
+        if state != RETRY:
+            break
+        if events is not None:
+            events.append(("retry", len(delays)))
+        delays.append(countdown or 0.0)
     progress = target._last_progress if isinstance(target, AbortableTask) else None
-    return Outcome(state, value, exc, checks, progress)
+    return Outcome(state, value, exc, checks, progress, len(delays), tuple(delays))
 
 
 def _ended(outcome: Outcome) -> str:
@@ -211,3 +248,41 @@ def assert_aborts_cleanly(task: Any, *args: Any, max_points: int = 200, **kwargs
         outcome = _run(task, args, kwargs, point, None)
         if outcome.state != ABORTED:
             raise AssertionError(f"with an abort at check {point} of {total}, {name} ended {_ended(outcome)}")
+
+
+def assert_stops_retrying_once_aborted(task: Any, *args: Any, abort_after: int = 1, **kwargs: Any) -> Outcome:
+    """Assert that ``task``, aborted at its ``abort_after``-th check, ends ABORTED and starts no other attempt.
+
+    The check that ends a retried attempt counts: a task that raises
+    before it ever checks is aborted as that attempt ends. Returns the
+    outcome.
+
+    >>> from localabort import AbortableTask
+    >>> class Sloppy(AbortableTask):
+    ...     autoretry_for = (ConnectionError,)
+    ...     def run(self):
+    ...         if self.is_aborted():
+    ...             raise RuntimeError("stopped")  # a bug: an abort is not an error
+    ...         raise ConnectionError("reset")
+    >>> assert_stops_retrying_once_aborted(Sloppy)
+    Traceback (most recent call last):
+    ...
+    AssertionError: Sloppy, aborted at check 1, ended FAILURE (RuntimeError: stopped) after 0 more attempt(s); ...
+    """
+    __tracebackhide__ = True
+    name = task_name(task, short=True)
+    events: List[Tuple[str, float]] = []
+    outcome = _run(task, args, kwargs, abort_after, events)
+    if outcome.checks < abort_after:
+        raise AssertionError(
+            f"{name} ended after {outcome.checks} checks, before the abort at check {abort_after}; "
+            "pass a smaller abort_after"
+        )
+    seen = next(i for i, (kind, value) in enumerate(events) if kind == "check" and value == abort_after)
+    later = sum(kind == "retry" for kind, _ in events[seen:])
+    if outcome.state != ABORTED or later:
+        raise AssertionError(
+            f"{name}, aborted at check {abort_after}, ended {_ended(outcome)} after {later} more attempt(s); "
+            "an aborted task must end ABORTED and never be retried"
+        )
+    return outcome

@@ -282,3 +282,50 @@ class KeepsALock(AbortableTask):
         while not self.is_aborted():
             time.sleep(0.005)
         return threading.Lock()
+
+
+def _note(ledger):
+    if ledger is not None:
+        with open(ledger, "a") as f:
+            f.write(f"{time.time()!r}\n")
+
+
+class Flaky(AbortableTask):
+    """Appends to ``ledger`` and fails with ``ConnectionError`` until attempt ``succeed_on`` (0-based)."""
+
+    autoretry_for = (ConnectionError,)
+    max_retries = None
+    default_retry_delay = 0.05
+
+    def run(self, succeed_on=2, ledger=None):
+        _note(ledger)
+        if self.request.retries < succeed_on:
+            raise ConnectionError(f"attempt {self.request.retries} failed")
+        return self.request.retries
+
+
+class RetryBySelf(AbortableTask):
+    """``raise self.retry(...)`` on an ``OSError``, at most twice."""
+
+    max_retries = 2
+
+    def run(self, countdown=0.05, ledger=None):
+        _note(ledger)
+        try:
+            raise OSError("busy")
+        except OSError as exc:
+            raise self.retry(exc=exc, countdown=countdown) from None
+
+
+class FlakyAfterFile(AbortableTask):
+    """Appends to ``ledger``, waits for ``path`` without checking for an abort, then fails to be retried."""
+
+    autoretry_for = (ConnectionError,)
+    default_retry_delay = 0.05
+
+    def run(self, path, ledger=None):
+        _note(ledger)
+        self.progress(1, 2)
+        while not Path(path).exists():
+            time.sleep(0.001)
+        raise ConnectionError("reset after the file came")

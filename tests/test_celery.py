@@ -15,7 +15,16 @@ celery = pytest.importorskip("celery")
 
 from celery.result import AsyncResult  # noqa: E402
 
-from localabort import ABORTED, FAILURE, STARTED, SUCCESS, AbortableAsyncResult, SoftTimeLimitExceeded, TaskAborted  # noqa: E402
+from localabort import (  # noqa: E402
+    ABORTED,
+    FAILURE,
+    RETRY,
+    STARTED,
+    SUCCESS,
+    AbortableAsyncResult,
+    SoftTimeLimitExceeded,
+    TaskAborted,
+)
 from localabort.celery import CeleryResult, register  # noqa: E402
 
 from . import celery_app, tasks  # noqa: E402
@@ -129,6 +138,28 @@ def test_terminate_after_kills_the_worker_child_of_a_task_that_never_checks(work
     record = res.store.get(res.id)
     assert record.state == ABORTED and record.error.startswith("TaskAborted: task") and record.progress
     assert celery_app.crunch.delay(3).get(timeout=60) == [0, 1, 4]  # Celery replaced the child; work goes on
+
+
+def test_retries_go_through_celerys_own_retry_with_the_store_saying_retry(worker, tmp_path):
+    ledger = tmp_path / "ledger"
+    res = celery_app.flaky.delay(2, str(ledger))
+    assert res.get(timeout=60) == 2 and res.state == SUCCESS  # the third attempt succeeded
+    record = res.store.get(res.id)
+    assert record.retries == 2 and len(ledger.read_text().split()) == 3
+
+
+def test_an_abort_of_a_celery_task_waiting_to_retry_ends_it_and_it_never_runs_again(worker, tmp_path):
+    ledger = tmp_path / "ledger"
+    res = celery_app.flaky.apply_async((10**9, str(ledger)))
+    wait_for(lambda: res.state == RETRY, what="the task to wait for its retry")
+    record = res.store.get(res.id)
+    assert record.retries >= 1 and record.error.startswith("ConnectionError: attempt")
+    res.abort()
+    with pytest.raises(TaskAborted):
+        res.get(timeout=30)
+    ran = len(ledger.read_text().split())
+    time.sleep(1.0)  # its next delivery (every 50 ms) finds it ABORTED
+    assert len(ledger.read_text().split()) <= ran + 1 and res.state == ABORTED
 
 
 def test_checkpoint_deep_in_the_stack_ends_the_task_aborted(worker):

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from localabort import ABORTED, SUCCESS, TaskAborted, forget
+from localabort._schema import task_row
 from localabort._store import Store
 
 from . import tasks
@@ -73,6 +74,30 @@ def test_status_table_and_filters(busy, store_path):
     assert [(r["state"], r["error"]) for r in rows] == [("FAILURE", "ValueError: x")]
     two = cli("status", store_path, done[0].id[-8:], done[1].id[:24], "--json").stdout  # short forms of ids
     assert {r["id"] for r in json.loads(two)} == {done[0].id, done[1].id}
+
+
+def test_status_prints_numbers_in_full(store_path):
+    with pool(store_path, "fork", 1):
+        pass  # an executor creates the store
+    store = Store.open(store_path)
+    store.write([task_row("big", name="jobs.Count", state="STARTED", submitted_at=1.0, executor_id="e",
+                          progress_done=1234567, progress_total=10000000)])  # fmt: skip
+    store.write([task_row("half", name="jobs.Count", state="STARTED", submitted_at=1.0, executor_id="e",
+                          progress_done=2.5, progress_total=None)])  # fmt: skip
+    table = cli("status", store_path).stdout
+    assert "1234567/10000000 (12%)" in table and "  2.5  " in table, table
+
+
+def test_a_task_waiting_to_retry_shows_its_attempts_error_and_next_attempt(store_path):
+    with pool(store_path, "fork", 1) as ex:
+        fut = ex.apply_async(tasks.Flaky, (5,), default_retry_delay=60)
+        wait_for(lambda: fut.state == "RETRY", what="the retry")
+        table = cli("status", store_path).stdout
+        assert "RETRY" in table and "ConnectionError: attempt 0 failed" in table, table
+        shown = cli("show", store_path, fut.id).stdout
+        assert re.search(r"^retries: +1; next attempt \S+ \S+ \(in \d+s\)$", shown, re.M), shown
+        assert "error:     ConnectionError: attempt 0 failed" in shown
+        fut.abort()
 
 
 def test_status_marks_running_tasks_asked_to_abort(store_path, tmp_path):

@@ -8,6 +8,7 @@ import itertools
 import multiprocessing
 import os
 import pickle
+import random
 import subprocess
 import sys
 import time
@@ -19,6 +20,7 @@ from localabort import (
     ABORTED,
     FAILURE,
     PENDING,
+    RETRY,
     STARTED,
     SUCCESS,
     AbortableAsyncResult,
@@ -190,6 +192,123 @@ def test_terminate_after_from_another_handle_goes_through_the_store(start_method
         with pytest.raises(TaskAborted, match="terminated"):
             fut.result(timeout=30)
         assert AbortableAsyncResult(fut.id, store=store_path).state == ABORTED
+
+
+# -- retries: Celery's names, and an abort that always ends them -------------------
+
+
+def attempts(ledger):
+    """The times (wall clock) at which each attempt of a task began, from its ledger file."""
+    return [float(line) for line in ledger.read_text().split()] if ledger.exists() else []
+
+
+def test_autoretry_until_it_succeeds_and_every_attempt_is_recorded(executor, tmp_path):
+    ledger = tmp_path / "ledger"
+    fut = executor.apply_async(tasks.Flaky, (2, str(ledger)), default_retry_delay=0.5)
+    wait_for(lambda: getattr(stored(executor, fut), "state", None) == RETRY, what="the stored retry")
+    record = stored(executor, fut)
+    assert (record.state, record.retries, record.error) == (RETRY, 1, "ConnectionError: attempt 0 failed")
+    assert record.eta is not None and not fut.done()  # the future waits for the last attempt
+    assert fut.result(timeout=30) == 2 and fut.state == SUCCESS
+    record = stored(executor, fut)
+    assert (record.state, record.retries, record.error, record.eta) == (SUCCESS, 2, None, None)
+    assert len(attempts(ledger)) == 3
+
+
+def test_retry_by_self_raises_the_last_error_after_the_last_attempt(executor, tmp_path):
+    ledger = tmp_path / "ledger"
+    fut = executor.submit(tasks.RetryBySelf, 0.01, str(ledger))
+    with pytest.raises(OSError, match="busy"):
+        fut.result(timeout=30)
+    assert fut.state == FAILURE and len(attempts(ledger)) == 3  # max_retries = 2: three attempts
+    record = stored(executor, fut)
+    assert (record.retries, record.error) == (2, "OSError: busy")
+    overridden = executor.apply_async(tasks.Flaky, (5,), max_retries=1, default_retry_delay=0.01)
+    with pytest.raises(ConnectionError, match="attempt 1 failed"):  # per call, as apply_async options
+        overridden.result(timeout=30)
+    with pytest.raises(TypeError, match="unknown option"):
+        executor.apply_async(tasks.Flaky, max_retry=1)
+
+
+def test_a_task_waiting_to_retry_holds_no_worker(start_method, store_path, tmp_path):
+    with pool(store_path, start_method, max_workers=1) as ex:
+        waiting = ex.apply_async(tasks.Flaky, (5, str(tmp_path / "ledger")), default_retry_delay=60)
+        wait_for(lambda: waiting.state == RETRY, what="the retry")
+        assert ex.submit(tasks.add, 2, 3).result(timeout=30) == 5  # the one worker is free meanwhile
+        assert waiting.abort() is True
+
+
+@pytest.mark.parametrize("how", ["future", "another process", "command line", "abort_all"])
+def test_an_abort_ends_a_task_waiting_to_retry_at_once_and_it_never_runs_again(executor, tmp_path, how):
+    ledger = tmp_path / "ledger"
+    fut = executor.apply_async(tasks.Flaky, (5, str(ledger)), default_retry_delay=2)
+    wait_for(lambda: fut.state == RETRY, what="the retry")
+    parked = time.monotonic()
+    if how == "future":
+        fut.abort()
+    elif how == "another process":
+        AbortableAsyncResult(fut.id, store=executor.store.path).abort()
+    elif how == "command line":
+        out = subprocess.run([sys.executable, "-m", "localabort", "abort", executor.store.path, fut.id],
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert out.stdout.strip().endswith("(tests.tasks.Flaky, RETRY)"), out
+    else:
+        executor.abort_all()
+    with pytest.raises(TaskAborted, match="aborted while it waited to retry"):
+        fut.result(timeout=max(0.1, parked + 1.9 - time.monotonic()))  # at once: before its next attempt was due
+    time.sleep(max(0.0, parked + 2.3 - time.monotonic()))
+    assert len(attempts(ledger)) == 1 and stored(executor, fut).state == ABORTED
+
+
+def test_an_abort_during_an_attempt_ends_it_aborted_whatever_it_raised(executor, tmp_path):
+    ledger, go = tmp_path / "ledger", tmp_path / "go"
+    fut = executor.submit(tasks.FlakyAfterFile, str(go), str(ledger))
+    wait_for(lambda: started(fut))
+    fut.abort()  # it never checks: it raises ConnectionError, which would be retried
+    go.touch()
+    with pytest.raises(TaskAborted, match=r"its attempt ended asking for a retry \(ConnectionError: reset"):
+        fut.result(timeout=30)
+    time.sleep(0.2)
+    assert len(attempts(ledger)) == 1 and stored(executor, fut).state == ABORTED
+
+
+def test_an_abort_racing_the_retries_always_wins(start_method, store_path, tmp_path):
+    """Aborts land at random moments: while an attempt runs, as its retry is scheduled, as the next one starts."""
+    with pool(store_path, start_method, max_workers=2) as ex:
+        for i in range(30):
+            ledger = tmp_path / f"ledger{i}"
+            fut = ex.apply_async(tasks.Flaky, (10**9, str(ledger)), default_retry_delay=0.002)
+            time.sleep(random.uniform(0, 0.05))
+            fut.abort()
+            asked = time.time()
+            with pytest.raises(TaskAborted):
+                fut.result(timeout=30)
+            ended = len(attempts(ledger))
+            time.sleep(0.05)
+            assert len(attempts(ledger)) == ended, f"round {i}: an attempt started after the task ended"
+            assert sum(t > asked for t in attempts(ledger)) <= 1, f"round {i}: attempts went on after the abort"
+            assert ex.store.get(fut.id).state == ABORTED
+
+
+def test_terminate_after_applies_to_the_running_attempt(executor, tmp_path):
+    fut = executor.submit(tasks.FlakyAfterFile, str(tmp_path / "never"), str(tmp_path / "ledger"))
+    wait_for(lambda: started(fut))
+    fut.abort(terminate_after=0)
+    with pytest.raises(TaskAborted, match="terminated"):
+        fut.result(timeout=30)
+    assert len(attempts(tmp_path / "ledger")) == 1
+
+
+def test_a_key_waiting_to_retry_is_in_flight_and_one_that_failed_runs_again(executor, tmp_path):
+    ledger = tmp_path / "ledger"
+    first = executor.apply_async(tasks.Flaky, (1, str(ledger)), key="k", default_retry_delay=0.5)
+    wait_for(lambda: first.state == RETRY, what="the retry")
+    assert executor.apply_async(tasks.Flaky, (1, str(ledger)), key="k") is first  # in flight: the same future
+    assert first.result(timeout=30) == 1
+    failed = executor.apply_async(tasks.RetryBySelf, (0.01,), key="r")
+    failed.exception(timeout=30)
+    again = executor.apply_async(tasks.RetryBySelf, (0.01,), key="r")
+    assert again is not failed and isinstance(again.exception(timeout=30), OSError)  # it ran again
 
 
 # -- nothing module-level crosses fork() ------------------------------------------

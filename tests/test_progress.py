@@ -148,3 +148,13 @@ def render(output):
             line[col] = token
             col += 1
     return ["".join(line).rstrip() for line in rows]
+
+
+def test_the_batch_line_counts_tasks_waiting_to_retry():
+    from localabort.progress import Bars, TaskView
+
+    out = io.StringIO()
+    bars = Bars(file=out)
+    bars.update([TaskView("a", "jobs.Fetch", "RETRY", None), TaskView("b", "jobs.Fetch", "SUCCESS", None)])
+    bars.close()
+    assert out.getvalue().splitlines()[-1] == "batch: 1/2 done: ok=1 aborted=0 failed=0 retrying=1"

@@ -337,7 +337,7 @@ def test_an_older_schema_is_upgraded_on_either_database(store):
         for name in ("ix_localabort_tasks_unfinished", "ux_localabort_tasks_held_key"):
             conn.execute(sa.text(f"DROP INDEX {name}"))
         conn.execute(sa.text("ALTER TABLE localabort_executors DROP COLUMN flushed_at"))
-        for column in ("abort_by", "terminate_at", "error"):
+        for column in ("abort_by", "terminate_at", "error", "retries", "eta"):
             conn.execute(sa.text(f"ALTER TABLE localabort_tasks DROP COLUMN {column}"))
         conn.execute(sa.text("CREATE INDEX ix_localabort_tasks_unfinished ON localabort_tasks (executor_id) "
                              "WHERE state IN ('PENDING', 'STARTED')"))  # fmt: skip

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
-from localabort import ABORTED, SUCCESS, AbortableTask
-from localabort.testing import assert_aborts_cleanly, assert_checks_every, assert_stops_within, run_inline
+from localabort import ABORTED, FAILURE, SUCCESS, AbortableTask
+from localabort.testing import (
+    assert_aborts_cleanly,
+    assert_checks_every,
+    assert_stops_retrying_once_aborted,
+    assert_stops_within,
+    run_inline,
+)
 
 from . import tasks
 
@@ -109,3 +117,60 @@ def test_failing_helper_points_at_the_users_line(pytester):
         ["*assert_checks_every(10, Lazy, 50)   # the user's line*", "E*AssertionError: Lazy ran*"]
     )
     assert "raise AssertionError(" not in result.stdout.str()
+
+
+class Fetch(AbortableTask):
+    """Fails twice on ConnectionError, then succeeds: the unit test a user writes for retries."""
+
+    autoretry_for = (ConnectionError,)
+    retry_backoff = True
+    retry_jitter = False
+
+    def run(self):
+        if self.request.retries < 2:
+            raise ConnectionError("reset")
+        return "page"
+
+
+class GivesUp(AbortableTask):
+    max_retries = 1
+    default_retry_delay = 7
+
+    def run(self):
+        raise self.retry(exc=TimeoutError("slow"))
+
+
+def test_run_inline_runs_the_attempts_without_waiting():
+    start = time.monotonic()
+    outcome = run_inline(Fetch)
+    assert (outcome.state, outcome.result, outcome.retries, outcome.delays) == (SUCCESS, "page", 2, (1.0, 2.0))
+    assert time.monotonic() - start < 1  # the 3 s of backoff are reported, not slept
+    gave_up = run_inline(GivesUp)
+    assert (gave_up.state, gave_up.retries, gave_up.delays) == (FAILURE, 1, (7,))
+    assert isinstance(gave_up.exception, TimeoutError)
+
+
+def test_assert_stops_retrying_once_aborted():
+    assert assert_stops_retrying_once_aborted(Fetch).retries == 0  # aborted as its first attempt ends
+    assert assert_stops_retrying_once_aborted(Fetch, abort_after=2).retries == 1
+
+    class Swallows(AbortableTask):
+        autoretry_for = (ConnectionError,)
+
+        def run(self):
+            if self.is_aborted():
+                return "done anyway"  # an honoured abort: fine
+            raise ConnectionError("reset")
+
+    assert assert_stops_retrying_once_aborted(Swallows, abort_after=3).state == ABORTED
+
+    class Sloppy(AbortableTask):
+        autoretry_for = (ConnectionError,)
+
+        def run(self):
+            if self.is_aborted():
+                raise RuntimeError("stopped")  # an abort turned into an error: not ABORTED
+            raise ConnectionError("reset")
+
+    with pytest.raises(AssertionError, match=r"Sloppy, aborted at check 3, ended FAILURE \(RuntimeError: stopped\)"):
+        assert_stops_retrying_once_aborted(Sloppy, abort_after=3)

@@ -35,3 +35,13 @@ class SeeAbort(AbortableTask):
         while not self.is_aborted():
             pass
         return time.monotonic()
+
+
+class WaitsToRetry(AbortableTask):
+    """Fails its first attempt and waits an hour for the next: a task parked in RETRY."""
+
+    autoretry_for = (ConnectionError,)
+    default_retry_delay = 3600.0
+
+    def run(self, i):
+        raise ConnectionError(f"item {i}: reset")
