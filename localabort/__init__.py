@@ -19,25 +19,25 @@ load it; here ``localabort.testing.run_inline`` runs one in this process:
 'ABORTED'
 """
 
+import importlib as _importlib
 import typing as _typing
 
-from ._errors import (
-    MaxRetriesExceededError,
-    Retry,
-    SoftTimeLimitExceeded,
-    StoreError,
-    TaskAborted,
-    TimeLimitExceeded,
-    UnknownTask,
-    WorkerLost,
-)
-from ._executor import Executor
-from ._future import AbortableAsyncResult, AbortableFuture
-from ._states import ABORTED, FAILURE, PENDING, RECEIVED, RETRY, STARTED, SUCCESS
-from ._task import AbortableTask, checkpoint, current_task, is_aborted
-
 if _typing.TYPE_CHECKING:
+    from ._errors import (
+        MaxRetriesExceededError,
+        Retry,
+        SoftTimeLimitExceeded,
+        StoreError,
+        TaskAborted,
+        TimeLimitExceeded,
+        UnknownTask,
+        WorkerLost,
+    )
+    from ._executor import Executor
+    from ._future import AbortableAsyncResult, AbortableFuture
+    from ._states import ABORTED, FAILURE, PENDING, RECEIVED, RETRY, STARTED, SUCCESS
     from ._store import forget
+    from ._task import AbortableTask, checkpoint, current_task, is_aborted
 
 __all__ = [
     "ABORTED",
@@ -68,11 +68,31 @@ __all__ = [
 __version__ = "0.1.0"
 
 
-def __getattr__(name: str) -> _typing.Any:
-    # SQLAlchemy loads with the first store a process opens, not with this package: a worker under
-    # spawn or forkserver imports the package and never needs it.
-    if name == "forget":
-        from ._store import forget
+#: Where each public name lives. A name is imported the first time it is used, so ``import localabort``
+#: is quick: a worker under spawn loads what it runs, the command line loads no pool to print its help, and
+#: SQLAlchemy loads with the first store a process opens.
+_HOMES = {
+    **dict.fromkeys(
+        ["MaxRetriesExceededError", "Retry", "SoftTimeLimitExceeded", "StoreError", "TaskAborted",
+         "TimeLimitExceeded", "UnknownTask", "WorkerLost"], "._errors",
+    ),
+    "Executor": "._executor",
+    "AbortableAsyncResult": "._future",
+    "AbortableFuture": "._future",
+    **dict.fromkeys(["ABORTED", "FAILURE", "PENDING", "RECEIVED", "RETRY", "STARTED", "SUCCESS"], "._states"),
+    "forget": "._store",
+    **dict.fromkeys(["AbortableTask", "checkpoint", "current_task", "is_aborted"], "._task"),
+}  # fmt: skip
 
-        return forget
-    raise AttributeError(f"module 'localabort' has no attribute {name!r}")
+
+def __getattr__(name: str) -> _typing.Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'localabort' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(home, __name__), name)
+    globals()[name] = value  # the next lookup finds it without this function
+    return value
+
+
+def __dir__() -> _typing.List[str]:
+    return sorted({*globals(), *__all__})

@@ -269,6 +269,11 @@ class Executor(concurrent.futures.Executor):
         if not callable(task):
             raise TypeError(f"{task!r} is not a task: pass an AbortableTask subclass or a callable")
         name = task_name(task)
+        if task_id is not None and self._store.get(task_id) is not None:
+            raise ValueError(
+                f"task_id {task_id!r} is taken by a task in the store; ids are unique (leave task_id out for a new "
+                "one, or give key= to run a piece of work once)"
+            )
         holder = None
         if key is not None:  # a key runs once at a time: the task that holds it, here or elsewhere, is followed
             local = self._scheduler.keyed_future(name, key)

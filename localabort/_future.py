@@ -221,12 +221,20 @@ class AbortableAsyncResult:
 
         Polls the store every ``interval`` seconds (starting faster); raises
         ``TimeoutError`` after ``timeout`` seconds, and ``UnknownTask`` for an
-        id no executor handed out.
+        id no executor handed out. If the task's executor dies on this host
+        meanwhile, the task ends FAILURE (``WorkerLost``) within a second,
+        and so does this call.
         """
+        from ._store import RECOVER_EVERY
+
         deadline = None if timeout is None else time.monotonic() + timeout
         pause = min(0.005, interval)
         self.store.lookup(self.id)  # an unknown id raises, instead of waiting for ever
+        recover_at = time.monotonic() + RECOVER_EVERY
         while True:
+            if time.monotonic() >= recover_at:  # its executor may have died since: its tasks then end FAILURE
+                self.store.recover_dead_executors()
+                recover_at = time.monotonic() + RECOVER_EVERY
             record = self.store.get(self.id)
             if record is not None and record.state in READY_STATES:
                 value, exc = load_outcome(record.state, record.result, record.traceback)

@@ -120,6 +120,7 @@ class Manager:
         return running
 
     def _manage(self) -> None:
+        self.scheduler.manager_ident = threading.get_ident()
         try:
             while self._step():
                 pass

@@ -18,6 +18,7 @@ The outcome *rules* (which state a run ends in) are ``_task.execute``'s.
 from __future__ import annotations
 
 import pickle
+import threading
 from typing import Any, NamedTuple, Optional, Tuple
 
 from ._errors import RemoteTraceback, SoftTimeLimitExceeded, TaskAborted
@@ -172,7 +173,10 @@ def load_outcome(state: str, blob: Optional[bytes], tb: Optional[str]) -> Tuple[
     try:
         payload = pickle.loads(blob) if blob is not None else None
     except KeyboardInterrupt:
-        raise
+        if threading.current_thread() is threading.main_thread():  # a Ctrl-C: the script decides
+            raise
+        error = RuntimeError("the outcome of a task cannot be unpickled here (KeyboardInterrupt)")
+        return None, error  # one raised by a __reduce__, in the executor's manager thread
     except Exception as err:
         return None, err
     except BaseException as err:  # SystemExit from a __reduce__: never let it end the reader

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Optional
+from typing import List, Optional
 
 __all__ = ["HEARTBEAT", "SILENT", "alive", "asker", "process_start"]
 
@@ -23,25 +23,38 @@ HEARTBEAT = 0.5
 SILENT = 5.0
 
 
-def process_start(pid: int) -> Optional[str]:
-    """When process ``pid`` started (clock ticks since boot, from /proc), or ``None`` off Linux."""
+def _stat(pid: int) -> Optional[List[bytes]]:
+    """The fields of /proc/PID/stat after the process name (state first), or ``None`` off Linux or if gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[19].decode()
+            return f.read().rsplit(b")", 1)[1].split()
     except (OSError, IndexError):
         return None
 
 
+def process_start(pid: int) -> Optional[str]:
+    """When process ``pid`` started (clock ticks since boot, from /proc), or ``None`` off Linux."""
+    fields = _stat(pid)
+    return None if fields is None or len(fields) < 20 else fields[19].decode()
+
+
 def alive(pid: int, started: Optional[str]) -> bool:
-    """Whether the process that registered as ``pid`` (started at ``started``) still runs."""
+    """Whether the process that registered as ``pid`` (started at ``started``) still runs.
+
+    A zombie (dead, not yet reaped by its parent) does not.
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # alive, another user's
         pass
-    now = process_start(pid)
-    return started is None or now is None or now == started
+    fields = _stat(pid)
+    if fields is None:
+        return True  # no /proc: the pid alone decides
+    if fields[0] in (b"Z", b"X"):
+        return False
+    return started is None or len(fields) < 20 or fields[19].decode() == started
 
 
 def asker(what: str = "") -> str:

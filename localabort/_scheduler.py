@@ -108,6 +108,7 @@ class Scheduler:
         weakref.finalize(self, _close_fds, self.wake_r, self.wake_w)
         self.wake_pending = False
         self.abandoned = False  # its Executor was collected without shutdown()
+        self.manager_ident: Optional[int] = None  # the manager thread's, once it runs
         # Waiters wait on this, not on Thread.join(): up to Python 3.11, a join() interrupted by
         # Ctrl-C marks the thread stopped while it runs, and every later join() returns at once.
         self.stopped = threading.Event()
@@ -121,6 +122,8 @@ class Scheduler:
         """Queue ``job``; or, if it follows a task that holds its key elsewhere, only record it."""
         with self.lock:
             self.check_open()
+            if job.id in self.jobs:
+                raise ValueError(f"task_id {job.id!r} is taken by an unfinished task of this executor; ids are unique")
             if job.follows is None:
                 self.queue.append(job)
             else:
@@ -191,7 +194,7 @@ class Scheduler:
             self._owe(cancelled)
         self._settle(cancelled, cancel=True)
         self.wake()
-        if wait:
+        if wait and threading.get_ident() != self.manager_ident:  # a done-callback cannot wait for its own thread
             self.stopped.wait()
 
     def _abort(self, future: AbortableFuture, terminate_after: Optional[float] = None) -> bool:  # Controller

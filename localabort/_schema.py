@@ -15,7 +15,7 @@ version (``Store`` runs them, for an ``Executor`` only).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, NamedTuple, Optional
+from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -33,6 +33,7 @@ __all__ = [
     "meta",
     "metadata",
     "record",
+    "records",
     "task_row",
     "tasks",
 ]
@@ -155,6 +156,18 @@ def _remake_indexes(conn: Connection, *names: str) -> None:
 MIGRATIONS: Dict[int, Callable[[Connection], None]] = {1: _to_2, 2: _to_3}
 
 
+class _Columns:
+    """A row's values by column name, through a mapping of names to positions made once per query."""
+
+    __slots__ = ("at", "row")
+
+    def __init__(self, row: Any, at: Dict[str, int]) -> None:
+        self.row, self.at = row, at
+
+    def __getitem__(self, key: str) -> Any:
+        return self.row[self.at[key]]
+
+
 class TaskRecord(NamedTuple):
     """One task as the store holds it."""
 
@@ -183,7 +196,18 @@ def _number(x: float) -> float:
 
 
 def record(row: Any) -> TaskRecord:
-    m = row._mapping
+    """The ``TaskRecord`` of one row of ``tasks``."""
+    return records([row], row._fields)[0]
+
+
+def records(rows: Any, keys: Any) -> List[TaskRecord]:
+    """The ``TaskRecord`` of each row (a tuple of the columns ``keys``): one loop, no per-row mapping."""
+    at = {key: i for i, key in enumerate(keys)}
+    return [_record(row, at) for row in rows]
+
+
+def _record(row: Any, at: Dict[str, int]) -> TaskRecord:
+    m = _Columns(row, at)
     done = m["progress_done"]
     total = m["progress_total"]
     progress = None if done is None else (_number(done), None if total is None else _number(total))

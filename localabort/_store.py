@@ -48,6 +48,7 @@ from ._schema import (
     meta,
     metadata,
     record,
+    records,
     tasks,
 )  # fmt: skip
 from ._states import ABORTED, FAILURE, PENDING, READY_STATES, RECEIVED, RETRY, STARTED, SUCCESS, UNREADY_STATES
@@ -56,6 +57,8 @@ __all__ = ["Store", "TaskRecord", "forget"]
 
 #: Seconds a writer waits for the SQLite lock before it fails.
 BUSY_TIMEOUT = 60.0
+#: Seconds between two looks for dead executors while a watcher waits on their tasks.
+RECOVER_EVERY = 1.0
 #: Task ids one query asks about at most.
 ID_BATCH = 5000
 
@@ -504,7 +507,9 @@ class Store:
 
         Their tasks end FAILURE with ``WorkerLost``, so no task stays
         PENDING or STARTED for ever. Runs whenever a process opens the
-        store; returns the ids of the executors it closed.
+        store, and every ``RECOVER_EVERY`` s while a watcher waits on it
+        (``AbortableAsyncResult.get``, ``localabort watch``); returns the
+        ids of the executors it closed.
         """
         host = socket.gethostname()
         query = sa.select(executors.c.id, executors.c.pid, executors.c.process_start).where(
@@ -520,7 +525,7 @@ class Store:
                 conn.execute(
                     tasks.update()
                     .where(tasks.c.executor_id == row.id, sa.text(UNFINISHED))
-                    .values(state=FAILURE, finished_at=now, result=dump(lost))
+                    .values(state=FAILURE, finished_at=now, result=dump(lost), error=describe(lost))
                 )
                 conn.execute(executors.update().where(executors.c.id == row.id).values(closed_at=now))
         return [row.id for row in dead]
@@ -588,13 +593,23 @@ class Store:
         states: Optional[Iterable[str]] = None,
         name: Optional[str] = None,
         limit: Optional[int] = None,
+        outcomes: bool = True,
     ) -> List[TaskRecord]:
-        """Tasks newest first: all, or those of ``ids``, in ``states``, whose name contains ``name``."""
-        query = sa.select(tasks).where(tasks.c.name != STANDING).order_by(tasks.c.submitted_at.desc())
+        """Tasks newest first: all, or those of ``ids``, in ``states``, whose name contains ``name``.
+
+        ``outcomes=False`` leaves out each task's pickled result and
+        traceback (``None`` in the records): what a listing never shows,
+        and most of the bytes of a large store.
+        """
+        columns: List[Any] = list(tasks.c)
+        if not outcomes:
+            columns = [c for c in columns if c.name not in _OUTCOME_COLUMNS]
+            columns += [sa.null().label(c) for c in _OUTCOME_COLUMNS]
+        query = sa.select(*columns).where(tasks.c.name != STANDING).order_by(tasks.c.submitted_at.desc())
         if ids is not None:
             ids = list(ids)
             if len(ids) > ID_BATCH:
-                parts = [self.tasks(piece, states=states, name=name) for piece in _pieces(ids)]
+                parts = [self.tasks(piece, states=states, name=name, outcomes=outcomes) for piece in _pieces(ids)]
                 return sorted(itertools.chain(*parts), key=lambda r: -(r.submitted_at or 0.0))[:limit]
             query = query.where(tasks.c.id.in_(ids))
         if states is not None:
@@ -604,7 +619,8 @@ class Store:
         if limit is not None:
             query = query.limit(limit)
         with self._connect() as conn:
-            return [record(row) for row in conn.execute(query)]
+            result = conn.execute(query)
+            return records(result.all(), result.keys())  # one fetchall, not a fetch per row
 
     def counts(self, *, finished: bool = True) -> Dict[str, int]:
         """How many tasks the store holds in each state; with ``finished=False``, the finished ones as one count.
@@ -684,6 +700,8 @@ def forget(store: StoreSpec, *, older_than: float) -> int:
 
 
 _COLUMNS = ("id", *STATE_COLUMNS)
+#: The columns of a task's outcome: large, and unpickled only by those who read it.
+_OUTCOME_COLUMNS = ("result", "traceback")
 #: A state write: a final state stays final, and the abort request is not touched.
 _STATE_UPSERT = (
     f"INSERT INTO {tasks.name} ({', '.join(_COLUMNS)}) VALUES ({', '.join(':' + c for c in _COLUMNS)}) "

@@ -27,7 +27,6 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, NoReturn, Optional, Sequence
 
-from ._errors import StoreError, UnknownTask
 from ._procs import asker
 from ._states import ALL_STATES, READY_STATES, RETRY, SUCCESS, UNREADY_STATES
 
@@ -124,12 +123,13 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; return its exit status."""
     try:
-        parser = _parser()
-        args, extra = parser.parse_known_args(argv)
-        if extra and getattr(args, "task_ids", None) is not None and not any(x.startswith("-") for x in extra):
-            args.task_ids += extra  # ids after an option: ``abort --all ID``, ``status --state X ID``
-        elif extra:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args = _arguments(argv)  # argparse alone: --help and --version load nothing else
+    except _Usage as exc:
+        print(f"localabort: {exc}", file=sys.stderr)
+        return 2
+    from ._errors import StoreError  # the commands need a store, and its errors
+
+    try:
         store = _open(args.store)
         return int(COMMANDS[args.command](store, args))
     except _Usage as exc:
@@ -144,6 +144,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
 
 
+def _arguments(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "task_ids", None) is not None and not any(x.startswith("-") for x in extra):
+        args.task_ids += extra  # ids after an option: ``abort --all ID``, ``status --state X ID``
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def _open(spec: str) -> Store:
     from ._store import Store  # here, not at the top: --help and --version need no database library
 
@@ -156,6 +166,8 @@ def _resolve(store: Store, text: str) -> str:
     A whole id with no row is returned as it is: an abort for it may be
     asked before its executor has written it (``Store.request_abort``).
     """
+    from ._errors import UnknownTask
+
     if len(text) >= 32 or store.get(text) is not None:
         return text
     found = store.match(text) if len(text) >= 4 else []
@@ -209,10 +221,10 @@ def status(store: Store, args: argparse.Namespace) -> int:
     """Print the store's tasks, newest first, as a table or as JSON."""
     limit = args.limit if args.limit is not None else (0 if args.json else 50)
     ids = [_resolve(store, text) for text in args.task_ids] if args.task_ids else None
-    records = store.tasks(ids, states=args.state, name=args.name, limit=limit or None)
+    records = store.tasks(ids, states=args.state, name=args.name, limit=limit or None, outcomes=False)
     now = time.time()
-    if args.json:
-        print(json.dumps([_json(r, now) for r in records], indent=1))
+    if args.json:  # one object per line: still one JSON array, but json's C encoder (indent=... is its Python one)
+        sys.stdout.write("[\n" + ",\n".join(json.dumps(_json(r, now)) for r in records) + "\n]\n")
         return 0
     starred = [r.abort_requested and r.state not in READY_STATES for r in records]
     rows = [("ID", "NAME", "STATE", "PROGRESS", "AGE", "ERROR")] + [
@@ -250,6 +262,7 @@ def _filters(args: argparse.Namespace) -> List[str]:
 
 def show(store: Store, args: argparse.Namespace) -> int:
     """Print one task: what ``status`` says of it, then its outcome and the child's traceback."""
+    from ._errors import UnknownTask
     from ._outcome import load_outcome
 
     try:
@@ -298,6 +311,8 @@ def _when(at: Optional[float], now: float) -> str:
 
 def abort(store: Store, args: argparse.Namespace) -> int:
     """Ask tasks to abort; say what was recorded."""
+    from ._errors import UnknownTask
+
     if args.all and args.task_ids:
         raise _Usage("pass TASK_IDs or --all, not both")
     if not args.all and not args.task_ids:
@@ -335,15 +350,21 @@ def watch(store: Store, args: argparse.Namespace) -> int:
     """Show bars for the store's unfinished tasks, and any that start, until all have finished."""
     from .progress import Bars, TaskView
 
-    tracked: Dict[str, TaskRecord] = {r.id: r for r in store.tasks(states=UNREADY_STATES)}
+    tracked: Dict[str, TaskRecord] = {r.id: r for r in store.tasks(states=UNREADY_STATES, outcomes=False)}
     if not tracked:
         print("nothing to watch: every task in the store has finished")
         return 0
+    from ._store import RECOVER_EVERY
+
     bars = Bars(max_tasks=8, desc="tasks")
+    recover_at = time.monotonic() + RECOVER_EVERY
     try:
         while True:
+            if time.monotonic() >= recover_at:  # an executor that died since: its tasks end FAILURE
+                store.recover_dead_executors()
+                recover_at = time.monotonic() + RECOVER_EVERY
             live = [task_id for task_id, r in tracked.items() if r.state not in READY_STATES]
-            for record in store.tasks(live) + store.tasks(states=UNREADY_STATES):
+            for record in store.tasks(live, outcomes=False) + store.tasks(states=UNREADY_STATES, outcomes=False):
                 tracked[record.id] = record
             bars.update([TaskView(r.id, r.name, r.state, r.progress, r.key) for r in tracked.values()])
             if all(r.state in READY_STATES for r in tracked.values()):

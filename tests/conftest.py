@@ -127,4 +127,4 @@ def start_batch():
     for proc in procs:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+        proc.communicate()  # and close its pipes

@@ -248,6 +248,17 @@ class ExitWhenUnpickled:
         return sys.exit, (3,)
 
 
+def _interrupt():
+    raise KeyboardInterrupt
+
+
+class InterruptWhenUnpickled:
+    """A result whose unpickling in the parent raises KeyboardInterrupt (in the executor's manager thread)."""
+
+    def __reduce__(self):
+        return _interrupt, ()
+
+
 class ExitWhenPickled:
     """A result whose pickling raises SystemExit in the worker."""
 

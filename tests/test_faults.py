@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -266,6 +267,38 @@ def test_a_result_that_exits_when_unpickled_here_fails_its_task_only(executor):
     with pytest.raises(RuntimeError, match=r"cannot be unpickled here \(SystemExit: 3\)"):
         fut.result(timeout=30)
     assert executor.submit(tasks.add, 1, 1).result(timeout=30) == 2  # the executor goes on
+
+
+def test_a_result_that_raises_keyboard_interrupt_when_unpickled_fails_its_task_only(executor):
+    fut = executor.submit(tasks.make, "InterruptWhenUnpickled")
+    with pytest.raises(RuntimeError, match=r"cannot be unpickled here \(KeyboardInterrupt\)"):
+        fut.result(timeout=30)
+    assert executor.submit(tasks.add, 1, 1).result(timeout=30) == 2  # the manager thread lives on
+
+
+# -- ids and callbacks --------------------------------------------------------------
+
+
+def test_a_task_id_is_unique_and_a_repeated_one_is_a_clear_error(executor):
+    first = executor.apply_async(tasks.Ticker, (30,), task_id="job-1")
+    with pytest.raises(ValueError, match="task_id 'job-1' is taken"):
+        executor.apply_async(tasks.add, (1, 2), task_id="job-1")  # while the first runs
+    first.abort()
+    first.exception(timeout=30)
+    with pytest.raises(ValueError, match="task_id 'job-1' is taken by a task in the store"):
+        executor.apply_async(tasks.add, (1, 2), task_id="job-1")  # finished: its row stays the first's
+    assert executor.store.get("job-1").state == ABORTED
+    assert executor.apply_async(tasks.add, (1, 2), task_id="job-2").result(timeout=30) == 3  # nothing stalled
+
+
+def test_shutdown_from_a_done_callback_does_not_deadlock(start_method, store_path):
+    ex = Executor(max_workers=1, store=store_path, mp_context=start_method)
+    called = []
+    fut = ex.submit(time.sleep, 0.3)
+    fut.add_done_callback(lambda f: called.append(ex.shutdown()))  # runs in the executor's own thread
+    assert fut.result(timeout=30) is None
+    ex.shutdown()  # returns: the executor stopped
+    assert called == [None] and ex._scheduler.stopped.is_set()
 
 
 def test_a_result_over_the_store_limit_fails_clearly(executor, monkeypatch):

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import concurrent.futures
+import os
+import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import pytest
 
 from localabort import (
     ABORTED,
+    FAILURE,
     PENDING,
     STARTED,
     SUCCESS,
@@ -20,6 +25,7 @@ from localabort import (
     StoreError,
     TaskAborted,
     UnknownTask,
+    WorkerLost,
 )  # fmt: skip
 from localabort._store import Store
 
@@ -114,3 +120,25 @@ def test_external_abort_of_a_queued_task(start_method, store_path, tmp_path):
         (tmp_path / "go").touch()
     assert AbortableAsyncResult(queued.id, store=store_path).state == ABORTED
     assert AbortableAsyncResult(blocker.id, store=store_path).state == SUCCESS
+
+
+def test_a_watcher_learns_within_a_second_or_so_that_the_executor_died(start_batch, store_path):
+    """get() opened before the executor is SIGKILLed: its task ends FAILURE (WorkerLost), and get() says so."""
+    proc, info = start_batch(store_path, "fork", "Ticker")
+    res = AbortableAsyncResult(info["ids"][0], store=store_path)  # opened while the executor lives
+    outcome = []
+    waiter = threading.Thread(target=lambda: outcome.append(res_get(res)))
+    waiter.start()
+    os.killpg(proc.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    waiter.join(timeout=30)
+    assert outcome and isinstance(outcome[0], WorkerLost), outcome
+    assert time.monotonic() - killed < 5  # RECOVER_EVERY is 1 s; generous on a loaded machine
+    assert res.state == FAILURE
+
+
+def res_get(res):
+    try:
+        return res.get(timeout=30)
+    except BaseException as exc:
+        return exc
