@@ -26,7 +26,9 @@ import itertools
 import os
 import re
 import socket
+import stat
 import time
+import warnings
 from typing import Any, ClassVar, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import sqlalchemy as sa
@@ -108,7 +110,18 @@ class Store:
         store = cls._open_stores.get(key)
         if store is None:
             store = cls._open_stores[key] = cls(key, create=create)
+        elif create and store.path is not None:
+            store._guard()  # an Executor checks the file each time, even one this process opened before
         return store
+
+    def _guard(self) -> None:
+        """Before an Executor writes a store file: no symbolic link, and no write access for others."""
+        assert self.path is not None
+        if os.path.islink(self.path):  # never create, or write, through a link
+            raise StoreError(
+                f"{self.path}: is a symbolic link (to {os.readlink(self.path)}); give an Executor the store's own path"
+            )
+        _owner_only(self.path)
 
     def __reduce__(self) -> Any:
         return (Store.open, (self.url,))
@@ -180,6 +193,8 @@ class Store:
             if os.path.isdir(self.path):
                 raise StoreError(f"{self.path}: is a folder; name a file in it, such as {self.path}/store.sqlite")
             folder = os.path.dirname(self.path)
+            if create:
+                self._guard()
             if not os.path.exists(self.path):
                 if not create:
                     raise StoreError(f"{self.path}: no such store (check the path; an Executor creates one)")
@@ -723,6 +738,33 @@ _ABORT_UPSERT = (
 _FLUSHED = f"UPDATE {executors.name} SET flushed_at = :flushed_at WHERE id = :id"
 _HOLDER = f"SELECT id FROM {tasks.name} WHERE name = :name AND {HELD_KEY} AND key = :key AND id <> :id"
 _CLAIM_KEYED = f"UPDATE {tasks.name} SET state = '{RECEIVED}' WHERE id = :id AND {CLAIMABLE}"
+
+
+def _owner_only(path: str) -> None:
+    """Take write access away from others on a store file (and its WAL files); refuse one that is not ours.
+
+    A store holds pickled results: whoever can write it runs code in every
+    process that reads it, so it is as trusted as code (docs/store.md).
+    """
+    for name in (path, path + "-wal", path + "-shm"):
+        try:
+            info = os.stat(name)
+        except FileNotFoundError:
+            continue
+        mode = stat.S_IMODE(info.st_mode)
+        if not mode & 0o022:
+            continue
+        if info.st_uid != os.getuid():
+            raise StoreError(
+                f"{name}: writable by others and not yours (mode {mode:04o}); a store is as trusted as code: "
+                "use one only you can write"
+            )
+        os.chmod(name, mode & ~0o022)
+        warnings.warn(
+            f"localabort: {name} was writable by others (mode {mode:04o}); made it {mode & ~0o022:04o}, as a "
+            "store is as trusted as code",
+            stacklevel=2,
+        )
 
 
 def _deadline(now: float, terminate_after: Optional[float]) -> Optional[float]:

@@ -125,7 +125,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args = _arguments(argv)  # argparse alone: --help and --version load nothing else
     except _Usage as exc:
-        print(f"localabort: {exc}", file=sys.stderr)
+        _print(f"localabort: {exc}", file=sys.stderr)
         return 2
     from ._errors import StoreError  # the commands need a store, and its errors
 
@@ -133,15 +133,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         store = _open(args.store)
         return int(COMMANDS[args.command](store, args))
     except _Usage as exc:
-        print(f"localabort: {exc}", file=sys.stderr)
+        _print(f"localabort: {exc}", file=sys.stderr)
         return 2
     except StoreError as exc:
-        print(f"localabort: {exc}", file=sys.stderr)
+        _print(f"localabort: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # | head
         return 0
+
+
+#: What a terminal would act on rather than show: control characters (but newline) and bidirectional overrides.
+_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _print(text: str, file: Any = None) -> None:
+    """Print ``text`` with its control characters escaped: ids, names and errors come from the store."""
+    print(_CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), text), file=file or sys.stdout)
 
 
 def _arguments(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -235,7 +244,7 @@ def status(store: Store, args: argparse.Namespace) -> int:
     ]  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        _print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
     filters = _filters(args)
     if not filters and not (limit and len(records) == limit):
         counts = dict(collections.Counter(r.state for r in records))  # every task is listed: no other read
@@ -247,7 +256,7 @@ def status(store: Store, args: argparse.Namespace) -> int:
     if len(records) < total:
         hidden = [*filters, *([] if not limit or len(records) < limit else [f"--limit {limit}"])]
         shown += f" ({', '.join(hidden)} hid the rest" + ("; --limit 0 shows all)" if not filters else ")")
-    print(f"{shown}; {summary or 'no tasks'}" + ("; * abort requested" if any(starred) else ""))
+    _print(f"{shown}; {summary or 'no tasks'}" + ("; * abort requested" if any(starred) else ""))
     return 0
 
 
@@ -268,7 +277,7 @@ def show(store: Store, args: argparse.Namespace) -> int:
     try:
         record = store.lookup(_resolve(store, args.task_id))
     except UnknownTask as exc:
-        print(f"localabort: {exc}", file=sys.stderr)
+        _print(f"localabort: {exc}", file=sys.stderr)
         return 1
     now = time.time()
     outcome = ""
@@ -296,9 +305,9 @@ def show(store: Store, args: argparse.Namespace) -> int:
     ]  # fmt: skip
     for label, value in fields:
         if value:
-            print(f"{label + ':':<11}{value}")
+            _print(f"{label + ':':<11}{value}")
     if record.traceback:
-        print(f"traceback:\n{record.traceback.rstrip()}")
+        _print(f"traceback:\n{record.traceback.rstrip()}")
     return 0
 
 
@@ -323,7 +332,7 @@ def abort(store: Store, args: argparse.Namespace) -> int:
     if args.all:
         ids = store.request_abort_all(after, by=by)
         then = "" if after is None else f"; the worker of any still running is killed {_in(after)}"
-        print(f"abort requested for {len(ids):,} unfinished task(s){then}")
+        _print(f"abort requested for {len(ids):,} unfinished task(s){then}")
         return 0
     exit_status = 0
     for text in args.task_ids:
@@ -331,14 +340,14 @@ def abort(store: Store, args: argparse.Namespace) -> int:
             task_id = _resolve(store, text)
             state = store.request_abort(task_id, after, by=by)
         except UnknownTask as exc:
-            print(f"localabort: {exc}", file=sys.stderr)
+            _print(f"localabort: {exc}", file=sys.stderr)
             exit_status = 1
             continue
         record = store.lookup(task_id)
         if state is not None:  # the state the request met, not what it is by now
-            print(f"abort requested: {task_id} ({record.name}, {state})" + (then if state != "PENDING" else ""))
+            _print(f"abort requested: {task_id} ({record.name}, {state})" + (then if state != "PENDING" else ""))
         else:
-            print(f"not aborted: {task_id} had already finished ({record.state})")
+            _print(f"not aborted: {task_id} had already finished ({record.state})")
     return exit_status
 
 
@@ -352,7 +361,7 @@ def watch(store: Store, args: argparse.Namespace) -> int:
 
     tracked: Dict[str, TaskRecord] = {r.id: r for r in store.tasks(states=UNREADY_STATES, outcomes=False)}
     if not tracked:
-        print("nothing to watch: every task in the store has finished")
+        _print("nothing to watch: every task in the store has finished")
         return 0
     from ._store import RECOVER_EVERY
 
@@ -376,7 +385,7 @@ def watch(store: Store, args: argparse.Namespace) -> int:
 
 def forget(store: Store, args: argparse.Namespace) -> int:
     """Delete finished tasks older than the age given."""
-    print(f"forgot {store.forget(args.older_than):,} finished task(s)")
+    _print(f"forgot {store.forget(args.older_than):,} finished task(s)")
     return 0
 
 

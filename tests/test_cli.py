@@ -100,6 +100,17 @@ def test_a_task_waiting_to_retry_shows_its_attempts_error_and_next_attempt(store
         fut.abort()
 
 
+def test_control_characters_in_ids_and_names_are_shown_escaped(store_path):
+    with pool(store_path, "fork", 1):
+        pass  # an executor creates the store
+    hostile = "job\x1b]0;owned\x07\x1b[2J"
+    Store.open(store_path).write([task_row(hostile, name="jobs.\x1b[31mRed", state="STARTED", submitted_at=1.0,
+                                           executor_id="e")])  # fmt: skip
+    out = cli("status", store_path).stdout
+    assert "\x1b" not in out and "\x07" not in out
+    assert "job\\x1b]0;owned\\x07\\x1b[2J" in out and "jobs.\\x1b[31mRed" in out, out
+
+
 def test_status_marks_running_tasks_asked_to_abort(store_path, tmp_path):
     with pool(store_path, "fork", 1) as ex:
         deaf = ex.submit(tasks.WaitForFile, str(tmp_path / "go"))

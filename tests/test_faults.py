@@ -30,6 +30,7 @@ from localabort import (
     StoreError,
     TaskAborted,
     TimeLimitExceeded,
+    UnknownTask,
     WorkerLost,
     _outcome,
 )  # fmt: skip
@@ -289,6 +290,37 @@ def test_a_task_id_is_unique_and_a_repeated_one_is_a_clear_error(executor):
         executor.apply_async(tasks.add, (1, 2), task_id="job-1")  # finished: its row stays the first's
     assert executor.store.get("job-1").state == ABORTED
     assert executor.apply_async(tasks.add, (1, 2), task_id="job-2").result(timeout=30) == 3  # nothing stalled
+
+
+KILLED_PRODUCER = """
+import os, signal, sys
+from localabort import Executor
+from tests import tasks
+ex = Executor(max_workers=2, store=sys.argv[1])
+for i in range(200):
+    print(ex.submit(tasks.add, i, 1).id, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # before its next group commit, perhaps
+"""
+
+
+def test_ids_a_killed_producer_handed_out_are_never_waited_on_for_ever(store_path):
+    """What a SIGKILL leaves is documented: a task with a final state, or an id the store says it never got."""
+    out = subprocess.run([sys.executable, "-c", KILLED_PRODUCER, store_path], capture_output=True, text=True,
+                         timeout=60, env=ENV)  # fmt: skip
+    ids = out.stdout.split()
+    assert out.returncode == -signal.SIGKILL and len(ids) == 200
+    start = time.monotonic()
+    ended = {"final": 0, "unknown": 0}
+    for task_id in ids:
+        res = AbortableAsyncResult(task_id, store=store_path)
+        try:
+            res.get(timeout=30)
+            ended["final"] += 1
+        except UnknownTask:
+            ended["unknown"] += 1
+        except Exception:  # FAILURE (WorkerLost): the store recovered the dead executor's tasks
+            ended["final"] += 1
+    assert sum(ended.values()) == 200 and time.monotonic() - start < 30, ended
 
 
 def test_shutdown_from_a_done_callback_does_not_deadlock(start_method, store_path):

@@ -25,6 +25,7 @@ from localabort import (
     STARTED,
     SUCCESS,
     AbortableAsyncResult,
+    Executor,
     StoreError,
     TaskAborted,
     UnknownTask,
@@ -497,3 +498,34 @@ def test_a_key_is_held_by_one_task_at_a_time(store):
 def test_find_key_prefers_the_task_in_flight(store):
     store.write([row("old", SUCCESS, key="k", finished_at=1.0), row("live", STARTED, key="k", submitted_at=5.0)])
     assert store.find_key("tests.Job", "k").id == "live"
+
+
+# -- hostile store files -------------------------------------------------------------
+
+
+def test_an_executor_never_creates_or_writes_a_store_through_a_symbolic_link(tmp_path):
+    dangling = tmp_path / "store.sqlite"
+    dangling.symlink_to(tmp_path / "elsewhere.sqlite")
+    with pytest.raises(StoreError, match=r"is a symbolic link \(to .*elsewhere.sqlite\); give an Executor"):
+        Executor(max_workers=1, store=str(dangling))
+    assert not (tmp_path / "elsewhere.sqlite").exists()
+    victim = tmp_path / "notes.txt"
+    victim.write_text("mine")
+    (tmp_path / "other.sqlite").symlink_to(victim)
+    with pytest.raises(StoreError, match="is a symbolic link"):
+        Executor(max_workers=1, store=str(tmp_path / "other.sqlite"))
+    assert victim.read_text() == "mine"
+
+
+def test_a_store_others_may_write_is_made_theirs_no_longer(tmp_path):
+    path = tmp_path / "shared.sqlite"
+    Executor(max_workers=1, store=str(path)).shutdown()
+    for name in (path, tmp_path / "shared.sqlite-wal"):
+        if name.exists():
+            os.chmod(name, 0o666)
+    with pytest.warns(UserWarning, match=r"was writable by others \(mode 0666\); made it 0644"):
+        Executor(max_workers=1, store=str(path)).shutdown()
+    assert oct(os.stat(path).st_mode & 0o777) == "0o644"
+    for suffix in ("-wal", "-shm"):
+        if os.path.exists(str(path) + suffix):
+            assert not os.stat(str(path) + suffix).st_mode & 0o022
