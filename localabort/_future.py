@@ -222,8 +222,8 @@ class AbortableAsyncResult:
         Polls the store every ``interval`` seconds (starting faster); raises
         ``TimeoutError`` after ``timeout`` seconds, and ``UnknownTask`` for an
         id no executor handed out. If the task's executor dies on this host
-        meanwhile, the task ends FAILURE (``WorkerLost``) within a second,
-        and so does this call.
+        meanwhile, the task ends FAILURE (``WorkerLost``) within about 6 s
+        (5 s of silence, then the next look), and so does this call.
         """
         from ._store import RECOVER_EVERY
 

@@ -520,6 +520,12 @@ class Store:
     def recover_dead_executors(self) -> List[str]:
         """Fail the unfinished tasks of executors on this host whose process has died.
 
+        Dead means both: no process of its pid (and start time) runs here,
+        and it has not written to the store for ``SILENT`` s (a live one
+        writes at least every ``HEARTBEAT`` s). The pid alone would be
+        wrong across PID namespaces: containers sharing a hostname and a
+        store see each other's pids as dead.
+
         Their tasks end FAILURE with ``WorkerLost``, so no task stays
         PENDING or STARTED for ever. Runs whenever a process opens the
         store, and every ``RECOVER_EVERY`` s while a watcher waits on it
@@ -527,12 +533,16 @@ class Store:
         ids of the executors it closed.
         """
         host = socket.gethostname()
-        query = sa.select(executors.c.id, executors.c.pid, executors.c.process_start).where(
-            executors.c.closed_at.is_(None), executors.c.hostname == host
-        )
+        query = sa.select(
+            executors.c.id, executors.c.pid, executors.c.process_start, executors.c.flushed_at, executors.c.started_at
+        ).where(executors.c.closed_at.is_(None), executors.c.hostname == host)
         with self._connect() as conn:
             found = conn.execute(query).all()
-        dead = [row for row in found if not alive(row.pid, row.process_start)]
+        now = time.time()
+        dead = [
+            row for row in found
+            if now - (row.flushed_at or row.started_at or 0.0) > SILENT and not alive(row.pid, row.process_start)
+        ]  # fmt: skip
         for row in dead:
             lost = WorkerLost(f"executor {row.id} (pid {row.pid} on {host}) died before this task finished")
             now = time.time()

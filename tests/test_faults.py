@@ -34,6 +34,7 @@ from localabort import (
     WorkerLost,
     _outcome,
 )  # fmt: skip
+from localabort._schema import executors
 from localabort._states import UNREADY_STATES
 from localabort._store import Store
 
@@ -100,12 +101,30 @@ def test_killed_executor_children_exit_and_its_tasks_are_recovered(start_batch, 
         return not any(alive(pid) for pid in info["workers"])
 
     wait_for(workers_gone, timeout=10, what="the dead executor's workers to exit")
-    results = [AbortableAsyncResult(task_id, store=store_path) for task_id in info["ids"]]  # opening recovers
-    assert {r.state for r in results} == {FAILURE}
+    results = [AbortableAsyncResult(task_id, store=store_path) for task_id in info["ids"]]
     with pytest.raises(WorkerLost, match=r"executor .* \(pid \d+ on .*\) died before this task finished"):
-        results[0].get(timeout=5)
+        results[0].get(timeout=15)  # dead, and silent for SILENT s: a waiting get() recovers it
+    assert {r.state for r in results} == {FAILURE}
     with contextlib.closing(sqlite3.connect(store_path)) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+
+
+def test_an_executor_whose_pid_looks_dead_from_here_but_writes_is_not_recovered(executor):
+    """Containers sharing a hostname (and a store) see each other's pids as dead: the heartbeat tells."""
+    fut = executor.submit(tasks.Spin)
+    wait_for(lambda: getattr(executor.store.get(fut.id), "state", None) == STARTED)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    with executor.store._begin() as conn:  # as another PID namespace would see it
+        conn.execute(executors.update().where(executors.c.id == executor.id).values(pid=int(gone.stdout)))
+    time.sleep(1.0)  # a few heartbeats
+    other = Store(executor.store.path)  # another process's view: opening runs recovery
+    try:
+        assert other.recover_dead_executors() == []
+    finally:
+        other.dispose()
+    fut.abort()
+    fut.exception(timeout=30)
+    assert executor.store.get(fut.id).state == ABORTED  # its own write landed
 
 
 def test_live_executor_is_not_recovered(executor):

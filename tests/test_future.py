@@ -122,7 +122,7 @@ def test_external_abort_of_a_queued_task(start_method, store_path, tmp_path):
     assert AbortableAsyncResult(blocker.id, store=store_path).state == SUCCESS
 
 
-def test_a_watcher_learns_within_a_second_or_so_that_the_executor_died(start_batch, store_path):
+def test_a_watcher_learns_within_seconds_that_the_executor_died(start_batch, store_path):
     """get() opened before the executor is SIGKILLed: its task ends FAILURE (WorkerLost), and get() says so."""
     proc, info = start_batch(store_path, "fork", "Ticker")
     res = AbortableAsyncResult(info["ids"][0], store=store_path)  # opened while the executor lives
@@ -133,7 +133,7 @@ def test_a_watcher_learns_within_a_second_or_so_that_the_executor_died(start_bat
     killed = time.monotonic()
     waiter.join(timeout=30)
     assert outcome and isinstance(outcome[0], WorkerLost), outcome
-    assert time.monotonic() - killed < 5  # RECOVER_EVERY is 1 s; generous on a loaded machine
+    assert time.monotonic() - killed < 12  # SILENT (5 s) of silence, then the next look (every 1 s)
     assert res.state == FAILURE
 
 
