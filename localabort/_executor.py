@@ -79,7 +79,7 @@ from typing import (
 
 from . import _task
 from ._future import AbortableFuture
-from ._interrupt import keep_exiting_as_interrupted, release_leaked, stop_on_interrupt
+from ._interrupt import deferred, keep_exiting_as_interrupted, release_leaked, stop_on_interrupt
 from ._jobs import Job, completed, new_id
 from ._manager import Manager
 from ._scheduler import Scheduler
@@ -269,17 +269,21 @@ class Executor(concurrent.futures.Executor):
         if not callable(task):
             raise TypeError(f"{task!r} is not a task: pass an AbortableTask subclass or a callable")
         name = task_name(task)
-        if task_id is not None and self._store.get(task_id) is not None:
+        taken, holder = False, None
+        if task_id is not None or key is not None:  # the store is read: a Ctrl-C inside its pool would leak a lock
+            with deferred():
+                taken = task_id is not None and self._store.get(task_id) is not None
+                if key is not None and self._scheduler.keyed_future(name, key) is None:
+                    holder = self._store.find_key(name, key)
+        if taken:
             raise ValueError(
                 f"task_id {task_id!r} is taken by a task in the store; ids are unique (leave task_id out for a new "
                 "one, or give key= to run a piece of work once)"
             )
-        holder = None
         if key is not None:  # a key runs once at a time: the task that holds it, here or elsewhere, is followed
             local = self._scheduler.keyed_future(name, key)
             if local is not None:
                 return local
-            holder = self._store.find_key(name, key)
             if holder is not None and holder.state == SUCCESS:
                 return self._watch(completed(holder.id, holder.result, holder.progress), name, key)
         job = Job(task_id or new_id(), self._scheduler.next_seq(), name, key, self._scheduler)

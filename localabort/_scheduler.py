@@ -244,14 +244,17 @@ class Scheduler:
     def _settle(self, ended: List[Job], aborts: Optional[List[Row]] = None, cancel: bool = False) -> None:
         """Store the rows of jobs a user thread ended (and ``aborts``), then complete their futures.
 
-        A Ctrl-C can land anywhere in the main thread, this write included.
-        Nothing is lost if it does: a write that fails leaves its rows to
+        A Ctrl-C waits for the write (inside it, it could leave a lock of
+        SQLAlchemy's pool, or SQLite's write lock, held for good, and the
+        manager waiting on it), but it can land before. Nothing is lost if
+        it does: a write that fails leaves its rows to
         the manager's next write, and one that never began (the jobs are
         still ``unsettled``) is made, and its futures completed, as the
         manager closes (``leftovers``).
         """
         try:
-            self.store.write([self.row(job) for job in ended], aborts=aborts or ())
+            with deferred():  # a Ctrl-C inside the database driver or its pool would leak their locks
+                self.store.write([self.row(job) for job in ended], aborts=aborts or ())
         except BaseException:
             with self.lock:
                 self.dirty.update((job.id, job) for job in ended)
