@@ -23,6 +23,12 @@ if TYPE_CHECKING:
 __all__ = ["AbortableAsyncResult", "AbortableFuture"]
 
 
+def check_terminate_after(terminate_after: Optional[float]) -> None:
+    """Refuse an ``abort(terminate_after=...)`` that is not ``None`` or a number of seconds >= 0."""
+    if terminate_after is not None and not terminate_after >= 0:
+        raise ValueError(f"terminate_after must be a number of seconds >= 0 or None, not {terminate_after!r}")
+
+
 class Controller(Protocol):
     """What a future asks of the executor that made it."""
 
@@ -101,8 +107,7 @@ class AbortableFuture(concurrent.futures.Future):  # type: ignore[type-arg]
         True
         TaskAborted('task ... terminated: still running when the terminate_after of 0.1s its abort gave it ran out')
         """
-        if terminate_after is not None and not terminate_after >= 0:
-            raise ValueError(f"terminate_after must be a number of seconds >= 0 or None, not {terminate_after!r}")
+        check_terminate_after(terminate_after)
         return self._controller._abort(self, terminate_after) if self._controller is not None else False
 
     def is_aborted(self) -> bool:
@@ -177,8 +182,7 @@ class AbortableAsyncResult:
         is ``AbortableFuture.abort``'s: its executor kills the worker of a
         task still running that many seconds from now.
         """
-        if terminate_after is not None and not terminate_after >= 0:
-            raise ValueError(f"terminate_after must be a number of seconds >= 0 or None, not {terminate_after!r}")
+        check_terminate_after(terminate_after)
         return self.store.request_abort(self.id, terminate_after) is not None
 
     def is_aborted(self) -> bool:

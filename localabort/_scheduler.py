@@ -552,11 +552,7 @@ class Scheduler:
         worker answers it unrun.
         """
         job.abort_requested = job.future._abort_requested = True
-        if job.stage == WAITING:
-            job.end(ABORTED, TaskAborted(f"task {job.id} aborted while it waited to retry", task_id=job.id))
-            self._forget(job)
-            return True
-        if job.stage == QUEUED or (job.stage == SENT and _recall(job)):
+        if job.stage in (QUEUED, WAITING) or (job.stage == SENT and _recall(job)):
             self._end_unrun(job, "aborted")
             return True
         if job.stage == RUNNING and job.slot is not None:  # it sees the word at its next check
@@ -571,9 +567,7 @@ class Scheduler:
 
     def _end_unrun(self, job: Job, how: str) -> None:
         """End ``job``, which never started (or waits to retry), ABORTED. The caller has its row written."""
-        exc = unrun(job.id, how) if not job.retries else TaskAborted(f"task {job.id} {how} while it waited to retry",
-                                                                     task_id=job.id)  # fmt: skip
-        job.end(ABORTED, exc)
+        job.end(ABORTED, unrun(job.id, how, waiting=job.retries > 0))
         self._forget(job)
 
     def _owe(self, jobs: List[Job]) -> None:

@@ -34,7 +34,7 @@ from typing import Any, ClassVar, Dict, Iterable, Iterator, List, Optional, Sequ
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, make_url
 
-from ._errors import StoreError, TaskAborted, UnknownTask, WorkerLost
+from ._errors import StoreError, UnknownTask, WorkerLost
 from ._outcome import describe, dump, unrun
 from ._procs import SILENT, alive, asker, process_start
 from ._schema import (
@@ -459,7 +459,7 @@ class Store:
         with self._begin() as conn:
             for state, exc in (
                 (PENDING, unrun(task_id)),
-                (RETRY, TaskAborted(f"task {task_id} aborted while it waited to retry", task_id=task_id)),
+                (RETRY, unrun(task_id, waiting=True)),
             ):
                 ended += conn.execute(
                     tasks.update()

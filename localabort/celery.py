@@ -53,7 +53,7 @@ from typing import Any, Callable, Dict, Optional, Tuple, Type
 from celery import Task
 from celery.exceptions import Ignore
 
-from ._future import AbortableAsyncResult
+from ._future import AbortableAsyncResult, check_terminate_after
 from ._jobs import new_id
 from ._outcome import describe, dump, over_soft_limit, pickle_outcome, terminated
 from ._schema import task_row
@@ -117,8 +117,7 @@ class CeleryResult(AbortableAsyncResult):
         every ``TERMINATE_POLL`` s); the store says ABORTED (terminated),
         and Celery's own backend ``WorkerLostError``.
         """
-        if terminate_after is not None and not terminate_after >= 0:
-            raise ValueError(f"terminate_after must be a number of seconds >= 0 or None, not {terminate_after!r}")
+        check_terminate_after(terminate_after)
         requested = self.store.request_abort(self.id, terminate_after) is not None
         return self.store.abort_unclaimed(self.id, CELERY) or requested
 

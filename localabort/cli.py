@@ -27,6 +27,7 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, NoReturn, Optional, Sequence
 
+from ._outcome import printable
 from ._procs import asker
 from ._states import ALL_STATES, READY_STATES, RETRY, SUCCESS, UNREADY_STATES
 
@@ -144,13 +145,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
 
 
-#: What a terminal would act on rather than show: control characters (but newline) and bidirectional overrides.
-_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-
-
 def _print(text: str, file: Any = None) -> None:
     """Print ``text`` with its control characters escaped: ids, names and errors come from the store."""
-    print(_CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), text), file=file or sys.stdout)
+    print(printable(text, newlines=True), file=file or sys.stdout)
 
 
 def _arguments(argv: Optional[Sequence[str]]) -> argparse.Namespace:

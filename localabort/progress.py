@@ -12,19 +12,17 @@ aborted or failed does not end on a line that reads like success.
 
 from __future__ import annotations
 
-import re
 import sys
 import time
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, TextIO, Tuple
 
 from tqdm import tqdm
 
+from ._outcome import printable
 from ._states import ABORTED, FAILURE, READY_STATES, RETRY, STARTED, SUCCESS
 
 __all__ = ["PLAIN_INTERVAL", "Bars", "TaskView", "label", "traceback_above_bars"]
 
-#: What a terminal would act on rather than show, in a label: control characters, bidirectional overrides.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 #: Seconds between two plain lines when the output is not a terminal.
 PLAIN_INTERVAL = 10.0
 
@@ -51,8 +49,7 @@ def label(view: TaskView) -> str:
     >>> label(TaskView("01a21166-f2c4-7e1a-9c3b-5d2e8f0a1b7c", "jobs.Crunch", "STARTED", None, key="2026-11.csv"))
     'Crunch 2026-11.csv'
     """
-    text = f"{view.name.rsplit('.', 1)[-1]} {view.key if view.key else view.id[-8:]}"
-    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), text)  # a key is any text
+    return printable(f"{view.name.rsplit('.', 1)[-1]} {view.key if view.key else view.id[-8:]}")  # a key is any text
 
 
 def _whole(x: Optional[float]) -> Any:
