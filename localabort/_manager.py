@@ -49,6 +49,7 @@ import shutil
 import signal
 import threading
 import time
+from concurrent.futures import BrokenExecutor
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from ._errors import TaskAborted, TimeLimitExceeded, WorkerLost
@@ -328,18 +329,26 @@ class Manager:
     def _break(self, exc: BaseException) -> None:
         """The manager cannot go on: settle every future, then stop the workers.
 
-        Jobs that finished keep their outcome; the others fail with
-        ``BrokenExecutor``, whose message says why. Their rows are written
-        if the store still takes writes.
+        The others fail with ``BrokenExecutor``, whose message says why.
+        Every row is written if the store still takes writes; then jobs
+        that finished keep their outcome. If it does not (a full disk), no
+        future says what the store never kept: each fails with the store's
+        error instead.
         """
+        ended = [job for job in [*self._unresolved, *self.scheduler.dirty.values()] if job.stage == DONE]
         jobs = self.scheduler.break_all(exc, self._unresolved)
         self._unresolved = []
         for slot in self.scheduler.slots:
             slot.kill()
         try:
             self._store.write([self.scheduler.row(job) for job in jobs])
-        except Exception:  # the store may be what failed; the futures still get their outcome
-            pass
+        except Exception as error:  # the store may be what failed
+            for job in ended:
+                lost = BrokenExecutor(
+                    f"the localabort executor stopped: {exc}; {job.name} [{job.id}] ended {job.state}, "
+                    f"but the store could not keep it ({error})"
+                )
+                job.state, job.result, job.traceback = FAILURE, dump(lost), None
         resolve([job for job in jobs if not job.future.done()])
 
     def _close(self) -> None:

@@ -7,6 +7,7 @@ test timeout. Measured recovery times come from tests/benchmarks/bench_faults.py
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import sqlite3
@@ -359,6 +360,25 @@ def test_a_result_over_the_store_limit_fails_clearly(executor, monkeypatch):
         fut.result(timeout=60)
     assert executor.store.get(fut.id).state == FAILURE
     assert len(executor.submit(tasks.big_bytes, 9).result(timeout=60)) == 9 * 2**20
+
+
+def test_on_a_full_disk_no_future_says_what_the_store_did_not_keep(tmp_path):
+    """A 1 MiB tmpfs, mounted in a mount namespace of its own (so no root is needed, only user namespaces)."""
+    mount = ["unshare", "--mount", "--map-root-user", "sh", "-c"]
+    if subprocess.run([*mount, "mount -t tmpfs tmpfs /mnt"], capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs in a user namespace here")
+    fulldisk = ROOT / "tests" / "scripts" / "fulldisk.py"
+    script = f'mount -t tmpfs -o size=1m tmpfs "$0" && exec "{sys.executable}" "{fulldisk}" "$0"'
+    done = subprocess.run([*mount, script, str(tmp_path)], capture_output=True, text=True, env=ENV, timeout=100)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    said, stored = report["futures"], report["stored"]
+    ok = [task_id for task_id, outcome in said.items() if outcome == "SUCCESS"]
+    assert 0 < len(ok) < len(said)  # the disk filled up part way
+    assert [stored.get(task_id) for task_id in ok] == [SUCCESS] * len(ok)  # a SUCCESS only once stored
+    for outcome in said.values():
+        if outcome != "SUCCESS":
+            assert outcome.startswith("BrokenExecutor: ") and "database or disk is full" in outcome, outcome
 
 
 # -- stores an executor cannot use ----------------------------------------------
