@@ -79,7 +79,7 @@ from typing import (
 
 from . import _task
 from ._future import AbortableFuture
-from ._interrupt import deferred, keep_exiting_as_interrupted, release_leaked, stop_on_interrupt
+from ._interrupt import deferred, keep_exiting_as_interrupted, release_leaked, stop_on_interrupt, stop_on_signals
 from ._jobs import Job, completed, new_id
 from ._manager import Manager
 from ._scheduler import Scheduler
@@ -193,6 +193,7 @@ class Executor(concurrent.futures.Executor):
             self._progress.start()
         _running.add(self._manager)
         self._manager.start(on_stop=_running.discard)
+        stop_on_signals(_busy)  # SIGTERM and SIGHUP stop the batch as Ctrl-C does (see ``_interrupt``)
         # Dropped without shutdown() (``del ex``, a function that returns): finish the work, then stop,
         # as ProcessPoolExecutor does. At the interpreter's exit the exit hook decides instead.
         weakref.finalize(self, self._scheduler.abandon).atexit = False
@@ -515,6 +516,11 @@ _running: Set[Manager] = set()
 os.register_at_fork(after_in_child=_running.clear)
 
 
+def _busy() -> bool:
+    """Whether some executor of this process has a task not finished."""
+    return any(manager.scheduler.jobs for manager in list(_running))
+
+
 def _finish_at_exit() -> None:
     """At the interpreter's exit, wait for every executor's work, as ``ProcessPoolExecutor`` does.
 
@@ -525,6 +531,7 @@ def _finish_at_exit() -> None:
     Ctrl-C terminates the workers. Every task ends in a stored final state.
     """
     died_of_ctrl_c = isinstance(getattr(sys, "last_exc", None) or getattr(sys, "last_value", None), KeyboardInterrupt)
+    # (or of SIGTERM or SIGHUP, raised as one)
     for manager in list(_running):
         scheduler = manager.scheduler
 

@@ -45,6 +45,15 @@ The solution
   (``deferred``), so no job is left half aborted.
 - Either way the ``KeyboardInterrupt`` is re-raised, so the script exits
   as an interrupted script does (killed by SIGINT, status 130 in a shell).
+- SIGTERM (a service manager's stop, ``kill``) and SIGHUP (a closed
+  terminal) would kill the script at once, its tasks recorded only by a
+  later recovery, as FAILURE. While an executor has work, they act as
+  Ctrl-C instead: the handler ``stop_on_signals`` installs raises
+  ``KeyboardInterrupt("SIGTERM")`` in the main thread, and a second one
+  terminates. With no work, it does what the default would: the script
+  dies of that signal. It is installed only where the default was (a
+  user's handler is left alone). Workers ignore SIGHUP, as they ignore
+  SIGINT, and die of SIGTERM: that is how ``terminate_workers`` stops them.
 - A ``KeyboardInterrupt`` can land between two bytecodes of
   ``concurrent.futures``' own code: inside ``wait()`` or ``as_completed()``
   after it has taken some futures' locks and before the ``with`` block that
@@ -61,15 +70,27 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import signal
 import sys
 import threading
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 #: Seconds a waiter's lock may stay held before ``release_leaked`` takes it for leaked by an interrupted wait.
 LEAK_WAIT = 0.05
 
-__all__ = ["deferred", "keep_exiting_as_interrupted", "release_leaked", "say", "stop_on_interrupt"]
+#: Signals that stop a batch as Ctrl-C does while an executor has work: a service manager's stop, a closed terminal.
+GRACEFUL = (signal.SIGTERM, signal.SIGHUP)
+
+__all__ = [
+    "GRACEFUL",
+    "deferred",
+    "keep_exiting_as_interrupted",
+    "release_leaked",
+    "say",
+    "stop_on_interrupt",
+    "stop_on_signals",
+]
 
 
 def stop_on_interrupt(
@@ -81,24 +102,64 @@ def stop_on_interrupt(
     ``abort_all`` returns how many tasks it asked and how many still run;
     ``terminate`` returns how many it kills.
     """
+    handler = signal.getsignal(signal.SIGTERM)
+    received = handler.received if isinstance(handler, _Graceful) else None
+    cause, again = ("Ctrl-C", "press Ctrl-C") if received is None else (received, f"send {received} or press Ctrl-C")
     try:
-        asked, running = abort_all("Ctrl-C")
+        asked, running = abort_all(cause)
+        prefix = "" if received is None else f"{received}: "
         if running:
-            say(f"aborting {_tasks(asked)}; {running} still running; press Ctrl-C again to terminate them")
+            say(f"{prefix}aborting {_tasks(asked)}; {running} still running; {again} again to terminate them")
         elif asked:
-            say(f"aborted {_tasks(asked)} not started")
+            say(f"{prefix}aborted {_tasks(asked)} not started")
         wait()
     except KeyboardInterrupt:
         say(f"terminating {_tasks(terminate())}")
+    finally:
+        if isinstance(handler, _Graceful):
+            handler.received = None
+
+
+class _Graceful:
+    """The handler of ``GRACEFUL`` signals (see above): a Ctrl-C while ``busy()``, else the signal's default."""
+
+    def __init__(self, busy: Callable[[], bool]) -> None:
+        self.busy = busy
+        self.received: Optional[str] = None  # the name of the signal it turned into a KeyboardInterrupt
+
+    def __call__(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.received is None and not self.busy():
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)  # as if no handler were installed: the script dies of it
+            return
+        self.received = self.received or name
+        raise KeyboardInterrupt(name)
+
+
+def stop_on_signals(busy: Callable[[], bool]) -> None:
+    """Make SIGTERM and SIGHUP stop the main thread as Ctrl-C does while ``busy()`` (see above).
+
+    Only from the main thread, and only for a signal whose handler is the default.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    handler = next((h for h in map(signal.getsignal, GRACEFUL) if isinstance(h, _Graceful)), None) or _Graceful(busy)
+    for signum in GRACEFUL:
+        if signal.getsignal(signum) is signal.SIG_DFL:
+            signal.signal(signum, handler)
 
 
 def say(line: str) -> None:
     """Print ``line`` to stderr as localabort's own, above any progress bars drawn there."""
     bars = sys.modules.get("tqdm")  # loaded only if some bars are drawn (``progress``)
-    if bars is not None:
-        bars.tqdm.write(f"localabort: {line}", file=sys.stderr)
-    else:
-        print(f"localabort: {line}", file=sys.stderr, flush=True)
+    try:
+        if bars is not None:
+            bars.tqdm.write(f"localabort: {line}", file=sys.stderr)
+        else:
+            print(f"localabort: {line}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # a terminal gone (SIGHUP), a closed stderr: the stop goes on unsaid
+        pass
 
 
 def _tasks(n: int) -> str:
@@ -110,28 +171,34 @@ def deferred() -> Iterator[None]:
     """Hold a Ctrl-C back until the block ends, then raise it: for state changes that must not stop half done.
 
     Only in the main thread (the only one Python raises ``KeyboardInterrupt``
-    in) and only while Python's own SIGINT handler is installed: a user's
-    handler is left alone.
+    in), and only for a signal whose handler raises it: Python's own for
+    SIGINT, ``stop_on_signals``' for SIGTERM and SIGHUP. A user's handler is
+    left alone.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    caught: List[int] = []
+    caught: List[BaseException] = []
+    held: Dict[int, Any] = {}
+
+    def hold(signum: int, frame: Any) -> None:
+        try:
+            held[signum](signum, frame)
+        except KeyboardInterrupt as exc:
+            caught.append(exc)
+
     try:
-        previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
-    except ValueError:  # pragma: no cover - a main thread in an interpreter without signals
-        yield
-        return
-    if previous is not signal.default_int_handler:
-        signal.signal(signal.SIGINT, previous)
-        yield
-        return
-    try:
+        for signum in (signal.SIGINT, *GRACEFUL):
+            handler = signal.getsignal(signum)
+            if handler is signal.default_int_handler or isinstance(handler, _Graceful):
+                held[signum] = handler
+                signal.signal(signum, hold)
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for number, previous in held.items():
+            signal.signal(number, previous)
         if caught:
-            raise KeyboardInterrupt
+            raise caught[0]
 
 
 def release_leaked(futures: Iterable[Any]) -> None:

@@ -41,20 +41,23 @@ class Slot:
         self.index = index
         self.job: Optional[Job] = None  # the job its worker runs, or None when idle
         self.next: Optional[Job] = None  # the job sent ahead, to run after it, or None
-        self.words = AbortWords(array, index, ctx.Lock())
         self.ready = False  # the worker said it has started
         self.calls = 0  # jobs sent to this worker (it exits after max_tasks_per_child)
-        parent_end, child_end = ctx.Pipe(duplex=True)
-        self.process = ctx.Process(
-            target=worker_main,
-            args=(child_end, self.words, setup),
-            name=f"localabort-worker-{index}",
-            daemon=False,
-        )
-        # Started with SIGINT blocked (a mask a child inherits, through exec too), so a Ctrl-C that lands while
-        # it starts up waits until the worker has set SIGINT aside; as CPython starts its resource tracker.
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        # Started with SIGINT and SIGHUP blocked (a mask a child inherits, through exec too), so a Ctrl-C or a
+        # closing terminal that lands while it starts up waits until the worker has set them aside, as CPython
+        # starts its resource tracker. The lock may start that tracker, and the process the fork server: each
+        # keeps SIGHUP blocked (CPython's own unblock only SIGINT and SIGTERM), so a closed terminal, which
+        # signals the whole process group, does not kill them under the batch's graceful stop.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGHUP})
         try:
+            self.words = AbortWords(array, index, ctx.Lock())
+            parent_end, child_end = ctx.Pipe(duplex=True)
+            self.process = ctx.Process(
+                target=worker_main,
+                args=(child_end, self.words, setup),
+                name=f"localabort-worker-{index}",
+                daemon=False,
+            )
             self.process.start()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)

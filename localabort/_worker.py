@@ -9,9 +9,10 @@ and one the parent aborted first is answered ABORTED unrun (``_words``).
 A task's ``is_aborted()`` reads the job's abort word: the worker binds it
 to ``AbortWords.probe``.
 
-The worker ignores SIGINT (a terminal's Ctrl-C reaches the whole process
-group; the producer alone decides what it means), exits when its pipe
-closes or sends the empty message, and exits at once if its parent dies.
+The worker ignores SIGINT and SIGHUP (a terminal's Ctrl-C, or its
+closing, reaches the whole process group; the producer alone decides what
+it means), dies of SIGTERM, exits when its pipe closes or sends the empty
+message, and exits at once if its parent dies.
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ class WorkerSetup(NamedTuple):
 def worker_main(conn: multiprocessing.connection.Connection, words: AbortWords, setup: WorkerSetup) -> None:
     """Serve jobs from ``conn`` until it closes, sends the empty message, or ``max_tasks`` are done."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # started blocked (``Slot``); a pending one is dropped
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a closed terminal: the producer decides, as for Ctrl-C
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the producer's handler, forked: terminate_workers kills
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGHUP})  # blocked at start (``Slot``): dropped
     _exit_with_parent()
     if setup.initializer is not None:
         try:

@@ -39,13 +39,13 @@ def finish(proc, timeout=30):
 FIRST = r"aborting [1-6] tasks?; [2-4] still running; press Ctrl-C again to terminate them"
 
 
-def assert_interrupted_cleanly(rc, stderr, store, ids, said=(FIRST,)):
+def assert_interrupted_cleanly(rc, stderr, store, ids, said=(FIRST,), raised="KeyboardInterrupt"):
     """One traceback, the script's own, and one line from localabort per Ctrl-C, matching ``said``."""
     assert rc == -signal.SIGINT, stderr  # died of SIGINT, as an interrupted script does
     lines = [line for line in stderr.splitlines() if line.startswith("localabort: ")]
     assert len(lines) == len(said) and all(re.fullmatch(f"localabort: {w}", x) for x, w in zip(lines, said)), stderr
     rest = "\n".join(line for line in stderr.splitlines() if not line.startswith("localabort: "))
-    assert rest.count("Traceback") == 1 and rest.rstrip().endswith("KeyboardInterrupt"), stderr
+    assert rest.count("Traceback") == 1 and rest.rstrip().endswith(raised), stderr
     assert "localabort-worker" not in stderr  # no child printed anything
     assert {r.state for r in Store.open(store).tasks(ids)} == {ABORTED}
 
@@ -105,6 +105,56 @@ def test_ctrl_c_while_the_interpreter_exit_waits_aborts_the_tasks(start_batch, s
     assert rc == 0, stderr  # the script itself had finished
     assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
     assert {r.state for r in Store.open(store_path).tasks(info["ids"])} == {ABORTED}
+
+
+# -- SIGTERM and SIGHUP: a service manager's stop, a closed terminal ---------------------------
+
+SIGNALLED = r"{0}: aborting [1-6] tasks?; [2-4] still running; send {0} or press Ctrl-C again to terminate them"
+
+
+@pytest.mark.parametrize(
+    "sig, target",
+    [(signal.SIGTERM, "main only"), (signal.SIGHUP, "group")],  # `kill PID`; a terminal that closes
+)
+def test_sigterm_and_sighup_stop_the_batch_as_ctrl_c_does(start_batch, start_method, store_path, style, sig, target):
+    proc, info = start_batch(store_path, start_method, "Ticker", style=style)
+    os.killpg(proc.pid, sig) if target == "group" else os.kill(proc.pid, sig)
+    rc, stderr = finish(proc)
+    said = SIGNALLED.format(sig.name)
+    assert_interrupted_cleanly(rc, stderr, store_path, info["ids"], (said,), raised=f"KeyboardInterrupt: {sig.name}")
+    records = Store.open(store_path).tasks(info["ids"])
+    assert sum(r.progress is not None for r in records) >= 2  # the running ones stopped at a check, with progress
+    assert {r.abort_by.split(" (")[0] for r in records} == {sig.name}
+
+
+def test_a_second_sigterm_terminates_tasks_that_ignore_the_abort(start_batch, store_path, style):
+    proc, info = start_batch(store_path, "fork", "Deaf", style=style)
+    os.kill(proc.pid, signal.SIGTERM)
+    store = Store.open(store_path)
+    wait_for(lambda: sum(r.state == ABORTED for r in store.tasks(info["ids"])) == 4, what="pending tasks aborted")
+    os.kill(proc.pid, signal.SIGTERM)
+    rc, stderr = finish(proc)
+    said = (SIGNALLED.format("SIGTERM"), "terminating [2-4] tasks")
+    assert_interrupted_cleanly(rc, stderr, store_path, info["ids"], said, raised="KeyboardInterrupt: SIGTERM")
+
+
+IDLE = """
+import sys, time
+from localabort import Executor
+if __name__ == "__main__":
+    ex = Executor(max_workers=1, store=sys.argv[1])
+    assert ex.submit(abs, -1).result(timeout=60) == 1
+    print("idle", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_sigterm_with_no_task_unfinished_kills_as_it_would_without_localabort(store_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    with subprocess.Popen([sys.executable, "-c", IDLE, store_path], stdout=subprocess.PIPE, text=True, env=env) as proc:
+        assert proc.stdout.readline() == "idle\n"
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(30) == -signal.SIGTERM
 
 
 @pytest.mark.timeout(300)
