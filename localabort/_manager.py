@@ -12,7 +12,8 @@ its loop (``_executor`` gives the overview). Each ``_step``:
    time limit, ABORTED when terminated), and the job sent ahead of it runs
    on the replacement;
 3. while jobs run, reads the store for aborts other processes asked for,
-   every ``poll_interval``;
+   every ``poll_interval``, and looks for busy workers that died while a
+   process their task started holds their sentinel open;
 4. enforces time limits: the soft one asks for an abort, the hard one
    kills the worker;
 5. if an idle worker waits for a job whose claim is not in the store yet,
@@ -167,6 +168,9 @@ class Manager:
             finished += scheduler.aborted_elsewhere(self._store.aborts_requested(scheduler.executor_id))
             if scheduler.followers:
                 finished += scheduler.follow({record.id: record for record in self._store.tasks(scheduler.holders())})
+            for slot in scheduler.slots:  # a dead worker's sentinel may be held open by a process its task forked
+                if slot.job is not None and slot.ended():
+                    self._replace(slot, finished)
         self._enforce_limits(now)
         self._finished += len(finished)
         self._unresolved += finished

@@ -10,9 +10,11 @@ A slot holds up to ``DEPTH`` jobs: ``job``, the one its worker runs, and
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing.connection
 import os
 import signal
+import time
 from typing import TYPE_CHECKING, Optional, Union
 
 from ._messages import STOP
@@ -81,20 +83,43 @@ class Slot:
             pass
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Stop the worker at once with ``sig``; ignore a worker that is already gone."""
+        """Send ``sig`` to the worker and every process its tasks started (its process group); ignore them gone."""
         pid = self.process.pid
-        if pid is not None and self.process.is_alive():
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
+        if pid is None:
+            return
+        try:
+            # The worker leads a group of its own (``worker_main``). While one of its processes lives, the
+            # system keeps the group's number, so this never reaches another process, even once it is reaped.
+            os.killpg(pid, sig)
+        except ProcessLookupError:  # none left, or the worker has not made its group yet
+            if self.process.exitcode is None:  # not reaped: the pid is still the worker's
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+        except PermissionError:  # pragma: no cover - a process of its group changed user
+            pass
+
+    def ended(self) -> bool:
+        """Whether the worker process has exited, by its pid, not its sentinel.
+
+        A process the task started, forked with the worker's file
+        descriptors, holds the sentinel open after the worker is gone; the
+        exit is read without reaping it, so ``kill`` still reaches its group.
+        """
+        pid = self.process.pid
+        if pid is None or not hasattr(os, "waitid"):  # pragma: no cover - macOS has no waitid
+            return self.process.exitcode is not None
+        try:
+            return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:  # reaped already, or not a child of this process (forkserver: the fork server's
+            return self.process.exitcode is not None  # report on the sentinel, which no task holds, says)
 
     def reap(self, timeout: float = STOP_GRACE) -> None:
-        """Wait for the process to exit (killing it after ``timeout``) and close the pipe."""
-        self.process.join(timeout)
-        if self.process.exitcode is None:
-            self.process.kill()
-            self.process.join()
+        """Wait for the worker to exit (killing it after ``timeout``), kill what its tasks left, close the pipe."""
+        deadline = time.monotonic() + timeout
+        while not self.ended() and time.monotonic() < deadline:
+            multiprocessing.connection.wait([self.sentinel], min(0.05, max(0.0, deadline - time.monotonic())))
+        self.kill()  # the worker, if it is still running, and every process left in its group
+        self.process.join()  # by its pid (no timeout: no sentinel involved)
         self.conn.close()
 
     def exit_reason(self) -> str:

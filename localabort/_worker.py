@@ -12,7 +12,10 @@ to ``AbortWords.probe``.
 The worker ignores SIGINT and SIGHUP (a terminal's Ctrl-C, or its
 closing, reaches the whole process group; the producer alone decides what
 it means), dies of SIGTERM, exits when its pipe closes or sends the empty
-message, and exits at once if its parent dies.
+message, and exits at once if its parent dies. It leads a process group
+of its own, which the processes its tasks start join: the parent kills the
+group, not the worker alone (at a time limit, at ``terminate_after``, at
+shutdown), and so does the worker when its parent dies.
 """
 
 from __future__ import annotations
@@ -57,6 +60,8 @@ def worker_main(conn: multiprocessing.connection.Connection, words: AbortWords, 
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a closed terminal: the producer decides, as for Ctrl-C
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the producer's handler, forked: terminate_workers kills
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGHUP})  # blocked at start (``Slot``): dropped
+    os.setpgid(0, 0)  # a group of its own, with the processes its tasks start: the parent kills them together
+    _hand_down_nothing(conn)
     _exit_with_parent()
     if setup.initializer is not None:
         try:
@@ -130,6 +135,22 @@ class _Lookup:
         return self.store.is_abort_requested(task_id)
 
 
+def _hand_down_nothing(conn: multiprocessing.connection.Connection) -> None:
+    """A process a task forks gets /dev/null where this worker's pipe was: the parent sees the worker's end.
+
+    (The file stays open under its number: the pipe's object, if the child
+    ever drops it, closes /dev/null, not a file the child opened since.)
+    """
+    fd = conn.fileno()
+
+    def in_child() -> None:
+        null = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null, fd)
+        os.close(null)
+
+    os.register_at_fork(after_in_child=in_child)
+
+
 def _exit_with_parent() -> None:
     """Exit this child as soon as the parent process dies, even mid-task."""
     parent = multiprocessing.parent_process()
@@ -139,6 +160,7 @@ def _exit_with_parent() -> None:
 
     def watch() -> None:
         multiprocessing.connection.wait([sentinel])
-        os._exit(1)
+        os.killpg(0, signal.SIGKILL)  # this worker, and the processes its tasks started
+        os._exit(1)  # pragma: no cover - not reached
 
     threading.Thread(target=watch, name="localabort-parent-watch", daemon=True).start()

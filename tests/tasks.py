@@ -340,3 +340,40 @@ class FlakyAfterFile(AbortableTask):
         while not Path(path).exists():
             time.sleep(0.001)
         raise ConnectionError("reset after the file came")
+
+
+_KEPT = []
+
+
+class Parent(AbortableTask):
+    """Starts a child process that sleeps for minutes, writes its pid to ``path``, then ``then``.
+
+    ``how``: "fork" (``os.fork``), "pool" (a fork ``multiprocessing.Pool`` of 2, both pids) or
+    "subprocess" (``sleep``). ``then``: "spin" (runs ``seconds`` without checking for aborts) or
+    "return" (returns at once, leaving the child behind).
+    """
+
+    def run(self, path, how="fork", then="spin", seconds=60.0):
+        if how == "fork":
+            pid = os.fork()
+            if pid == 0:
+                time.sleep(600)
+                os._exit(0)
+            pids = [pid]
+        elif how == "pool":
+            import multiprocessing
+
+            pool = multiprocessing.get_context("fork").Pool(2)
+            _KEPT.append(pool)  # as long as the worker lives: dropped, a pool terminates its processes
+            pids = [p.pid for p in pool._pool]
+        else:
+            import subprocess
+
+            pids = [subprocess.Popen(["sleep", "600"]).pid]
+        Path(path).write_text(" ".join(map(str, pids)))
+        if then == "return":
+            return pids
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+        return pids

@@ -82,6 +82,62 @@ def test_hard_time_limit_kills_the_child_and_the_pool_heals(executor):
         override.result(timeout=30)
 
 
+# -- tasks that start processes of their own ---------------------------------------
+
+CHILDREN = ["fork", "pool", "subprocess"]
+
+
+def running(pid):
+    """Whether ``pid`` runs (a zombie, exited and not yet reaped by its parent, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def children_of(path):
+    wait_for(lambda: os.path.exists(path) and os.path.getsize(path), what="the task to start its children")
+    return [int(pid) for pid in Path(path).read_text().split()]
+
+
+def gone(pids, what):
+    wait_for(lambda: not any(map(running, pids)), timeout=10, what=what)
+
+
+@pytest.mark.parametrize("how", CHILDREN)
+def test_a_hard_time_limit_kills_the_task_and_the_processes_it_started(executor, tmp_path, how):
+    path = str(tmp_path / "pids")
+    fut = executor.apply_async(tasks.Parent, (path, how), time_limit=1)
+    pids = children_of(path)
+    with pytest.raises(TimeLimitExceeded):
+        fut.result(timeout=10)  # not when the children would have exited (600 s)
+    gone(pids, "the task's children to be killed with it")
+    assert executor.submit(tasks.add, 2, 3).result(timeout=30) == 5
+
+
+@pytest.mark.parametrize("how", CHILDREN)
+def test_a_worker_killed_while_its_children_live_is_seen_at_once(executor, tmp_path, how):
+    path = str(tmp_path / "pids")
+    fut = executor.submit(tasks.Parent, path, how)
+    pids = children_of(path)
+    worker = next(slot.pid for slot in executor._scheduler.slots if slot.job is not None)
+    os.kill(worker, signal.SIGKILL)
+    with pytest.raises(WorkerLost):
+        fut.result(timeout=10)
+    gone(pids, "the dead worker's children to be killed")
+
+
+@pytest.mark.parametrize("how", CHILDREN)
+def test_processes_a_task_left_behind_do_not_outlive_the_executor(start_method, store_path, tmp_path, how):
+    path = str(tmp_path / "pids")
+    with Executor(max_workers=1, store=store_path, mp_context=start_method) as ex:
+        assert ex.submit(tasks.Parent, path, how, "return").result(timeout=30)
+        pids = children_of(path)
+        assert all(map(running, pids))  # a worker's leftovers live as long as it does
+    gone(pids, "the leftovers to be killed at shutdown")
+
+
 # -- an executor killed mid-batch -----------------------------------------------
 
 

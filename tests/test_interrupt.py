@@ -132,6 +132,8 @@ def test_a_second_sigterm_terminates_tasks_that_ignore_the_abort(start_batch, st
     os.kill(proc.pid, signal.SIGTERM)
     store = Store.open(store_path)
     wait_for(lambda: sum(r.state == ABORTED for r in store.tasks(info["ids"])) == 4, what="pending tasks aborted")
+    with pytest.raises(subprocess.TimeoutExpired):
+        proc.wait(0.5)  # still waiting for tasks that never check (and the first line is out)
     os.kill(proc.pid, signal.SIGTERM)
     rc, stderr = finish(proc)
     said = (SIGNALLED.format("SIGTERM"), "terminating [2-4] tasks")
