@@ -252,6 +252,19 @@ def _interrupt():
     raise KeyboardInterrupt
 
 
+def _cancel():
+    import asyncio
+
+    raise asyncio.CancelledError  # a BaseException since Python 3.8
+
+
+class CancelWhenUnpickled:
+    """A result whose unpickling in the parent raises asyncio's CancelledError."""
+
+    def __reduce__(self):
+        return _cancel, ()
+
+
 class InterruptWhenUnpickled:
     """A result whose unpickling in the parent raises KeyboardInterrupt (in the executor's manager thread)."""
 

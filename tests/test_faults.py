@@ -339,9 +339,12 @@ def test_a_result_that_exits_when_pickled_fails_its_task_with_that_error_and_the
     assert executor.submit(tasks.add, 1, 1).result(timeout=30) == 2
 
 
-def test_a_result_that_exits_when_unpickled_here_fails_its_task_only(executor):
-    fut = executor.submit(tasks.make, "ExitWhenUnpickled")
-    with pytest.raises(RuntimeError, match=r"cannot be unpickled here \(SystemExit: 3\)"):
+@pytest.mark.parametrize(
+    "make, raised", [("ExitWhenUnpickled", "SystemExit: 3"), ("CancelWhenUnpickled", "CancelledError: ")]
+)
+def test_a_result_that_exits_when_unpickled_here_fails_its_task_only(executor, make, raised):
+    fut = executor.submit(tasks.make, make)
+    with pytest.raises(RuntimeError, match=rf"cannot be unpickled here \({raised}\)"):
         fut.result(timeout=30)
     assert executor.submit(tasks.add, 1, 1).result(timeout=30) == 2  # the executor goes on
 
