@@ -38,6 +38,7 @@ from ._errors import StoreError, UnknownTask, WorkerLost
 from ._outcome import describe, dump, unrun
 from ._procs import SILENT, alive, asker, process_start
 from ._schema import (
+    ABORTING,
     CLAIMABLE,
     HELD_KEY,
     MIGRATIONS,
@@ -595,11 +596,11 @@ class Store:
 
     def aborts_requested(self, executor_id: str) -> Dict[str, Optional[float]]:
         """``executor_id``'s unfinished tasks with an abort requested: their ids, and when to kill their workers."""
-        query = sa.select(tasks.c.id, tasks.c.terminate_at).where(
-            tasks.c.executor_id == executor_id, tasks.c.abort_requested_at.is_not(None), sa.text(UNFINISHED)
-        )
+        # SQLite, with no statistics, may take the index of every unfinished task instead: tens of thousands queued.
+        indexed = "INDEXED BY ix_localabort_tasks_aborting" if self.engine.dialect.name == "sqlite" else ""
         with self._connect() as conn:
-            return {task_id: terminate_at for task_id, terminate_at in conn.execute(query)}
+            found = conn.exec_driver_sql(self._sql(_ABORTING_OF.format(indexed=indexed)), {"id": executor_id})
+            return {task_id: terminate_at for task_id, terminate_at in found}
 
     def find_key(self, name: str, key: str) -> Optional[TaskRecord]:
         """What holds the work of ``name`` under ``key``: an unfinished task, else its newest SUCCESS, or ``None``."""
@@ -745,6 +746,7 @@ _ABORT_UPSERT = (
     f"abort_by = COALESCE({tasks.name}.abort_by, excluded.abort_by), "
     f"terminate_at = {_EARLIER.format(old=f'{tasks.name}.terminate_at', new='excluded.terminate_at')}"
 )
+_ABORTING_OF = f"SELECT id, terminate_at FROM {tasks.name} {{indexed}} WHERE executor_id = :id AND {ABORTING}"
 _FLUSHED = f"UPDATE {executors.name} SET flushed_at = :flushed_at WHERE id = :id"
 _HOLDER = f"SELECT id FROM {tasks.name} WHERE name = :name AND {HELD_KEY} AND key = :key AND id <> :id"
 _CLAIM_KEYED = f"UPDATE {tasks.name} SET state = '{RECEIVED}' WHERE id = :id AND {CLAIMABLE}"

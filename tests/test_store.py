@@ -315,27 +315,28 @@ def test_an_older_store_is_upgraded_by_an_executor_only(tmp_path):
     with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         for statement in SCHEMA_1:
             conn.execute(statement)
-    with pytest.raises(StoreError, match=r"older localabort \(schema 1, this one reads 3\); open it once with an Ex"):
+    with pytest.raises(StoreError, match=r"older localabort \(schema 1, this one reads 4\); open it once with an Ex"):
         Store(path, create=False)
     assert sql(path, "SELECT value FROM localabort_meta") == [("1",)]  # a reader changed nothing
     store = Store(path, create=True)
-    assert sql(path, "SELECT value FROM localabort_meta") == [("3",)]
+    assert sql(path, "SELECT value FROM localabort_meta") == [("4",)]
     assert store.get("old").state == SUCCESS and store.get("old").error is None  # the tasks are kept
     indexes = dict(sql(path, "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"))
     assert "RECEIVED" in indexes["ix_localabort_tasks_unfinished"]
     assert "ux_localabort_tasks_held_key" in indexes
+    assert "abort_requested_at IS NOT NULL" in indexes["ix_localabort_tasks_aborting"]
     store.register_executor("e1")  # the new column is there
     store.dispose()
     Store(path, create=False).dispose()  # and now any reader opens it
 
 
 def test_an_older_schema_is_upgraded_on_either_database(store):
-    """Schema 1, as localabort 0.1 made it, made from today's by undoing what schemas 2 and 3 added."""
+    """Schema 1, as localabort 0.1 made it, made from today's by undoing what schemas 2 to 4 added."""
     import sqlalchemy as sa
 
     store.write([row("old", SUCCESS, key="k", finished_at=1.0)])
     with store._begin() as conn:
-        for name in ("ix_localabort_tasks_unfinished", "ux_localabort_tasks_held_key"):
+        for name in ("ix_localabort_tasks_unfinished", "ux_localabort_tasks_held_key", "ix_localabort_tasks_aborting"):
             conn.execute(sa.text(f"DROP INDEX {name}"))
         conn.execute(sa.text("ALTER TABLE localabort_executors DROP COLUMN flushed_at"))
         for column in ("abort_by", "terminate_at", "error", "retries", "eta"):
@@ -347,7 +348,8 @@ def test_an_older_schema_is_upgraded_on_either_database(store):
     with pytest.raises(StoreError, match=r"older localabort \(schema 1"):
         Store(store.url, create=False)
     upgraded = Store(store.url, create=True)
-    assert upgraded._schema_version(create=False) == "3" and upgraded.get("old").state == SUCCESS
+    assert upgraded._schema_version(create=False) == "4" and upgraded.get("old").state == SUCCESS
+    assert upgraded.aborts_requested("e0") == {}  # its index is back (SQLite names it: INDEXED BY)
     upgraded.register_executor("e1")  # flushed_at is back
     assert upgraded.sync("e1", [row("new", key="k")], [], claims=[("new", "tests.Job", "k")], flushed_at=1.0) == (
         [],
