@@ -69,7 +69,8 @@ def cpython(session: nox.Session) -> None:
 
 #: Each benchmark script, and whether it takes ``--quick``.
 BENCHMARKS = {
-    "core": True, "throughput": True, "memory": True, "celery": True, "faults": False, "status": False, "retries": True,
+    "core": True, "throughput": True, "startup": True, "memory": True, "celery": True, "faults": False, "status": False,
+    "retries": True,
 }  # fmt: skip
 
 

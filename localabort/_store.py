@@ -47,6 +47,7 @@ from ._schema import (
     STATE_COLUMNS,
     UNFINISHED,
     TaskRecord,
+    conditions_for,
     executors,
     meta,
     metadata,
@@ -236,6 +237,8 @@ class Store:
         the same moment both succeed (the loser of the race finds the
         winner's work and tries again). Without it, an older schema is an error.
         """
+        if create:
+            conditions_for(self.engine.dialect.name)
         for attempt in range(5):
             try:
                 if create and self.path is not None:  # outside a transaction; it stays the file's mode

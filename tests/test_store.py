@@ -292,6 +292,25 @@ def sql_rows(store, task_id):
 
 # -- the schema version, and upgrading an older store -------------------------------
 
+
+def test_partial_indexes_are_made_with_their_conditions(store):
+    """Their conditions are given per database at creation (so a SQLite store never loads PostgreSQL's dialect)."""
+    import sqlalchemy as sa
+
+    from localabort._schema import PARTIAL
+
+    if store.engine.dialect.name == "sqlite":
+        query = "SELECT name, sql FROM sqlite_master WHERE type = 'index'"
+    else:
+        query = "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'localabort_tasks'"
+    with store._connect() as conn:
+        made = {name: ddl for name, ddl in conn.execute(sa.text(query)) if name in PARTIAL}
+    assert set(made) == set(PARTIAL)
+    for name, ddl in made.items():
+        assert " WHERE " in ddl and ("RECEIVED" in ddl), (name, ddl)
+    assert "abort_requested_at IS NOT NULL" in made["ix_localabort_tasks_aborting"]
+
+
 SCHEMA_1 = [
     "CREATE TABLE localabort_tasks (id VARCHAR(64) NOT NULL, executor_id VARCHAR(64), name VARCHAR(255) NOT NULL, "
     "key VARCHAR(255), state VARCHAR(16) NOT NULL, submitted_at FLOAT, started_at FLOAT, finished_at FLOAT, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from localabort import AbortableTask
@@ -45,3 +46,9 @@ class WaitsToRetry(AbortableTask):
 
     def run(self, i):
         raise ConnectionError(f"item {i}: reset")
+
+
+def wait_for_file(path):
+    """Holds its worker until ``path`` exists (the benchmark's gate)."""
+    while not os.path.exists(path):
+        time.sleep(0.005)

@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import multiprocessing
+import os
 import statistics
 import time
+
+#: The project's root: benchmarks run from anywhere, and their child interpreters import ``tests`` from here.
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 
 def quick(doc, what):

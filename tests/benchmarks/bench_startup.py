@@ -1,0 +1,96 @@
+"""Start-up and holding: ``Executor()`` to the first result, and the parent's memory per pending task.
+
+Run with ``nox -s bench`` or ``python tests/benchmarks/bench_startup.py [--quick]``.
+Each first-result figure is a fresh interpreter timing from just before the
+constructor to the first ``result()`` (imports the constructor makes
+included, the interpreter's own start-up not). Memory per pending task: the
+workers are kept busy, N trivial tasks are submitted, and the parent's RSS
+growth is divided by N (localabort holds each task's row in the store too).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
+
+from tests.benchmarks import common
+
+FIRST = r"""
+import os, sys, time, tempfile
+sys.path.insert(0, {root!r})
+which, method = sys.argv[1:3]
+store = os.path.join(tempfile.mkdtemp(), "s.sqlite")
+if __name__ == "__main__":
+    start = time.perf_counter()
+    if which == "ppe":
+        import concurrent.futures, multiprocessing
+        pool = concurrent.futures.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context(method))
+    else:
+        from localabort import Executor
+        pool = Executor(max_workers=2, store=store, mp_context=method)
+    pool.submit(abs, -1).result()
+    print((time.perf_counter() - start) * 1000)
+    pool.shutdown()
+"""
+
+PENDING = r"""
+import os, sys, tempfile, threading
+sys.path.insert(0, {root!r})
+from tests.benchmarks.bench_tasks import identity, wait_for_file
+which, n = sys.argv[1], int(sys.argv[2])
+tmp = tempfile.mkdtemp()
+gate = os.path.join(tmp, "go")
+
+def rss():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+if __name__ == "__main__":
+    if which == "ppe":
+        import concurrent.futures, multiprocessing
+        pool = concurrent.futures.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork"))
+    else:
+        from localabort import Executor
+        pool = Executor(max_workers=2, store=os.path.join(tmp, "s.sqlite"), mp_context="fork")
+    busy = [pool.submit(wait_for_file, gate) for _ in range(2)]
+    before = rss()
+    futures = [pool.submit(identity, i) for i in range(n)]
+    import time; time.sleep(1.0)  # the pool's own threads take up the new work
+    print((rss() - before) / n)
+    open(gate, "w").close()
+    for f in futures:
+        f.result()
+"""
+
+
+def run(code, *args):
+    out = subprocess.run([sys.executable, "-c", code.format(root=common.ROOT), *args], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr)
+    return float(out.stdout.split()[0])
+
+
+def main():
+    quick = common.quick(__doc__, "3 repetitions and 100,000 pending tasks (default: 7 and 1,000,000)")
+    reps, pending = (3, 100_000) if quick else (7, 1_000_000)
+    print(f"localabort start-up and pending tasks, Python {sys.version.split()[0]}, {os.cpu_count()} cores\n")
+    rows = []
+    for method in ("fork", "spawn", "forkserver"):
+        ppe = [run(FIRST, "ppe", method) for _ in range(reps)]
+        ours = [run(FIRST, "localabort", method) for _ in range(reps)]
+        ok = sorted(ours)[len(ours) // 2] <= sorted(ppe)[len(ppe) // 2]
+        target = "" if method == "fork" else common.verdict(ok)
+        rows.append((f"constructor -> first result, {method}, ms", common.spread(ppe, "{:,.0f}"),
+                     common.spread(ours, "{:,.0f}"), "<= PPE's" if target else "", target))  # fmt: skip
+    ppe = [run(PENDING, "ppe", str(pending)) for _ in range(2)]
+    ours = [run(PENDING, "localabort", str(pending)) for _ in range(2)]
+    rows.append((f"parent RSS per pending task, {pending:,} submitted, bytes", common.spread(ppe, "{:,.0f}"),
+                 common.spread(ours, "{:,.0f}"), "<= PPE's", common.verdict(max(ours) <= min(ppe))))  # fmt: skip
+    common.table(("figure", "ProcessPoolExecutor", "localabort", "target", ""), rows)
+
+
+if __name__ == "__main__":
+    main()
