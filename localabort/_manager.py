@@ -27,10 +27,14 @@ its loop (``_executor`` gives the overview). Each ``_step``:
    it writes at most ``FLUSH_INTERVAL`` after the first change while
    workers are busy, at once when none is, and at least every
    ``HEARTBEAT`` s (a written-up time that tells other processes which
-   ids it may still hold unwritten); then completes the futures of the
-   jobs whose final state it stored (a final state is stored before
-   anyone sees it), ends unrun the claims an abort came before, and sends
-   what that write let start.
+   ids it may still hold unwritten). The write runs on a writer thread
+   (``_Writer``), one at a time, while this thread goes on with 1 to 6:
+   most of a write is SQLite's C code, which lets go of the GIL, and a
+   worker no longer waits the length of a write for its next job. When
+   it is done (a byte on the writer's pipe wakes step 1), this thread
+   completes the futures of the jobs whose final state it stored (a final
+   state is stored before anyone sees it), ends unrun the claims an abort
+   came before, and sends what that write let start.
 
 So an abort from another process is never lost: recorded before a job's
 claim, the job ends unrun; after it, the job is RECEIVED or STARTED, and
@@ -46,6 +50,8 @@ from __future__ import annotations
 
 import multiprocessing.connection
 import os
+import queue
+import select
 import shutil
 import signal
 import threading
@@ -88,6 +94,7 @@ class Manager:
         self._tmpdir = tmpdir
         self._array = allocate(ctx, max_workers)
         self._worker = worker
+        self._writer = _Writer(scheduler)
         scheduler.slots[:] = [self._start_slot(i) for i in range(max_workers)]
         self._next_poll = 0.0
         self._start_failures = 0
@@ -101,6 +108,7 @@ class Manager:
     def start(self, on_stop: Callable[[Manager], None]) -> None:
         """Start the thread; it calls ``on_stop(self)`` as it ends."""
         self._on_stop = on_stop
+        self._writer.start()
         self._thread.start()
 
     def open_futures(self) -> List[Any]:
@@ -138,7 +146,7 @@ class Manager:
     def _step(self) -> bool:
         """One loop of the manager; returns ``False`` when it is time to stop."""
         scheduler = self.scheduler
-        waitables: Dict[Any, Optional[Slot]] = {scheduler.wake_r: None}
+        waitables: Dict[Any, Optional[Slot]] = {scheduler.wake_r: None, self._writer.done_r: None}
         busy = False
         for slot in scheduler.slots:
             waitables[slot.sentinel] = slot
@@ -151,7 +159,9 @@ class Manager:
         finished: List[Job] = []
         for obj in ready:
             owner = waitables[obj]
-            if owner is None:
+            if obj == self._writer.done_r:
+                self._written(self._writer.take())
+            elif owner is None:
                 # Drain first, then clear: a submit after the clear writes a new byte; one before it
                 # is already queued, and this loop dispatches it. (The other order loses wake-ups.)
                 os.read(scheduler.wake_r, 65536)
@@ -187,8 +197,7 @@ class Manager:
             or now >= self._next_heartbeat
             or (self._flush_due < float("inf") and all(s.job is None for s in scheduler.slots))
         ):
-            self._commit()
-            self._send(scheduler.dispatch())  # jobs this write claimed may start now
+            self._commit()  # the jobs it claims are sent once it is done
         return not scheduler.finished()
 
     def _timeout(self, busy: bool) -> float:
@@ -202,7 +211,10 @@ class Manager:
         )
         poll = self._next_poll if busy else float("inf")
         due = self.scheduler.next_due()
-        return max(0.0, min(poll, soonest, due, self._flush_due, self._next_heartbeat) - time.monotonic())
+        now = time.monotonic()
+        # While a write is under way, the next one waits for it, and its end wakes this thread.
+        flush = min(self._flush_due, self._next_heartbeat) if self._writer.pending is None else now + HEARTBEAT
+        return max(0.0, min(poll, soonest, due, flush) - now)
 
     def _receive(self, slot: Slot, finished: List[Job]) -> None:
         """Read every message the worker in ``slot`` has sent; replace it if its pipe broke."""
@@ -288,8 +300,13 @@ class Manager:
             scheduler.slots[slot.index] = self._start_slot(slot.index)
 
     def _start_slot(self, index: int) -> Slot:
-        """A new worker process in slot ``index`` (its words in the shared array stay the slot's)."""
-        return Slot(self.ctx, index, self._array, self._worker)
+        """A new worker process in slot ``index`` (its words in the shared array stay the slot's).
+
+        Not while a write is under way: a forked child would get SQLite's
+        locks as the writer thread held them at that moment.
+        """
+        with self._writer.lock:
+            return Slot(self.ctx, index, self._array, self._worker)
 
     def _enforce_limits(self, now: float) -> None:
         for slot in self.scheduler.slots:
@@ -314,21 +331,41 @@ class Manager:
             except OSError:  # the worker died; its sentinel says so next loop
                 pass
 
-    def _commit(self) -> None:
-        """Write (step 7 of the loop), complete the futures of the jobs that finished, end aborted claims."""
+    def _commit(self, wait: bool = False) -> None:
+        """Start the next write (step 7 of the loop) unless one is under way; with ``wait``, see it done.
+
+        The writer thread writes (``_Writer``); ``_written`` takes it from there.
+        """
         scheduler = self.scheduler
-        scheduler.claim_ahead, self._finished = 2 * self._finished, 0
-        rows, aborts, claims, flushed_at = scheduler.take_rows()
-        aborted, held = self._store.sync(
-            scheduler.executor_id, rows, aborts, claims=[(job.id, job.name, job.key) for job in claims],
-            flushed_at=flushed_at,
-        )  # fmt: skip
+        if wait:
+            self._await_write()
+        if self._writer.pending is None:
+            scheduler.claim_ahead, self._finished = 2 * self._finished, 0
+            rows, aborts, claims, flushed_at = scheduler.take_rows()
+            unresolved, self._unresolved = self._unresolved, []
+            self._writer.hand(_Write(rows, aborts, claims, flushed_at, unresolved))
+            self._flush_due = float("inf")
+            self._next_heartbeat = time.monotonic() + HEARTBEAT
+        if wait:
+            self._await_write()
+
+    def _written(self, write: _Write) -> None:
+        """A write is done: complete the futures of the jobs it stored, send what it claimed, end aborted claims."""
+        if write.error is not None:
+            self._unresolved[:0] = write.unresolved  # not stored: the break settles them
+            raise write.error
+        scheduler = self.scheduler
+        aborted, held = write.answer
         scheduler.refused(held)
-        scheduler.claimed([job for job in claims if job.id not in held])
-        self._flush_due = float("inf")
-        self._next_heartbeat = time.monotonic() + HEARTBEAT
-        resolve(self._unresolved)  # empties the list
+        scheduler.claimed([job for job in write.claims if job.id not in held])
+        resolve(write.unresolved)  # empties the list
         self._unresolved += scheduler.aborted_elsewhere(dict.fromkeys(aborted))  # their rows go with the next write
+        self._send(scheduler.dispatch())  # jobs this write claimed may start now
+
+    def _await_write(self) -> None:
+        """Wait for the write under way, if there is one, and take it from there."""
+        if self._writer.pending is not None:
+            self._written(self._writer.take())
 
     def _break(self, exc: BaseException) -> None:
         """The manager cannot go on: settle every future, then stop the workers.
@@ -339,6 +376,10 @@ class Manager:
         future says what the store never kept: each fails with the store's
         error instead.
         """
+        try:
+            self._await_write()  # its jobs are settled by it, or come back to ``_unresolved``
+        except BaseException:  # the write that failed: most likely what broke the manager
+            pass
         ended = [job for job in [*self._unresolved, *self.scheduler.dirty.values()] if job.stage == DONE]
         jobs = self.scheduler.break_all(exc, self._unresolved)
         self._unresolved = []
@@ -365,12 +406,87 @@ class Manager:
             slot.reap()
         try:
             if self.scheduler.broken is None:
+                self._await_write()
                 self._unresolved += self.scheduler.leftovers()
-                self._commit()
+                self._commit(wait=True)
                 if self._unresolved:  # ended by that write's aborts: stored with one more
-                    self._commit()
+                    self._commit(wait=True)
                 self._store.close_executor(self.scheduler.executor_id)
         finally:
+            self._writer.stop()
             self._store.dispose()  # its pooled connections hold file descriptors; reopened on next use
             if self._tmpdir is not None:
                 shutil.rmtree(self._tmpdir, ignore_errors=True)
+
+
+class _Write:
+    """One write handed to the writer thread, and what came of it."""
+
+    __slots__ = ("aborts", "answer", "claims", "error", "flushed_at", "rows", "unresolved")
+
+    def __init__(
+        self, rows: List[Any], aborts: List[Any], claims: List[Job], flushed_at: float, unresolved: List[Job]
+    ) -> None:
+        self.rows, self.aborts, self.claims, self.flushed_at = rows, aborts, claims, flushed_at
+        self.unresolved = unresolved  # finished jobs whose futures complete once this is stored
+        self.answer: Tuple[List[str], Dict[str, str]] = ([], {})  # ``Store.sync``'s
+        self.error: Optional[BaseException] = None
+
+
+class _Writer:
+    """The manager's store writes, one at a time, on a thread of their own.
+
+    A write takes milliseconds, most of them in SQLite's C code, which lets
+    go of the GIL: meanwhile the manager thread goes on reading replies and
+    sending claimed jobs, so a worker is not left without its next job for
+    the length of a write. The manager hands a write over (``hand``); a byte
+    on ``done_r`` says it is done, and ``take`` returns it.
+    """
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self._store = scheduler.store
+        self._executor_id = scheduler.executor_id
+        self.lock = threading.Lock()  # held while writing
+        self.done_r, self._done_w = os.pipe()
+        self.pending: Optional[_Write] = None  # the write handed over, until taken
+        self._todo: queue.SimpleQueue[Optional[_Write]] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="localabort-writer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def hand(self, write: _Write) -> None:
+        self.pending = write
+        self._todo.put(write)
+
+    def take(self) -> _Write:
+        """The write handed over, once it is done (waiting for it)."""
+        write = self.pending
+        assert write is not None
+        select.select([self.done_r], [], [])
+        os.read(self.done_r, 1)
+        self.pending = None
+        return write
+
+    def stop(self) -> None:
+        """Let the writer finish what it was handed, then end it."""
+        if self._thread.is_alive():
+            self._todo.put(None)
+            self._thread.join()
+        os.close(self.done_r)
+        os.close(self._done_w)
+
+    def _run(self) -> None:
+        while True:
+            write = self._todo.get()
+            if write is None:
+                return
+            with self.lock:
+                try:
+                    claims = [(job.id, job.name, job.key) for job in write.claims]
+                    write.answer = self._store.sync(
+                        self._executor_id, write.rows, write.aborts, claims=claims, flushed_at=write.flushed_at
+                    )
+                except BaseException as exc:  # the manager raises it, and breaks
+                    write.error = exc
+            os.write(self._done_w, b"w")
