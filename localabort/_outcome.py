@@ -18,7 +18,6 @@ The outcome *rules* (which state a run ends in) are ``_task.execute``'s.
 from __future__ import annotations
 
 import pickle
-import re
 import threading
 from typing import Any, NamedTuple, Optional, Tuple
 
@@ -29,7 +28,6 @@ __all__ = [
     "MAX_RESULT_BYTES",
     "RunOutcome",
     "describe",
-    "printable",
     "dump",
     "load_outcome",
     "over_soft_limit",
@@ -102,22 +100,6 @@ def terminated(task_id: str, after: Optional[float] = None) -> TaskAborted:
 
 #: The most characters of an error the store keeps in its ``error`` column (the pickled exception keeps it all).
 ERROR_CHARS = 500
-
-
-#: What a terminal would act on rather than show: control characters and bidirectional overrides.
-_CONTROL = "\x00-\x09\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069"
-_ESCAPED = {False: re.compile(f"[\n{_CONTROL}]"), True: re.compile(f"[{_CONTROL}]")}  # by ``newlines``
-
-
-def printable(text: str, *, newlines: bool = False) -> str:
-    """``text`` with what a terminal would act on escaped (``\\x1b``); ``newlines`` keeps line breaks.
-
-    Ids, names, keys and errors come from the store, so from anyone who can write it.
-
-    >>> printable("job\\x1b[2J"), printable("a\\nb"), printable("a\\nb", newlines=True)
-    ('job\\\\x1b[2J', 'a\\\\nb', 'a\\nb')
-    """
-    return _ESCAPED[newlines].sub(lambda m: m.group().encode("unicode_escape").decode(), text)
 
 
 def describe(exc: Optional[BaseException]) -> Optional[str]:

@@ -27,9 +27,9 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, NoReturn, Optional, Sequence
 
-from ._outcome import printable
 from ._procs import asker
 from ._states import ALL_STATES, READY_STATES, RETRY, SUCCESS, UNREADY_STATES
+from ._text import printable
 
 if TYPE_CHECKING:
     from ._store import Store, TaskRecord

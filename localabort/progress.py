@@ -18,8 +18,8 @@ from typing import Any, Dict, Iterable, List, NamedTuple, Optional, TextIO, Tupl
 
 from tqdm import tqdm
 
-from ._outcome import printable
 from ._states import ABORTED, FAILURE, READY_STATES, RETRY, STARTED, SUCCESS
+from ._text import printable
 
 __all__ = ["PLAIN_INTERVAL", "Bars", "TaskView", "label", "traceback_above_bars"]
 
