@@ -102,8 +102,8 @@ def stop_on_interrupt(
     ``abort_all`` returns how many tasks it asked and how many still run;
     ``terminate`` returns how many it kills.
     """
-    handler = signal.getsignal(signal.SIGTERM)
-    received = handler.received if isinstance(handler, _Graceful) else None
+    handler = _installed()
+    received = handler.received if handler is not None else None
     cause, again = ("Ctrl-C", "press Ctrl-C") if received is None else (received, f"send {received} or press Ctrl-C")
     try:
         asked, running = abort_all(cause)
@@ -116,7 +116,7 @@ def stop_on_interrupt(
     except KeyboardInterrupt:
         say(f"terminating {_tasks(terminate())}")
     finally:
-        if isinstance(handler, _Graceful):
+        if handler is not None:
             handler.received = None
 
 
@@ -144,10 +144,15 @@ def stop_on_signals(busy: Callable[[], bool]) -> None:
     """
     if threading.current_thread() is not threading.main_thread():
         return
-    handler = next((h for h in map(signal.getsignal, GRACEFUL) if isinstance(h, _Graceful)), None) or _Graceful(busy)
+    handler = _installed() or _Graceful(busy)
     for signum in GRACEFUL:
         if signal.getsignal(signum) is signal.SIG_DFL:
             signal.signal(signum, handler)
+
+
+def _installed() -> Optional[_Graceful]:
+    """The handler ``stop_on_signals`` installed, for SIGTERM or SIGHUP (the same one for both), if it did."""
+    return next((h for h in map(signal.getsignal, GRACEFUL) if isinstance(h, _Graceful)), None)
 
 
 def say(line: str) -> None:

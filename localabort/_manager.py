@@ -51,7 +51,6 @@ from __future__ import annotations
 import multiprocessing.connection
 import os
 import queue
-import select
 import shutil
 import signal
 import threading
@@ -463,8 +462,7 @@ class _Writer:
         """The write handed over, once it is done (waiting for it)."""
         write = self.pending
         assert write is not None
-        select.select([self.done_r], [], [])
-        os.read(self.done_r, 1)
+        os.read(self.done_r, 1)  # blocks until the writer's byte comes
         self.pending = None
         return write
 

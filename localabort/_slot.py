@@ -110,8 +110,10 @@ class Slot:
             return self.process.exitcode is not None
         try:
             return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-        except ChildProcessError:  # reaped already, or not a child of this process (forkserver: the fork server's
-            return self.process.exitcode is not None  # report on the sentinel, which no task holds, says)
+        except ChildProcessError:
+            # Reaped already, or not a child of this process (forkserver): then the fork server's report on the
+            # sentinel, which no task holds, says.
+            return self.process.exitcode is not None
 
     def reap(self, timeout: float = STOP_GRACE) -> None:
         """Wait for the worker to exit (killing it after ``timeout``), kill what its tasks left, close the pipe."""
