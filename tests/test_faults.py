@@ -146,18 +146,7 @@ def test_killed_executor_children_exit_and_its_tasks_are_recovered(start_batch, 
     os.kill(info["pid"], signal.SIGKILL)
     proc.communicate(timeout=30)
 
-    def alive(pid):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
-
-    def workers_gone():
-        return not any(alive(pid) for pid in info["workers"])
-
-    wait_for(workers_gone, timeout=10, what="the dead executor's workers to exit")
+    gone(info["workers"], "the dead executor's workers to exit")
     results = [AbortableAsyncResult(task_id, store=store_path) for task_id in info["ids"]]
     with pytest.raises(WorkerLost, match=r"executor .* \(pid \d+ on .*\) died before this task finished"):
         results[0].get(timeout=15)  # dead, and silent for SILENT s: a waiting get() recovers it
