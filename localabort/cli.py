@@ -206,18 +206,6 @@ def _progress(record: TaskRecord) -> str:
     return f"{_number(done)}/{_number(total)} ({100 * done / total:.0f}%)"
 
 
-def _json(record: TaskRecord, now: float) -> Dict[str, Any]:
-    return {
-        "id": record.id, "name": record.name, "state": record.state,
-        "progress": list(record.progress) if record.progress is not None else None,
-        "error": record.error, "abort_requested": record.abort_requested,
-        "abort_requested_at": record.abort_requested_at, "abort_by": record.abort_by,
-        "terminate_at": record.terminate_at, "key": record.key, "executor_id": record.executor_id,
-        "submitted_at": record.submitted_at, "started_at": record.started_at, "finished_at": record.finished_at,
-        "age_seconds": None if record.submitted_at is None else round(now - record.submitted_at, 3),
-    }  # fmt: skip
-
-
 def _clip(text: Optional[str], width: int) -> str:
     text = text or ""
     return text if len(text) <= width else text[: width - 3] + "..."
@@ -227,11 +215,12 @@ def status(store: Store, args: argparse.Namespace) -> int:
     """Print the store's tasks, newest first, as a table or as JSON."""
     limit = args.limit if args.limit is not None else (0 if args.json else 50)
     ids = [_resolve(store, text) for text in args.task_ids] if args.task_ids else None
+    if args.json:  # one object per line, as the database writes them: still one JSON array
+        found = store.tasks_json(ids, states=args.state, name=args.name, limit=limit or None)
+        sys.stdout.write("[\n" + ",\n".join(found) + "\n]\n" if found else "[]\n")
+        return 0
     records = store.tasks(ids, states=args.state, name=args.name, limit=limit or None, outcomes=False)
     now = time.time()
-    if args.json:  # one object per line: still one JSON array, but json's C encoder (indent=... is its Python one)
-        sys.stdout.write("[\n" + ",\n".join(json.dumps(_json(r, now)) for r in records) + "\n]\n")
-        return 0
     starred = [r.abort_requested and r.state not in READY_STATES for r in records]
     rows = [("ID", "NAME", "STATE", "PROGRESS", "AGE", "ERROR")] + [
         (r.id, r.name, r.state + ("*" if star else ""),
@@ -283,7 +272,8 @@ def show(store: Store, args: argparse.Namespace) -> int:
         outcome = repr(value) if error is None else f"{type(error).__name__}: {error}"
         outcome = outcome if len(outcome) <= 500 else outcome[:500] + "..."
     if args.json:
-        print(json.dumps(dict(_json(record, now), outcome=outcome or None, traceback=record.traceback), indent=1))
+        (listed,) = store.tasks_json([record.id])  # what ``status --json`` says of it
+        print(json.dumps(dict(json.loads(listed), outcome=outcome or None, traceback=record.traceback), indent=1))
         return 0
     fields = [
         ("id", record.id), ("name", record.name),

@@ -7,6 +7,7 @@ starts a throwaway server and prints one); without it they are skipped.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import sqlite3
@@ -33,7 +34,7 @@ from localabort import (
 )  # fmt: skip
 from localabort._outcome import load_outcome
 from localabort._schema import executors, task_row
-from localabort._store import Store
+from localabort._store import JSON_FIELDS, Store
 
 from .conftest import wait_for
 
@@ -462,6 +463,26 @@ def test_listing_more_ids_than_one_statement_may_bind(store):
     found = store.tasks([*ids, "missing"])
     assert len(found) == 40_000 and found[0].id == "t39999" and found[-1].id == "t00000"
     assert [r.id for r in store.tasks(ids, limit=2)] == ["t39999", "t39998"]
+
+
+def test_json_listing_says_what_the_records_do(store):
+    hostile = "tests.\u202eevil\x1b]0;x\x07"
+    store.write([row("a", SUCCESS, submitted_at=1.5, finished_at=2.25, error=None),
+                 row("b", STARTED, submitted_at=2.0, progress_done=3.0, progress_total=10.0, key="k"),
+                 row("c", PENDING, submitted_at=3.0, progress_done=0.5, name=hostile)])  # fmt: skip
+    store.request_abort("b", by="me")
+    listed = store.tasks_json()
+    assert all(text.isascii() for text in listed)  # no raw bidi or control character for a terminal
+    objects = [json.loads(text) for text in listed]
+    assert [o["id"] for o in objects] == ["c", "b", "a"] and list(objects[0]) == list(JSON_FIELDS)
+    c, b, a = objects
+    assert c["name"] == hostile and c["progress"] == [0.5, None]
+    assert b["progress"] == [3, 10] and isinstance(b["progress"][0], int)  # as TaskRecord.progress has it
+    assert (b["abort_requested"], b["abort_by"], b["key"], b["state"]) == (True, "me", "k", STARTED)
+    assert (a["abort_requested"], a["progress"], a["finished_at"], a["error"]) == (False, None, 2.25, None)
+    assert 0 < a["age_seconds"] - (time.time() - 1.5) + 5 < 10
+    assert [json.loads(t)["id"] for t in store.tasks_json(["a", "b", "zz"], states=[SUCCESS])] == ["a"]
+    assert [json.loads(t)["id"] for t in store.tasks_json(name="evil", limit=5)] == ["c"]
 
 
 def test_request_abort_all_asks_each_unfinished_task_once(store):
