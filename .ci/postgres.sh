@@ -10,7 +10,10 @@ if [ -z "$initdb_bin" ]; then
     (apt-get update -qq && apt-get install -y -qq postgresql >/dev/null) || echo "postgres.sh: could not install postgresql"
     initdb_bin="$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null | sort -V | tail -1 || true)"
 fi
-if [ -n "$initdb_bin" ]; then
+if [ -n "$initdb_bin" ] && "$(dirname "$initdb_bin")/pg_isready" -q -h 127.0.0.1 -p "$PORT"; then
+    echo "postgres.sh: one is running on 127.0.0.1:$PORT already" >&2  # (from an earlier run: reused)
+    echo "postgresql+psycopg://postgres@127.0.0.1:$PORT/localabort_test"
+elif [ -n "$initdb_bin" ]; then
     bin="$(dirname "$initdb_bin")"
     data="$(mktemp -d /tmp/localabort-pg.XXXXXX)"
     run=()

@@ -15,12 +15,15 @@ import os
 import socket
 from typing import List, Optional
 
-__all__ = ["HEARTBEAT", "SILENT", "alive", "asker", "process_start"]
+__all__ = ["HEARTBEAT", "REMOTE_SILENT", "SILENT", "alive", "asker", "process_start"]
 
 #: Seconds between an executor's writes of ``flushed_at`` when it has nothing else to write.
 HEARTBEAT = 0.5
 #: Seconds an executor may be silent before a lookup stops waiting for it (hung, or dead on another host).
 SILENT = 5.0
+#: Seconds an executor on another host may be silent before its tasks are ended as lost: its pid cannot be
+#: asked, so silence alone decides, with a margin for a busy host and for two clocks that differ.
+REMOTE_SILENT = 30.0
 
 
 def _stat(pid: int) -> Optional[List[bytes]]:

@@ -36,8 +36,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from ._errors import StoreError, UnknownTask, WorkerLost
+from ._listen import CHANNEL, Listener, listener
 from ._outcome import describe, dump, unrun
-from ._procs import SILENT, alive, asker, process_start
+from ._procs import REMOTE_SILENT, SILENT, alive, asker, process_start
 from ._schema import (
     ABORTING,
     CLAIMABLE,
@@ -394,6 +395,7 @@ class Store:
             found = conn.execute(sa.select(tasks.c.name, tasks.c.state).where(tasks.c.id == task_id)).first()
             if asked:  # this transaction holds the row: its state is the one the request met
                 assert found is not None
+                self._notify(conn, task_id)
                 return str(found.state)
             if found is not None and found.name != STANDING:
                 return None  # finished
@@ -488,7 +490,7 @@ class Store:
             claimed = conn.execute(
                 tasks.update()
                 .where(tasks.c.id == task_id, sa.text(CLAIMABLE), tasks.c.abort_requested_at.is_(None))
-                .values(state=STARTED, started_at=row["started_at"])
+                .values(state=STARTED, started_at=row["started_at"], executor_id=row["executor_id"])
             ).rowcount
             query = sa.select(tasks.c.state, tasks.c.abort_requested_at, tasks.c.submitted_at, tasks.c.key)
             found = conn.execute(query.where(tasks.c.id == task_id)).first()
@@ -518,18 +520,33 @@ class Store:
                 )
             )  # fmt: skip
 
+    def heartbeat(self, executor_id: str) -> None:
+        """Record that the executor ``executor_id`` (or a worker process's watch) is alive, though it wrote nothing."""
+        with self._begin() as conn:
+            conn.execute(executors.update().where(executors.c.id == executor_id).values(flushed_at=time.time()))
+
+    def end_lost(self, task_id: str, exc: BaseException) -> bool:
+        """End ``task_id`` FAILURE with ``exc`` if it is unfinished (its process died); return whether it was."""
+        with self._begin() as conn:
+            return bool(conn.execute(
+                tasks.update().where(tasks.c.id == task_id, sa.text(UNFINISHED))
+                .values(state=FAILURE, finished_at=time.time(), result=dump(exc), error=describe(exc))
+            ).rowcount)  # fmt: skip
+
     def close_executor(self, executor_id: str) -> None:
         with self._begin() as conn:
             conn.execute(executors.update().where(executors.c.id == executor_id).values(closed_at=time.time()))
 
     def recover_dead_executors(self) -> List[str]:
-        """Fail the unfinished tasks of executors on this host whose process has died.
+        """Fail the unfinished tasks of executors whose process has died.
 
         Dead means both: no process of its pid (and start time) runs here,
         and it has not written to the store for ``SILENT`` s (a live one
         writes at least every ``HEARTBEAT`` s). The pid alone would be
         wrong across PID namespaces: containers sharing a hostname and a
-        store see each other's pids as dead.
+        store see each other's pids as dead. An executor on another host
+        (a Celery worker process there, say) is dead once silent for
+        ``REMOTE_SILENT`` s, by the clocks of the two hosts.
 
         Their tasks end FAILURE with ``WorkerLost``, so no task stays
         PENDING or STARTED for ever. Runs whenever a process opens the
@@ -539,17 +556,24 @@ class Store:
         """
         host = socket.gethostname()
         query = sa.select(
-            executors.c.id, executors.c.pid, executors.c.process_start, executors.c.flushed_at, executors.c.started_at
-        ).where(executors.c.closed_at.is_(None), executors.c.hostname == host)
+            executors.c.id,
+            executors.c.pid,
+            executors.c.process_start,
+            executors.c.flushed_at,
+            executors.c.started_at,
+            executors.c.hostname,
+        ).where(executors.c.closed_at.is_(None))
         with self._connect() as conn:
             found = conn.execute(query).all()
         now = time.time()
         dead = [
             row for row in found
-            if now - (row.flushed_at or row.started_at or 0.0) > SILENT and not alive(row.pid, row.process_start)
+            if (row.hostname == host and now - (row.flushed_at or row.started_at or 0.0) > SILENT
+                and not alive(row.pid, row.process_start))
+            or (row.hostname != host and now - (row.flushed_at or row.started_at or 0.0) > REMOTE_SILENT)
         ]  # fmt: skip
         for row in dead:
-            lost = WorkerLost(f"executor {row.id} (pid {row.pid} on {host}) died before this task finished")
+            lost = WorkerLost(f"executor {row.id} (pid {row.pid} on {row.hostname}) died before this task finished")
             now = time.time()
             with self._begin() as conn:
                 conn.execute(
@@ -717,7 +741,28 @@ class Store:
             )
             if terminate_after is not None:  # asked before or not, each gets the earlier deadline
                 conn.execute(tasks.update().where(unfinished).values(self._abort_values(now, terminate_after, by)))
+            self._notify(conn, "*")
         return ids
+
+    def _notify(self, conn: Connection, payload: str) -> None:
+        """Tell the processes that watch tasks (``_watch``) of an abort, when this transaction commits (PostgreSQL)."""
+        if self.engine.dialect.name == "postgresql":
+            conn.execute(sa.select(sa.func.pg_notify(CHANNEL, payload)))
+
+    def listener(self) -> Optional[Listener]:
+        """A connection that hears of abort requests as they are committed (``_listen``), or ``None`` (SQLite)."""
+        return listener(make_url(self.url))
+
+    def aborting(self, ids: Sequence[str]) -> Dict[str, Optional[float]]:
+        """Which of the tasks ``ids`` have an abort requested, each with its ``terminate_at``: one read for all."""
+        found: Dict[str, Optional[float]] = {}
+        with self._connect() as conn:
+            for piece in _pieces(list(ids)):
+                query = sa.select(tasks.c.id, tasks.c.terminate_at).where(
+                    tasks.c.id.in_(piece), tasks.c.abort_requested_at.is_not(None)
+                )
+                found.update((task_id, None if at is None else float(at)) for task_id, at in conn.execute(query))
+        return found
 
     def _abort_values(self, now: float, terminate_after: Optional[float], by: Optional[str]) -> Dict[str, Any]:
         """The columns an abort request sets on a task's row: the first request and asker, the earliest deadline."""

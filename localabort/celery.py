@@ -19,10 +19,25 @@ stays final), so no later write can undo an abort.
   not yet claimed ends it ABORTED at once, with the opposite update; the
   database lets exactly one of the two win, so a task aborted while queued
   never runs, and one that has started sees the abort at its next check.
-- Inside the worker, ``is_aborted()`` reads the store at most every
-  ``POLL_INTERVAL`` seconds and otherwise returns what it last read, so a
-  check costs a clock read, not a query. ``soft_time_limit`` asks for an
-  abort, as under ``Executor``; ``time_limit`` is Celery's own.
+- Inside the worker, ``is_aborted()`` reads a flag that the process's
+  watch (``_watch``) sets: one thread per worker process reads the store
+  for all the tasks the process runs, when PostgreSQL notifies it of an
+  abort (``LISTEN``/``NOTIFY``) or every ``POLL_INTERVAL`` s on SQLite, so
+  a check costs an attribute read, never a query. ``soft_time_limit`` asks
+  for an abort, as under ``Executor``; ``time_limit`` is Celery's own, and
+  the store says ``TimeLimitExceeded``.
+- A worker process that dies mid-task (the OOM killer, a SIGKILL) ends its
+  task FAILURE with ``WorkerLost``: the worker's main process stores it
+  when Celery reports the loss. A whole worker that dies is found by its
+  silence (each process renews its registration every ``HEARTBEAT`` s),
+  and another process that opens or watches the store ends its tasks the
+  same way (docs/faults.md gives the times). With ``acks_late`` and
+  ``reject_on_worker_lost``, Celery delivers the task again instead, and
+  the new delivery runs it (unless an abort was asked meanwhile).
+- ``register(..., abort_on_warm_shutdown=True)``: a warm shutdown of the
+  worker (SIGTERM) asks its running tasks of that kind to abort, so they
+  stop at their next check and are recorded ABORTED, instead of running
+  to the end while the shutdown waits.
 - Retries keep the task class's settings (``autoretry_for``,
   ``max_retries``, backoff, ``self.retry()``), decided in the worker as
   under ``Executor``: an attempt that asks for another is stored RETRY,
@@ -46,28 +61,27 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from typing import Any, Callable, Dict, Optional, Tuple, Type
 
-from celery import Task
-from celery.exceptions import Ignore
+from celery import Task, signals
+from celery.exceptions import Ignore, WorkerLostError
+from celery.exceptions import TimeLimitExceeded as CeleryTimeLimitExceeded
 
+from ._errors import TimeLimitExceeded, WorkerLost
 from ._future import AbortableAsyncResult, check_terminate_after
 from ._jobs import new_id
 from ._outcome import describe, dump, over_soft_limit, pickle_outcome, terminated
+from ._procs import asker
 from ._schema import task_row
 from ._states import ABORTED, PENDING, RETRY, STARTED, SUCCESS, Progress
 from ._store import Store
 from ._task import AbortableTask, execute, task_name
+from ._watch import POLL_INTERVAL, Watched, watch
 
 __all__ = ["POLL_INTERVAL", "CeleryResult", "LocalabortCeleryTask", "register"]
 
-#: Seconds between two store reads of a running task's abort request.
-POLL_INTERVAL = 0.02
-#: Seconds between two store reads, on a worker, of whether a running task's process must be killed.
-TERMINATE_POLL = 0.25
-#: The ``executor_id`` of rows written for Celery tasks: no executor process owns them.
+#: The ``executor_id`` of rows no worker process holds: PENDING, waiting to retry, or to be delivered again.
 CELERY = "celery"
 
 
@@ -79,7 +93,9 @@ def register(app: Any, task_class: Type[AbortableTask], store: Optional[str] = N
     ``db+...`` result backend, so the task states live beside Celery's
     results. ``celery_options`` go to ``app.task`` (``queue``,
     ``time_limit``, ``acks_late``...); ``soft_time_limit`` asks for an
-    abort, as under ``Executor``, instead of raising Celery's exception.
+    abort, as under ``Executor``, instead of raising Celery's exception;
+    ``abort_on_warm_shutdown=True`` asks running tasks to abort when their
+    worker begins a warm shutdown.
 
     >>> from celery import Celery
     >>> from localabort import AbortableTask
@@ -91,6 +107,7 @@ def register(app: Any, task_class: Type[AbortableTask], store: Optional[str] = N
     'localabort.celery.Double'
     """
     soft_time_limit = celery_options.pop("soft_time_limit", getattr(task_class, "soft_time_limit", None))
+    abort_on_warm_shutdown = bool(celery_options.pop("abort_on_warm_shutdown", False))
     # The task class's retry settings govern (in the worker, as under Executor); Celery only sends the retries.
     options: Dict[str, Any] = {"name": task_name(task_class), "max_retries": None}
     if getattr(task_class, "time_limit", None) is not None:
@@ -102,7 +119,8 @@ def register(app: Any, task_class: Type[AbortableTask], store: Optional[str] = N
 
     return app.task(
         run, bind=True, base=LocalabortCeleryTask, localabort_class=task_class, localabort_store=store,
-        localabort_soft_time_limit=soft_time_limit, **options,
+        localabort_soft_time_limit=soft_time_limit, localabort_abort_on_warm_shutdown=abort_on_warm_shutdown,
+        **options,
     )  # fmt: skip
 
 
@@ -128,6 +146,7 @@ class LocalabortCeleryTask(Task):  # type: ignore[misc]
     localabort_class: Type[AbortableTask]
     localabort_store: Optional[str] = None
     localabort_soft_time_limit: Optional[float] = None
+    localabort_abort_on_warm_shutdown: bool = False
 
     @property
     def store(self) -> Store:
@@ -152,31 +171,28 @@ class LocalabortCeleryTask(Task):  # type: ignore[misc]
         """The worker's side: claim the task, run it, store its outcome, and tell Celery."""
         task_id, store = self.request.id, self.store
         retries = self.request.retries or 0
-        row = task_row(task_id, executor_id=CELERY, name=self.name, state=STARTED, started_at=time.time(),
-                       retries=retries)  # fmt: skip
+        watching = watch(store)
+        # A task Celery delivers again if its process dies stays no process's own, so recovery leaves it be.
+        again = self.acks_late and self.reject_on_worker_lost
+        row = task_row(task_id, executor_id=CELERY if again else watching.executor_id, name=self.name, state=STARTED,
+                       started_at=time.time(), retries=retries)  # fmt: skip
         claim = store.claim(row)
         if claim == ABORTED:
             self._report_aborted(None)
         if claim != STARTED:  # finished already: a copy delivered again
             raise Ignore()
         task = self.localabort_class()
-        probe = _Probe(store, task_id, self.localabort_soft_time_limit)
 
         def report(done: float, total: Optional[float]) -> None:
             store.write([dict(row, progress_done=done, progress_total=total)])
 
+        watched = watching.add(task_id, lambda: _terminate(store, row, lambda: task._last_progress))
+        probe = _Probe(store, watched, self.localabort_soft_time_limit)
         task._bind(task_id, probe, report, store.is_abort_requested, args, kwargs, retries=retries)
-        done_event = threading.Event()
-        threading.Thread(
-            target=_terminate_when_asked,
-            args=(store, row, done_event, lambda: task._last_progress),
-            name="localabort-terminate",
-            daemon=True,
-        ).start()
         try:
             outcome = execute(task, args, kwargs)
         finally:
-            done_event.set()
+            watching.remove(watched)
         if outcome.state == ABORTED and probe.soft_limited:  # say why: a limit, not a user
             limit = self.localabort_soft_time_limit
             outcome = outcome._replace(exception=over_soft_limit(outcome.exception, f"{self.name} [{task_id}]", limit))
@@ -184,8 +200,9 @@ class LocalabortCeleryTask(Task):  # type: ignore[misc]
         done, total = task._last_progress or (None, None)
         if state == RETRY:  # stored RETRY, then sent again by Celery's own retry, which raises
             wait = countdown or 0.0
-            store.write([dict(row, state=RETRY, retries=retries + 1, eta=time.time() + wait, progress_done=done,
-                              progress_total=total, result=blob, traceback=tb, error=describe(exc))])  # fmt: skip
+            store.write([dict(row, executor_id=CELERY, state=RETRY, retries=retries + 1, eta=time.time() + wait,
+                              progress_done=done, progress_total=total, result=blob, traceback=tb,
+                              error=describe(exc))])  # fmt: skip
             Task.retry(self, exc=exc, countdown=wait, max_retries=None)
         store.write([dict(row, state=state, finished_at=time.time(), progress_done=done, progress_total=total,
                           result=blob, traceback=tb, error=describe(exc))])  # fmt: skip
@@ -202,24 +219,70 @@ class LocalabortCeleryTask(Task):  # type: ignore[misc]
         raise Ignore()
 
 
-def _terminate_when_asked(
-    store: Store, row: Dict[str, Any], done: threading.Event, progress: Callable[[], Optional[Progress]]
-) -> None:
-    """While the task of ``row`` runs in this process, kill the process if ``abort(terminate_after=...)`` says so.
+def _terminate(store: Store, row: Dict[str, Any], progress: Callable[[], Optional[Progress]]) -> None:
+    """The task of ``row`` ran past its ``terminate_after``: store it ABORTED (terminated), then kill this process.
 
-    The store gets the task's final state first: ABORTED, terminated (a
-    final state stays final, so a task that just finished keeps its own).
+    A final state stays final, so a task that just finished keeps its own.
+    Celery then reports the process lost, and starts another.
     """
-    task_id = row["id"]
-    while not done.wait(TERMINATE_POLL):
-        at = store.terminate_at(task_id)
-        if at is None or time.time() < at:
-            continue
-        exc = terminated(task_id, -1.0)
-        last, total = progress() or (None, None)
-        store.write([dict(row, state=ABORTED, finished_at=time.time(), progress_done=last, progress_total=total,
-                          result=dump(exc), error=describe(exc))])  # fmt: skip
-        os.kill(os.getpid(), signal.SIGKILL)
+    exc = terminated(row["id"], -1.0)
+    last, total = progress() or (None, None)
+    store.write([dict(row, state=ABORTED, finished_at=time.time(), progress_done=last, progress_total=total,
+                      result=dump(exc), error=describe(exc))])  # fmt: skip
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _on_task_failure(sender: Any = None, task_id: Optional[str] = None, exception: Any = None, **_: Any) -> None:
+    """Celery's ``task_failure``: store the end of a task whose process died, or was killed at its ``time_limit``.
+
+    It runs in the worker's main process, for the task's own process never
+    stored its end (a final state stays final, so a terminated one keeps its ABORTED).
+    """
+    if not isinstance(sender, LocalabortCeleryTask) or task_id is None:
+        return
+    if isinstance(exception, WorkerLostError):
+        lost: BaseException = WorkerLost(f"{sender.name} [{task_id}]: its worker process died ({exception})")
+    elif isinstance(exception, CeleryTimeLimitExceeded):
+        lost = TimeLimitExceeded(f"{sender.name} [{task_id}] ran past its time_limit ({exception})")
+    else:  # the task's own exception: its process stored it
+        return
+    sender.store.end_lost(task_id, lost)
+
+
+def _on_worker_shutting_down(sig: Any = None, how: Any = None, **_: Any) -> None:
+    """Celery's ``worker_shutting_down``, in the main process: a warm shutdown asks the tasks that want it to abort."""
+    if how != "Warm":
+        return
+    from celery.worker import state
+
+    for request in list(state.active_requests):
+        task = request.task
+        if isinstance(task, LocalabortCeleryTask) and task.localabort_abort_on_warm_shutdown:
+            task.store.request_abort(request.id, by=asker(f"warm shutdown of {request.hostname} ({sig})"))
+
+
+def _on_worker_process_init(**_: Any) -> None:
+    """Celery's ``worker_process_init``: each worker process starts its watch of every store its tasks use.
+
+    So the process is registered and renews its registration from its
+    start, busy or not, and helps recover the tasks of dead ones.
+    """
+    from celery import current_app
+
+    specs = set()
+    for task in list(current_app.tasks.values()):
+        if isinstance(task, LocalabortCeleryTask):
+            try:
+                specs.add(task.localabort_store or _backend_store(task.app))
+            except ValueError:  # no database backend: the task says so when it is used, as before
+                pass
+    for spec in specs:
+        watch(Store.open(spec, create=True))
+
+
+signals.task_failure.connect(_on_task_failure, weak=False)
+signals.worker_process_init.connect(_on_worker_process_init, weak=False)
+signals.worker_shutting_down.connect(_on_worker_shutting_down, weak=False)
 
 
 def _backend_store(app: Any) -> str:
@@ -233,27 +296,22 @@ def _backend_store(app: Any) -> str:
 
 
 class _Probe:
-    """``is_aborted()`` on a worker: the store at most every ``POLL_INTERVAL`` s, a clock read otherwise."""
+    """``is_aborted()`` on a worker: the flag the process's watch sets, and the task's ``soft_time_limit``."""
 
-    __slots__ = ("_next", "_seen", "_soft_deadline", "_soft_limit", "_store", "_task_id", "soft_limited")
+    __slots__ = ("_soft_deadline", "_soft_limit", "_store", "_watched", "soft_limited")
 
-    def __init__(self, store: Store, task_id: str, soft_time_limit: Optional[float]) -> None:
-        self._store, self._task_id = store, task_id
-        self._seen = self.soft_limited = False
-        self._next = 0.0
+    def __init__(self, store: Store, watched: Watched, soft_time_limit: Optional[float]) -> None:
+        self._store, self._watched = store, watched
+        self.soft_limited = False
         self._soft_limit = soft_time_limit
         self._soft_deadline = float("inf") if soft_time_limit is None else time.monotonic() + soft_time_limit
 
     def __call__(self) -> bool:
-        if self._seen:
+        if self._watched.aborted:
             return True
-        now = time.monotonic()
-        if now < self._next:
+        if time.monotonic() < self._soft_deadline:
             return False
-        self._next = now + POLL_INTERVAL
-        if now >= self._soft_deadline:
-            self._store.request_abort(self._task_id, by=f"its soft_time_limit of {self._soft_limit}s")
-            self._seen = self.soft_limited = True
-        else:
-            self._seen = self._store.is_abort_requested(self._task_id)
-        return self._seen
+        self._soft_deadline = float("inf")
+        self._store.request_abort(self._watched.task_id, by=f"its soft_time_limit of {self._soft_limit}s")
+        self._watched.aborted = self.soft_limited = True
+        return True

@@ -41,3 +41,17 @@ POSTGRES = os.environ.get("LOCALABORT_TEST_POSTGRES_URL")
 crunch_pg = register(app, tasks.Crunch, store=POSTGRES, name="tests.crunch_on_postgresql")
 spin_pg = register(app, tasks.Spin, store=POSTGRES, name="tests.spin_on_postgresql")
 flaky = register(app, tasks.Flaky)
+
+# Scale-out: a Redis broker and a PostgreSQL store, for several workers (tests/test_celery.py starts them with
+# LOCALABORT_TEST_REDIS_URL and LOCALABORT_SCALE_STORE set; elsewhere these tasks are never sent).
+REDIS = os.environ.get("LOCALABORT_TEST_REDIS_URL", "memory://")
+SCALE_STORE = os.environ.get("LOCALABORT_SCALE_STORE", f"sqlite:///{folder}/scale.sqlite")
+scale_app = Celery("localabort_scale", broker=REDIS, backend=f"db+{SCALE_STORE}")
+scale_app.conf.update(worker_prefetch_multiplier=1, task_acks_late=False, broker_connection_retry_on_startup=True)
+s_spin = register(scale_app, tasks.Spin)
+s_deaf = register(scale_app, tasks.Deaf)
+s_crunch = register(scale_app, tasks.Crunch)
+s_fail = register(scale_app, tasks.Fail)
+s_hard_limit = register(scale_app, tasks.Deaf, time_limit=1, name="tests.deaf_with_a_time_limit")
+s_redelivered = register(scale_app, tasks.Spin, acks_late=True, reject_on_worker_lost=True, name="tests.spin_acks_late")
+s_graceful = register(scale_app, tasks.Spin, abort_on_warm_shutdown=True, name="tests.spin_aborted_on_shutdown")

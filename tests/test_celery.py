@@ -5,9 +5,11 @@ from __future__ import annotations
 import os
 import pickle
 import signal
+import socket
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -24,11 +26,14 @@ from localabort import (  # noqa: E402
     AbortableAsyncResult,
     SoftTimeLimitExceeded,
     TaskAborted,
+    TimeLimitExceeded,
+    WorkerLost,
 )
+from localabort._store import Store  # noqa: E402
 from localabort.celery import CeleryResult, register  # noqa: E402
 
 from . import celery_app, tasks  # noqa: E402
-from .conftest import ROOT, wait_for  # noqa: E402
+from .conftest import POSTGRES, ROOT, wait_for  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -189,19 +194,24 @@ def test_soft_time_limit_asks_for_an_abort_as_under_executor(worker):
     assert record.error.startswith("SoftTimeLimitExceeded: ") and record.abort_by == "its soft_time_limit of 0.3s"
 
 
-def test_is_aborted_on_a_worker_reads_the_store_at_most_once_a_poll_interval(tmp_path, monkeypatch):
-    """Celery's abortable queries its backend on every call; here calls between two polls cost no query."""
-    from localabort import _store
-    from localabort.celery import POLL_INTERVAL, _Probe
+def test_is_aborted_on_a_worker_never_queries_the_store(tmp_path, monkeypatch):
+    """Celery's abortable queries its backend on every call; here a check reads the flag the process's watch sets."""
+    from localabort._store import Store
+    from localabort._watch import Watched
+    from localabort.celery import _Probe
 
-    store = _store.Store(str(tmp_path / "s.sqlite"))
-    reads = []
-    monkeypatch.setattr(store, "is_abort_requested", lambda task_id: reads.append(task_id) or False)
-    probe = _Probe(store, "t1", soft_time_limit=None)
-    start = time.monotonic()
-    calls = sum(1 for _ in range(100_000) if not probe())
-    elapsed = time.monotonic() - start
-    assert calls == 100_000 and 1 <= len(reads) <= elapsed / POLL_INTERVAL + 1
+    store = Store(str(tmp_path / "s.sqlite"))
+
+    def no_query(*args):
+        raise AssertionError("is_aborted() queried the store")
+
+    monkeypatch.setattr(store, "is_abort_requested", no_query)
+    monkeypatch.setattr(store, "aborting", no_query)
+    watched = Watched("t1", on_deadline=lambda: None)
+    probe = _Probe(store, watched, soft_time_limit=None)
+    assert not any(probe() for _ in range(100_000))
+    watched.aborted = True  # as the watch sets it
+    assert probe()
     store.dispose()
 
 
@@ -221,3 +231,175 @@ def test_register_needs_a_database_store():
     task = register(app, tasks.Crunch)
     with pytest.raises(ValueError, match="result backend 'rpc' is not a database; pass register"):
         task.delay(1)
+
+
+# -- scale-out: a Redis broker, a PostgreSQL store, several workers -------------------------------------------
+
+REDIS = os.environ.get("LOCALABORT_TEST_REDIS_URL")
+
+
+def start_worker(folder, env, name, queue="celery", concurrency=2):
+    """A real `celery worker` of the scale app, named ``name``, in a process group of its own (to kill it whole)."""
+    log = open(folder / f"{name}.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "tests.celery_app:scale_app", "worker", "--pool=prefork",
+         "-c", str(concurrency), "-n", f"{name}@%h", "-Q", queue, "--without-gossip", "--without-mingle", "-l", "info"],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+    )  # fmt: skip
+    proc.log, proc.log_path = log, folder / f"{name}.log"
+    host = f"{name}@{socket.gethostname()}"
+    wait_for(lambda: proc.poll() is not None or (celery_app.scale_app.control.inspect([host], timeout=0.5).ping()),
+             timeout=60, what=f"worker {name} to answer a ping")  # fmt: skip
+    assert proc.poll() is None, proc.log_path.read_text()
+    return proc
+
+
+def stop_worker(proc, sig=signal.SIGTERM, timeout=30):
+    if proc.poll() is None:
+        os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    proc.log.close()
+
+
+@pytest.fixture(scope="module")
+def scale(tmp_path_factory):
+    """Two real workers (w1, w2: prefork, 2 processes each) on a Redis broker, sharing a PostgreSQL store."""
+    if not REDIS or not POSTGRES:
+        pytest.skip("no Redis and PostgreSQL servers: set LOCALABORT_TEST_REDIS_URL and LOCALABORT_TEST_POSTGRES_URL "
+                    "(.ci/redis.sh and .ci/postgres.sh start them)")  # fmt: skip
+    import redis
+    import sqlalchemy as sa
+
+    folder = tmp_path_factory.mktemp("scale")
+    url = sa.engine.make_url(POSTGRES)
+    database = f"localabort_scale_{os.getpid()}"
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {database}")
+    store_url = url.set(database=database).render_as_string(hide_password=False)
+    redis.Redis.from_url(REDIS).flushdb()
+    app = celery_app.scale_app
+    app.conf.broker_url, app.conf.result_backend = REDIS, f"db+{store_url}"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), LOCALABORT_TEST_REDIS_URL=REDIS, LOCALABORT_SCALE_STORE=store_url)
+    workers = {}
+    try:
+        for name in ("w1", "w2"):
+            workers[name] = start_worker(folder, env, name)
+        yield SimpleNamespace(app=app, store=store_url, folder=folder, env=env, workers=workers)
+    finally:
+        for proc in workers.values():
+            stop_worker(proc)
+        cached = Store._open_stores.pop(store_url, None)
+        if cached is not None:
+            cached.dispose()
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {database} WITH (FORCE)")
+        admin.dispose()
+
+
+def holder(res):
+    """The pid of the worker process whose claim the task's row names."""
+    import sqlalchemy as sa
+
+    record = res.store.get(res.id)
+    with res.store.engine.connect() as conn:
+        query = sa.text("SELECT pid FROM localabort_executors WHERE id = :id")
+        return conn.execute(query, {"id": record.executor_id}).scalar()
+
+
+def parent(pid):
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return int(f.read().rsplit(b")", 1)[1].split()[1])
+
+
+def test_aborts_by_id_from_anywhere_reach_the_worker_that_runs_the_task(scale):
+    runs = [celery_app.s_spin.delay() for _ in range(4)]  # one per worker process: 2 workers x 2
+    wait_for(lambda: all(started(r) for r in runs), what="four tasks to start")
+    mains = {parent(holder(r)) for r in runs}
+    assert mains == {w.pid for w in scale.workers.values()}  # both workers run tasks
+    first, second, third, fourth = runs
+    assert first.abort() is True  # the producer
+    subprocess.run([sys.executable, "-c", "import sys; from localabort import AbortableAsyncResult; "
+                    "AbortableAsyncResult(sys.argv[1], store=sys.argv[2]).abort()", second.id, scale.store],
+                   check=True, env=scale.env)  # another process  # fmt: skip
+    cli = [sys.executable, "-m", "localabort", "abort", scale.store]
+    subprocess.run([*cli, third.id], check=True, env=scale.env, capture_output=True)  # the CLI, by id
+    subprocess.run([*cli, fourth.id[-8:]], check=True, env=scale.env, capture_output=True)  # by its label
+    for res in runs:
+        with pytest.raises(TaskAborted):
+            res.get(timeout=30)
+        assert res.state == ABORTED
+    assert celery_app.s_crunch.delay(3).get(timeout=30) == [0, 1, 4]
+
+
+def test_a_worker_process_killed_mid_task_ends_it_worker_lost(scale):
+    res = celery_app.s_deaf.delay(60)
+    wait_for(lambda: started(res), what="the task to start")
+    os.kill(holder(res), signal.SIGKILL)  # as the OOM killer would
+    with pytest.raises(WorkerLost, match="its worker process died"):
+        res.get(timeout=30)
+    assert res.state == FAILURE
+    assert celery_app.s_crunch.delay(2).get(timeout=30) == [0, 1]  # Celery started another process
+
+
+def test_a_time_limit_ends_the_task_time_limit_exceeded(scale):
+    res = celery_app.s_hard_limit.delay(60)  # time_limit=1: Celery kills its process
+    with pytest.raises(TimeLimitExceeded, match="ran past its time_limit"):
+        res.get(timeout=30)
+    assert res.state == FAILURE and res.store.get(res.id).error.startswith("TimeLimitExceeded")
+
+
+def test_with_acks_late_a_task_whose_process_died_runs_again_and_stays_abortable(scale):
+    res = celery_app.s_redelivered.delay()
+    wait_for(lambda: started(res), what="the task to start")
+    first = running_in(scale.app, res.id)  # the row names no process: Celery, not the store, brings it back
+    os.kill(first, signal.SIGKILL)
+    again = wait_for(lambda: running_in(scale.app, res.id) not in (None, first) and running_in(scale.app, res.id),
+                     timeout=30, what="the task to be delivered again")  # fmt: skip
+    assert res.state == STARTED and again != first
+    res.abort()
+    with pytest.raises(TaskAborted):
+        res.get(timeout=30)
+
+
+def running_in(app, task_id):
+    """The pid of the worker process that runs ``task_id``, as the workers answer (``inspect().active()``)."""
+    for active in (app.control.inspect(timeout=1).active() or {}).values():
+        for task in active:
+            if task["id"] == task_id:
+                return task["worker_pid"]
+    return None
+
+
+def test_a_worker_killed_whole_has_its_tasks_ended_by_the_other_workers(scale):
+    """No get() and no producer: w1 and w2's processes find the dead worker's silence and end its task."""
+    doomed = start_worker(scale.folder, scale.env, "w3", queue="w3")
+    try:
+        res = celery_app.s_deaf.apply_async((60,), queue="w3")
+        wait_for(lambda: started(res), what="the task to start on w3")
+        assert parent(holder(res)) == doomed.pid
+        os.killpg(doomed.pid, signal.SIGKILL)  # the main process and its children: a host that went away
+        doomed.wait()
+        res.abort()  # asked while no process runs it: kept, not lost
+        record = wait_for(lambda: (r := res.store.get(res.id)).state == FAILURE and r, timeout=30,
+                          what="the other workers to end the task")  # fmt: skip
+        assert record.error.startswith("WorkerLost") and record.abort_requested
+    finally:
+        stop_worker(doomed)
+
+
+def test_a_warm_shutdown_aborts_the_running_tasks_that_ask_for_it(scale):
+    leaving = start_worker(scale.folder, scale.env, "w4", queue="w4")
+    try:
+        res = celery_app.s_graceful.apply_async(queue="w4")  # register(..., abort_on_warm_shutdown=True)
+        wait_for(lambda: started(res), what="the task to start on w4")
+        os.kill(leaving.pid, signal.SIGTERM)  # Celery's warm shutdown waits for running tasks
+        leaving.wait(timeout=30)
+        record = res.store.get(res.id)
+        assert record.state == ABORTED and record.abort_by.startswith("warm shutdown of w4@")
+    finally:
+        stop_worker(leaving)

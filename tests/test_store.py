@@ -33,6 +33,7 @@ from localabort import (
     WorkerLost,
 )  # fmt: skip
 from localabort._outcome import load_outcome
+from localabort._procs import REMOTE_SILENT
 from localabort._schema import executors, task_row
 from localabort._store import JSON_FIELDS, Store
 
@@ -510,6 +511,18 @@ def test_a_dead_executors_tasks_fail_on_the_next_open(store):
     assert orphan.state == FAILURE and store.get("mine").state == STARTED
     with pytest.raises(WorkerLost, match=r"executor dead-ex .* died before this task finished"):
         raise load_outcome(orphan.state, orphan.result, orphan.traceback)[1]
+
+
+def test_an_executor_on_another_host_is_dead_once_silent_for_remote_silent(store):
+    now = time.time()
+    store.write([row("lost", STARTED, executor_id="far-silent"), row("kept", STARTED, executor_id="far-live")])
+    with store._begin() as conn:  # pids that mean nothing here: only their silence can say
+        for executor_id, silent in (("far-silent", REMOTE_SILENT + 1), ("far-live", REMOTE_SILENT - 20)):
+            conn.execute(executors.insert().values(id=executor_id, hostname="another-host", pid=os.getpid(),
+                                                   started_at=1.0, flushed_at=now - silent))  # fmt: skip
+    assert store.recover_dead_executors() == ["far-silent"]
+    assert store.get("lost").state == FAILURE and store.get("kept").state == STARTED
+    assert "(pid" in store.get("lost").error and "on another-host) died" in store.get("lost").error
 
 
 def test_store_survives_pickling_as_its_url(store):

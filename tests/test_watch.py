@@ -1,0 +1,138 @@
+"""A worker process's watch over its running tasks' aborts (``localabort._watch``), on SQLite and PostgreSQL.
+
+The PostgreSQL runs hear of aborts through LISTEN/NOTIFY; they need
+``LOCALABORT_TEST_POSTGRES_URL`` (``.ci/postgres.sh``) and say they were skipped without it.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from localabort import FAILURE, STARTED
+from localabort._schema import executors, task_row
+from localabort._store import Store
+from localabort._watch import Watch, watch
+
+from .conftest import ROOT, wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    store = Store(str(tmp_path / "s.sqlite") if request.param == "sqlite" else request.getfixturevalue("postgres_url"))
+    yield store
+    store.dispose()
+
+
+@pytest.fixture
+def new_watch():
+    """Start a ``Watch`` of a store; every one started is stopped at teardown."""
+    started = []
+
+    def make(store):
+        started.append(Watch(store))
+        return started[-1]
+
+    yield make
+    for w in started:
+        w.stop()
+
+
+def running(store, task_id, executor_id="elsewhere"):
+    store.write([task_row(task_id, executor_id=executor_id, name="tests.Job", state=STARTED, submitted_at=1.0)])
+
+
+def test_an_abort_from_another_process_sets_the_flag(store, new_watch):
+    running(store, "t1")
+    watched = new_watch(store).add("t1", on_deadline=lambda: None)
+    assert watched.aborted is False
+    subprocess.run([sys.executable, "-m", "localabort", "abort", store.url, "t1"], check=True, capture_output=True,
+                   env=dict(os.environ, PYTHONPATH=str(ROOT)))  # fmt: skip
+    wait_for(lambda: watched.aborted, timeout=10, what="the watch to see the abort")
+    assert watched.terminate_at is None
+
+
+def test_a_notification_wakes_the_watch_long_before_its_fallback_read(store, monkeypatch, new_watch):
+    if store.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no notifications: the watch polls every POLL_INTERVAL")
+    from localabort import _watch
+
+    monkeypatch.setattr(_watch, "FALLBACK", 60.0)  # only a notification can wake it within the test
+    running(store, "t1")
+    watched = new_watch(store).add("t1", on_deadline=lambda: None)
+    time.sleep(0.2)  # the watch is waiting on its listener now
+    store.request_abort("t1")
+    wait_for(lambda: watched.aborted, timeout=5, what="the notification to wake the watch")
+
+
+def test_an_abort_asked_before_the_task_was_added_is_seen_at_once(store, new_watch):
+    running(store, "t1")
+    store.request_abort("t1")
+    assert new_watch(store).add("t1", on_deadline=lambda: None).aborted
+
+
+def test_terminate_after_calls_on_deadline_once_it_passes(store, new_watch):
+    running(store, "t1")
+    calls = []
+    new_watch(store).add("t1", on_deadline=lambda: calls.append(time.time()))
+    asked = time.time()
+    store.request_abort("t1", terminate_after=0.3)
+    wait_for(lambda: calls, timeout=10, what="on_deadline")
+    assert calls[0] >= asked + 0.3
+
+
+def test_a_removed_task_is_no_longer_read(store, new_watch):
+    running(store, "t1")
+    w = new_watch(store)
+    watched = w.add("t1", on_deadline=lambda: None)
+    w.remove(watched)
+    store.request_abort("t1")
+    time.sleep(0.3)
+    assert watched.aborted is False
+
+
+def test_the_watch_keeps_its_process_registered_and_ends_the_tasks_of_dead_ones(store, new_watch):
+    import sqlalchemy as sa
+
+    w = new_watch(store)
+    columns = (executors.c.hostname, executors.c.pid, executors.c.flushed_at)
+    query = sa.select(*columns).where(executors.c.id == w.executor_id)
+    with store.engine.connect() as conn:
+        first = conn.execute(query).one()
+    assert (first.hostname, first.pid) == (socket.gethostname(), os.getpid())
+
+    def renewed():
+        with store.engine.connect() as conn:
+            return conn.execute(query).one().flushed_at > first.flushed_at
+
+    wait_for(renewed, timeout=5, what="the registration to be renewed")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    with store.engine.begin() as conn:  # a worker process that died long ago, with a task it never finished
+        conn.execute(executors.insert().values(id="dead", hostname=socket.gethostname(), pid=int(gone.stdout),
+                                               started_at=1.0, flushed_at=1.0))  # fmt: skip
+    running(store, "orphan", executor_id="dead")
+    wait_for(lambda: store.get("orphan").state == FAILURE, timeout=10, what="the watch to end the orphan")
+    assert store.get("orphan").error.startswith("WorkerLost")
+
+
+def _child_watch(store_url, conn):
+    conn.send(watch(Store.open(store_url)).executor_id)
+
+
+def test_a_forked_child_starts_a_watch_of_its_own(store):
+    mine = watch(store).executor_id
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_child_watch, args=(store.url, child))
+    proc.start()
+    theirs = parent.recv()
+    proc.join()
+    assert theirs != mine and watch(store).executor_id == mine
