@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import nox
 
 nox.options.default_venv_backend = "venv"
@@ -70,14 +72,20 @@ def cpython(session: nox.Session) -> None:
 #: Each benchmark script, and whether it takes ``--quick``.
 BENCHMARKS = {
     "core": True, "throughput": True, "startup": True, "memory": True, "celery": True, "faults": False, "status": False,
-    "retries": True,
+    "retries": True, "soak": True,
 }  # fmt: skip
 
 
 @nox.session
 def bench(session: nox.Session) -> None:
     """Run every benchmark beside its peers (installed here) and print the tables; ``-- --quick`` for a short run."""
-    session.install("-e", ".[celery]", "loky", "pebble", "mpire")
+    session.install("-e", ".[celery,postgresql]", "redis", "loky", "pebble", "mpire")
     quick = [arg for arg in session.posargs if arg == "--quick"]
+    servers = {}  # bench_celery's Redis broker and PostgreSQL store, from the scripts CI uses
+    for var, script, scheme in (("LOCALABORT_TEST_REDIS_URL", ".ci/redis.sh", "redis://"),
+                                ("LOCALABORT_TEST_POSTGRES_URL", ".ci/postgres.sh", "postgresql")):  # fmt: skip
+        if not os.environ.get(var):
+            said = session.run("bash", script, silent=True, external=True, success_codes=[0, 1]) or ""
+            servers.update((var, word) for word in said.split() if word.startswith(scheme))
     for name, takes_quick in BENCHMARKS.items():
-        session.run("python", f"tests/benchmarks/bench_{name}.py", *(quick if takes_quick else []))
+        session.run("python", f"tests/benchmarks/bench_{name}.py", *(quick if takes_quick else []), env=servers)

@@ -52,3 +52,17 @@ def wait_for_file(path):
     """Holds its worker until ``path`` exists (the benchmark's gate)."""
     while not os.path.exists(path):
         time.sleep(0.005)
+
+
+class Soak(AbortableTask):
+    """Works ``ms`` milliseconds, checking for an abort every millisecond; then fails if ``fail``, or returns ``ms``."""
+
+    def run(self, ms, fail):
+        deadline = time.monotonic() + ms / 1000
+        while time.monotonic() < deadline:
+            if self.is_aborted():
+                return "aborted"
+            time.sleep(0.001)
+        if fail:
+            raise ValueError(f"failed on purpose after {ms} ms")
+        return ms

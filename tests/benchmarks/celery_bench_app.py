@@ -11,13 +11,17 @@ from celery import Celery
 from celery.contrib.abortable import AbortableTask as CeleryAbortableTask
 
 from localabort.celery import register
-from tests.benchmarks.bench_tasks import CheckCost, SeeAbort
+from tests.benchmarks.bench_tasks import CheckCost, SeeAbort, Soak
+from tests.tasks import Spin
 
 # The sqla transport polls every second by default; its transport options all go to create_engine().
 kombu.transport.sqlalchemy.Transport.polling_interval = 0.02
 
 FOLDER = os.environ.get("BENCH_CELERY_DIR", ".")
-app = Celery("bench", broker=f"sqla+sqlite:///{FOLDER}/broker.sqlite", backend=f"db+sqlite:///{FOLDER}/results.sqlite")
+# bench_celery.py sets both for its Redis and PostgreSQL run; the default is the set-up that needs no server.
+BROKER = os.environ.get("BENCH_CELERY_BROKER", f"sqla+sqlite:///{FOLDER}/broker.sqlite")
+BACKEND = os.environ.get("BENCH_CELERY_BACKEND", f"db+sqlite:///{FOLDER}/results.sqlite")
+app = Celery("bench", broker=BROKER, backend=BACKEND)
 app.conf.update(worker_prefetch_multiplier=1, broker_connection_retry_on_startup=True)
 
 
@@ -39,3 +43,5 @@ def celery_see_abort(self, marker):
 
 check_cost = register(app, CheckCost)
 see_abort = register(app, SeeAbort)
+spin = register(app, Spin)
+soak = register(app, Soak)
