@@ -3,14 +3,15 @@
 Every abort request on a PostgreSQL store also sends a notification on the
 channel ``CHANNEL``, in the transaction that records it, so it is
 delivered when (and only if) the request is committed. A process that
-watches tasks (``_watch``) holds one listening connection and reads the
-store when a notification comes, instead of reading it every few
-milliseconds: an abort arrives in about a millisecond, at no cost while
-none is asked.
+watches tasks (``_watch``) holds one listening connection, asks it
+whether a notification came (a ``select``, no query), and reads the store
+only then, instead of every few milliseconds: an abort arrives in about a
+millisecond, at no cost while none is asked.
 
-A notification is a hint, never the record: the watcher still reads the
-rows, and still reads them now and then without one, so a notification
-lost with a dropped connection costs latency, not the abort.
+A notification says which task (its id, and the ``terminate_at`` its
+request asked), so a watcher sets the task's flag without a query. It is
+never the only way: the watcher also reads the rows now and then, so a
+notification lost with a dropped connection costs latency, not the abort.
 
 SQLite has no such thing; there ``listener`` returns ``None`` and the
 watcher polls.
@@ -18,12 +19,26 @@ watcher polls.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import select
+from typing import Any, List, Optional, Tuple
 
-__all__ = ["CHANNEL", "Listener", "listener"]
+__all__ = ["ANY", "CHANNEL", "Listener", "listener", "parse", "payload"]
 
-#: The channel of abort notifications; the payload is the task's id ("*": several tasks).
+#: The channel of abort notifications; the payload is ``payload(task_id, terminate_at)``.
 CHANNEL = "localabort_abort"
+#: The task id of a notification about any number of tasks (``request_abort_all``): read the store.
+ANY = "*"
+
+
+def payload(task_id: str, terminate_at: Optional[float]) -> str:
+    """A notification's text: the task's id, then the ``terminate_at`` its request asked (empty if none)."""
+    return f"{task_id} {'' if terminate_at is None else repr(terminate_at)}"
+
+
+def parse(text: str) -> Tuple[str, Optional[float]]:
+    """The task id and ``terminate_at`` of a notification's ``payload``."""
+    task_id, _, at = text.partition(" ")
+    return task_id, float(at) if at else None
 
 
 class Listener:
@@ -32,15 +47,15 @@ class Listener:
     def __init__(self, conn: Any) -> None:
         self._conn = conn
 
-    def wait(self, timeout: float) -> bool:
-        """Wait up to ``timeout`` s for a notification; whether one (or more) came. Takes every one queued."""
-        came = False
-        for _ in self._conn.notifies(timeout=timeout, stop_after=1):
-            came = True
-        if came:  # the rest of a burst, without waiting: one read answers them all
-            for _ in self._conn.notifies(timeout=0.0):
-                pass
-        return came
+    def pending(self) -> List[Tuple[str, Optional[float]]]:
+        """The notifications that came since the last call, parsed (``parse``); reads them all, never waits.
+
+        A ``select`` on the socket first: nothing else reads this
+        connection, so a socket with nothing to read holds no notification.
+        """
+        if not select.select([self._conn.fileno()], [], [], 0)[0]:
+            return []
+        return [parse(notify.payload) for notify in self._conn.notifies(timeout=0.0)]
 
     def close(self) -> None:
         self._conn.close()

@@ -36,7 +36,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from ._errors import StoreError, UnknownTask, WorkerLost
-from ._listen import CHANNEL, Listener, listener
+from ._listen import ANY, CHANNEL, Listener, listener, payload
 from ._outcome import describe, dump, unrun
 from ._procs import REMOTE_SILENT, SILENT, alive, asker, process_start
 from ._schema import (
@@ -386,17 +386,18 @@ class Store:
         """
         now = time.time()
         values = self._abort_values(now, terminate_after, by)
+        # One statement: the request, the state it met, and (PostgreSQL) its notification, sent at the commit.
+        notice = self._notice(task_id, _deadline(now, terminate_after))
         with self._begin() as conn:
             asked = conn.execute(
                 tasks.update()
                 .where(tasks.c.id == task_id, tasks.c.name != STANDING, sa.text(UNFINISHED))
                 .values(**values)
-            ).rowcount
+                .returning(tasks.c.state, *notice)
+            ).first()
+            if asked is not None:  # this transaction holds the row: its state is the one the request met
+                return str(asked.state)
             found = conn.execute(sa.select(tasks.c.name, tasks.c.state).where(tasks.c.id == task_id)).first()
-            if asked:  # this transaction holds the row: its state is the one the request met
-                assert found is not None
-                self._notify(conn, task_id)
-                return str(found.state)
             if found is not None and found.name != STANDING:
                 return None  # finished
             if found is None:
@@ -741,13 +742,21 @@ class Store:
             )
             if terminate_after is not None:  # asked before or not, each gets the earlier deadline
                 conn.execute(tasks.update().where(unfinished).values(self._abort_values(now, terminate_after, by)))
-            self._notify(conn, "*")
+            for notice in self._notice(ANY):
+                conn.execute(sa.select(notice))
         return ids
 
-    def _notify(self, conn: Connection, payload: str) -> None:
-        """Tell the processes that watch tasks (``_watch``) of an abort, when this transaction commits (PostgreSQL)."""
-        if self.engine.dialect.name == "postgresql":
-            conn.execute(sa.select(sa.func.pg_notify(CHANNEL, payload)))
+    def _notice(self, task_id: str, terminate_at: Optional[float] = None) -> List[Any]:
+        """The SQL that tells the processes watching tasks (``_watch``) of an abort when its transaction commits.
+
+        On PostgreSQL, ``pg_notify`` with ``payload(task_id, terminate_at)``:
+        ``task_id`` is ``ANY`` for any number of tasks, ``terminate_at`` the
+        deadline this request asked (the row keeps the earliest asked). On
+        SQLite, nothing: the watchers poll.
+        """
+        if self.engine.dialect.name != "postgresql":
+            return []
+        return [sa.func.pg_notify(CHANNEL, payload(task_id, terminate_at)).label("notified")]
 
     def listener(self) -> Optional[Listener]:
         """A connection that hears of abort requests as they are committed (``_listen``), or ``None`` (SQLite)."""

@@ -3,26 +3,36 @@
 An ``Executor`` learns of aborts from other processes through its
 manager's poll and hands them to its workers in shared memory. A Celery
 worker process has no manager, so each one that runs tasks keeps one
-``Watch`` (``watch(store)``): a thread that reads the store for all of
-this process's running tasks at once, and sets a flag that
-``is_aborted()`` reads, so a check costs an attribute read, never a query.
+``Watch`` (``watch(store)``) over the tasks it runs, and ``is_aborted()``
+reads the flag it sets (``Watched.aborted``).
 
-- On PostgreSQL the thread waits on a ``LISTEN`` connection (``_listen``):
-  an abort request is committed with a notification, and the thread reads
-  the rows when one comes, about a millisecond later; it also reads them
-  every ``FALLBACK`` s, in case a notification was lost.
-- On SQLite it reads them every ``POLL_INTERVAL`` s: one indexed read of
-  the running ids, for the whole process.
+Who reads the store matters as much as how often. A task that checks in
+a busy loop holds the GIL, and a thread of the same process gets it back
+only every switch interval (5 ms), once per step of a query: a watch
+thread that reads the store took 20 to 100 ms to see an abort. So the
+checks themselves read, in the task's own thread, at most every so often
+for the whole process (``look``):
 
-The same thread keeps the process alive in the store's eyes: the process
-registers as an executor (its tasks' rows name it), renews its
-``flushed_at`` every ``HEARTBEAT`` s, and every ``RECOVER_EVERY`` s ends
-the tasks of dead ones (``Store.recover_dead_executors``: a process gone on
-this host, or silent for long on another), so a worker killed whole has
-its tasks ended by the next process that watches.
+- On PostgreSQL an abort is committed with a notification (``_listen``)
+  that names the task; a check asks the process's listening socket
+  whether one came (a ``select``, every ``NOTIFIED_EVERY`` s at most), and
+  sets the flag of the task it names: about a millisecond after the
+  commit, with no query.
+- On SQLite a check reads those rows every ``POLL_INTERVAL`` s at most: one
+  indexed query for the whole process, whichever of its threads makes it.
 
-It also kills this process when a task asked to ``terminate_after`` runs
-past its deadline, once the store holds the task's final state.
+A check in between costs a clock read. The watch's own thread does the
+rest, where a few tenths of a second do not matter: it reads every
+``THREAD_POLL`` s for tasks that seldom check or never do (and kills this
+process when one asked to ``terminate_after`` runs past its deadline, once
+the store holds the task's final state), reads the notifications of an
+idle process so they do not pile up on the server, and keeps the process
+alive in the store's eyes: the process registers as an executor (its
+tasks' rows name it), renews its ``flushed_at`` every ``HEARTBEAT`` s, and
+every ``RECOVER_EVERY`` s ends the tasks of dead ones
+(``Store.recover_dead_executors``: a process gone on this host, or silent
+for long on another), so a worker killed whole has its tasks ended by the
+next process that watches.
 """
 
 from __future__ import annotations
@@ -34,15 +44,18 @@ import weakref
 from typing import Callable, Dict, List, Optional
 
 from ._jobs import new_id
+from ._listen import ANY
 from ._procs import HEARTBEAT
 from ._store import RECOVER_EVERY, Store
 
-__all__ = ["FALLBACK", "POLL_INTERVAL", "Watch", "Watched", "watch"]
+__all__ = ["NOTIFIED_EVERY", "POLL_INTERVAL", "THREAD_POLL", "Watch", "Watched", "watch"]
 
-#: Seconds between two reads of the running tasks' aborts, where no notification says when (SQLite).
-POLL_INTERVAL = 0.004
-#: Seconds between two reads even with notifications (PostgreSQL): what a lost one may cost.
-FALLBACK = 1.0
+#: Seconds between two reads of the running tasks' aborts by the checks, where no notification says when (SQLite).
+POLL_INTERVAL = 0.003
+#: Seconds between two looks at the listening socket by the checks (PostgreSQL): a ``select``, no query.
+NOTIFIED_EVERY = 0.0005
+#: Seconds between two reads by the watch's thread: for tasks that seldom check, and ``terminate_after``.
+THREAD_POLL = 0.25
 
 
 class Watched:
@@ -64,14 +77,19 @@ class Watch:
         self.store = store
         self.executor_id = new_id()
         self._running: Dict[str, Watched] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards ``_running``
+        self.next_look = 0.0  # when a check is to look again (monotonic)
+        self.looked = 0.0  # when a check last looked (then ``next_look``): the thread leaves reading to the checks
         self._stop = threading.Event()
-        self._wake = threading.Event()  # set by ``add`` and ``stop``: polling starts at once, or the thread ends
-        # Held while the thread uses the store: a fork waits for it, so no child inherits SQLite's locks held.
+        # Held while the watch reads the store, from its thread or a check: one reader at a time (a check that
+        # finds it taken goes on). ``_chores``: while the thread writes its heartbeat or recovers dead processes.
+        # A fork waits for both, so no child inherits SQLite's locks held.
         self._busy = threading.Lock()
+        self._chores = threading.Lock()
         _live.add(self)
         store.register_executor(self.executor_id)
         self._listener = store.listener()
+        self._every = POLL_INTERVAL if self._listener is None else NOTIFIED_EVERY
         self._thread = threading.Thread(target=self._run, name="localabort-watch", daemon=True)
         self._thread.start()
 
@@ -83,17 +101,29 @@ class Watch:
             watched.aborted, watched.terminate_at = True, found[task_id]
         with self._lock:
             self._running[task_id] = watched
-        self._wake.set()
         return watched
 
     def remove(self, watched: Watched) -> None:
         with self._lock:
             self._running.pop(watched.task_id, None)
 
+    def look(self, now: float) -> None:
+        """From a task's check, once ``next_look`` (monotonic) has come: read the store for this process's running
+        tasks (see the module): every ``POLL_INTERVAL`` (SQLite), or once the listening socket has a notification
+        (PostgreSQL: a ``select`` every ``NOTIFIED_EVERY`` s).
+        """
+        self.next_look = self.looked = now + self._every
+        if not self._busy.acquire(blocking=False):  # another thread reads for all of us
+            return
+        try:
+            if self._listener is None or self._notified():
+                self._read()
+        finally:
+            self._busy.release()
+
     def stop(self) -> None:
         """End the watch: its thread, its listening connection, its registration. (A process's watch lives as long.)"""
         self._stop.set()
-        self._wake.set()
         self._thread.join()
         _live.discard(self)
         if self._listener is not None:
@@ -104,48 +134,61 @@ class Watch:
         heartbeat_at = recover_at = 0.0
         while not self._stop.is_set():
             now = time.monotonic()
-            with self._busy:
+            with self._chores:  # not under ``_busy``: a check must not wait for them to read
                 if now >= heartbeat_at:
                     self._quietly(lambda: self.store.heartbeat(self.executor_id))
                     heartbeat_at = now + HEARTBEAT
                 if now >= recover_at:
                     self._quietly(self.store.recover_dead_executors)
                     recover_at = now + RECOVER_EVERY
-                self._read()
-            self._wait(min(heartbeat_at, recover_at) - time.monotonic())
+            # While tasks check, they read, and this thread (starved of the GIL by a task that spins) would
+            # only hold ``_busy`` from them.
+            if time.monotonic() > self.looked + THREAD_POLL or self._first_deadline() <= time.monotonic():
+                with self._busy:
+                    if self._listener is not None:
+                        self._notified()  # read, even idle: unread notifications pile up on the server
+                    self._read()
+            self._stop.wait(max(0.0, min(heartbeat_at, recover_at, time.monotonic() + THREAD_POLL,
+                                         self._first_deadline()) - time.monotonic()))  # fmt: skip
 
-    def _wait(self, until_chores: float) -> None:
-        """Until a notification, the next poll, a chore or the earliest ``terminate_at`` of a task.
-
-        With no task running there is nothing to poll for: an idle process
-        wakes for its chores only (or when ``add`` gives it a task). A
-        listener is always read, busy or not: notifications left unread
-        would pile up in the server's queue.
-        """
+    def _first_deadline(self) -> float:
+        """The earliest ``terminate_at`` of a running task, on the monotonic clock (``inf`` if none)."""
         with self._lock:
-            busy = bool(self._running)
             deadlines = [w.terminate_at for w in self._running.values() if w.terminate_at is not None]
-        timeout = until_chores
-        if busy:
-            timeout = min(timeout, FALLBACK if self._listener is not None else POLL_INTERVAL)
-        if deadlines:
-            timeout = min(timeout, min(deadlines) - time.time())
-        timeout = max(timeout, 0.0)
-        if self._listener is None:
-            self._wake.wait(timeout)
-            self._wake.clear()
-            return
+        return time.monotonic() + min(deadlines) - time.time() if deadlines else float("inf")
+
+    def _notified(self) -> bool:
+        """Take the notifications that came since the last look; whether the store must be read. Under ``_busy``.
+
+        A notification names its task: a running one gets its flag (and the
+        deadline asked) without a query. One about any number of tasks, or a
+        listener that failed, asks for a read.
+        """
+        assert self._listener is not None
         try:
-            self._listener.wait(timeout)
-        except Exception:  # the connection dropped: poll until a new one listens
+            heard = self._listener.pending()
+        except Exception:  # the connection dropped: read every time until a new one listens
             self._listener = None
-            with self._busy:
-                self._quietly(self._relisten)
+            self._every = POLL_INTERVAL
+            self._quietly(self._relisten)
+            return True
+        now = time.time()
+        for task_id, at in heard:
+            if task_id == ANY:
+                return True
+            with self._lock:
+                watched = self._running.get(task_id)
+            if watched is not None:
+                self._mark(watched, at, now)
+        return False
 
     def _relisten(self) -> None:
         self._listener = self.store.listener()
+        if self._listener is not None:
+            self._every = NOTIFIED_EVERY
 
     def _read(self) -> None:
+        """One read of the aborts of every running task; sets their flags (and kills past a deadline)."""
         with self._lock:
             ids = list(self._running)
         if not ids:
@@ -158,10 +201,17 @@ class Watch:
         with self._lock:
             hits = [(self._running[i], at) for i, at in found.items() if i in self._running]
         for watched, at in hits:
-            watched.terminate_at = at
-            watched.aborted = True
-            if at is not None and now >= at:
-                watched.on_deadline()
+            self._mark(watched, at, now)
+
+    @staticmethod
+    def _mark(watched: Watched, terminate_at: Optional[float], now: float) -> None:
+        """``watched`` has an abort asked, with ``terminate_at`` (the earliest deadline asked counts)."""
+        if terminate_at is not None:
+            earlier = watched.terminate_at
+            watched.terminate_at = terminate_at if earlier is None else min(earlier, terminate_at)
+        watched.aborted = True
+        if watched.terminate_at is not None and now >= watched.terminate_at:
+            watched.on_deadline()
 
     @staticmethod
     def _quietly(chore: Callable[[], object]) -> None:
@@ -193,12 +243,14 @@ _held: List[Watch] = []  # the watches ``_before_fork`` holds, until the fork is
 def _before_fork() -> None:
     _held[:] = list(_live)
     for w in _held:
+        w._chores.acquire()
         w._busy.acquire()
 
 
 def _after_fork_in_parent() -> None:
     for w in _held:
         w._busy.release()
+        w._chores.release()
     _held.clear()
 
 

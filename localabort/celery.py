@@ -19,11 +19,11 @@ stays final), so no later write can undo an abort.
   not yet claimed ends it ABORTED at once, with the opposite update; the
   database lets exactly one of the two win, so a task aborted while queued
   never runs, and one that has started sees the abort at its next check.
-- Inside the worker, ``is_aborted()`` reads a flag that the process's
-  watch (``_watch``) sets: one thread per worker process reads the store
-  for all the tasks the process runs, when PostgreSQL notifies it of an
-  abort (``LISTEN``/``NOTIFY``) or every ``POLL_INTERVAL`` s on SQLite, so
-  a check costs an attribute read, never a query. ``soft_time_limit`` asks
+- Inside the worker, ``is_aborted()`` reads a flag of the process's watch
+  (``_watch``), which the checks themselves renew, for all the tasks the
+  process runs: on PostgreSQL when a notification (``LISTEN``/``NOTIFY``)
+  says an abort came, on SQLite every ``POLL_INTERVAL`` s; a check in
+  between costs a clock read. ``soft_time_limit`` asks
   for an abort, as under ``Executor``; ``time_limit`` is Celery's own, and
   the store says ``TimeLimitExceeded``.
 - A worker process that dies mid-task (the OOM killer, a SIGKILL) ends its
@@ -77,7 +77,7 @@ from ._schema import task_row
 from ._states import ABORTED, PENDING, RETRY, STARTED, SUCCESS, Progress
 from ._store import Store
 from ._task import AbortableTask, execute, task_name
-from ._watch import POLL_INTERVAL, Watched, watch
+from ._watch import POLL_INTERVAL, Watch, Watched, watch
 
 __all__ = ["POLL_INTERVAL", "CeleryResult", "LocalabortCeleryTask", "register"]
 
@@ -187,7 +187,7 @@ class LocalabortCeleryTask(Task):  # type: ignore[misc]
             store.write([dict(row, progress_done=done, progress_total=total)])
 
         watched = watching.add(task_id, lambda: _terminate(store, row, lambda: task._last_progress))
-        probe = _Probe(store, watched, self.localabort_soft_time_limit)
+        probe = _Probe(store, watching, watched, self.localabort_soft_time_limit)
         task._bind(task_id, probe, report, store.is_abort_requested, args, kwargs, retries=retries)
         try:
             outcome = execute(task, args, kwargs)
@@ -296,12 +296,15 @@ def _backend_store(app: Any) -> str:
 
 
 class _Probe:
-    """``is_aborted()`` on a worker: the flag the process's watch sets, and the task's ``soft_time_limit``."""
+    """``is_aborted()`` on a worker: the flag the process's watch sets, read anew when due, and ``soft_time_limit``.
 
-    __slots__ = ("_soft_deadline", "_soft_limit", "_store", "_watched", "soft_limited")
+    One clock read a check, unless a read of the store is due (``Watch.look``).
+    """
 
-    def __init__(self, store: Store, watched: Watched, soft_time_limit: Optional[float]) -> None:
-        self._store, self._watched = store, watched
+    __slots__ = ("_soft_deadline", "_soft_limit", "_store", "_watch", "_watched", "soft_limited")
+
+    def __init__(self, store: Store, watching: Watch, watched: Watched, soft_time_limit: Optional[float]) -> None:
+        self._store, self._watch, self._watched = store, watching, watched
         self.soft_limited = False
         self._soft_limit = soft_time_limit
         self._soft_deadline = float("inf") if soft_time_limit is None else time.monotonic() + soft_time_limit
@@ -309,7 +312,12 @@ class _Probe:
     def __call__(self) -> bool:
         if self._watched.aborted:
             return True
-        if time.monotonic() < self._soft_deadline:
+        now = time.monotonic()
+        if now >= self._watch.next_look:
+            self._watch.look(now)
+            if self._watched.aborted:
+                return True
+        if now < self._soft_deadline:
             return False
         self._soft_deadline = float("inf")
         self._store.request_abort(self._watched.task_id, by=f"its soft_time_limit of {self._soft_limit}s")

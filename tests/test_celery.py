@@ -194,25 +194,32 @@ def test_soft_time_limit_asks_for_an_abort_as_under_executor(worker):
     assert record.error.startswith("SoftTimeLimitExceeded: ") and record.abort_by == "its soft_time_limit of 0.3s"
 
 
-def test_is_aborted_on_a_worker_never_queries_the_store(tmp_path, monkeypatch):
-    """Celery's abortable queries its backend on every call; here a check reads the flag the process's watch sets."""
+def test_is_aborted_on_a_worker_reads_the_store_at_most_once_a_poll_interval(tmp_path, monkeypatch):
+    """Celery's abortable queries its backend on every call; here checks between two reads cost a clock read."""
+    from localabort._schema import task_row
     from localabort._store import Store
-    from localabort._watch import Watched
+    from localabort._watch import POLL_INTERVAL, Watch
     from localabort.celery import _Probe
 
     store = Store(str(tmp_path / "s.sqlite"))
-
-    def no_query(*args):
-        raise AssertionError("is_aborted() queried the store")
-
-    monkeypatch.setattr(store, "is_abort_requested", no_query)
-    monkeypatch.setattr(store, "aborting", no_query)
-    watched = Watched("t1", on_deadline=lambda: None)
-    probe = _Probe(store, watched, soft_time_limit=None)
-    assert not any(probe() for _ in range(100_000))
-    watched.aborted = True  # as the watch sets it
-    assert probe()
-    store.dispose()
+    store.write([task_row("t1", executor_id="e", name="tests.Job", state=STARTED, submitted_at=1.0)])
+    watching = Watch(store)
+    try:
+        watched = watching.add("t1", on_deadline=lambda: None)
+        reads = []
+        aborting = store.aborting
+        monkeypatch.setattr(store, "aborting", lambda ids: reads.append(ids) or aborting(ids))
+        monkeypatch.setattr(store, "is_abort_requested", lambda task_id: pytest.fail("a query of its own"))
+        probe = _Probe(store, watching, watched, soft_time_limit=None)
+        start = time.monotonic()
+        assert not any(probe() for _ in range(100_000))
+        elapsed = time.monotonic() - start
+        assert len(reads) <= elapsed / POLL_INTERVAL + 5  # the watch's thread reads a few times a second too
+        store.request_abort("t1")
+        wait_for(probe, timeout=5, what="a check to see the abort")
+    finally:
+        watching.stop()
+        store.dispose()
 
 
 def test_a_store_on_postgresql_shared_by_producer_and_worker(worker, postgres_url):

@@ -18,7 +18,7 @@ import pytest
 from localabort import FAILURE, STARTED
 from localabort._schema import executors, task_row
 from localabort._store import Store
-from localabort._watch import Watch, watch
+from localabort._watch import POLL_INTERVAL, Watch, watch
 
 from .conftest import ROOT, wait_for
 
@@ -60,17 +60,42 @@ def test_an_abort_from_another_process_sets_the_flag(store, new_watch):
     assert watched.terminate_at is None
 
 
-def test_a_notification_wakes_the_watch_long_before_its_fallback_read(store, monkeypatch, new_watch):
-    if store.engine.dialect.name != "postgresql":
-        pytest.skip("SQLite has no notifications: the watch polls every POLL_INTERVAL")
-    from localabort import _watch
-
-    monkeypatch.setattr(_watch, "FALLBACK", 60.0)  # only a notification can wake it within the test
+def test_checks_read_the_store_only_when_due_and_see_the_abort_themselves(store, new_watch, monkeypatch):
+    """A task's checks renew the flag in its own thread (a watch thread waits on the GIL of a task that spins)."""
     running(store, "t1")
-    watched = new_watch(store).add("t1", on_deadline=lambda: None)
-    time.sleep(0.2)  # the watch is waiting on its listener now
-    store.request_abort("t1")
-    wait_for(lambda: watched.aborted, timeout=5, what="the notification to wake the watch")
+    w = new_watch(store)
+    watched = w.add("t1", on_deadline=lambda: None)
+    w._stop.set()  # the watch's thread ends: from here only the checks read
+    w._thread.join()
+    reads = []
+    aborting = store.aborting
+    monkeypatch.setattr(store, "aborting", lambda ids: reads.append(ids) or aborting(ids))
+
+    def check():  # what is_aborted() does on a worker (localabort.celery._Probe)
+        now = time.monotonic()
+        if now >= w.next_look:
+            w.look(now)
+        return watched.aborted
+
+    start = time.monotonic()
+    while time.monotonic() - start < 0.1:
+        check()
+    if store.engine.dialect.name == "postgresql":
+        assert reads == []  # no notification, no query: a select on the listening socket
+    else:
+        assert 1 <= len(reads) <= 0.1 / POLL_INTERVAL + 1  # one query per POLL_INTERVAL, however many checks
+    store.request_abort("t1", terminate_after=60)  # on PostgreSQL, committed with its notification
+    wait_for(check, timeout=5, what="a check to see the abort")
+    assert watched.terminate_at == pytest.approx(time.time() + 60, abs=5)
+    if store.engine.dialect.name == "postgresql":
+        assert reads == []  # the notification named the task and its deadline: no query at all
+        running(store, "t2")
+        other = w.add("t2", on_deadline=lambda: None)
+        store.request_abort_all()  # one notification for any number of tasks: then a read
+        wait_for(lambda: check() and other.aborted, timeout=5, what="a check to see the abort of all")
+        assert reads[-1] == ["t1", "t2"]
+    else:
+        assert reads[-1] == ["t1"]
 
 
 def test_an_abort_asked_before_the_task_was_added_is_seen_at_once(store, new_watch):
