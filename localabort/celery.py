@@ -181,6 +181,7 @@ class LocalabortCeleryTask(Task):  # type: ignore[misc]
             self._report_aborted(None)
         if claim != STARTED:  # finished already: a copy delivered again
             raise Ignore()
+        retries = row["retries"]  # one more if Celery delivered it again after its process was lost
         task = self.localabort_class()
 
         def report(done: float, total: Optional[float]) -> None:

@@ -368,6 +368,7 @@ def test_with_acks_late_a_task_whose_process_died_runs_again_and_stays_abortable
     again = wait_for(lambda: running_in(scale.app, res.id) not in (None, first) and running_in(scale.app, res.id),
                      timeout=30, what="the task to be delivered again")  # fmt: skip
     assert res.state == STARTED and again != first
+    assert res.store.get(res.id).retries == 1  # the row says it runs again
     res.abort()
     with pytest.raises(TaskAborted):
         res.get(timeout=30)
