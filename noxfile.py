@@ -78,14 +78,19 @@ BENCHMARKS = {
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Run every benchmark beside its peers (installed here) and print the tables; ``-- --quick`` for a short run."""
-    session.install("-e", ".[celery,postgresql]", "redis", "loky", "pebble", "mpire")
+    """Run every benchmark beside its peers (installed here) and print the tables.
+
+    ``-- --quick`` for a short run; ``-- celery soak`` (names of ``BENCHMARKS``) for some of them only.
+    """
+    session.install("-e", ".[celery,postgresql]", "celery[redis]", "loky", "pebble", "mpire")
     quick = [arg for arg in session.posargs if arg == "--quick"]
+    chosen = [arg for arg in session.posargs if arg in BENCHMARKS] or list(BENCHMARKS)
     servers = {}  # bench_celery's Redis broker and PostgreSQL store, from the scripts CI uses
     for var, script, scheme in (("LOCALABORT_TEST_REDIS_URL", ".ci/redis.sh", "redis://"),
                                 ("LOCALABORT_TEST_POSTGRES_URL", ".ci/postgres.sh", "postgresql")):  # fmt: skip
         if not os.environ.get(var):
             said = session.run("bash", script, silent=True, external=True, success_codes=[0, 1]) or ""
             servers.update((var, word) for word in said.split() if word.startswith(scheme))
-    for name, takes_quick in BENCHMARKS.items():
+    for name in chosen:
+        takes_quick = BENCHMARKS[name]
         session.run("python", f"tests/benchmarks/bench_{name}.py", *(quick if takes_quick else []), env=servers)
