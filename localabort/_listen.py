@@ -36,9 +36,12 @@ def payload(task_id: str, terminate_at: Optional[float]) -> str:
 
 
 def parse(text: str) -> Tuple[str, Optional[float]]:
-    """The task id and ``terminate_at`` of a notification's ``payload``."""
-    task_id, _, at = text.partition(" ")
-    return task_id, float(at) if at else None
+    """The task id and ``terminate_at`` of a notification's ``payload`` (an id may hold spaces; a time cannot)."""
+    task_id, _, at = text.rpartition(" ")
+    try:
+        return task_id, float(at) if at else None
+    except ValueError:  # not ours to read: it still says an abort came
+        return ANY, None
 
 
 class Listener:
@@ -46,14 +49,16 @@ class Listener:
 
     def __init__(self, conn: Any) -> None:
         self._conn = conn
+        self._poll = select.poll()  # not select(): it takes any descriptor, however many files are open
+        self._poll.register(conn.fileno(), select.POLLIN)
 
     def pending(self) -> List[Tuple[str, Optional[float]]]:
         """The notifications that came since the last call, parsed (``parse``); reads them all, never waits.
 
-        A ``select`` on the socket first: nothing else reads this
+        A ``poll`` of the socket first: nothing else reads this
         connection, so a socket with nothing to read holds no notification.
         """
-        if not select.select([self._conn.fileno()], [], [], 0)[0]:
+        if not self._poll.poll(0):
             return []
         return [parse(notify.payload) for notify in self._conn.notifies(timeout=0.0)]
 
@@ -72,6 +77,7 @@ def listener(url: Any) -> Optional[Listener]:
         return None
     import psycopg
 
-    conn = psycopg.connect(url.set(drivername="postgresql").render_as_string(hide_password=False), autocommit=True)
+    conn = psycopg.connect(url.set(drivername="postgresql").render_as_string(hide_password=False), autocommit=True,
+                           connect_timeout=10)  # fmt: skip
     conn.execute(f"LISTEN {CHANNEL}")
     return Listener(conn)

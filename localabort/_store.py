@@ -414,6 +414,9 @@ class Store:
             if asked is not None:  # its row landed in between
                 return str(asked.state)
             found = conn.execute(sa.select(tasks.c.name, tasks.c.state).where(tasks.c.id == task_id)).first()
+            if found is not None and found.name != STANDING and found.state in UNREADY_STATES:
+                asked = conn.execute(ask).first()  # committed after the UPDATE above (PostgreSQL's read committed)
+                return None if asked is None else str(asked.state)
             if found is not None and found.name != STANDING:
                 return None  # finished
             if found is None:
@@ -514,13 +517,20 @@ class Store:
                 tasks.c.state, tasks.c.abort_requested_at, tasks.c.submitted_at, tasks.c.key, tasks.c.retries
             )
             found = conn.execute(query.where(tasks.c.id == task_id)).first()
-            again = not claimed and found is not None and found.state == STARTED and found.abort_requested_at is None
-            if again:
-                assert found is not None
-                row["retries"] = (found.retries or 0) + 1
-                conn.execute(tasks.update().where(tasks.c.id == task_id).values(
-                    retries=row["retries"], started_at=row["started_at"], executor_id=row["executor_id"]
-                ))  # fmt: skip
+            again = False
+            if not claimed and found is not None and found.state == STARTED and found.abort_requested_at is None:
+                count = (found.retries or 0) + 1
+                # Only if still so: on PostgreSQL the first run may have ended since the read.
+                redelivered = (
+                    tasks.update()
+                    .where(tasks.c.id == task_id, tasks.c.state == STARTED, tasks.c.abort_requested_at.is_(None))
+                    .values(retries=count, started_at=row["started_at"], executor_id=row["executor_id"])
+                )
+                again = bool(conn.execute(redelivered).rowcount)
+                if again:
+                    row["retries"] = count
+                else:
+                    found = conn.execute(query.where(tasks.c.id == task_id)).first()
         if found is None:  # sent without a PENDING row (Celery's send_task, say): record it now
             self.write([row])
             return STARTED
@@ -599,17 +609,26 @@ class Store:
                 and not alive(row.pid, row.process_start))
             or (row.hostname != host and now - (row.flushed_at or row.started_at or 0.0) > REMOTE_SILENT)
         ]  # fmt: skip
+        closed = []
         for row in dead:
             lost = WorkerLost(f"executor {row.id} (pid {row.pid} on {row.hostname}) died before this task finished")
             now = time.time()
             with self._begin() as conn:
+                # Closed only if still as read: not closed by another process meanwhile, not written since.
+                silent = executors.c.flushed_at.is_(None) if row.flushed_at is None else (
+                    executors.c.flushed_at == row.flushed_at)  # fmt: skip
+                if not conn.execute(
+                    executors.update().where(executors.c.id == row.id, executors.c.closed_at.is_(None), silent)
+                    .values(closed_at=now)
+                ).rowcount:  # fmt: skip
+                    continue
                 conn.execute(
                     tasks.update()
                     .where(tasks.c.executor_id == row.id, sa.text(UNFINISHED))
                     .values(state=FAILURE, finished_at=now, result=dump(lost), error=describe(lost))
                 )
-                conn.execute(executors.update().where(executors.c.id == row.id).values(closed_at=now))
-        return [row.id for row in dead]
+            closed.append(row.id)
+        return closed
 
     # -- reads ----------------------------------------------------------------
 

@@ -17,7 +17,9 @@ for the whole process (``look``):
   that names the task; a check asks the process's listening socket
   whether one came (a ``select``, every ``NOTIFIED_EVERY`` s at most), and
   sets the flag of the task it names: about a millisecond after the
-  commit, with no query.
+  commit, with no query. The checks still read the rows every
+  ``FALLBACK`` s, so a notification lost (a dropped connection, a pooler
+  that does not pass ``LISTEN`` on) costs a second, never the abort.
 - On SQLite a check reads those rows every ``POLL_INTERVAL`` s at most: one
   indexed query for the whole process, whichever of its threads makes it.
 
@@ -41,19 +43,22 @@ import os
 import threading
 import time
 import weakref
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from ._jobs import new_id
-from ._listen import ANY
+from ._listen import ANY, Listener
 from ._procs import HEARTBEAT
 from ._store import RECOVER_EVERY, Store
 
-__all__ = ["NOTIFIED_EVERY", "POLL_INTERVAL", "THREAD_POLL", "Watch", "Watched", "watch"]
+__all__ = ["FALLBACK", "NOTIFIED_EVERY", "POLL_INTERVAL", "THREAD_POLL", "Watch", "Watched", "watch"]
 
 #: Seconds between two reads of the running tasks' aborts by the checks, where no notification says when (SQLite).
 POLL_INTERVAL = 0.003
 #: Seconds between two looks at the listening socket by the checks (PostgreSQL): a ``select``, no query.
 NOTIFIED_EVERY = 0.0005
+#: Seconds between two reads by the checks even with no notification (PostgreSQL): what a lost one costs at most
+#: (a dropped connection, a pooler that does not pass ``LISTEN`` on).
+FALLBACK = 1.0
 #: Seconds between two reads by the watch's thread: for tasks that seldom check, and ``terminate_after``.
 THREAD_POLL = 0.25
 
@@ -79,6 +84,7 @@ class Watch:
         self._running: Dict[str, Watched] = {}
         self._lock = threading.Lock()  # guards ``_running``
         self.next_look = 0.0  # when a check is to look again (monotonic)
+        self._next_read = 0.0  # when a check reads the rows even without a notification (PostgreSQL)
         self.looked = 0.0  # when a check last looked (then ``next_look``): the thread leaves reading to the checks
         self._stop = threading.Event()
         # Held while the watch reads the store, from its thread or a check: one reader at a time (a check that
@@ -88,7 +94,8 @@ class Watch:
         self._chores = threading.Lock()
         _live.add(self)
         store.register_executor(self.executor_id)
-        self._listener = store.listener()
+        self._listener: Optional[Listener] = None
+        self._quietly(self._relisten)  # a server that will not listen: the checks poll instead
         self._every = POLL_INTERVAL if self._listener is None else NOTIFIED_EVERY
         self._thread = threading.Thread(target=self._run, name="localabort-watch", daemon=True)
         self._thread.start()
@@ -96,11 +103,11 @@ class Watch:
     def add(self, task_id: str, on_deadline: Callable[[], None]) -> Watched:
         """Watch ``task_id`` from now on (read at once: an abort asked before it started is seen at the first check)."""
         watched = Watched(task_id, on_deadline)
+        with self._lock:  # first: a notification that comes during the read below finds it
+            self._running[task_id] = watched
         found = self.store.aborting([task_id])
         if task_id in found:
             watched.aborted, watched.terminate_at = True, found[task_id]
-        with self._lock:
-            self._running[task_id] = watched
         return watched
 
     def remove(self, watched: Watched) -> None:
@@ -116,7 +123,8 @@ class Watch:
         if not self._busy.acquire(blocking=False):  # another thread reads for all of us
             return
         try:
-            if self._listener is None or self._notified():
+            if self._listener is None or self._notified() or now >= self._next_read:
+                self._next_read = now + FALLBACK
                 self._read()
         finally:
             self._busy.release()
@@ -133,23 +141,33 @@ class Watch:
     def _run(self) -> None:
         heartbeat_at = recover_at = 0.0
         while not self._stop.is_set():
-            now = time.monotonic()
-            with self._chores:  # not under ``_busy``: a check must not wait for them to read
-                if now >= heartbeat_at:
-                    self._quietly(lambda: self.store.heartbeat(self.executor_id))
-                    heartbeat_at = now + HEARTBEAT
-                if now >= recover_at:
-                    self._quietly(self.store.recover_dead_executors)
-                    recover_at = now + RECOVER_EVERY
-            # While tasks check, they read, and this thread (starved of the GIL by a task that spins) would
-            # only hold ``_busy`` from them.
-            if time.monotonic() > self.looked + THREAD_POLL or self._first_deadline() <= time.monotonic():
-                with self._busy:
-                    if self._listener is not None:
-                        self._notified()  # read, even idle: unread notifications pile up on the server
-                    self._read()
-            self._stop.wait(max(0.0, min(heartbeat_at, recover_at, time.monotonic() + THREAD_POLL,
-                                         self._first_deadline()) - time.monotonic()))  # fmt: skip
+            try:
+                heartbeat_at, recover_at = self._turn(heartbeat_at, recover_at)
+            except Exception:  # nothing may end the watch: the next turn tries again
+                self._stop.wait(THREAD_POLL)
+
+    def _turn(self, heartbeat_at: float, recover_at: float) -> Tuple[float, float]:
+        """One turn of the thread: its chores when due, a read for tasks that do not check, then a wait."""
+        now = time.monotonic()
+        with self._chores:  # not under ``_busy``: a check must not wait for them to read
+            if now >= heartbeat_at:
+                self._quietly(lambda: self.store.heartbeat(self.executor_id))
+                heartbeat_at = now + HEARTBEAT
+            if now >= recover_at:
+                self._quietly(self.store.recover_dead_executors)
+                if self._listener is None and self.store.engine.dialect.name == "postgresql":
+                    self._quietly(self._relisten)  # lost, or refused: tried again here, never in a check
+                recover_at = now + RECOVER_EVERY
+        # While tasks check, they read, and this thread (starved of the GIL by a task that spins) would
+        # only hold ``_busy`` from them.
+        if time.monotonic() > self.looked + THREAD_POLL or self._first_deadline() <= time.monotonic():
+            with self._busy:
+                if self._listener is not None:
+                    self._notified()  # read, even idle: unread notifications pile up on the server
+                self._read()
+        self._stop.wait(max(0.01, min(heartbeat_at, recover_at, time.monotonic() + THREAD_POLL,
+                                      self._first_deadline()) - time.monotonic()))  # fmt: skip
+        return heartbeat_at, recover_at
 
     def _first_deadline(self) -> float:
         """The earliest ``terminate_at`` of a running task, on the monotonic clock (``inf`` if none)."""
@@ -167,10 +185,9 @@ class Watch:
         assert self._listener is not None
         try:
             heard = self._listener.pending()
-        except Exception:  # the connection dropped: read every time until a new one listens
-            self._listener = None
-            self._every = POLL_INTERVAL
-            self._quietly(self._relisten)
+        except Exception:  # the connection dropped: the checks poll until the thread listens again
+            lost, self._listener, self._every = self._listener, None, POLL_INTERVAL
+            self._quietly(lost.close)
             return True
         now = time.time()
         for task_id, at in heard:
@@ -211,7 +228,10 @@ class Watch:
             watched.terminate_at = terminate_at if earlier is None else min(earlier, terminate_at)
         watched.aborted = True
         if watched.terminate_at is not None and now >= watched.terminate_at:
-            watched.on_deadline()
+            try:
+                watched.on_deadline()
+            except Exception:  # it kills this process whatever happens; a failure here must not end a check
+                pass
 
     @staticmethod
     def _quietly(chore: Callable[[], object]) -> None:

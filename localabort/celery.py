@@ -228,9 +228,11 @@ def _terminate(store: Store, row: Dict[str, Any], progress: Callable[[], Optiona
     """
     exc = terminated(row["id"], -1.0)
     last, total = progress() or (None, None)
-    store.write([dict(row, state=ABORTED, finished_at=time.time(), progress_done=last, progress_total=total,
-                      result=dump(exc), error=describe(exc))])  # fmt: skip
-    os.kill(os.getpid(), signal.SIGKILL)
+    try:
+        store.write([dict(row, state=ABORTED, finished_at=time.time(), progress_done=last, progress_total=total,
+                          result=dump(exc), error=describe(exc))])  # fmt: skip
+    finally:  # killed even if the store is away: the worker's main process then stores WorkerLost
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _on_task_failure(sender: Any = None, task_id: Optional[str] = None, exception: Any = None, **_: Any) -> None:
@@ -321,6 +323,6 @@ class _Probe:
         if now < self._soft_deadline:
             return False
         self._soft_deadline = float("inf")
+        self._watched.aborted = self.soft_limited = True  # first: the task stops even if the store is away
         self._store.request_abort(self._watched.task_id, by=f"its soft_time_limit of {self._soft_limit}s")
-        self._watched.aborted = self.soft_limited = True
         return True

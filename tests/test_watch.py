@@ -18,7 +18,7 @@ import pytest
 from localabort import FAILURE, STARTED
 from localabort._schema import executors, task_row
 from localabort._store import Store
-from localabort._watch import POLL_INTERVAL, Watch, watch
+from localabort._watch import FALLBACK, POLL_INTERVAL, Watch, watch
 
 from .conftest import ROOT, wait_for
 
@@ -81,14 +81,14 @@ def test_checks_read_the_store_only_when_due_and_see_the_abort_themselves(store,
     while time.monotonic() - start < 0.1:
         check()
     if store.engine.dialect.name == "postgresql":
-        assert reads == []  # no notification, no query: a select on the listening socket
+        assert len(reads) == 1  # no notification, no query but the first: a select on the listening socket
     else:
         assert 1 <= len(reads) <= 0.1 / POLL_INTERVAL + 1  # one query per POLL_INTERVAL, however many checks
     store.request_abort("t1", terminate_after=60)  # on PostgreSQL, committed with its notification
     wait_for(check, timeout=5, what="a check to see the abort")
     assert watched.terminate_at == pytest.approx(time.time() + 60, abs=5)
     if store.engine.dialect.name == "postgresql":
-        assert reads == []  # the notification named the task and its deadline: no query at all
+        assert len(reads) == 1  # the notification named the task and its deadline: no query for it
         running(store, "t2")
         other = w.add("t2", on_deadline=lambda: None)
         store.request_abort_all()  # one notification for any number of tasks: then a read
@@ -112,6 +112,26 @@ def test_terminate_after_calls_on_deadline_once_it_passes(store, new_watch):
     store.request_abort("t1", terminate_after=0.3)
     wait_for(lambda: calls, timeout=10, what="on_deadline")
     assert calls[0] >= asked + 0.3
+
+
+def test_a_lost_notification_costs_latency_not_the_abort(store, new_watch, monkeypatch):
+    if store.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no notifications: the checks read every POLL_INTERVAL")
+    running(store, "t1")
+    w = new_watch(store)
+    watched = w.add("t1", on_deadline=lambda: None)
+    w._stop.set()  # the watch's thread ends: from here only the checks read
+    w._thread.join()
+    monkeypatch.setattr(w._listener, "pending", lambda: [])  # as behind a pooler that drops LISTEN
+    store.request_abort("t1")
+
+    def check():
+        now = time.monotonic()
+        if now >= w.next_look:
+            w.look(now)
+        return watched.aborted
+
+    wait_for(check, timeout=10 * FALLBACK, what="the fallback read")  # without it: never
 
 
 def test_a_removed_task_is_no_longer_read(store, new_watch):
@@ -161,3 +181,12 @@ def test_a_forked_child_starts_a_watch_of_its_own(store):
     theirs = parent.recv()
     proc.join()
     assert theirs != mine and watch(store).executor_id == mine
+
+
+def test_a_notification_names_its_task_and_deadline_whatever_the_id():
+    from localabort._listen import ANY, parse, payload
+
+    assert parse(payload("t1", None)) == ("t1", None)
+    assert parse(payload("an id with spaces", 12.5)) == ("an id with spaces", 12.5)
+    assert parse(payload(ANY, None)) == (ANY, None)
+    assert parse("not one of ours") == (ANY, None)  # still an abort: read the store
