@@ -30,7 +30,7 @@ import socket
 import stat
 import time
 import warnings
-from typing import Any, ClassVar, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, ClassVar, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, make_url
@@ -883,23 +883,34 @@ JSON_FIELDS = (
     "id", "name", "state", "progress", "error", "abort_requested", "abort_requested_at", "abort_by", "terminate_at",
     "key", "executor_id", "submitted_at", "started_at", "finished_at", "age_seconds",
 )  # fmt: skip
-#: A whole number, as JSON writes it: ``3`` for a stored ``3.0`` (as ``TaskRecord.progress`` has it).
-_WHOLE = "CASE WHEN abs({x}) < 9007199254740992 AND {x} = {trunc} THEN {as_int} ELSE {as_real} END"
-_SQLITE_WHOLE = _WHOLE.replace("{trunc}", "CAST({x} AS INTEGER)").replace("{as_int}", "CAST({x} AS INTEGER)")
-_PG_WHOLE = _WHOLE.replace("{trunc}", "trunc({x})").replace("{as_int}", "to_json({x}::bigint)")
+
+#: Below this a float holds every whole number exactly (2**53): larger ones stay floats in the JSON.
+_EXACT = 9007199254740992
+
+
+def _sqlite_whole(x: str) -> str:
+    """SQLite: the column ``x`` as JSON writes it, ``3`` for a stored ``3.0`` (as ``TaskRecord.progress`` has it)."""
+    return f"CASE WHEN abs({x}) < {_EXACT} AND {x} = CAST({x} AS INTEGER) THEN CAST({x} AS INTEGER) ELSE {x} END"
+
+
+def _pg_whole(x: str) -> str:
+    """PostgreSQL: the same as ``_sqlite_whole``, as a ``json`` value."""
+    return f"CASE WHEN abs({x}) < {_EXACT} AND {x} = trunc({x}) THEN to_json({x}::bigint) ELSE to_json({x}) END"
+
+
+def _progress(array: str, whole: Callable[[str], str]) -> str:
+    """``[done, total]`` with the dialect's ``array`` function, or NULL for a task without progress."""
+    pair = f"{array}({whole('progress_done')}, {whole('progress_total')})"
+    return f"CASE WHEN progress_done IS NULL THEN NULL ELSE {pair} END"
+
+
 _SQLITE_FIELDS = {
-    "progress": "CASE WHEN progress_done IS NULL THEN NULL ELSE json_array({done}, {total}) END".format(
-        done=_SQLITE_WHOLE.format(x="progress_done", as_real="progress_done"),
-        total=_SQLITE_WHOLE.format(x="progress_total", as_real="progress_total"),
-    ),
+    "progress": _progress("json_array", _sqlite_whole),
     "abort_requested": "json(CASE WHEN abort_requested_at IS NULL THEN 'false' ELSE 'true' END)",
     "age_seconds": "round({now} - submitted_at, 3)",
 }
 _PG_FIELDS = {
-    "progress": "CASE WHEN progress_done IS NULL THEN NULL ELSE json_build_array({done}, {total}) END".format(
-        done=_PG_WHOLE.format(x="progress_done", as_real="to_json(progress_done)"),
-        total=_PG_WHOLE.format(x="progress_total", as_real="to_json(progress_total)"),
-    ),
+    "progress": _progress("json_build_array", _pg_whole),
     "abort_requested": "abort_requested_at IS NOT NULL",
     "age_seconds": "round(({now} - submitted_at)::numeric, 3)",
 }

@@ -131,8 +131,8 @@ class CeleryResult(AbortableAsyncResult):
         """Ask the task to abort. Not yet claimed by a worker, it ends ABORTED now and never runs.
 
         With ``terminate_after``, the worker process running the task kills
-        itself if the task still runs that many seconds from now (it looks
-        every ``TERMINATE_POLL`` s); the store says ABORTED (terminated),
+        itself if the task still runs that many seconds from now (its watch
+        learns the deadline with the abort); the store says ABORTED (terminated),
         and Celery's own backend ``WorkerLostError``.
         """
         check_terminate_after(terminate_after)

@@ -55,6 +55,16 @@ def postgres_url():
     return POSTGRES
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    """A store for contract tests (test_store, test_watch): each test runs on both databases."""
+    from localabort._store import Store
+
+    store = Store(str(tmp_path / "s.sqlite") if request.param == "sqlite" else request.getfixturevalue("postgres_url"))
+    yield store
+    store.dispose()
+
+
 @pytest.fixture
 def executor(start_method, store_path):
     with Executor(max_workers=2, store=store_path, mp_context=start_method) as ex:

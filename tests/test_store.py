@@ -46,14 +46,6 @@ def row(task_id="t1", state=PENDING, **extra):
     return task_row(task_id, **values)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request, tmp_path):
-    """The contract suite's store: each test runs on both databases."""
-    store = Store(str(tmp_path / "s.sqlite") if request.param == "sqlite" else request.getfixturevalue("postgres_url"))
-    yield store
-    store.dispose()
-
-
 @pytest.fixture
 def sqlite_store(tmp_path):
     store = Store(str(tmp_path / "s.sqlite"))

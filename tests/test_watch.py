@@ -25,13 +25,6 @@ from .conftest import ROOT, wait_for
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request, tmp_path):
-    store = Store(str(tmp_path / "s.sqlite") if request.param == "sqlite" else request.getfixturevalue("postgres_url"))
-    yield store
-    store.dispose()
-
-
 @pytest.fixture
 def new_watch():
     """Start a ``Watch`` of a store; every one started is stopped at teardown."""
