@@ -85,6 +85,7 @@ from ._manager import Manager
 from ._scheduler import Scheduler
 from ._states import FAILURE, SUCCESS
 from ._task import task_name
+from ._text import call_repr
 from ._worker import MAIN_UNGUARDED, WorkerSetup
 
 if TYPE_CHECKING:
@@ -293,6 +294,7 @@ class Executor(concurrent.futures.Executor):
         job.options = retry or None
         job.soft_time_limit = soft_time_limit if soft_time_limit is not None else getattr(task, "soft_time_limit", None)
         job.time_limit = time_limit if time_limit is not None else getattr(task, "time_limit", None)
+        job.args_repr = call_repr(args, kwargs)
         try:
             job.blob = pickle.dumps((task, args, kwargs), pickle.HIGHEST_PROTOCOL)
         except Exception as exc:  # the type pickle raised, as ProcessPoolExecutor gives it, with our words

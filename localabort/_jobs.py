@@ -45,6 +45,7 @@ class Job:
 
     __slots__ = (
         "abort_requested",
+        "args_repr",
         "blob",
         "chunked",
         "claimed",
@@ -84,6 +85,7 @@ class Job:
         self.id, self.seq, self.name, self.key = task_id, seq, name, key
         self.future = AbortableFuture(task_id, controller)
         self.blob: Optional[bytes] = None  # the pickled (task, args, kwargs) until it ends
+        self.args_repr: Optional[str] = None  # the arguments as text, for its first row (``_text.call_repr``)
         self.chunked = False
         self.stage = QUEUED
         self.slot: Optional[Slot] = None  # the slot it was sent to

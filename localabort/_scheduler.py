@@ -600,7 +600,7 @@ class Scheduler:
             job.id, executor_id=self.executor_id, name=job.name, key=job.key, state=job.state,
             submitted_at=job.submitted_at, started_at=job.started_at, finished_at=job.finished_at,
             progress_done=done, progress_total=total, result=job.result, traceback=job.traceback, error=job.error,
-            retries=job.retries, eta=job.eta if job.stage == WAITING else None,
+            retries=job.retries, eta=job.eta if job.stage == WAITING else None, args_repr=job.args_repr,
         )  # fmt: skip
         if abort is not None:
             row.update(abort_requested_at=time.time(), abort_by=abort, terminate_at=job.terminate_at)

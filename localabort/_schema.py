@@ -43,7 +43,7 @@ __all__ = [
     "tasks",
 ]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 metadata = sa.MetaData()
 
@@ -90,6 +90,9 @@ tasks = sa.Table(
     # Attempts retried so far, and when the next one is due (a task in RETRY).
     sa.Column("retries", sa.Integer),
     sa.Column("eta", sa.Float),
+    # The call's arguments as text (``_text.call_repr``), written at submit: what a reader may show without
+    # unpickling anything (the dashboard's task detail).
+    sa.Column("args_repr", sa.Text),
     sa.Index("ix_localabort_tasks_name_key", "name", "key"),
     sa.Index("ix_localabort_tasks_submitted_at", "submitted_at"),
     # Partial indexes, their conditions in ``PARTIAL`` (given per dialect, at creation: ``conditions_for``).
@@ -177,8 +180,13 @@ def _to_4(conn: Connection) -> None:
     _remake_indexes(conn, "ix_localabort_tasks_aborting")
 
 
+def _to_5(conn: Connection) -> None:
+    """Schema 5: each task's arguments as text, for readers that never unpickle (the dashboard)."""
+    conn.execute(sa.text("ALTER TABLE localabort_tasks ADD COLUMN args_repr TEXT"))
+
+
 #: Upgrades from each older schema version to the next.
-MIGRATIONS: Dict[int, Callable[[Connection], None]] = {1: _to_2, 2: _to_3, 3: _to_4}
+MIGRATIONS: Dict[int, Callable[[Connection], None]] = {1: _to_2, 2: _to_3, 3: _to_4, 4: _to_5}
 
 
 class _Columns:
@@ -214,6 +222,7 @@ class TaskRecord(NamedTuple):
     abort_by: Optional[str] = None  # who asked for the abort, in words
     retries: int = 0  # attempts retried so far
     eta: Optional[float] = None  # when a task in RETRY runs its next attempt
+    args_repr: Optional[str] = None  # its arguments as text, written at submit
 
 
 def _number(x: float) -> float:
@@ -240,5 +249,5 @@ def _record(row: Any, at: Dict[str, int]) -> TaskRecord:
         m["id"], m["name"], m["state"], m["executor_id"], m["key"], m["submitted_at"],
         m["started_at"], m["finished_at"], progress, m["abort_requested_at"] is not None,
         m["result"], m["traceback"], m["error"], m["terminate_at"], m["abort_requested_at"], m["abort_by"],
-        m["retries"] or 0, m["eta"],
+        m["retries"] or 0, m["eta"], m["args_repr"],
     )  # fmt: skip

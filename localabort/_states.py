@@ -53,7 +53,7 @@ Progress = Tuple[float, Optional[float]]
 #: What a state write sets in a task's row (the store's ``_schema``); ``abort_requested_at`` is not among them.
 STATE_COLUMNS = (
     "executor_id", "name", "key", "state", "submitted_at", "started_at",
-    "finished_at", "progress_done", "progress_total", "result", "traceback", "error", "retries", "eta",
+    "finished_at", "progress_done", "progress_total", "result", "traceback", "error", "retries", "eta", "args_repr",
 )  # fmt: skip
 
 

@@ -861,11 +861,15 @@ _COLUMNS = ("id", *STATE_COLUMNS)
 #: The columns of a task's outcome: large, and unpickled only by those who read it.
 _OUTCOME_COLUMNS = ("result", "traceback")
 #: A state write: a final state stays final, and the abort request is not touched.
+#: What a state write leaves as stored when it gives none: written once, at submit, by the submitter alone.
+_KEPT = {"args_repr"}
 _STATE_UPSERT = (
     f"INSERT INTO {tasks.name} ({', '.join(_COLUMNS)}) VALUES ({', '.join(':' + c for c in _COLUMNS)}) "
-    f"ON CONFLICT (id) DO UPDATE SET {', '.join(f'{c} = excluded.{c}' for c in STATE_COLUMNS)} "
-    f"WHERE {tasks.name}.{UNFINISHED}"
-)
+    "ON CONFLICT (id) DO UPDATE SET "
+    + ", ".join(f"{c} = COALESCE(excluded.{c}, {tasks.name}.{c})" if c in _KEPT else f"{c} = excluded.{c}"
+                for c in STATE_COLUMNS)
+    + f" WHERE {tasks.name}.{UNFINISHED}"
+)  # fmt: skip
 #: The earlier of a stored time and a new one, either of which may be NULL (``LEAST`` is ``_sql``'s to spell).
 _EARLIER = "LEAST(COALESCE({old}, {new}), COALESCE({new}, {old}))"
 #: An abort request, for a row that may not exist yet: on one that does, the first request and the

@@ -77,6 +77,7 @@ from ._schema import task_row
 from ._states import ABORTED, PENDING, RETRY, STARTED, SUCCESS, Progress
 from ._store import Store
 from ._task import AbortableTask, execute, task_name
+from ._text import call_repr
 from ._watch import POLL_INTERVAL, Watch, Watched, watch
 
 __all__ = ["POLL_INTERVAL", "CeleryResult", "LocalabortCeleryTask", "register"]
@@ -162,7 +163,14 @@ class LocalabortCeleryTask(Task):  # type: ignore[misc]
         """
         task_id, store = task_id or new_id(), self.store
         if not options.get("retries"):
-            row = task_row(task_id, executor_id=CELERY, name=self.name, state=PENDING, submitted_at=time.time())
+            row = task_row(
+                task_id,
+                executor_id=CELERY,
+                name=self.name,
+                state=PENDING,
+                submitted_at=time.time(),
+                args_repr=call_repr(tuple(args or ()), dict(kwargs or {})),
+            )
             store.write([row])
         super().apply_async(args, kwargs, task_id=task_id, **options)
         return CeleryResult(task_id, store=store)

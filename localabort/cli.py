@@ -276,7 +276,7 @@ def show(store: Store, args: argparse.Namespace) -> int:
         print(json.dumps(dict(json.loads(listed), outcome=outcome or None, traceback=record.traceback), indent=1))
         return 0
     fields = [
-        ("id", record.id), ("name", record.name),
+        ("id", record.id), ("name", record.name), ("args", record.args_repr or ""),
         ("state", record.state + (" (abort requested)" if record.abort_requested else "")),
         ("progress", _progress(record)), ("key", record.key or ""),
         *[(label, _when(at, now)) for label, at in

@@ -54,6 +54,16 @@ def test_run_returned_without_abort_is_success(executor):
     assert record.state == SUCCESS and record.progress == (5, 5)
 
 
+def test_the_store_keeps_each_calls_arguments_as_text(executor):
+    big = executor.submit(tasks.Crunch, n=3)
+    small = executor.submit(divmod, 7, "x" * 1000)
+    assert big.result(timeout=30) == [0, 1, 4]
+    assert stored(executor, big).args_repr == "n=3"
+    concurrent.futures.wait([small], timeout=30)
+    text = stored(executor, small).args_repr
+    assert text.startswith("7, 'xxx") and text.endswith("xxx'") and len(text) < 200
+
+
 def test_run_raised_is_failure_with_child_traceback(executor):
     fut = executor.submit(tasks.Fail, "boom")
     with pytest.raises(ValueError, match="boom") as info:

@@ -176,6 +176,15 @@ def test_reopen_keeps_tasks(store):
     again.dispose()
 
 
+def test_the_arguments_written_at_submit_outlive_later_writes(store):
+    """Only the submitter knows a call's arguments: a write that gives none (a claim, an outcome) keeps them."""
+    store.write([row("t1", args_repr="1, n=2")])
+    store.write([row("t1", STARTED, started_at=2.0)])
+    store.write([row("t1", SUCCESS, finished_at=3.0)])
+    record = store.get("t1")
+    assert (record.state, record.args_repr) == (SUCCESS, "1, n=2")
+
+
 def test_open_is_one_handle_per_store(tmp_path):
     path = str(tmp_path / "one.sqlite")
     assert Store.open(path, create=True) is Store.open(os.path.relpath(path)) is Store.open("sqlite:///" + path)
@@ -328,11 +337,11 @@ def test_an_older_store_is_upgraded_by_an_executor_only(tmp_path):
     with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         for statement in SCHEMA_1:
             conn.execute(statement)
-    with pytest.raises(StoreError, match=r"older localabort \(schema 1, this one reads 4\); open it once with an Ex"):
+    with pytest.raises(StoreError, match=r"older localabort \(schema 1, this one reads 5\); open it once with an Ex"):
         Store(path, create=False)
     assert sql(path, "SELECT value FROM localabort_meta") == [("1",)]  # a reader changed nothing
     store = Store(path, create=True)
-    assert sql(path, "SELECT value FROM localabort_meta") == [("4",)]
+    assert sql(path, "SELECT value FROM localabort_meta") == [("5",)]
     assert store.get("old").state == SUCCESS and store.get("old").error is None  # the tasks are kept
     indexes = dict(sql(path, "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"))
     assert "RECEIVED" in indexes["ix_localabort_tasks_unfinished"]
@@ -344,7 +353,7 @@ def test_an_older_store_is_upgraded_by_an_executor_only(tmp_path):
 
 
 def test_an_older_schema_is_upgraded_on_either_database(store):
-    """Schema 1, as localabort 0.1 made it, made from today's by undoing what schemas 2 to 4 added."""
+    """Schema 1, as localabort 0.1 made it, made from today's by undoing what schemas 2 to 5 added."""
     import sqlalchemy as sa
 
     store.write([row("old", SUCCESS, key="k", finished_at=1.0)])
@@ -352,7 +361,7 @@ def test_an_older_schema_is_upgraded_on_either_database(store):
         for name in ("ix_localabort_tasks_unfinished", "ux_localabort_tasks_held_key", "ix_localabort_tasks_aborting"):
             conn.execute(sa.text(f"DROP INDEX {name}"))
         conn.execute(sa.text("ALTER TABLE localabort_executors DROP COLUMN flushed_at"))
-        for column in ("abort_by", "terminate_at", "error", "retries", "eta"):
+        for column in ("abort_by", "terminate_at", "error", "retries", "eta", "args_repr"):
             conn.execute(sa.text(f"ALTER TABLE localabort_tasks DROP COLUMN {column}"))
         conn.execute(sa.text("CREATE INDEX ix_localabort_tasks_unfinished ON localabort_tasks (executor_id) "
                              "WHERE state IN ('PENDING', 'STARTED')"))  # fmt: skip
@@ -361,7 +370,7 @@ def test_an_older_schema_is_upgraded_on_either_database(store):
     with pytest.raises(StoreError, match=r"older localabort \(schema 1"):
         Store(store.url, create=False)
     upgraded = Store(store.url, create=True)
-    assert upgraded._schema_version(create=False) == "4" and upgraded.get("old").state == SUCCESS
+    assert upgraded._schema_version(create=False) == "5" and upgraded.get("old").state == SUCCESS
     assert upgraded.aborts_requested("e0") == {}  # its index is back (SQLite names it: INDEXED BY)
     upgraded.register_executor("e1")  # flushed_at is back
     assert upgraded.sync("e1", [row("new", key="k")], [], claims=[("new", "tests.Job", "k")], flushed_at=1.0) == (
