@@ -121,6 +121,11 @@ class Executor(concurrent.futures.Executor):
             file object shows them there instead.
         poll_interval: seconds between reads of the store for aborts
             requested by other processes, while tasks run.
+        dashboard: ``True`` serves a live page of the store on
+            127.0.0.1 (a free port) until the pool stops, and prints its
+            URL, which carries the page's token, once on stderr (needs
+            ``pip install "localabort[web]"``; ``localabort serve STORE``
+            serves the same page from another process, for longer).
 
     Raises:
         StoreError: the store cannot be opened or written; the message names it.
@@ -142,6 +147,7 @@ class Executor(concurrent.futures.Executor):
         max_tasks_per_child: Optional[int] = None,
         progress: Union[bool, TextIO] = False,
         poll_interval: float = 0.02,
+        dashboard: bool = False,
     ) -> None:
         if getattr(multiprocessing.current_process(), "_inheriting", False):
             # A worker importing the main script (spawn, forkserver) got here: the script has no
@@ -168,6 +174,12 @@ class Executor(concurrent.futures.Executor):
                 "forked from a process running threads); pass mp_context='spawn' or 'forkserver'"
             )
         _check_main_importable(mp_context.get_start_method(allow_none=False))
+        if dashboard:
+            from ._web import missing
+
+            problem = missing()
+            if problem is not None:
+                raise ImportError(problem)
         ctx = cast("Context", mp_context)
         self._tmpdir: Optional[str] = None
         if store is None:
@@ -194,6 +206,12 @@ class Executor(concurrent.futures.Executor):
             self._progress.start()
         _running.add(self._manager)
         self._manager.start(on_stop=_running.discard)
+        self._dashboard = None
+        if dashboard:
+            from ._web import Dashboard
+
+            self._dashboard = Dashboard(self._store).start(until=self._scheduler.stopped)
+            print(f"localabort: dashboard of this batch at {self._dashboard.url}", file=sys.stderr, flush=True)
         stop_on_signals(_busy)  # SIGTERM and SIGHUP stop the batch as Ctrl-C does (see ``_interrupt``)
         # Dropped without shutdown() (``del ex``, a function that returns): finish the work, then stop,
         # as ProcessPoolExecutor does. At the interpreter's exit the exit hook decides instead.
@@ -421,6 +439,8 @@ class Executor(concurrent.futures.Executor):
         self._scheduler.shutdown(wait, cancel_futures)
         if wait and self._progress is not None:
             self._progress.join()
+        if wait and self._dashboard is not None:
+            self._dashboard.stop()
 
     def terminate_workers(self) -> None:
         """Stop every worker now with SIGTERM, as Python 3.14's ``ProcessPoolExecutor`` does; then shut down.

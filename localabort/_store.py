@@ -771,10 +771,17 @@ class Store:
         counts["finished"] = (total or 0) - (standing or 0) - sum(counts.values())
         return counts
 
-    def request_abort_all(self, terminate_after: Optional[float] = None, *, by: Optional[str] = None) -> List[str]:
-        """Ask every unfinished task in the store to abort (see ``request_abort``); return the ids newly asked."""
+    def request_abort_all(
+        self, terminate_after: Optional[float] = None, *, by: Optional[str] = None, executor_id: Optional[str] = None
+    ) -> List[str]:
+        """Ask every unfinished task in the store (or of one executor) to abort (see ``request_abort``).
+
+        Returns the ids newly asked.
+        """
         now = time.time()
         unfinished = sa.and_(sa.text(UNFINISHED), tasks.c.name != STANDING)
+        if executor_id is not None:
+            unfinished = sa.and_(unfinished, tasks.c.executor_id == executor_id)
         asked = unfinished & tasks.c.abort_requested_at.is_(None)
         with self._begin() as conn:
             ids = list(

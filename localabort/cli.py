@@ -113,6 +113,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     watch_parser.add_argument("store", help="the store: a SQLite file or an SQLAlchemy URL")
 
+    serve_parser = commands.add_parser(
+        "serve", help='a live dashboard in the browser (needs the web extra: pip install "localabort[web]")'
+    )
+    serve_parser.add_argument("store", help="the store: a SQLite file or an SQLAlchemy URL")
+    serve_parser.add_argument(
+        "--host", default="127.0.0.1", help="the address to bind (default 127.0.0.1: this machine)"
+    )
+    serve_parser.add_argument("--port", type=int, default=8765, help="the port (default 8765; 0: any free one)")
+    serve_parser.add_argument("--read-only", action="store_true", help="serve no actions: no abort from the page")
+
     forget_parser = commands.add_parser("forget", help="delete finished tasks older than an age")
     forget_parser.add_argument("store", help="the store: a SQLite file or an SQLAlchemy URL")
     forget_parser.add_argument(
@@ -370,10 +380,31 @@ def watch(store: Store, args: argparse.Namespace) -> int:
         bars.close()
 
 
+def serve(store: Store, args: argparse.Namespace) -> int:
+    """Serve the dashboard of the store until Ctrl-C, having printed its URL (which carries its token)."""
+    from ._web import Dashboard, missing
+
+    problem = missing()
+    if problem is not None:
+        _print(f"localabort: {problem}", file=sys.stderr)
+        return 2
+    try:
+        board = Dashboard(store, host=args.host, port=args.port, read_only=args.read_only)
+    except OSError as exc:
+        _print(f"localabort: {exc.strerror}", file=sys.stderr)
+        return 2
+    kind = "read-only dashboard" if args.read_only else "dashboard"
+    _print(f"localabort: {kind} of {store.name} at {board.url}  (Ctrl-C to stop)", file=sys.stderr)
+    board.run()
+    return 0
+
+
 def forget(store: Store, args: argparse.Namespace) -> int:
     """Delete finished tasks older than the age given."""
     _print(f"forgot {store.forget(args.older_than):,} finished task(s)")
     return 0
 
 
-COMMANDS: Dict[str, Any] = {"status": status, "show": show, "abort": abort, "watch": watch, "forget": forget}
+COMMANDS: Dict[str, Any] = {
+    "status": status, "show": show, "abort": abort, "watch": watch, "forget": forget, "serve": serve,
+}  # fmt: skip

@@ -1,0 +1,209 @@
+"""What the dashboard reads from a store and asks of it: plain, JSON-ready dicts, and nothing unpickled.
+
+A ``Board`` answers the page's questions (``_web``) through the store's own
+tables: the counts by state, the batches (one per executor) with their
+unfinished tasks, the running tasks with their progress, a page of tasks,
+and one task in full. It never reads a stored result or exception: those
+are pickles, and a reader that shows a store must not run its code. What it
+shows is the text the store keeps (``args_repr``, ``error``, ``traceback``).
+
+Pages go by *keyset*, newest first: a page ends with a cursor (the last
+row's ``submitted_at`` and id), and the next page starts below it through
+the index of ``submitted_at``, so the thousandth page of a store of
+1,000,000 tasks costs what the first does.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+import sqlalchemy as sa
+
+from ._schema import STANDING, UNFINISHED, executors, tasks
+from ._states import ALL_STATES, READY_STATES, STARTED
+from ._store import Store
+
+__all__ = ["PAGE", "Board"]
+
+#: Tasks in a page of the listing, and the most running tasks a snapshot carries bars for.
+PAGE = 50
+RUNNING = 40
+#: The most batches (executors) a snapshot lists: those with unfinished tasks, then the newest.
+BATCHES = 12
+#: The finished tasks are counted again once this many times as long as their last count took has passed.
+RECOUNT = 10
+
+#: A task's fields in the listing and the running bars (the detail adds ``_DETAIL``).
+_LISTED = (
+    "id", "name", "state", "executor_id", "key", "submitted_at", "started_at", "finished_at",
+    "progress_done", "progress_total", "abort_requested_at", "error", "retries",
+)  # fmt: skip
+_DETAIL = ("args_repr", "traceback", "abort_by", "terminate_at", "eta")
+
+
+class Board:
+    """The dashboard's view of one store.
+
+    >>> import os, tempfile
+    >>> from localabort import Executor
+    >>> path = os.path.join(tempfile.mkdtemp(), "b.sqlite")
+    >>> with Executor(max_workers=1, store=path) as ex:
+    ...     task_id = ex.submit(divmod, 7, 2).id
+    >>> board = Board(Store.open(path))
+    >>> board.snapshot()["counts"]
+    {'SUCCESS': 1}
+    >>> board.task(task_id)["args_repr"]
+    '7, 2'
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._lock = threading.Lock()  # the streams' threads share the counts of finished tasks
+        self._finished: Dict[str, int] = {}
+        self._counted_at = 0.0  # wall clock, for the page
+        self._counted = -float("inf")  # monotonic
+        self._cost = 0.0
+
+    def _counts(self, conn: Any) -> Dict[str, int]:
+        """Tasks by state: the unfinished ones counted each time, through their small index; the finished
+        ones counted again once ``RECOUNT`` times as long as counting them took has passed (it reads every
+        row: half a second on a store of 1,000,000 tasks), else as last counted."""
+        by_state = sa.select(tasks.c.state, sa.func.count()).where(tasks.c.name != STANDING).group_by(tasks.c.state)
+        counts: Dict[str, int] = {state: n for state, n in conn.execute(by_state.where(sa.text(UNFINISHED)))}
+        with self._lock:
+            if time.monotonic() - self._counted > RECOUNT * self._cost:
+                began = time.monotonic()
+                finished = by_state.where(tasks.c.state.in_(sorted(READY_STATES)))
+                self._finished = {state: n for state, n in conn.execute(finished)}
+                self._counted, self._counted_at = time.monotonic(), time.time()
+                self._cost = self._counted - began
+            counts.update(self._finished)
+        return counts
+
+    def snapshot(
+        self,
+        *,
+        state: Optional[str] = None,
+        name: Optional[str] = None,
+        executor: Optional[str] = None,
+        before: Optional[str] = None,
+        limit: int = PAGE,
+    ) -> Dict[str, Any]:
+        """Everything the page shows at once: counts, batches, running tasks, and one page of tasks.
+
+        ``state``, ``name`` (a part of it) and ``executor`` filter the page
+        and the running bars; ``before`` is the cursor a previous page ended
+        with (``next``), ``None`` for the newest tasks.
+        """
+        if state is not None and state not in ALL_STATES:
+            raise ValueError(f"no state {state!r}; the states are {', '.join(sorted(ALL_STATES))}")
+        now = time.time()
+        with self.store.engine.connect() as conn:
+            counts = self._counts(conn)
+            page = conn.execute(_page(state, name, executor, before, limit)).all()
+            running = conn.execute(
+                _filtered(_select(_LISTED), None, name, executor)
+                .where(tasks.c.state == STARTED, sa.text(UNFINISHED))
+                .order_by(tasks.c.started_at)
+                .limit(RUNNING)
+            ).all()
+            batches = _batches(conn)
+        rows = [_row(r) for r in page]
+        return {
+            "now": now,
+            "store": self.store.name,
+            "counts": counts,
+            "finished_counted_at": self._counted_at,
+            "batches": batches,
+            "running": [_row(r) for r in running],
+            "running_total": counts.get(STARTED, 0),
+            "tasks": rows,
+            "next": _cursor(rows[-1]) if len(rows) == limit else None,
+        }
+
+    def task(self, task_id: str) -> Optional[Dict[str, Any]]:
+        """One task in full (its text only: never its pickled result), or ``None`` if the store has no such id."""
+        with self.store.engine.connect() as conn:
+            found = conn.execute(_select(_LISTED + _DETAIL).where(tasks.c.id == task_id, tasks.c.name != STANDING))
+            row = found.first()
+        return None if row is None else _row(row)
+
+    def abort(self, task_id: str, terminate_after: Optional[float], by: str) -> Optional[Dict[str, Any]]:
+        """Ask a task the store holds to abort, as ``localabort abort`` does; ``None`` if it holds no such task.
+
+        Returns the state the request met (``None`` for a task already finished: nothing to ask).
+        """
+        if self.task(task_id) is None:  # never a standing abort for an id the page did not show
+            return None
+        return {"id": task_id, "met": self.store.request_abort(task_id, terminate_after, by=by)}
+
+    def abort_batch(self, executor_id: str, terminate_after: Optional[float], by: str) -> List[str]:
+        """Ask every unfinished task of one executor to abort; the ids newly asked."""
+        return self.store.request_abort_all(terminate_after, by=by, executor_id=executor_id)
+
+
+def _select(fields: Tuple[str, ...]) -> Any:
+    return sa.select(*(tasks.c[f] for f in fields))
+
+
+def _filtered(query: Any, state: Optional[str], name: Optional[str], executor: Optional[str]) -> Any:
+    query = query.where(tasks.c.name != STANDING)
+    if state is not None:
+        query = query.where(tasks.c.state == state)
+    if name:
+        query = query.where(tasks.c.name.contains(name, autoescape=True))
+    if executor:
+        query = query.where(tasks.c.executor_id == executor)
+    return query
+
+
+def _page(state: Optional[str], name: Optional[str], executor: Optional[str], before: Optional[str], limit: int) -> Any:
+    """A page of tasks, newest first, below the cursor ``before``: a range of the ``submitted_at`` index."""
+    query = _filtered(_select(_LISTED), state, name, executor)
+    if before:
+        at, _, after_id = before.partition(":")
+        t = float(at)
+        # Written as a range of submitted_at (not an OR), so the index bounds the read.
+        same_time_newer = sa.and_(tasks.c.submitted_at == t, tasks.c.id >= after_id)
+        query = query.where(tasks.c.submitted_at <= t, sa.not_(same_time_newer))
+    return query.order_by(tasks.c.submitted_at.desc(), tasks.c.id.desc()).limit(limit)
+
+
+def _cursor(row: Dict[str, Any]) -> str:
+    return f"{row['submitted_at']!r}:{row['id']}"
+
+
+def _row(row: Any) -> Dict[str, Any]:
+    """A task row as the page reads it: ``progress`` as ``[done, total]`` (or ``None``), ``abort_requested``."""
+    out = dict(row._mapping)
+    done, total = out.pop("progress_done"), out.pop("progress_total")
+    out["progress"] = None if done is None else [done, total]
+    out["abort_requested"] = out["abort_requested_at"] is not None
+    return out
+
+
+def _batches(conn: Any) -> List[Dict[str, Any]]:
+    """The executors to show as batches: each with unfinished tasks (by state), then the newest others."""
+    unfinished: Dict[str, Dict[str, int]] = {}
+    by_state = (
+        sa.select(tasks.c.executor_id, tasks.c.state, sa.func.count())
+        .where(sa.text(UNFINISHED), tasks.c.name != STANDING)
+        .group_by(tasks.c.executor_id, tasks.c.state)
+    )
+    for executor_id, state, count in conn.execute(by_state):
+        unfinished.setdefault(executor_id or "", {})[state] = count
+    busy = [e for e in unfinished if e]
+    rows = list(conn.execute(sa.select(executors).where(executors.c.id.in_(busy[:BATCHES]))))
+    if len(rows) < BATCHES:
+        newest = sa.select(executors).where(executors.c.id.not_in(busy)).order_by(executors.c.started_at.desc())
+        rows += list(conn.execute(newest.limit(BATCHES - len(rows))))
+    batches = []
+    for row in rows:
+        batches.append({
+            "id": row.id, "hostname": row.hostname, "pid": row.pid, "started_at": row.started_at,
+            "closed_at": row.closed_at, "seen_at": row.flushed_at, "unfinished": unfinished.get(row.id, {}),
+        })  # fmt: skip
+    batches.sort(key=lambda b: (not b["unfinished"], -(b["started_at"] or 0.0)))
+    return batches
