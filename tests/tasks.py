@@ -390,3 +390,15 @@ class Parent(AbortableTask):
         while time.monotonic() < deadline:
             time.sleep(0.01)
         return pids
+
+
+class Steps(AbortableTask):
+    """``n`` steps of ``pause`` seconds, each reported as progress out of ``n``; stops when aborted."""
+
+    def run(self, n=1000, pause=0.02):
+        for i in range(n):
+            if self.is_aborted():
+                return i
+            time.sleep(pause)
+            self.progress(i + 1, n)
+        return n

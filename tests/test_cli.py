@@ -143,7 +143,12 @@ def test_show_one_task(busy, store_path):
     failed = cli("show", store_path, done[2].id[-8:])  # as a progress bar labels it
     assert failed.returncode == 0, failed.stderr
     lines = failed.stdout.splitlines()
-    assert lines[:4] == [f"id:        {done[2].id}", "name:      tests.tasks.Fail", "args:      'x'", "state:     FAILURE"]
+    assert lines[:4] == [
+        f"id:        {done[2].id}",
+        "name:      tests.tasks.Fail",
+        "args:      'x'",
+        "state:     FAILURE",
+    ]
     assert "error:     ValueError: x" in lines and "traceback:" in lines
     assert failed.stdout.rstrip().endswith("ValueError: x")  # the child's own traceback
     assert f"result:    {[0, 1, 4]!r}" in cli("show", store_path, done[0].id).stdout

@@ -1,0 +1,107 @@
+"""The dashboard's reads and asks (``_board``), on both databases: counts, batches, keyset pages, one task."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from localabort import ABORTED, FAILURE, PENDING, STARTED, SUCCESS
+from localabort._board import Board
+from localabort._schema import task_row
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def row(task_id, state=SUCCESS, executor="e1", at=1.0, **extra):
+    values = dict(name="tests.Job", executor_id=executor, state=state, submitted_at=at)
+    values.update(extra)
+    return task_row(task_id, **values)
+
+
+class Boom:
+    """A pickle that, unpickled, leaves a file: the proof that a reader unpickled it."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_pages_go_newest_first_without_gaps_or_repeats(store):
+    # 120 tasks, some submitted at the very same time: the cursor's tie-break is the id.
+    store.write([row(f"t{i:03d}", at=float(i // 4)) for i in range(120)])
+    board = Board(store)
+    seen, before = [], None
+    for expected in (50, 50, 20):
+        snap = board.snapshot(before=before)
+        assert len(snap["tasks"]) == expected
+        seen += [t["id"] for t in snap["tasks"]]
+        before = snap["next"]
+    assert before is None
+    assert seen == sorted(seen, key=lambda i: (int(i[1:]) // 4, i), reverse=True) and len(set(seen)) == 120
+
+
+def test_filters_apply_to_the_page_and_the_running_bars(store):
+    store.write([
+        row("a", STARTED, started_at=2.0, progress_done=3.0, progress_total=10.0),
+        row("b", STARTED, executor="e2", name="tests.Other", started_at=2.0),
+        row("c", FAILURE, error="ValueError: x"), row("d", PENDING),
+    ])  # fmt: skip
+    board = Board(store)
+    snap = board.snapshot()
+    assert snap["counts"] == {STARTED: 2, FAILURE: 1, PENDING: 1} and snap["running_total"] == 2
+    assert {t["id"] for t in snap["running"]} == {"a", "b"}
+    (a,) = [t for t in snap["running"] if t["id"] == "a"]
+    assert a["progress"] == [3, 10] and a["abort_requested"] is False
+    assert [t["id"] for t in board.snapshot(state=FAILURE)["tasks"]] == ["c"]
+    assert board.snapshot(state=FAILURE)["tasks"][0]["error"] == "ValueError: x"
+    assert {t["id"] for t in board.snapshot(name="Other")["running"]} == {"b"}
+    assert {t["id"] for t in board.snapshot(executor="e1")["tasks"]} == {"a", "c", "d"}
+    with pytest.raises(ValueError, match="no state 'DONE'; the states are ABORTED, "):
+        board.snapshot(state="DONE")
+
+
+def test_batches_are_executors_with_their_unfinished_tasks_first(store):
+    for executor_id in ("old", "busy"):
+        store.register_executor(executor_id)
+    store.close_executor("old")
+    store.write([row("a", STARTED, executor="busy"), row("b", PENDING, executor="busy"), row("c", executor="old")])
+    batches = Board(store).snapshot()["batches"]
+    assert [b["id"] for b in batches] == ["busy", "old"]
+    assert batches[0]["unfinished"] == {STARTED: 1, PENDING: 1} and batches[0]["closed_at"] is None
+    assert batches[1]["unfinished"] == {} and batches[1]["closed_at"] is not None
+
+
+def test_a_task_in_full_is_its_text_and_never_its_pickles(store, tmp_path):
+    trap = tmp_path / "unpickled"
+    blob = pickle.dumps(Boom(str(trap)))
+    store.write([row("t1", FAILURE, args_repr="1, n=2", result=blob, traceback="Traceback ...", error="E: x",
+                     retries=2)])  # fmt: skip
+    board = Board(store)
+    task = board.task("t1")
+    assert (task["args_repr"], task["traceback"], task["error"], task["retries"]) == (
+        "1, n=2",
+        "Traceback ...",
+        "E: x",
+        2,
+    )
+    assert "result" not in task
+    board.snapshot()
+    assert not trap.exists()
+    assert board.task("nope") is None
+
+
+def test_aborts_asked_of_one_task_or_of_one_batch(store):
+    store.write([row("a", STARTED), row("b", PENDING), row("c", STARTED, executor="e2"), row("d", SUCCESS)])
+    board = Board(store)
+    assert board.abort("a", 5.0, "the page") == {"id": "a", "met": STARTED}
+    record = store.get("a")
+    assert record.abort_requested and record.abort_by == "the page" and record.terminate_at is not None
+    assert board.abort("d", None, "the page") == {"id": "d", "met": None}  # finished: nothing asked
+    assert board.abort("nope", None, "the page") is None and store.get("nope") is None  # no standing abort made
+    assert sorted(board.abort_batch("e1", None, "the page")) == ["b"]  # a was asked already
+    assert not store.get("c").abort_requested  # another batch's task
+    assert store.get("b").abort_by == "the page"
+    assert ABORTED not in board.snapshot()["counts"]  # asking is not ending: the executor ends them
