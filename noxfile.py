@@ -72,7 +72,7 @@ def cpython(session: nox.Session) -> None:
 #: Each benchmark script, and whether it takes ``--quick``.
 BENCHMARKS = {
     "core": True, "throughput": True, "startup": True, "memory": True, "celery": True, "faults": False, "status": False,
-    "retries": True, "soak": True,
+    "retries": True, "soak": True, "dashboard": True,
 }  # fmt: skip
 
 
@@ -82,7 +82,7 @@ def bench(session: nox.Session) -> None:
 
     ``-- --quick`` for a short run; ``-- celery soak`` (names of ``BENCHMARKS``) for some of them only.
     """
-    session.install("-e", ".[celery,postgresql]", "celery[redis]", "loky", "pebble", "mpire")
+    session.install("-e", ".[celery,postgresql,web]", "celery[redis]", "playwright", "loky", "pebble", "mpire")
     quick = [arg for arg in session.posargs if arg == "--quick"]
     chosen = [arg for arg in session.posargs if arg in BENCHMARKS] or list(BENCHMARKS)
     servers = {}  # bench_celery's Redis broker and PostgreSQL store, from the scripts CI uses

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import sqlalchemy as sa
 
@@ -34,6 +34,8 @@ RUNNING = 40
 BATCHES = 12
 #: The finished tasks are counted again once this many times as long as their last count took has passed.
 RECOUNT = 10
+#: A count of the finished tasks that took less than this (seconds) is made afresh for every snapshot.
+CHEAP = 0.02
 
 #: A task's fields in the listing and the running bars (the detail adds ``_DETAIL``).
 _LISTED = (
@@ -66,21 +68,26 @@ class Board:
         self._counted = -float("inf")  # monotonic
         self._cost = 0.0
 
-    def _counts(self, conn: Any) -> Dict[str, int]:
-        """Tasks by state: the unfinished ones counted each time, through their small index; the finished
-        ones counted again once ``RECOUNT`` times as long as counting them took has passed (it reads every
-        row: half a second on a store of 1,000,000 tasks), else as last counted."""
-        by_state = sa.select(tasks.c.state, sa.func.count()).where(tasks.c.name != STANDING).group_by(tasks.c.state)
-        counts: Dict[str, int] = {state: n for state, n in conn.execute(by_state.where(sa.text(UNFINISHED)))}
+    def _finished_counts(self, conn: Any) -> Dict[str, int]:
+        """The finished tasks by state: counted afresh if that is ``CHEAP``, else once ``RECOUNT`` times as long
+        as the last count took has passed (it reads every row: half a second on a store of 1,000,000 tasks)."""
         with self._lock:
-            if time.monotonic() - self._counted > RECOUNT * self._cost:
+            if self._cost < CHEAP or time.monotonic() - self._counted > RECOUNT * self._cost:
                 began = time.monotonic()
-                finished = by_state.where(tasks.c.state.in_(sorted(READY_STATES)))
+                finished = (
+                    sa.select(tasks.c.state, sa.func.count())
+                    .where(tasks.c.state.in_(sorted(READY_STATES)))
+                    .group_by(tasks.c.state)
+                )
                 self._finished = {state: n for state, n in conn.execute(finished)}
                 self._counted, self._counted_at = time.monotonic(), time.time()
                 self._cost = self._counted - began
-            counts.update(self._finished)
-        return counts
+            return dict(self._finished)
+
+    def warm(self) -> None:
+        """Count the finished tasks now, so that the first page opened need not wait for it."""
+        with self.store.engine.connect() as conn:
+            self._finished_counts(conn)
 
     def snapshot(
         self,
@@ -101,7 +108,15 @@ class Board:
             raise ValueError(f"no state {state!r}; the states are {', '.join(sorted(ALL_STATES))}")
         now = time.time()
         with self.store.engine.connect() as conn:
-            counts = self._counts(conn)
+            # The unfinished tasks by executor and state, through their small index: the batches, and the counts.
+            unfinished = conn.execute(
+                sa.select(tasks.c.executor_id, tasks.c.state, sa.func.count())
+                .where(sa.text(UNFINISHED), tasks.c.name != STANDING)
+                .group_by(tasks.c.executor_id, tasks.c.state)
+            ).all()
+            counts = self._finished_counts(conn)
+            for _, task_state, n in unfinished:
+                counts[task_state] = counts.get(task_state, 0) + n
             page = conn.execute(_page(state, name, executor, before, limit)).all()
             running = conn.execute(
                 _filtered(_select(_LISTED), None, name, executor)
@@ -109,7 +124,7 @@ class Board:
                 .order_by(tasks.c.started_at)
                 .limit(RUNNING)
             ).all()
-            batches = _batches(conn)
+            batches = _batches(conn, unfinished)
         rows = [_row(r) for r in page]
         return {
             "now": now,
@@ -184,15 +199,10 @@ def _row(row: Any) -> Dict[str, Any]:
     return out
 
 
-def _batches(conn: Any) -> List[Dict[str, Any]]:
-    """The executors to show as batches: each with unfinished tasks (by state), then the newest others."""
+def _batches(conn: Any, counted: Sequence[Any]) -> List[Dict[str, Any]]:
+    """The executors to show as batches: each with unfinished tasks (``counted``), then the newest others."""
     unfinished: Dict[str, Dict[str, int]] = {}
-    by_state = (
-        sa.select(tasks.c.executor_id, tasks.c.state, sa.func.count())
-        .where(sa.text(UNFINISHED), tasks.c.name != STANDING)
-        .group_by(tasks.c.executor_id, tasks.c.state)
-    )
-    for executor_id, state, count in conn.execute(by_state):
+    for executor_id, state, count in counted:
         unfinished.setdefault(executor_id or "", {})[state] = count
     busy = [e for e in unfinished if e]
     rows = list(conn.execute(sa.select(executors).where(executors.c.id.in_(busy[:BATCHES]))))

@@ -29,7 +29,8 @@ function el(tag, attrs, ...children) {
 
 const now = () => Date.now() / 1000 + skew;
 const short = (id) => (id.length > 8 ? id.slice(-8) : id);
-const number = (n) => Number(n).toLocaleString("en-US", { maximumFractionDigits: 2 });
+const NUMBER = new Intl.NumberFormat("en-US", { maximumFractionDigits: 2 }); // one formatter: making one is slow
+const number = (n) => NUMBER.format(n);
 
 function duration(seconds) {
   if (!isFinite(seconds) || seconds < 0) return "";
