@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import sqlalchemy as sa
 
-from ._schema import STANDING, UNFINISHED, executors, tasks
+from ._schema import RUNNING, STANDING, UNFINISHED, executors, tasks
 from ._states import ALL_STATES, READY_STATES, STARTED
 from ._store import Store
 
@@ -29,7 +29,7 @@ __all__ = ["PAGE", "Board"]
 
 #: Tasks in a page of the listing, and the most running tasks a snapshot carries bars for.
 PAGE = 50
-RUNNING = 40
+BARS = 40
 #: The most batches (executors) a snapshot lists: those with unfinished tasks, then the newest.
 BATCHES = 12
 #: The finished tasks are counted again once this many times as long as their last count took has passed.
@@ -62,32 +62,14 @@ class Board:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._lock = threading.Lock()  # the streams' threads share the counts of finished tasks
-        self._finished: Dict[str, int] = {}
-        self._counted_at = 0.0  # wall clock, for the page
-        self._counted = -float("inf")  # monotonic
-        self._cost = 0.0
-
-    def _finished_counts(self, conn: Any) -> Dict[str, int]:
-        """The finished tasks by state: counted afresh if that is ``CHEAP``, else once ``RECOUNT`` times as long
-        as the last count took has passed (it reads every row: half a second on a store of 1,000,000 tasks)."""
-        with self._lock:
-            if self._cost < CHEAP or time.monotonic() - self._counted > RECOUNT * self._cost:
-                began = time.monotonic()
-                finished = (
-                    sa.select(tasks.c.state, sa.func.count())
-                    .where(tasks.c.state.in_(sorted(READY_STATES)))
-                    .group_by(tasks.c.state)
-                )
-                self._finished = {state: n for state, n in conn.execute(finished)}
-                self._counted, self._counted_at = time.monotonic(), time.time()
-                self._cost = self._counted - began
-            return dict(self._finished)
+        self._finished = _Costly(_count_finished)
+        self._unfinished = _Costly(_count_unfinished)
 
     def warm(self) -> None:
-        """Count the finished tasks now, so that the first page opened need not wait for it."""
+        """Count the tasks now, so that the first page opened need not wait for it."""
         with self.store.engine.connect() as conn:
-            self._finished_counts(conn)
+            self._finished.get(conn)
+            self._unfinished.get(conn)
 
     def snapshot(
         self,
@@ -102,38 +84,38 @@ class Board:
 
         ``state``, ``name`` (a part of it) and ``executor`` filter the page
         and the running bars; ``before`` is the cursor a previous page ended
-        with (``next``), ``None`` for the newest tasks.
+        with (``next``), ``None`` for the newest tasks. The running tasks
+        and the page are read afresh; the counts too, unless counting takes
+        long (``_Costly``): ``counted_at`` says when they were.
         """
         if state is not None and state not in ALL_STATES:
             raise ValueError(f"no state {state!r}; the states are {', '.join(sorted(ALL_STATES))}")
         now = time.time()
         with self.store.engine.connect() as conn:
-            # The unfinished tasks by executor and state, through their small index: the batches, and the counts.
-            unfinished = conn.execute(
-                sa.select(tasks.c.executor_id, tasks.c.state, sa.func.count())
-                .where(sa.text(UNFINISHED), tasks.c.name != STANDING)
-                .group_by(tasks.c.executor_id, tasks.c.state)
-            ).all()
-            counts = self._finished_counts(conn)
-            for _, task_state, n in unfinished:
-                counts[task_state] = counts.get(task_state, 0) + n
-            page = conn.execute(_page(state, name, executor, before, limit)).all()
+            finished, finished_at = self._finished.get(conn)
+            unfinished, unfinished_at = self._unfinished.get(conn)
             running = conn.execute(
                 _filtered(_select(_LISTED), None, name, executor)
-                .where(tasks.c.state == STARTED, sa.text(UNFINISHED))
+                .where(sa.text(RUNNING))
                 .order_by(tasks.c.started_at)
-                .limit(RUNNING)
+                .limit(BARS)
             ).all()
+            running_total = conn.execute(sa.select(sa.func.count()).select_from(tasks).where(sa.text(RUNNING))).scalar()
+            page = conn.execute(_page(state, name, executor, before, limit)).all()
             batches = _batches(conn, unfinished)
+        counts = dict(finished)
+        for _, task_state, n in unfinished:
+            counts[task_state] = counts.get(task_state, 0) + n
+        counts[STARTED] = running_total = running_total or 0  # read afresh, through its own small index
         rows = [_row(r) for r in page]
         return {
             "now": now,
             "store": self.store.name,
-            "counts": counts,
-            "finished_counted_at": self._counted_at,
+            "counts": {s: n for s, n in counts.items() if n},
+            "counted_at": min(finished_at, unfinished_at),
             "batches": batches,
             "running": [_row(r) for r in running],
-            "running_total": counts.get(STARTED, 0),
+            "running_total": running_total,
             "tasks": rows,
             "next": _cursor(rows[-1]) if len(rows) == limit else None,
         }
@@ -157,6 +139,49 @@ class Board:
     def abort_batch(self, executor_id: str, terminate_after: Optional[float], by: str) -> List[str]:
         """Ask every unfinished task of one executor to abort; the ids newly asked."""
         return self.store.request_abort_all(terminate_after, by=by, executor_id=executor_id)
+
+
+class _Costly:
+    """A count that may read every row: made afresh if that is cheap, else reused for a while.
+
+    A count that took less than ``CHEAP`` is made for every snapshot; a
+    longer one is reused until ``RECOUNT`` times as long as it took has
+    passed, so that counting never takes more than a tenth of the time
+    (counting the finished tasks of a store of 1,000,000 reads every row:
+    half a second). Shared by every page's stream.
+    """
+
+    def __init__(self, count: Callable[[Any], Any]) -> None:
+        self.count = count
+        self.lock = threading.Lock()
+        self.value: Any = None
+        self.at = 0.0  # wall clock, for the page
+        self.made = -float("inf")  # monotonic
+        self.cost = 0.0
+
+    def get(self, conn: Any) -> Tuple[Any, float]:
+        """The count, and when it was made."""
+        with self.lock:
+            if self.cost < CHEAP or time.monotonic() - self.made > RECOUNT * self.cost:
+                began = time.monotonic()
+                self.value = self.count(conn)
+                self.made, self.at = time.monotonic(), time.time()
+                self.cost = self.made - began
+            return self.value, self.at
+
+
+def _count_finished(conn: Any) -> Dict[str, int]:
+    """The finished tasks by state: a read of every row."""
+    query = sa.select(tasks.c.state, sa.func.count()).where(tasks.c.state.in_(sorted(READY_STATES)))
+    return {state: n for state, n in conn.execute(query.group_by(tasks.c.state))}
+
+
+def _count_unfinished(conn: Any) -> List[Any]:
+    """The unfinished tasks by executor and state, through their index: the batches' counts, and the states'."""
+    query = sa.select(tasks.c.executor_id, tasks.c.state, sa.func.count()).where(
+        sa.text(UNFINISHED), tasks.c.name != STANDING
+    )
+    return list(conn.execute(query.group_by(tasks.c.executor_id, tasks.c.state)))
 
 
 def _select(fields: Tuple[str, ...]) -> Any:

@@ -5,8 +5,9 @@ abort request, a fact of its own that state writes never touch;
 ``STATE_COLUMNS`` are what those writes set. A partial index covers only
 unfinished tasks, so recovery stays cheap however large the store grows;
 another only unfinished tasks with an abort asked, so the executors' abort
-poll reads those alone, however many tasks are queued; a unique one lets
-a key be held by one task at a time.
+poll reads those alone, however many tasks are queued; another only
+running tasks, so the dashboard draws their bars without reading the
+queue; a unique one lets a key be held by one task at a time.
 An abort asked for an id whose row is not written yet is a row of its own
 (a *standing abort*, with an empty name) until the executor's row lands on it.
 
@@ -22,13 +23,14 @@ from typing import Any, Callable, Dict, List, NamedTuple, Optional
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ._states import CLAIMABLE_STATES, HELD_STATES, STATE_COLUMNS, UNREADY_STATES, Progress, task_row
+from ._states import CLAIMABLE_STATES, HELD_STATES, STARTED, STATE_COLUMNS, UNREADY_STATES, Progress, task_row
 
 __all__ = [
     "ABORTING",
     "CLAIMABLE",
     "MIGRATIONS",
     "PARTIAL",
+    "RUNNING",
     "SCHEMA_VERSION",
     "STATE_COLUMNS",
     "UNFINISHED",
@@ -59,6 +61,8 @@ UNFINISHED = _states_in(UNREADY_STATES)
 ABORTING = f"abort_requested_at IS NOT NULL AND {UNFINISHED}"
 #: A task a worker holds, or that waits to retry: at most one such task per name and key.
 HELD_KEY = f"key IS NOT NULL AND {_states_in(HELD_STATES)}"
+#: A task a worker runs.
+RUNNING = f"state = '{STARTED}'"
 #: A task that may be claimed for a worker: new, or waiting for its next attempt.
 CLAIMABLE = _states_in(CLAIMABLE_STATES)
 #: The name of a standing abort's row: no task has it.
@@ -102,6 +106,8 @@ tasks = sa.Table(
     sa.Index("ix_localabort_tasks_aborting", "executor_id"),
     # Only keys held: one task per name and key.
     sa.Index("ux_localabort_tasks_held_key", "name", "key", unique=True),
+    # Only running tasks, by start: the dashboard's bars, however many tasks are queued.
+    sa.Index("ix_localabort_tasks_running", "started_at"),
 )
 
 #: The condition of each partial index of ``tasks``.
@@ -109,6 +115,7 @@ PARTIAL = {
     "ix_localabort_tasks_unfinished": UNFINISHED,
     "ix_localabort_tasks_aborting": ABORTING,
     "ux_localabort_tasks_held_key": HELD_KEY,
+    "ix_localabort_tasks_running": RUNNING,
 }
 
 
@@ -181,8 +188,9 @@ def _to_4(conn: Connection) -> None:
 
 
 def _to_5(conn: Connection) -> None:
-    """Schema 5: each task's arguments as text, for readers that never unpickle (the dashboard)."""
+    """Schema 5: each task's arguments as text, and an index of the running tasks (both for the dashboard)."""
     conn.execute(sa.text("ALTER TABLE localabort_tasks ADD COLUMN args_repr TEXT"))
+    _remake_indexes(conn, "ix_localabort_tasks_running")
 
 
 #: Upgrades from each older schema version to the next.

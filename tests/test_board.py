@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import time
 
 import pytest
 
@@ -105,3 +106,22 @@ def test_aborts_asked_of_one_task_or_of_one_batch(store):
     assert not store.get("c").abort_requested  # another batch's task
     assert store.get("b").abort_by == "the page"
     assert ABORTED not in board.snapshot()["counts"]  # asking is not ending: the executor ends them
+
+
+def test_a_count_that_takes_long_is_reused_for_ten_times_its_cost_and_a_cheap_one_never():
+    from localabort._board import CHEAP, RECOUNT, _Costly
+
+    made = []
+
+    def slow(conn):
+        time.sleep(CHEAP * 1.5)
+        made.append(1)
+        return len(made)
+
+    costly = _Costly(slow)
+    first, at = costly.get(None)
+    assert costly.get(None) == (first, at) == (1, at)  # within RECOUNT times its cost: the same count
+    time.sleep(CHEAP * 3 * RECOUNT)  # well past ten times its cost
+    assert costly.get(None)[0] == 2
+    cheap = _Costly(lambda conn: time.monotonic())
+    assert cheap.get(None)[0] != cheap.get(None)[0]

@@ -310,8 +310,9 @@ def test_partial_indexes_are_made_with_their_conditions(store):
         made = {name: ddl for name, ddl in conn.execute(sa.text(query)) if name in PARTIAL}
     assert set(made) == set(PARTIAL)
     for name, ddl in made.items():
-        assert " WHERE " in ddl and ("RECEIVED" in ddl), (name, ddl)
+        assert " WHERE " in ddl and ("RECEIVED" in ddl or name == "ix_localabort_tasks_running"), (name, ddl)
     assert "abort_requested_at IS NOT NULL" in made["ix_localabort_tasks_aborting"]
+    assert "STARTED" in made["ix_localabort_tasks_running"]
 
 
 SCHEMA_1 = [
@@ -347,6 +348,7 @@ def test_an_older_store_is_upgraded_by_an_executor_only(tmp_path):
     assert "RECEIVED" in indexes["ix_localabort_tasks_unfinished"]
     assert "ux_localabort_tasks_held_key" in indexes
     assert "abort_requested_at IS NOT NULL" in indexes["ix_localabort_tasks_aborting"]
+    assert "state = 'STARTED'" in indexes["ix_localabort_tasks_running"]
     store.register_executor("e1")  # the new column is there
     store.dispose()
     Store(path, create=False).dispose()  # and now any reader opens it
@@ -358,7 +360,12 @@ def test_an_older_schema_is_upgraded_on_either_database(store):
 
     store.write([row("old", SUCCESS, key="k", finished_at=1.0)])
     with store._begin() as conn:
-        for name in ("ix_localabort_tasks_unfinished", "ux_localabort_tasks_held_key", "ix_localabort_tasks_aborting"):
+        for name in (
+            "ix_localabort_tasks_unfinished",
+            "ux_localabort_tasks_held_key",
+            "ix_localabort_tasks_aborting",
+            "ix_localabort_tasks_running",
+        ):
             conn.execute(sa.text(f"DROP INDEX {name}"))
         conn.execute(sa.text("ALTER TABLE localabort_executors DROP COLUMN flushed_at"))
         for column in ("abort_by", "terminate_at", "error", "retries", "eta", "args_repr"):

@@ -20,6 +20,7 @@ import urllib.request
 
 import pytest
 
+import localabort
 from localabort import ABORTED, STARTED, Executor
 from localabort._store import Store
 from localabort._web import Dashboard
@@ -271,6 +272,20 @@ def test_the_page_follows_a_running_batch_and_aborts_a_task_with_a_click(tmp_pat
         assert one.state == ABORTED and two.state == STARTED
         assert "abort requested (it was STARTED)" in page.locator("#d-said").text_content()
         two.abort()
+
+
+def test_a_task_that_never_checks_is_killed_after_the_seconds_given_on_the_page(tmp_path, capfd, page):
+    with pool(str(tmp_path / "s.sqlite"), "fork", 1, dashboard=True) as ex:
+        deaf = ex.submit(tasks.Deaf, 60)
+        page.goto(dashboard_url(capfd))
+        page.locator(f'.bar[data-id="{deaf.id}"] .label').click()
+        page.locator(f'#detail[data-id="{deaf.id}"]').wait_for()
+        page.fill("#d-after", "0.5")
+        page.locator("#d-terminate").click()
+        with pytest.raises(localabort.TaskAborted, match="terminated: still running when the terminate_after"):
+            deaf.result(timeout=30)
+        page.locator(f'tr[data-id="{deaf.id}"][data-state="ABORTED"]').wait_for()
+        assert "its worker is killed if it still runs in 0.5s" in page.locator("#d-said").text_content()
 
 
 def test_a_whole_batch_is_aborted_only_once_confirmed(tmp_path, capfd, page):

@@ -127,7 +127,10 @@ function renderCounts() {
       onclick: () => choose({ state: view.state === state ? "" : state }),
     }, stateBadge(state), el("b", {}, number(snap.counts[state] || 0))));
   const total = Object.values(snap.counts).reduce((a, b) => a + b, 0);
-  $("counts").replaceChildren(...chips, el("span", { class: "count total" }, "all", el("b", {}, number(total))));
+  // A large store is counted again every few seconds only (the page's rows and bars are fresh): say so.
+  const age = snap.now - snap.counted_at;
+  const note = age >= 2 ? el("span", { class: "count-age", id: "counted" }, "counted " + duration(age) + " ago") : null;
+  $("counts").replaceChildren(...chips, el("span", { class: "count total" }, "all", el("b", {}, number(total))), note);
 }
 
 function renderBatches() {
