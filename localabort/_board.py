@@ -66,10 +66,13 @@ class Board:
         self._unfinished = _Costly(_count_unfinished)
 
     def warm(self) -> None:
-        """Count the tasks now, so that the first page opened need not wait for it."""
-        with self.store.engine.connect() as conn:
-            self._finished.get(conn)
-            self._unfinished.get(conn)
+        """Count the tasks now, so that the first page opened need not wait for it (a store away: left to the page)."""
+        try:
+            with self.store.engine.connect() as conn:
+                self._finished.get(conn)
+                self._unfinished.get(conn)
+        except Exception:  # the page's first snapshot meets it again, and says what it is
+            pass
 
     def snapshot(
         self,

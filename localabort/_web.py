@@ -247,20 +247,31 @@ def _app(dashboard: Dashboard) -> Any:
         chosen = filters(request)
         return answer(await anyio.to_thread.run_sync(snapshot, chosen))
 
+    async def event(chosen: Dict[str, Any]) -> str:
+        """The next event of a stream: a snapshot, or a ``problem`` if the store cannot be read (it is retried)."""
+        try:
+            snap = await anyio.to_thread.run_sync(snapshot, chosen)
+        except ValueError:
+            raise
+        except Exception as exc:  # the store is away, locked or broken: the page says so, and the stream goes on
+            why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            return f"event: problem\ndata: {json.dumps({'error': why})}\n\n"
+        return f"data: {json.dumps(snap, separators=(',', ':'))}\n\n"
+
     @guarded(action=False)
     async def events(request: Request) -> Response:
         chosen = filters(request)
-        first = await anyio.to_thread.run_sync(snapshot, chosen)  # a bad filter is a 400 here, not a dead stream
+        first = await event(chosen)  # a bad filter is a 400 here, not a dead stream
 
         async def stream() -> AsyncIterator[str]:
-            snap: Optional[Dict[str, Any]] = first
+            said: Optional[str] = first
             while not dashboard.stopping:
                 began = time.monotonic()
-                if snap is None:
-                    snap = await anyio.to_thread.run_sync(snapshot, chosen)
+                if said is None:
+                    said = await event(chosen)
                 took = time.monotonic() - began
-                yield f"data: {json.dumps(snap, separators=(',', ':'))}\n\n"
-                snap = None
+                yield said
+                said = None
                 pause = time.monotonic() + max(INTERVAL, SLOWDOWN * took)
                 while not dashboard.stopping and time.monotonic() < pause:
                     await anyio.sleep(0.05)
@@ -274,8 +285,10 @@ def _app(dashboard: Dashboard) -> Any:
         return answer(found) if found is not None else answer({"error": "no such task in this store"}, 404)
 
     async def terminate_after(request: Request) -> Optional[float]:
-        body = await request.body()
-        value = json.loads(body).get("terminate_after") if body else None
+        body = json.loads(await request.body() or b"{}")
+        if not isinstance(body, dict):
+            raise ValueError('the body is a JSON object: {} or {"terminate_after": seconds}')
+        value = body.get("terminate_after")
         if value is not None and (not isinstance(value, (int, float)) or value < 0):
             raise ValueError(f"terminate_after must be a number of seconds, 0 or more, not {value!r}")
         return None if value is None else float(value)

@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -145,6 +146,18 @@ def test_the_stream_sends_snapshots_until_the_server_stops_and_then_nothing_is_l
     assert not stopping.is_alive()
     assert refused_port(served.port)
     assert not [t for t in threading.enumerate() if t.name.startswith("localabort-dashboard")]
+
+
+def test_a_store_that_cannot_be_read_is_said_on_the_stream_which_goes_on(served):
+    with sqlite3.connect(served.board.store.path) as conn:
+        conn.execute("DROP TABLE localabort_executors")  # broken under the server's feet
+    with urllib.request.urlopen(f"{base(served)}api/events?token={served.token}", timeout=20) as stream:
+        said = [stream.readline().decode() for _ in range(6)]
+    assert said[0] == said[3] == "event: problem\n", said
+    assert (
+        said[1]
+        == 'data: {"error": "OperationalError: (sqlite3.OperationalError) no such table: localabort_executors"}\n'
+    )
 
 
 def test_an_executor_serves_its_batch_prints_the_url_once_and_stops_with_it(tmp_path, capfd):

@@ -93,6 +93,10 @@ function connect() {
     live.textContent = "live";
   };
   source.onmessage = (event) => render(JSON.parse(event.data));
+  source.addEventListener("problem", (event) => {  // the store could not be read: said, and tried again
+    live.dataset.live = "lost";
+    live.textContent = "cannot read the store: " + JSON.parse(event.data).error;
+  });
   source.onerror = () => {
     live.dataset.live = "lost";
     live.textContent = source.readyState === EventSource.CLOSED ? "stopped" : "reconnecting";
@@ -109,6 +113,10 @@ async function checkRefusal() {
 
 function render(next) {
   snap = next;
+  if ($("live").dataset.live === "lost" && source.readyState === EventSource.OPEN) {
+    $("live").dataset.live = "live";
+    $("live").textContent = "live";
+  }
   skew = snap.now - Date.now() / 1000;
   $("store").textContent = snap.store;
   $("readonly").hidden = !snap.read_only;
