@@ -68,9 +68,8 @@ class Board:
     def warm(self) -> None:
         """Count the tasks now, so that the first page opened need not wait for it (a store away: left to the page)."""
         try:
-            with self.store.engine.connect() as conn:
-                self._finished.get(conn)
-                self._unfinished.get(conn)
+            self._finished.get(self.store.engine)
+            self._unfinished.get(self.store.engine)
         except Exception:  # the page's first snapshot meets it again, and says what it is
             pass
 
@@ -85,8 +84,9 @@ class Board:
     ) -> Dict[str, Any]:
         """Everything the page shows at once: counts, batches, running tasks, and one page of tasks.
 
-        ``state``, ``name`` (a part of it) and ``executor`` filter the page
-        and the running bars; ``before`` is the cursor a previous page ended
+        ``state``, ``name`` (a part of it, in any case) and ``executor``
+        filter the page; ``name`` and ``executor`` the running bars and
+        ``running_total`` too. ``before`` is the cursor a previous page ended
         with (``next``), ``None`` for the newest tasks. The running tasks
         and the page are read afresh; the counts too, unless counting takes
         long (``_Costly``): ``counted_at`` says when they were.
@@ -94,33 +94,34 @@ class Board:
         if state is not None and state not in ALL_STATES:
             raise ValueError(f"no state {state!r}; the states are {', '.join(sorted(ALL_STATES))}")
         now = time.time()
+        # Each count takes a connection of its own only to count afresh: no stream holds one while another counts.
+        finished, finished_at = self._finished.get(self.store.engine)
+        unfinished, unfinished_at = self._unfinished.get(self.store.engine)
         with self.store.engine.connect() as conn:
-            finished, finished_at = self._finished.get(conn)
-            unfinished, unfinished_at = self._unfinished.get(conn)
-            running = conn.execute(
-                _filtered(_select(_LISTED), None, name, executor)
-                .where(sa.text(RUNNING))
-                .order_by(tasks.c.started_at)
-                .limit(BARS)
-            ).all()
-            running_total = conn.execute(sa.select(sa.func.count()).select_from(tasks).where(sa.text(RUNNING))).scalar()
-            page = conn.execute(_page(state, name, executor, before, limit)).all()
-            batches = _batches(conn, unfinished)
+            bars = _filtered(_select(_LISTED), None, name, executor).where(sa.text(RUNNING))
+            running = conn.execute(bars.order_by(tasks.c.started_at).limit(BARS)).all()
+            running_total = conn.execute(sa.select(sa.func.count()).select_from(bars.subquery())).scalar() or 0
+            everywhere = running_total if not (name or executor) else conn.execute(
+                sa.select(sa.func.count()).select_from(tasks).where(sa.text(RUNNING))
+            ).scalar() or 0  # fmt: skip
+            page = conn.execute(_page(state, name, executor, before, limit + 1)).all()  # one more: is there a next?
+            batches, batches_total = _batches(conn, unfinished)
         counts = dict(finished)
         for _, task_state, n in unfinished:
             counts[task_state] = counts.get(task_state, 0) + n
-        counts[STARTED] = running_total = running_total or 0  # read afresh, through its own small index
-        rows = [_row(r) for r in page]
+        counts[STARTED] = everywhere  # read afresh, through the running tasks' own small index
+        rows = [_row(r) for r in page[:limit]]
         return {
             "now": now,
             "store": self.store.name,
             "counts": {s: n for s, n in counts.items() if n},
             "counted_at": min(finished_at, unfinished_at),
             "batches": batches,
+            "batches_total": batches_total,
             "running": [_row(r) for r in running],
             "running_total": running_total,
             "tasks": rows,
-            "next": _cursor(rows[-1]) if len(rows) == limit else None,
+            "next": _cursor(rows[-1]) if len(page) > limit else None,
         }
 
     def task(self, task_id: str) -> Optional[Dict[str, Any]]:
@@ -133,7 +134,8 @@ class Board:
     def abort(self, task_id: str, terminate_after: Optional[float], by: str) -> Optional[Dict[str, Any]]:
         """Ask a task the store holds to abort, as ``localabort abort`` does; ``None`` if it holds no such task.
 
-        Returns the state the request met (``None`` for a task already finished: nothing to ask).
+        Returns ``{"id": task_id, "met": state}``: the state the request met,
+        ``None`` for a task already finished (nothing to ask).
         """
         if self.task(task_id) is None:  # never a standing abort for an id the page did not show
             return None
@@ -162,12 +164,13 @@ class _Costly:
         self.made = -float("inf")  # monotonic
         self.cost = 0.0
 
-    def get(self, conn: Any) -> Tuple[Any, float]:
-        """The count, and when it was made."""
+    def get(self, engine: Any) -> Tuple[Any, float]:
+        """The count, and when it was made (a connection of ``engine`` is taken only to count afresh)."""
         with self.lock:
             if self.cost < CHEAP or time.monotonic() - self.made > RECOUNT * self.cost:
                 began = time.monotonic()
-                self.value = self.count(conn)
+                with engine.connect() as conn:
+                    self.value = self.count(conn)
                 self.made, self.at = time.monotonic(), time.time()
                 self.cost = self.made - began
             return self.value, self.at
@@ -196,7 +199,7 @@ def _filtered(query: Any, state: Optional[str], name: Optional[str], executor: O
     if state is not None:
         query = query.where(tasks.c.state == state)
     if name:
-        query = query.where(tasks.c.name.contains(name, autoescape=True))
+        query = query.where(tasks.c.name.icontains(name, autoescape=True))
     if executor:
         query = query.where(tasks.c.executor_id == executor)
     return query
@@ -227,21 +230,25 @@ def _row(row: Any) -> Dict[str, Any]:
     return out
 
 
-def _batches(conn: Any, counted: Sequence[Any]) -> List[Dict[str, Any]]:
-    """The executors to show as batches: each with unfinished tasks (``counted``), then the newest others."""
+def _batches(conn: Any, counted: Sequence[Any]) -> Tuple[List[Dict[str, Any]], int]:
+    """The executors to show as batches, and how many there are.
+
+    Those with unfinished tasks (``counted``) come first, then the others,
+    each group newest first, ``BATCHES`` in all.
+    """
     unfinished: Dict[str, Dict[str, int]] = {}
     for executor_id, state, count in counted:
         unfinished.setdefault(executor_id or "", {})[state] = count
     busy = [e for e in unfinished if e]
-    rows = list(conn.execute(sa.select(executors).where(executors.c.id.in_(busy[:BATCHES]))))
+    newest = sa.select(executors).order_by(executors.c.started_at.desc()).limit(BATCHES)
+    rows = list(conn.execute(newest.where(executors.c.id.in_(busy))))
     if len(rows) < BATCHES:
-        newest = sa.select(executors).where(executors.c.id.not_in(busy)).order_by(executors.c.started_at.desc())
-        rows += list(conn.execute(newest.limit(BATCHES - len(rows))))
+        rows += list(conn.execute(newest.where(executors.c.id.not_in(busy)).limit(BATCHES - len(rows))))
+    total = conn.execute(sa.select(sa.func.count()).select_from(executors)).scalar() or 0
     batches = []
     for row in rows:
         batches.append({
             "id": row.id, "hostname": row.hostname, "pid": row.pid, "started_at": row.started_at,
             "closed_at": row.closed_at, "seen_at": row.flushed_at, "unfinished": unfinished.get(row.id, {}),
         })  # fmt: skip
-    batches.sort(key=lambda b: (not b["unfinished"], -(b["started_at"] or 0.0)))
-    return batches
+    return batches, total

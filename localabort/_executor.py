@@ -204,14 +204,21 @@ class Executor(concurrent.futures.Executor):
             # Not a daemon: the interpreter's exit waits for its last drawing, after the exit hook below.
             self._progress = threading.Thread(target=self._show_progress, args=(out,), name="localabort-progress")
             self._progress.start()
-        _running.add(self._manager)
-        self._manager.start(on_stop=_running.discard)
         self._dashboard = None
-        if dashboard:
+        if dashboard:  # bound before any worker starts: a failure here leaves nothing running
             from ._web import Dashboard
 
-            self._dashboard = Dashboard(self._store).start(until=self._scheduler.stopped)
-            print(f"localabort: dashboard of this batch at {self._dashboard.url}", file=sys.stderr, flush=True)
+            self._dashboard = Dashboard(self._store)
+        _running.add(self._manager)
+        self._manager.start(on_stop=_running.discard)
+        if self._dashboard is not None:
+            try:
+                self._dashboard.start(until=self._scheduler.stopped)
+            except BaseException:
+                self.shutdown()  # nothing submitted yet: the workers stop at once
+                raise
+            url = f"{self._dashboard.url}&executor={self.id}"  # the page opens on this batch
+            print(f"localabort: dashboard of this batch at {url}", file=sys.stderr, flush=True)
         stop_on_signals(_busy)  # SIGTERM and SIGHUP stop the batch as Ctrl-C does (see ``_interrupt``)
         # Dropped without shutdown() (``del ex``, a function that returns): finish the work, then stop,
         # as ProcessPoolExecutor does. At the interpreter's exit the exit hook decides instead.
@@ -245,6 +252,8 @@ class Executor(concurrent.futures.Executor):
         key: Optional[str] = None,
         soft_time_limit: Optional[float] = None,
         time_limit: Optional[float] = None,
+        argsrepr: Optional[str] = None,
+        kwargsrepr: Optional[str] = None,
         **retry: Any,
     ) -> AbortableFuture:
         """``submit`` with options.
@@ -258,6 +267,10 @@ class Executor(concurrent.futures.Executor):
                 (seconds; then the task is asked to abort).
             time_limit: overrides the task class's ``time_limit`` (seconds;
                 then its worker is killed).
+            argsrepr, kwargsrepr: the text the store keeps for the positional
+                or the keyword arguments, instead of their shortened ``repr``
+                (Celery's names): keeps a secret out of the store, the
+                dashboard and ``localabort show``.
             **retry: override the task class's retry settings for this call:
                 ``max_retries``, ``autoretry_for``, ``default_retry_delay``,
                 ``retry_backoff``, ``retry_backoff_max``, ``retry_jitter``.
@@ -270,7 +283,9 @@ class Executor(concurrent.futures.Executor):
         if unknown:
             raise TypeError(f"apply_async() got unknown option(s) {', '.join(unknown)}; "
                             f"the retry options are {', '.join(_task.RETRY_OPTIONS)}")  # fmt: skip
-        future = self._enqueue(task, tuple(args), kwargs or {}, task_id, key, soft_time_limit, time_limit, retry=retry)
+        args, kwargs = tuple(args), kwargs or {}
+        shown = call_repr(args, kwargs, argsrepr, kwargsrepr)
+        future = self._enqueue(task, args, kwargs, task_id, key, soft_time_limit, time_limit, retry=retry, shown=shown)
         return future
 
     def _enqueue(
@@ -284,6 +299,7 @@ class Executor(concurrent.futures.Executor):
         time_limit: Optional[float],
         chunked: bool = False,
         retry: Optional[Dict[str, Any]] = None,
+        shown: Optional[str] = None,
     ) -> AbortableFuture:
         self._scheduler.check_open()
         if not callable(task):
@@ -312,7 +328,7 @@ class Executor(concurrent.futures.Executor):
         job.options = retry or None
         job.soft_time_limit = soft_time_limit if soft_time_limit is not None else getattr(task, "soft_time_limit", None)
         job.time_limit = time_limit if time_limit is not None else getattr(task, "time_limit", None)
-        job.args_repr = call_repr(args, kwargs)
+        job.args_repr = call_repr(args, kwargs) if shown is None else shown
         try:
             job.blob = pickle.dumps((task, args, kwargs), pickle.HIGHEST_PROTOCOL)
         except Exception as exc:  # the type pickle raised, as ProcessPoolExecutor gives it, with our words

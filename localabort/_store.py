@@ -531,7 +531,8 @@ class Store:
                     row["retries"] = count
                 else:
                     found = conn.execute(query.where(tasks.c.id == task_id)).first()
-        if found is None:  # sent without a PENDING row (Celery's send_task, say): record it now
+        if found is None:  # sent without a PENDING row (Celery's send_task, say): record it now, submitted as it starts
+            row["submitted_at"] = row["submitted_at"] or row["started_at"]
             self.write([row])
             return STARTED
         row.update(submitted_at=found.submitted_at, key=found.key, retries=max(row["retries"] or 0, found.retries or 0))

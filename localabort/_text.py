@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import reprlib
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 __all__ = ["call_repr", "printable"]
 
@@ -24,28 +24,47 @@ def printable(text: str, *, newlines: bool = False) -> str:
     return _ESCAPED[newlines].sub(lambda m: m.group().encode("unicode_escape").decode(), text)
 
 
-def _short() -> reprlib.Repr:
-    """``reprlib``'s bounded repr (which never raises), with room for a useful string or object."""
-    short = reprlib.Repr()
-    short.maxstring = short.maxother = 120
-    short.maxlist = short.maxtuple = short.maxdict = short.maxset = 12
-    return short
+class _Short(reprlib.Repr):
+    """``reprlib``'s bounded repr (which never raises), with room for a useful string or object.
+
+    Bytes are cut before their repr is made: ``reprlib`` would make the
+    whole repr of a 100 MB argument first, and then cut it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxstring = self.maxother = 120
+        self.maxlist = self.maxtuple = self.maxdict = self.maxset = 12
+
+    def repr_bytes(self, x: bytes, level: int) -> str:
+        return repr(x) if len(x) <= self.maxstring else repr(x[: self.maxstring]) + f"... ({len(x):,} bytes)"
+
+    def repr_bytearray(self, x: bytearray, level: int) -> str:
+        return "bytearray(" + self.repr_bytes(bytes(x[: self.maxstring + 1]), level) + ")"
 
 
-_SHORT = _short()
+_SHORT = _Short()
 #: The longest ``call_repr`` (characters): enough to tell calls apart, small beside a row.
 CALL_REPR_MAX = 500
 
 
-def call_repr(args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> str:
+def call_repr(
+    args: Tuple[Any, ...], kwargs: Dict[str, Any], argsrepr: Optional[str] = None, kwargsrepr: Optional[str] = None
+) -> str:
     """A call's arguments as the store keeps them: ``1, 'a', n=2``, each value shortened, the whole at most 500 chars.
 
     Written at submit, for readers that must never unpickle (the dashboard).
+    ``argsrepr`` and ``kwargsrepr`` (Celery's names) replace the text of the
+    positional or the keyword arguments: a secret is kept out of the store.
 
-    >>> call_repr((1, "a" * 300), {"n": [0] * 50})[-30:]
-    '0, 0, 0, 0, 0, 0, 0, 0, 0, ...]'
-    >>> len(call_repr(("a" * 300,) * 9, {}))
-    500
+    >>> call_repr((1, "a" * 300), {"n": [0] * 50})[-16:]
+    '0, 0, 0, 0, ...]'
+    >>> call_repr(("alice", "hunter2"), {"retries": 3}, argsrepr="'alice', '***'")
+    "'alice', '***', retries=3"
+    >>> len(call_repr(("a" * 300,) * 9, {})), call_repr((b"x" * 10**8,), {})[-23:]
+    (500, '... (100,000,000 bytes)')
     """
-    text = ", ".join([*map(_SHORT.repr, args), *(f"{k}={_SHORT.repr(v)}" for k, v in kwargs.items())])
+    positional = ", ".join(map(_SHORT.repr, args)) if argsrepr is None else argsrepr
+    keywords = ", ".join(f"{k}={_SHORT.repr(v)}" for k, v in kwargs.items()) if kwargsrepr is None else kwargsrepr
+    text = ", ".join(part for part in (positional, keywords) if part)
     return text if len(text) <= CALL_REPR_MAX else text[: CALL_REPR_MAX - 3] + "..."

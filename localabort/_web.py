@@ -62,6 +62,12 @@ _HEADERS = {
 _NO_TOKEN = "this dashboard needs its token: open the URL that started it printed (it ends in ?token=...)"
 
 
+def _problem(exc: BaseException) -> str:
+    """An error of the store, in one line: its type and the first line of its message."""
+    lines = str(exc).splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
+
+
 def missing() -> Optional[str]:
     """The one-line error if the ``web`` extra is not installed, else ``None``."""
     try:
@@ -99,7 +105,8 @@ class Dashboard:
             raise ImportError(problem)
         import uvicorn
 
-        self.board = Board(store)
+        # A handle of its own: its reads never wait on the pool of an executor it serves, and stop() closes it.
+        self.board = Board(Store(store.url, create=False))
         self.read_only = read_only
         self.token = token or secrets.token_urlsafe(24)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -124,6 +131,7 @@ class Dashboard:
         self._server = uvicorn.Server(config)
         self._thread: Optional[threading.Thread] = None
         self._ender: Optional[threading.Thread] = None  # stops it when an executor ends
+        self._warm: Optional[threading.Thread] = None
 
     def start(self, until: Optional[threading.Event] = None) -> Dashboard:
         """Serve from a thread of its own (a daemon: it never keeps the interpreter alive); return ``self``.
@@ -140,6 +148,9 @@ class Dashboard:
         deadline = time.monotonic() + 10
         while not self._server.started and self._thread.is_alive() and time.monotonic() < deadline:
             time.sleep(0.01)
+        if not self._server.started:
+            self.stop()
+            raise RuntimeError(f"the dashboard did not start on {self.host}:{self.port} (see the error above)")
         return self
 
     def _stop_on(self, event: threading.Event) -> None:
@@ -149,7 +160,8 @@ class Dashboard:
     def run(self) -> None:
         """Serve from this thread until ``stop()``, or Ctrl-C (SIGINT, SIGTERM) if this is the main thread."""
         # The finished tasks are counted before the first page asks (half a second on 1,000,000 tasks).
-        threading.Thread(target=self.board.warm, name="localabort-dashboard-warm", daemon=True).start()
+        self._warm = threading.Thread(target=self.board.warm, name="localabort-dashboard-warm", daemon=True)
+        self._warm.start()
         try:
             self._server.run(sockets=[self._socket])
         finally:
@@ -158,10 +170,11 @@ class Dashboard:
     def stop(self) -> None:
         """Stop serving: open streams end, the port is freed, and the thread (if any) has ended on return."""
         self._server.should_exit = True
-        for thread in (self._thread, self._ender):
+        for thread in (self._thread, self._ender, self._warm):
             if thread is not None and thread is not threading.current_thread():
-                thread.join(10)
+                thread.join(30)
         self._socket.close()
+        self.board.store.dispose()
 
     @property
     def stopping(self) -> bool:
@@ -211,6 +224,8 @@ def _app(dashboard: Dashboard) -> Any:
                     return await endpoint(request)  # type: ignore[no-any-return]
                 except ValueError as exc:  # a bad filter, cursor or number: the user's to fix
                     return answer({"error": str(exc)}, 400)
+                except Exception as exc:  # the store is away, locked or broken: said in one line
+                    return answer({"error": _problem(exc)}, 503)
 
             return checked
 
@@ -247,21 +262,23 @@ def _app(dashboard: Dashboard) -> Any:
         chosen = filters(request)
         return answer(await anyio.to_thread.run_sync(snapshot, chosen))
 
-    async def event(chosen: Dict[str, Any]) -> str:
-        """The next event of a stream: a snapshot, or a ``problem`` if the store cannot be read (it is retried)."""
+    async def event(chosen: Dict[str, Any], first: bool = False) -> str:
+        """The next event of a stream: a snapshot, or a ``problem`` if the store cannot be read (it is retried).
+
+        The ``first`` raises a ``ValueError`` (a bad filter or cursor): a 400, not a stream.
+        """
         try:
             snap = await anyio.to_thread.run_sync(snapshot, chosen)
-        except ValueError:
-            raise
         except Exception as exc:  # the store is away, locked or broken: the page says so, and the stream goes on
-            why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            return f"event: problem\ndata: {json.dumps({'error': why})}\n\n"
+            if first and isinstance(exc, ValueError):
+                raise
+            return f"event: problem\ndata: {json.dumps({'error': _problem(exc)})}\n\n"
         return f"data: {json.dumps(snap, separators=(',', ':'))}\n\n"
 
     @guarded(action=False)
     async def events(request: Request) -> Response:
         chosen = filters(request)
-        first = await event(chosen)  # a bad filter is a 400 here, not a dead stream
+        first = await event(chosen, first=True)
 
         async def stream() -> AsyncIterator[str]:
             said: Optional[str] = first
@@ -289,9 +306,11 @@ def _app(dashboard: Dashboard) -> Any:
         if not isinstance(body, dict):
             raise ValueError('the body is a JSON object: {} or {"terminate_after": seconds}')
         value = body.get("terminate_after")
-        if value is not None and (not isinstance(value, (int, float)) or value < 0):
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
             raise ValueError(f"terminate_after must be a number of seconds, 0 or more, not {value!r}")
-        return None if value is None else float(value)
+        return float(value)
 
     @guarded(action=True)
     async def abort(request: Request) -> Response:

@@ -169,7 +169,9 @@ class LocalabortCeleryTask(Task):  # type: ignore[misc]
                 name=self.name,
                 state=PENDING,
                 submitted_at=time.time(),
-                args_repr=call_repr(tuple(args or ()), dict(kwargs or {})),
+                args_repr=call_repr(  # Celery's own argsrepr and kwargsrepr, if given, as its monitors show them
+                    tuple(args or ()), dict(kwargs or {}), options.get("argsrepr"), options.get("kwargsrepr")
+                ),
             )
             store.write([row])
         super().apply_async(args, kwargs, task_id=task_id, **options)

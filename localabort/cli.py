@@ -395,6 +395,9 @@ def serve(store: Store, args: argparse.Namespace) -> int:
         return 2
     kind = "read-only dashboard" if args.read_only else "dashboard"
     _print(f"localabort: {kind} of {store.name} at {board.url}  (Ctrl-C to stop)", file=sys.stderr)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        _print(f"localabort: {args.host} is reachable from other machines, and the token crosses the network in "
+               "clear (HTTP): prefer 127.0.0.1 and an SSH tunnel (docs/dashboard.md)", file=sys.stderr)  # fmt: skip
     board.run()
     return 0
 

@@ -6,6 +6,7 @@ import pickle
 import time
 
 import pytest
+import sqlalchemy as sa
 
 from localabort import ABORTED, FAILURE, PENDING, STARTED, SUCCESS
 from localabort._board import Board
@@ -42,6 +43,8 @@ def test_pages_go_newest_first_without_gaps_or_repeats(store):
         before = snap["next"]
     assert before is None
     assert seen == sorted(seen, key=lambda i: (int(i[1:]) // 4, i), reverse=True) and len(set(seen)) == 120
+    assert board.snapshot(limit=60)["next"] is not None
+    assert board.snapshot(limit=120)["next"] is None  # a last page that is full has no next, no empty page after
 
 
 def test_filters_apply_to_the_page_and_the_running_bars(store):
@@ -58,21 +61,26 @@ def test_filters_apply_to_the_page_and_the_running_bars(store):
     assert a["progress"] == [3, 10] and a["abort_requested"] is False
     assert [t["id"] for t in board.snapshot(state=FAILURE)["tasks"]] == ["c"]
     assert board.snapshot(state=FAILURE)["tasks"][0]["error"] == "ValueError: x"
-    assert {t["id"] for t in board.snapshot(name="Other")["running"]} == {"b"}
+    assert {t["id"] for t in board.snapshot(name="other")["running"]} == {"b"}  # a part of the name, in any case
+    assert board.snapshot(name="other")["running_total"] == 1 and board.snapshot(executor="e1")["running_total"] == 1
     assert {t["id"] for t in board.snapshot(executor="e1")["tasks"]} == {"a", "c", "d"}
     with pytest.raises(ValueError, match="no state 'DONE'; the states are ABORTED, "):
         board.snapshot(state="DONE")
 
 
-def test_batches_are_executors_with_their_unfinished_tasks_first(store):
-    for executor_id in ("old", "busy"):
+def test_batches_are_executors_with_their_unfinished_tasks_first(store, monkeypatch):
+    for executor_id in ("busy", "old", "newer"):
         store.register_executor(executor_id)
+        time.sleep(0.01)  # started in this order
     store.close_executor("old")
     store.write([row("a", STARTED, executor="busy"), row("b", PENDING, executor="busy"), row("c", executor="old")])
-    batches = Board(store).snapshot()["batches"]
-    assert [b["id"] for b in batches] == ["busy", "old"]
+    snap = Board(store).snapshot()
+    batches = snap["batches"]
+    assert [b["id"] for b in batches] == ["busy", "newer", "old"] and snap["batches_total"] == 3
+    monkeypatch.setattr("localabort._board.BATCHES", 2)
+    assert [b["id"] for b in Board(store).snapshot()["batches"]] == ["busy", "newer"]
     assert batches[0]["unfinished"] == {STARTED: 1, PENDING: 1} and batches[0]["closed_at"] is None
-    assert batches[1]["unfinished"] == {} and batches[1]["closed_at"] is not None
+    assert batches[2]["unfinished"] == {} and batches[2]["closed_at"] is not None
 
 
 def test_a_task_in_full_is_its_text_and_never_its_pickles(store, tmp_path):
@@ -118,10 +126,11 @@ def test_a_count_that_takes_long_is_reused_for_ten_times_its_cost_and_a_cheap_on
         made.append(1)
         return len(made)
 
+    engine = sa.create_engine("sqlite://")
     costly = _Costly(slow)
-    first, at = costly.get(None)
-    assert costly.get(None) == (first, at) == (1, at)  # within RECOUNT times its cost: the same count
+    first, at = costly.get(engine)
+    assert costly.get(engine) == (first, at) == (1, at)  # within RECOUNT times its cost: the same count
     time.sleep(CHEAP * 3 * RECOUNT)  # well past ten times its cost
-    assert costly.get(None)[0] == 2
+    assert costly.get(engine)[0] == 2
     cheap = _Costly(lambda conn: time.monotonic())
-    assert cheap.get(None)[0] != cheap.get(None)[0]
+    assert cheap.get(engine)[0] != cheap.get(engine)[0]

@@ -74,6 +74,9 @@ def test_success_is_stored_in_both_the_store_and_celery(worker):
     assert res.get(timeout=30) == [0, 1, 4, 9]
     assert res.state == SUCCESS and res.progress == (4, 4)
     assert AsyncResult(res.id, app=worker).get(timeout=30) == [0, 1, 4, 9]
+    assert celery_app.crunch.store.get(res.id).args_repr == "4"  # kept by the worker's claim and outcome
+    hidden = celery_app.crunch.apply_async((2,), argsrepr="(n)")  # Celery's option: the store keeps this text
+    assert hidden.get(timeout=30) == [0, 1] and celery_app.crunch.store.get(hidden.id).args_repr == "(n)"
 
 
 def test_failure_keeps_the_exception_and_traceback(worker):

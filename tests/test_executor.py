@@ -62,6 +62,8 @@ def test_the_store_keeps_each_calls_arguments_as_text(executor):
     concurrent.futures.wait([small], timeout=30)
     text = stored(executor, small).args_repr
     assert text.startswith("7, 'xxx") and text.endswith("xxx'") and len(text) < 200
+    secret = executor.apply_async(tasks.Crunch, (2,), {}, argsrepr="'***'")  # Celery's name: a secret kept out
+    assert secret.result(timeout=30) == [0, 1] and stored(executor, secret).args_repr == "'***'"
 
 
 def test_run_raised_is_failure_with_child_traceback(executor):

@@ -90,12 +90,11 @@ def test_an_action_takes_the_token_from_its_header_only_and_never_from_another_s
         status, text = request(url, method="POST", headers={**headers, **site}, body={})
         assert status == 403 and "refused" in text, site
     assert not store.get("t1").abort_requested
-    assert (
-        request(url, method="POST", headers={**headers, "Sec-Fetch-Site": "same-origin"}, body={"terminate_after": -1})[
-            0
-        ]
-        == 400
-    )
+    same = {**headers, "Sec-Fetch-Site": "same-origin"}
+    for wrong in (-1, True, "5", float("nan"), float("inf")):
+        status, text = request(url, method="POST", headers=same, body={"terminate_after": wrong})
+        assert status == 400 and "terminate_after must be a number of seconds, 0 or more" in text, wrong
+    assert request(url, method="POST", headers=same, body=[])[0] == 400
     status, text = request(url, method="POST", headers=headers, body={"terminate_after": 5})
     assert (status, json.loads(text)) == (200, {"id": "t1", "met": STARTED})
     assert "localabort dashboard" in store.get("t1").abort_by and store.get("t1").terminate_at is not None
@@ -165,8 +164,8 @@ def test_an_executor_serves_its_batch_prints_the_url_once_and_stops_with_it(tmp_
     fut = ex.submit(tasks.Crunch, 3)
     assert fut.result(timeout=30) == [0, 1, 4]
     (line,) = [line for line in capfd.readouterr().err.splitlines() if "dashboard" in line]
-    url = re.search(r"http://127\.0\.0\.1:(\d+)/\?token=\S+", line)
-    assert url, line
+    url = re.search(r"http://127\.0\.0\.1:(\d+)/\?token=\S+&executor=(\w+)", line)
+    assert url and url.group(2) == ex.id, line  # the page opens on this batch
     snap = json.loads(request(url.group().replace("/?", "/api/snapshot?"))[1])
     assert snap["counts"] == {"SUCCESS": 1} and snap["batches"][0]["id"] == ex.id
     ex.shutdown()

@@ -1,16 +1,21 @@
 // The localabort dashboard: follows the store's snapshots (server-sent events) and asks for aborts.
-// Every value from the store is set as text (textContent), never as HTML.
+// Every value from the store is set as text (textContent, attributes), never as HTML.
 "use strict";
 
-const TOKEN = new URLSearchParams(location.search).get("token") || "";
+const QUERY = new URLSearchParams(location.search);
+const TOKEN = QUERY.get("token") || "";
 const STATES = ["PENDING", "RECEIVED", "STARTED", "RETRY", "SUCCESS", "FAILURE", "ABORTED"];
 const UNFINISHED = new Set(["PENDING", "RECEIVED", "STARTED", "RETRY"]);
-const view = { state: "", name: "", executor: "", cursors: [null] };
+// The filters start as the URL gives them (Executor(dashboard=True) opens on its own batch).
+const view = { state: QUERY.get("state") || "", name: QUERY.get("name") || "", executor: QUERY.get("executor") || "",
+  cursors: [null] };
 let source = null;
 let skew = 0; // the server's clock minus this browser's, in seconds
 let snap = null;
 let selected = null;
 let detailAsked = 0;
+let detailSeq = 0;
+const drawn = {}; // what each part of the page was last drawn from: unchanged parts are left alone
 
 const $ = (id) => document.getElementById(id);
 
@@ -25,6 +30,14 @@ function el(tag, attrs, ...children) {
     if (child !== null && child !== undefined) node.append(child instanceof Node ? child : String(child));
   }
   return node;
+}
+
+// Whether ``value`` differs from what part ``key`` was last drawn from (and remember it).
+function changed(key, value) {
+  const text = JSON.stringify(value);
+  if (drawn[key] === text) return false;
+  drawn[key] = text;
+  return true;
 }
 
 const now = () => Date.now() / 1000 + skew;
@@ -71,6 +84,10 @@ function rateAndEta(task) {
   return [number(rate) + "/s", eta >= 0 ? "ETA " + duration(eta) : ""];
 }
 
+function notice(text) {
+  $("notice").textContent = text;
+}
+
 // -- the stream ---------------------------------------------------------------
 
 function params(extra) {
@@ -82,25 +99,24 @@ function params(extra) {
   return p.toString();
 }
 
+function setLive(state, text) {
+  $("live").dataset.live = state;
+  $("live").textContent = text;
+}
+
 function connect() {
   if (source) source.close();
-  const live = $("live");
-  live.dataset.live = "connecting";
-  live.textContent = "connecting";
+  setLive("connecting", "connecting");
   source = new EventSource("api/events?" + params());
-  source.onopen = () => {
-    live.dataset.live = "live";
-    live.textContent = "live";
-  };
+  source.onopen = () => setLive("live", "live");
   source.onmessage = (event) => render(JSON.parse(event.data));
-  source.addEventListener("problem", (event) => {  // the store could not be read: said, and tried again
-    live.dataset.live = "lost";
-    live.textContent = "cannot read the store: " + JSON.parse(event.data).error;
+  source.addEventListener("problem", (event) => { // the store could not be read: said, and tried again
+    setLive("lost", "cannot read the store: " + JSON.parse(event.data).error);
   });
   source.onerror = () => {
-    live.dataset.live = "lost";
-    live.textContent = source.readyState === EventSource.CLOSED ? "stopped" : "reconnecting";
-    if (source.readyState === EventSource.CLOSED) checkRefusal();
+    const closed = source.readyState === EventSource.CLOSED;
+    setLive("lost", closed ? "stopped" : "reconnecting");
+    if (closed) checkRefusal();
   };
 }
 
@@ -113,10 +129,7 @@ async function checkRefusal() {
 
 function render(next) {
   snap = next;
-  if ($("live").dataset.live === "lost" && source.readyState === EventSource.OPEN) {
-    $("live").dataset.live = "live";
-    $("live").textContent = "live";
-  }
+  if ($("live").dataset.live !== "live") setLive("live", "live");
   skew = snap.now - Date.now() / 1000;
   $("store").textContent = snap.store;
   $("readonly").hidden = !snap.read_only;
@@ -129,25 +142,34 @@ function render(next) {
 }
 
 function renderCounts() {
+  const age = snap.now - snap.counted_at;
+  // A large store is counted again every few seconds only (the page's rows and bars are fresh): say so.
+  $("counted").textContent = age >= 2 ? "counted " + duration(age) + " ago" : "";
+  if (!changed("counts", [snap.counts, view.state])) return;
   const chips = STATES.filter((s) => snap.counts[s] || s === view.state).map((state) =>
     el("button", {
       type: "button", class: "count", "data-state": state, "aria-pressed": String(view.state === state),
       onclick: () => choose({ state: view.state === state ? "" : state }),
     }, stateBadge(state), el("b", {}, number(snap.counts[state] || 0))));
   const total = Object.values(snap.counts).reduce((a, b) => a + b, 0);
-  // A large store is counted again every few seconds only (the page's rows and bars are fresh): say so.
-  const age = snap.now - snap.counted_at;
-  const note = age >= 2 ? el("span", { class: "count-age", id: "counted" }, "counted " + duration(age) + " ago") : null;
-  $("counts").replaceChildren(...chips, el("span", { class: "count total" }, "all", el("b", {}, number(total))), note);
+  $("counts").replaceChildren(...chips, el("span", { class: "count total" }, "all", el("b", {}, number(total))));
 }
 
 function renderBatches() {
-  const select = $("f-executor");
-  const options = [el("option", { value: "" }, "any")];
+  if (changed("batch-options", [snap.batches.map((b) => b.id), view.executor])) {
+    const options = [el("option", { value: "" }, "any")];
+    for (const batch of snap.batches) options.push(el("option", { value: batch.id }, short(batch.id)));
+    if (view.executor && !snap.batches.some((b) => b.id === view.executor)) {
+      options.push(el("option", { value: view.executor }, short(view.executor)));
+    }
+    $("f-executor").replaceChildren(...options);
+    $("f-executor").value = view.executor;
+  }
+  const minute = Math.floor(now() / 5); // the cards' ages move on every 5 s
+  if (!changed("batches", [snap.batches, snap.batches_total, view.executor, snap.read_only, minute])) return;
   const cards = snap.batches.map((batch) => {
     const unfinished = Object.values(batch.unfinished).reduce((a, b) => a + b, 0);
     const parts = STATES.filter((s) => batch.unfinished[s]).map((s) => number(batch.unfinished[s]) + " " + s);
-    options.push(el("option", { value: batch.id, selected: batch.id === view.executor ? "" : null }, short(batch.id)));
     const live = batch.closed_at ? "ended " + duration(now() - batch.closed_at) + " ago" : "running";
     const abort = snap.read_only || !unfinished ? null : el("button", {
       type: "button", class: "danger", "data-action": "abort-batch",
@@ -162,53 +184,78 @@ function renderBatches() {
         ", started " + duration(now() - (batch.started_at || now())) + " ago"),
       el("div", { class: "row" }, el("span", {}, unfinished ? parts.join(", ") : "nothing unfinished"), abort));
   });
-  if (view.executor && !snap.batches.some((b) => b.id === view.executor)) {
-    options.push(el("option", { value: view.executor, selected: "" }, short(view.executor)));
-  }
-  select.replaceChildren(...options);
+  const more = snap.batches_total - snap.batches.length;
+  if (more > 0) cards.push(el("p", { class: "empty" }, number(more) + " older batch(es) not shown"));
   $("batches").replaceChildren(...(cards.length ? cards : [el("p", { class: "empty" }, "no executor has used this store yet")]));
 }
 
+// One bar per running task, kept from one snapshot to the next (keyed by id): a click is never lost to a redraw.
 function renderRunning() {
   const shown = snap.running.length;
   const total = snap.running_total;
   $("running-title").textContent = "Running (" + number(total) + (total > shown ? ", the " + shown + " oldest shown" : "") + ")";
+  const box = $("running");
+  const old = new Map([...box.querySelectorAll(".bar")].map((bar) => [bar.dataset.id, bar]));
   const bars = snap.running.map((task) => {
+    const bar = old.get(task.id) || newBar(task);
     const [rate, eta] = rateAndEta(task);
-    const [done, total] = task.progress || [0, null];
-    const bar = el("progress", total ? { max: String(total), value: String(done) } : {});
-    const abort = snap.read_only ? el("span") : el("button", {
-      type: "button", class: "danger", "data-action": "abort", disabled: task.abort_requested ? "" : null,
-      onclick: () => abortTask(task.id, null),
-    }, task.abort_requested ? "asked" : "Abort");
-    return el("div", { class: "bar", "data-id": task.id, "data-done": String(done) },
-      el("span", { class: "label", title: task.id, onclick: () => openDetail(task.id, true) },
-        el("b", {}, task.name.split(".").pop()), " ", el("span", { class: "mono" }, short(task.id))),
-      bar,
-      el("span", { class: "numbers" }, [progressText(task) || "no progress reported", rate, eta].filter(Boolean).join("  ·  ")),
-      abort);
+    const [done, all] = task.progress || [0, null];
+    const meter = bar.querySelector("progress");
+    if (all) {
+      meter.max = all;
+      meter.value = done;
+    }
+    bar.dataset.done = String(done);
+    bar.querySelector(".numbers").textContent =
+      [progressText(task) || "no progress reported", rate, eta].filter(Boolean).join("  ·  ");
+    const button = bar.querySelector("button");
+    if (button && task.abort_requested) {
+      button.disabled = true;
+      button.textContent = "asked";
+    }
+    return bar;
   });
-  $("running").replaceChildren(...(bars.length ? bars : [el("p", { class: "empty" }, "nothing running")]));
+  if (!bars.length) {
+    box.replaceChildren(el("p", { class: "empty" }, "nothing running"));
+  } else if (bars.some((bar, i) => box.children[i] !== bar) || box.children.length !== bars.length) {
+    box.replaceChildren(...bars);
+  }
+}
+
+function newBar(task) {
+  const abort = snap.read_only ? el("span") : el("button", {
+    type: "button", class: "danger", "data-action": "abort", onclick: () => abortTask(task.id, null),
+  }, "Abort");
+  return el("div", { class: "bar", "data-id": task.id },
+    el("span", { class: "label", title: task.id, onclick: () => openDetail(task.id, true) },
+      el("b", {}, task.name.split(".").pop()), " ", el("span", { class: "mono" }, short(task.id))),
+    el("progress"), el("span", { class: "numbers" }), abort);
 }
 
 function renderTasks() {
-  const rows = snap.tasks.map((task) => el("tr", {
-    "data-id": task.id, "data-state": task.state, "aria-selected": String(task.id === selected),
-    onclick: () => openDetail(task.id, true),
-  },
-    el("td", { class: "id", title: task.id }, short(task.id)),
-    el("td", {}, task.name),
-    el("td", {}, stateBadge(task.state), task.abort_requested && UNFINISHED.has(task.state) ? " (abort asked)" : ""),
-    el("td", { class: "num" }, progressText(task)),
-    el("td", { class: "num" }, duration(now() - task.submitted_at)),
-    el("td", { class: "error", title: task.error || "" }, task.error || "")));
   const body = $("tasks").tBodies[0];
-  body.replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colspan: "6", class: "empty" }, "no tasks"))]));
+  if (changed("tasks", snap.tasks)) {
+    const rows = snap.tasks.map((task) => el("tr", {
+      "data-id": task.id, "data-state": task.state, "aria-selected": String(task.id === selected),
+      onclick: () => openDetail(task.id, true),
+    },
+      el("td", { class: "id", title: task.id }, short(task.id)),
+      el("td", {}, task.name),
+      el("td", {}, stateBadge(task.state), task.abort_requested && UNFINISHED.has(task.state) ? " (abort asked)" : ""),
+      el("td", { class: "num" }, progressText(task)),
+      el("td", { class: "num age" }),
+      el("td", { class: "error", title: task.error || "" }, task.error || "")));
+    body.replaceChildren(...(rows.length ? rows : [el("tr", {}, el("td", { colspan: "6", class: "empty" }, "no tasks"))]));
+  }
+  snap.tasks.forEach((task, i) => { // ages move on without a redraw
+    const cell = body.rows[i] && body.rows[i].querySelector(".age");
+    if (cell) cell.textContent = duration(now() - task.submitted_at);
+  });
   const page = view.cursors.length;
-  $("newest").disabled = page === 1;
+  $("newest").disabled = $("newer").disabled = page === 1;
   $("older").disabled = !snap.next;
-  const filtered = view.state ? number(snap.counts[view.state] || 0) + " " + view.state : "";
-  $("page-info").textContent = "page " + page + (filtered ? " of " + filtered + " tasks" : "");
+  const alone = view.state && !view.name && !view.executor; // the count says how many the filter holds
+  $("page-info").textContent = "page " + page + (alone ? " of " + number(snap.counts[view.state] || 0) + " " + view.state + " tasks" : "");
 }
 
 // -- one task -----------------------------------------------------------------
@@ -216,11 +263,23 @@ function renderTasks() {
 async function openDetail(id, fresh) {
   selected = id;
   detailAsked = Date.now();
-  const reply = await fetch("api/tasks/" + encodeURIComponent(id), { headers: { "X-Localabort-Token": TOKEN } });
-  if (selected !== id) return;
-  const task = await reply.json();
+  const seq = ++detailSeq; // only the newest answer is shown
+  let reply;
+  let task;
+  try {
+    reply = await fetch("api/tasks/" + encodeURIComponent(id), { headers: { "X-Localabort-Token": TOKEN } });
+    task = await reply.json();
+  } catch (error) {
+    if (seq === detailSeq) $("d-said").textContent = "cannot read the task: " + error.message;
+    return;
+  }
+  if (seq !== detailSeq || selected !== id) return;
   const aside = $("detail");
   aside.hidden = false;
+  if (fresh) {
+    $("d-said").textContent = "";
+    for (const row of $("tasks").tBodies[0].rows) row.setAttribute("aria-selected", String(row.dataset.id === id));
+  }
   if (!reply.ok) {
     $("d-title").textContent = short(id);
     $("d-fields").replaceChildren(el("dt", {}, "error"), el("dd", {}, task.error));
@@ -234,7 +293,7 @@ async function openDetail(id, fresh) {
     ["id", task.id], ["name", task.name], ["state", stateBadge(task.state)], ["args", task.args_repr],
     ["progress", [progressText(task), rate, eta].filter(Boolean).join("  ·  ")], ["key", task.key],
     ["batch", task.executor_id], ["submitted", when(task.submitted_at)], ["started", when(task.started_at)],
-    ["finished", when(task.finished_at)], ["attempts", task.retries ? String(task.retries + 1) : ""],
+    ["finished", when(task.finished_at)], ["attempts", task.started_at || task.retries ? String(task.retries + 1) : ""],
     ["next attempt", task.state === "RETRY" ? when(task.eta) : ""],
     ["abort", task.abort_requested ? "asked " + when(task.abort_requested_at) + " by " + (task.abort_by || "?") : ""],
     ["kill at", task.terminate_at && UNFINISHED.has(task.state) ? when(task.terminate_at) : ""],
@@ -243,17 +302,13 @@ async function openDetail(id, fresh) {
   $("d-fields").replaceChildren(...fields.filter(([, value]) => value).flatMap(([label, value]) =>
     [el("dt", {}, label), el("dd", { "data-field": label }, value)]));
   const open = UNFINISHED.has(task.state);
-  $("d-actions").hidden = snap && snap.read_only;
+  $("d-actions").hidden = Boolean(snap && snap.read_only);
   $("d-abort").disabled = !open;
   $("d-terminate").disabled = !open;
   const tb = task.traceback || "";
   $("d-tb-title").hidden = !tb;
   $("d-traceback").hidden = !tb;
   $("d-traceback").textContent = tb;
-  if (fresh) {
-    $("d-said").textContent = "";
-    for (const row of $("tasks").tBodies[0].rows) row.setAttribute("aria-selected", String(row.dataset.id === id));
-  }
 }
 
 function closeDetail() {
@@ -275,15 +330,19 @@ async function post(path, body) {
 }
 
 async function abortTask(id, terminateAfter) {
-  const said = $("d-said");
+  let said;
   try {
     const answer = await post("api/tasks/" + encodeURIComponent(id) + "/abort", { terminate_after: terminateAfter });
     const kill = terminateAfter === null ? "" : "; its worker is killed if it still runs in " + terminateAfter + "s";
-    said.textContent = answer.met === null ? "finished already: nothing to abort" : "abort requested (it was " + answer.met + ")" + kill;
+    said = answer.met === null ? "finished already: nothing to abort" : "abort requested (it was " + answer.met + ")" + kill;
   } catch (error) {
-    said.textContent = "refused: " + error.message;
+    said = "refused: " + error.message;
   }
-  if (selected === id) openDetail(id, false);
+  notice(short(id) + ": " + said);
+  if (selected === id) {
+    $("d-said").textContent = said;
+    openDetail(id, false);
+  }
 }
 
 async function abortBatch(batch, unfinished) {
@@ -292,9 +351,9 @@ async function abortBatch(batch, unfinished) {
   if (!window.confirm(question)) return;
   try {
     const answer = await post("api/batches/" + encodeURIComponent(batch.id) + "/abort", {});
-    $("page-info").textContent = "abort requested for " + number(answer.asked) + " task(s) of batch " + short(batch.id);
+    notice("batch " + short(batch.id) + ": abort requested for " + number(answer.asked) + " task(s)");
   } catch (error) {
-    $("page-info").textContent = "refused: " + error.message;
+    notice("batch " + short(batch.id) + ": refused: " + error.message);
   }
 }
 
@@ -303,8 +362,15 @@ async function abortBatch(batch, unfinished) {
 function choose(change) {
   Object.assign(view, change);
   view.cursors = [null];
+  go();
+}
+
+// A new stream for the view; until its first snapshot, nothing of the old one may be paged from.
+function go() {
+  snap = null;
+  $("older").disabled = $("newer").disabled = $("newest").disabled = true;
   $("f-state").value = view.state;
-  $("f-name").value = view.name;
+  if ($("f-name").value.trim() !== view.name) $("f-name").value = view.name; // never while one types
   connect();
 }
 
@@ -320,18 +386,25 @@ function setup() {
   $("f-executor").addEventListener("change", (event) => choose({ executor: event.target.value }));
   $("filters").addEventListener("submit", (event) => event.preventDefault());
   $("f-clear").addEventListener("click", () => choose({ state: "", name: "", executor: "" }));
-  $("newest").addEventListener("click", () => { view.cursors = [null]; connect(); });
+  $("newest").addEventListener("click", () => { view.cursors = [null]; go(); });
+  $("newer").addEventListener("click", () => { if (view.cursors.length > 1) { view.cursors.pop(); go(); } });
   $("older").addEventListener("click", () => {
-    if (snap && snap.next) { view.cursors.push(snap.next); connect(); }
+    if (snap && snap.next) { view.cursors.push(snap.next); go(); }
   });
   $("d-close").addEventListener("click", closeDetail);
   $("d-abort").addEventListener("click", () => abortTask(selected, null));
   $("d-terminate").addEventListener("click", () => {
-    const after = Number($("d-after").value);
-    abortTask(selected, isFinite(after) && after >= 0 ? after : 0);
+    const text = $("d-after").value.trim();
+    const after = Number(text);
+    if (text === "" || !isFinite(after) || after < 0) {
+      $("d-said").textContent = "give the seconds to wait before killing its worker (0: at once)";
+      return;
+    }
+    abortTask(selected, after);
   });
   document.addEventListener("keydown", (event) => { if (event.key === "Escape") closeDetail(); });
-  connect();
+  $("f-name").value = view.name;
+  go();
 }
 
 setup();
