@@ -267,10 +267,10 @@ class Executor(concurrent.futures.Executor):
                 (seconds; then the task is asked to abort).
             time_limit: overrides the task class's ``time_limit`` (seconds;
                 then its worker is killed).
-            argsrepr, kwargsrepr: the text the store keeps for the positional
-                or the keyword arguments, instead of their shortened ``repr``
-                (Celery's names): keeps a secret out of the store, the
-                dashboard and ``localabort show``.
+            argsrepr: the text the store keeps for the positional arguments,
+                instead of their shortened ``repr`` (Celery's name): keeps a
+                secret out of the store, the dashboard and ``localabort show``.
+            kwargsrepr: the same, for the keyword arguments.
             **retry: override the task class's retry settings for this call:
                 ``max_retries``, ``autoretry_for``, ``default_retry_delay``,
                 ``retry_backoff``, ``retry_backoff_max``, ``retry_jitter``.
