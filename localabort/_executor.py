@@ -328,7 +328,7 @@ class Executor(concurrent.futures.Executor):
         job.options = retry or None
         job.soft_time_limit = soft_time_limit if soft_time_limit is not None else getattr(task, "soft_time_limit", None)
         job.time_limit = time_limit if time_limit is not None else getattr(task, "time_limit", None)
-        job.args_repr = call_repr(args, kwargs) if shown is None else shown
+        job.args_repr = shown if shown is not None else call_repr(args, kwargs, most=3 if chunked else 12)
         try:
             job.blob = pickle.dumps((task, args, kwargs), pickle.HIGHEST_PROTOCOL)
         except Exception as exc:  # the type pickle raised, as ProcessPoolExecutor gives it, with our words

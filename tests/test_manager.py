@@ -167,4 +167,7 @@ def test_an_abort_by_id_from_another_process_is_never_lost(start_method, store_p
             assert final[task_id] == ABORTED and not ran[task_id], (task_id, final[task_id])
         elif state is None:  # it had finished
             assert final[task_id] == SUCCESS
-    assert sum(state == "PENDING" for state in met.values()) >= 30  # the race this test is about did happen
+    # The race this test is about did happen: many aborts met a task no worker had started (PENDING, before or
+    # after its row was written, or RECEIVED), and some met it PENDING. How many varies with the machine's load.
+    assert sum(state in ("PENDING", "RECEIVED") for state in met.values()) >= 30, met
+    assert sum(state == "PENDING" for state in met.values()) >= 10, met
