@@ -67,4 +67,8 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=120, help="about how long the batch runs")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    main(args.store, args.seconds, args.workers)
+    try:
+        main(args.store, args.seconds, args.workers)
+    except KeyboardInterrupt:  # Ctrl-C aborted every task, and the store holds each one's final state
+        print("stopped: the unfinished tasks were aborted")
+        raise SystemExit(130) from None

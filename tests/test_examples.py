@@ -59,3 +59,30 @@ def test_celery_example_aborts_crunch_on_a_real_worker(tmp_path):
     lines = out.stdout.splitlines()
     assert "small: [0, 1, 4, 9, 16]" in lines and "still: ABORTED" in lines
     assert any(line.startswith("aborted after ") and line.endswith("state ABORTED") for line in lines)
+
+
+def test_dashboard_batch_serves_its_page_and_stops_cleanly_on_ctrl_c(tmp_path):
+    import json
+    import re
+    import signal
+    import urllib.request
+
+    store = tmp_path / "renders.sqlite"
+    batch = subprocess.Popen([sys.executable, str(EXAMPLES / "dashboard.py"), str(store), "--seconds", "60"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        url = re.search(r"http://127\.0\.0\.1:\d+/\?token=\S+", batch.stderr.readline()).group()
+        with urllib.request.urlopen(url.replace("/?", "/api/snapshot?"), timeout=30) as reply:
+            snap = json.loads(reply.read())
+        assert snap["tasks"] and {t["name"] for t in snap["tasks"]} <= {"__main__.Render", "__main__.Upload"}
+        batch.send_signal(signal.SIGINT)  # Ctrl-C: every unfinished task is aborted, and the script says so
+        out, err = batch.communicate(timeout=60)
+    finally:
+        batch.kill()
+        batch.communicate()
+    assert batch.returncode == 130 and out.endswith("stopped: the unfinished tasks were aborted\n"), err
+    assert "Traceback" not in err
+    from localabort._store import Store
+
+    states = {r.state for r in Store.open(str(store)).tasks()}
+    assert "ABORTED" in states and states <= {"ABORTED", "SUCCESS", "FAILURE"}
