@@ -283,10 +283,8 @@ class Executor(concurrent.futures.Executor):
         if unknown:
             raise TypeError(f"apply_async() got unknown option(s) {', '.join(unknown)}; "
                             f"the retry options are {', '.join(_task.RETRY_OPTIONS)}")  # fmt: skip
-        args, kwargs = tuple(args), kwargs or {}
-        shown = call_repr(args, kwargs, argsrepr, kwargsrepr)
-        future = self._enqueue(task, args, kwargs, task_id, key, soft_time_limit, time_limit, retry=retry, shown=shown)
-        return future
+        return self._enqueue(task, tuple(args), kwargs or {}, task_id, key, soft_time_limit, time_limit, retry=retry,
+                             argsrepr=argsrepr, kwargsrepr=kwargsrepr)  # fmt: skip
 
     def _enqueue(
         self,
@@ -299,7 +297,8 @@ class Executor(concurrent.futures.Executor):
         time_limit: Optional[float],
         chunked: bool = False,
         retry: Optional[Dict[str, Any]] = None,
-        shown: Optional[str] = None,
+        argsrepr: Optional[str] = None,
+        kwargsrepr: Optional[str] = None,
     ) -> AbortableFuture:
         self._scheduler.check_open()
         if not callable(task):
@@ -328,7 +327,7 @@ class Executor(concurrent.futures.Executor):
         job.options = retry or None
         job.soft_time_limit = soft_time_limit if soft_time_limit is not None else getattr(task, "soft_time_limit", None)
         job.time_limit = time_limit if time_limit is not None else getattr(task, "time_limit", None)
-        job.args_repr = shown if shown is not None else call_repr(args, kwargs, most=3 if chunked else 12)
+        job.args_repr = call_repr(args, kwargs, argsrepr, kwargsrepr, most=3 if chunked else 12)
         try:
             job.blob = pickle.dumps((task, args, kwargs), pickle.HIGHEST_PROTOCOL)
         except Exception as exc:  # the type pickle raised, as ProcessPoolExecutor gives it, with our words

@@ -868,9 +868,9 @@ def forget(store: StoreSpec, *, older_than: float) -> int:
 _COLUMNS = ("id", *STATE_COLUMNS)
 #: The columns of a task's outcome: large, and unpickled only by those who read it.
 _OUTCOME_COLUMNS = ("result", "traceback")
-#: A state write: a final state stays final, and the abort request is not touched.
 #: What a state write leaves as stored when it gives none: written once, at submit, by the submitter alone.
 _KEPT = {"args_repr"}
+#: A state write: a final state stays final, and the abort request is not touched.
 _STATE_UPSERT = (
     f"INSERT INTO {tasks.name} ({', '.join(_COLUMNS)}) VALUES ({', '.join(':' + c for c in _COLUMNS)}) "
     "ON CONFLICT (id) DO UPDATE SET "

@@ -120,11 +120,10 @@ class Dashboard:
             raise OSError(exc.errno, f"cannot serve the dashboard on {host}:{port}: {exc.strerror}; {hint}") from None
         self._socket.listen(128)
         self.host, self.port = host, self._socket.getsockname()[1]
-        shown = f"[{host}]" if ":" in host else host
-        if host in ("0.0.0.0", "::"):
-            shown = socket.gethostname()
+        everywhere = host in ("0.0.0.0", "::")  # every address: any name may reach it
+        shown = socket.gethostname() if everywhere else f"[{host}]" if ":" in host else host
         self.url = f"http://{shown}:{self.port}/?token={self.token}"
-        self._hosts = None if host in ("0.0.0.0", "::") else _LOCAL_NAMES | {host, shown}
+        self._hosts = None if everywhere else _LOCAL_NAMES | {host, shown}
         config = uvicorn.Config(
             _app(self), log_level="warning", lifespan="off", timeout_graceful_shutdown=2, access_log=False
         )

@@ -382,14 +382,13 @@ def watch(store: Store, args: argparse.Namespace) -> int:
 
 def serve(store: Store, args: argparse.Namespace) -> int:
     """Serve the dashboard of the store until Ctrl-C, having printed its URL (which carries its token)."""
-    from ._web import Dashboard, missing
+    from ._web import Dashboard
 
-    problem = missing()
-    if problem is not None:
-        _print(f"localabort: {problem}", file=sys.stderr)
-        return 2
     try:
         board = Dashboard(store, host=args.host, port=args.port, read_only=args.read_only)
+    except ImportError as exc:  # no web extra: the message says how to install it
+        _print(f"localabort: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         _print(f"localabort: {exc.strerror}", file=sys.stderr)
         return 2

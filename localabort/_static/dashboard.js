@@ -165,8 +165,8 @@ function renderBatches() {
     $("f-executor").replaceChildren(...options);
     $("f-executor").value = view.executor;
   }
-  const minute = Math.floor(now() / 5); // the cards' ages move on every 5 s
-  if (!changed("batches", [snap.batches, snap.batches_total, view.executor, snap.read_only, minute])) return;
+  const tick = Math.floor(now() / 5); // the cards' ages move on every 5 s
+  if (!changed("batches", [snap.batches, snap.batches_total, view.executor, snap.read_only, tick])) return;
   const cards = snap.batches.map((batch) => {
     const unfinished = Object.values(batch.unfinished).reduce((a, b) => a + b, 0);
     const parts = STATES.filter((s) => batch.unfinished[s]).map((s) => number(batch.unfinished[s]) + " " + s);
