@@ -22,8 +22,10 @@ created owner-only (0600).
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
+import operator
 import os
 import re
 import stat
@@ -302,8 +304,9 @@ class Store(Registry):
         if aborts:
             aborts = [{"terminate_at": None, "abort_by": None, **row} for row in aborts]
             cur.executemany(self._sql(_ABORT_UPSERT), aborts)
-        if rows:
-            cur.executemany(self._sql(_STATE_UPSERT), rows)
+        mark = "?" if self.engine.dialect.name == "sqlite" else "%s"
+        for piece in _rows_in_pieces(rows):  # one statement a piece: executemany steps (and lets go of the GIL) per row
+            cur.execute(_state_upsert(mark, len(piece)), list(itertools.chain.from_iterable(map(_values, piece))))
 
     def write(self, rows: Sequence[Dict[str, Any]], aborts: Sequence[Dict[str, Any]] = ()) -> None:
         """Write task rows and abort requests in one short transaction.
@@ -780,6 +783,34 @@ _STATE_UPSERT = (
                 for c in STATE_COLUMNS)
     + f" WHERE {tasks.name}.{UNFINISHED}"
 )  # fmt: skip
+#: Rows one state write binds at most: 16 columns each, under SQLite's oldest limit of 999 parameters.
+_PIECE = 32
+#: A row's values in the order of ``_COLUMNS``.
+_values = operator.itemgetter(*_COLUMNS)
+
+
+def _rows_in_pieces(rows: Sequence[Dict[str, Any]]) -> Iterator[List[Dict[str, Any]]]:
+    """``rows`` in order, in pieces of at most ``_PIECE`` with no id twice in one (PostgreSQL refuses that)."""
+    piece: List[Dict[str, Any]] = []
+    ids: set[str] = set()
+    for row in rows:
+        if len(piece) == _PIECE or row["id"] in ids:
+            yield piece
+            piece, ids = [], set()
+        piece.append(row)
+        ids.add(row["id"])
+    if piece:
+        yield piece
+
+
+@functools.cache
+def _state_upsert(mark: str, size: int) -> str:
+    """``_STATE_UPSERT`` for ``size`` rows in one statement, their parameters ``mark``, row after row."""
+    one = "(" + ", ".join([mark] * len(_COLUMNS)) + ")"
+    head, tail = _STATE_UPSERT.split(" VALUES ", 1)
+    return head + " VALUES " + ", ".join([one] * size) + " ON CONFLICT " + tail.split(" ON CONFLICT ", 1)[1]
+
+
 #: The earlier of a stored time and a new one, either of which may be NULL (``LEAST`` is ``_sql``'s to spell).
 _EARLIER = "LEAST(COALESCE({old}, {new}), COALESCE({new}, {old}))"
 #: An abort request, for a row that may not exist yet: on one that does, the first request and the

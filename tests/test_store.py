@@ -185,6 +185,17 @@ def test_the_arguments_written_at_submit_outlive_later_writes(store):
     assert (record.state, record.args_repr) == (SUCCESS, "1, n=2")
 
 
+def test_one_write_of_many_rows_keeps_their_order_even_for_one_id_twice(store):
+    """A write is sent a few dozen rows a statement; a row for an id already in that statement goes in the next."""
+    rows = [row(f"t{i}", args_repr=str(i)) for i in range(70)]
+    rows[40:40] = [row("t3", STARTED, started_at=2.0), row("t3", SUCCESS, started_at=2.0, finished_at=3.0)]
+    rows.append(row("t3", STARTED))  # a late write: the final state stays
+    store.write(rows)
+    assert {record.id: record.args_repr for record in store.tasks(limit=100)} == {f"t{i}": str(i) for i in range(70)}
+    record = store.get("t3")
+    assert (record.state, record.started_at, record.finished_at) == (SUCCESS, 2.0, 3.0)
+
+
 def test_open_is_one_handle_per_store(tmp_path):
     path = str(tmp_path / "one.sqlite")
     assert Store.open(path, create=True) is Store.open(os.path.relpath(path)) is Store.open("sqlite:///" + path)
