@@ -12,6 +12,7 @@ import random
 import subprocess
 import sys
 import time
+import uuid
 
 import pytest
 
@@ -64,6 +65,15 @@ def test_the_store_keeps_each_calls_arguments_as_text(executor):
     assert text.startswith("7, 'xxx") and text.endswith("xxx'") and len(text) < 200
     secret = executor.apply_async(tasks.Crunch, (2,), {}, argsrepr="'***'")  # Celery's name: a secret kept out
     assert secret.result(timeout=30) == [0, 1] and stored(executor, secret).args_repr == "'***'"
+
+
+def test_task_ids_are_uuids_of_version_7_in_the_order_they_were_made(executor):
+    """Time-ordered ids keep the store's id index growing at one end (``_jobs.new_id``)."""
+    ids = [executor.submit(abs, -i).id for i in range(200)]
+    assert all(str(uuid.UUID(task_id)) == task_id and uuid.UUID(task_id).version == 7 for task_id in ids)
+    milliseconds = [uuid.UUID(task_id).int >> 80 for task_id in ids]  # the first 48 bits
+    assert milliseconds == sorted(milliseconds) and abs(milliseconds[0] - time.time() * 1000) < 60_000
+    assert len(set(ids)) == len(ids)
 
 
 def test_run_raised_is_failure_with_child_traceback(executor):
