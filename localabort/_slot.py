@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing.connection
 import os
+import select
 import signal
 import time
 from typing import TYPE_CHECKING, Optional, Union
@@ -66,11 +67,17 @@ class Slot:
         child_end.close()
         self.conn: multiprocessing.connection.Connection = parent_end
         self.sentinel: int = self.process.sentinel
+        self._readable = select.poll()  # ``Connection.poll`` makes a selector each time it is asked
+        self._readable.register(parent_end.fileno(), select.POLLIN)
 
     @property
     def pid(self) -> Optional[int]:
         pid: Optional[int] = self.process.pid
         return pid
+
+    def has_message(self) -> bool:
+        """Whether the worker's pipe holds a message, or has ended (reading then raises): at once, without waiting."""
+        return bool(self._readable.poll(0))
 
     def send(self, message: bytes) -> None:
         self.conn.send_bytes(message)
