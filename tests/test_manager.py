@@ -142,7 +142,7 @@ def test_an_abort_by_id_from_another_process_is_never_lost(start_method, store_p
                 paths, by_cli = {}, []
                 for i in range(150):
                     paths[i] = tmp_path / f"{round_}-{i}"
-                    future = ex.submit(tasks.touch_soon, str(paths[i]), 0.002)
+                    future = ex.submit(tasks.touch_soon, str(paths[i]), 0.005)
                     paths[future] = paths.pop(i)
                     if i % 3 == 0:  # at once: often before the executor has written its row
                         aborter.stdin.write(future.id + "\n")
