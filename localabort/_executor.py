@@ -303,7 +303,7 @@ class Executor(concurrent.futures.Executor):
         self._scheduler.check_open()
         if not callable(task):
             raise TypeError(f"{task!r} is not a task: pass an AbortableTask subclass or a callable")
-        name = task_name(task)
+        name = sys.intern(task_name(task))  # one string for every job of the task, not one each
         taken, holder = False, None
         if task_id is not None or key is not None:  # the store is read: a Ctrl-C inside its pool would leak a lock
             with deferred():

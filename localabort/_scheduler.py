@@ -504,6 +504,8 @@ class Scheduler:
                 if not job.claimed and not job.abort_requested:
                     claims.append(job)
             rows = [self.row(job) for job in self.dirty.values()]
+            for job in self.dirty.values():  # stored once: later rows leave it as it is (``Store``'s upsert)
+                job.args_repr = None
             for job in claims:  # the store's claim writes it, not the job's row: the claim may be refused
                 job.state = job.future._task_state = RECEIVED
             aborts, self.dirty, self.abort_rows = self.abort_rows, {}, []
