@@ -82,6 +82,48 @@ def workers_table(tmp, n, reps):
     return rows, figures
 
 
+#: Seconds of SQLite a row costs the writer here (measured alone: PENDING insert, claim and final upsert, 2026-11-28).
+ROW_SECONDS = 40e-6
+
+
+def store_share_table(tmp, n, reps):
+    """Where the time goes: trivial submit() at 2 workers with the store's writes as they are, and without them.
+
+    A diagnostic, not a mode of the library: ``Store.sync`` (the writer
+    thread's one call per group commit) is replaced in this process, with
+    a sleep as long as the rows' SQLite work (the writes off the parent's
+    GIL and cores: what a writer process of its own could give at best),
+    or with nothing at all (the pool alone, no store).
+    """
+
+    def asleep(self, executor_id, rows, aborts, *, claims, flushed_at):
+        time.sleep(len(rows) * ROW_SECONDS)
+        return [], {}
+
+    def nothing(self, executor_id, rows, aborts, *, claims, flushed_at):
+        return [], {}
+
+    _, fn, count, mode = cases(n)[0]
+    real = Store.sync
+    variants = {"as shipped: every state written": real, "writes as a sleep, off the GIL": asleep,
+                "no store writes (the pool alone)": nothing}  # fmt: skip
+    rates = {name: [] for name in variants}
+    base = []
+    try:
+        for _ in range(reps):
+            base.append(common.throughput(common.ppe(2), fn, count, mode, identity))
+            for name, sync in variants.items():
+                Store.sync = sync
+                rates[name].append(common.throughput(common.localabort(2, store_in(tmp)), fn, count, mode, identity))
+    finally:
+        Store.sync = real
+    rows = [("ProcessPoolExecutor", common.spread(base, "{:,.0f}"), "1.00")]
+    for name, got in rates.items():
+        ratios = [r / b for r, b in zip(got, base)]
+        rows.append((f"localabort, {name}", common.spread(got, "{:,.0f}"), common.spread(ratios, "{:.2f}")))
+    return rows
+
+
 def prefill(path, count):
     """A store already holding ``count`` finished tasks."""
     store = Store.open(path, create=True)
@@ -119,6 +161,7 @@ def main() -> None:
         peer_rows, missing, ideals, figures = peers_table(tmp, n, reps)
         worker_rows, by_workers = workers_table(tmp, n, max(2, reps - 2))
         size_rows = store_size_table(tmp, n, max(2, reps - 2))
+        share_rows = store_share_table(tmp, n, max(2, reps - 2))
 
     print(f"localabort throughput, Python {sys.version.split()[0]}, {os.cpu_count()} cores; tasks/s")
     print()
@@ -158,6 +201,10 @@ def main() -> None:
     print("By store size: localabort, 2 workers, on a store already holding that many finished tasks")
     print()
     common.table(("tasks in store", "case", "localabort", "ratio to PPE"), size_rows)
+    print()
+    print("Where the time goes: trivial submit(), 2 workers, the store's writes replaced in this process (diagnostic)")
+    print()
+    common.table(("pool", "tasks/s", "ratio to PPE"), share_rows)
 
 
 if __name__ == "__main__":
