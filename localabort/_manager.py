@@ -373,6 +373,7 @@ class Manager:
             raise write.error
         scheduler = self.scheduler
         aborted, held = write.answer
+        scheduler.stored(write.rows)
         scheduler.refused(held)
         scheduler.claimed([job for job in write.claims if job.id not in held])
         resolve(write.unresolved)  # empties the list

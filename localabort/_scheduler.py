@@ -504,13 +504,24 @@ class Scheduler:
                 if not job.claimed and not job.abort_requested:
                     claims.append(job)
             rows = [self.row(job) for job in self.dirty.values()]
-            for job in self.dirty.values():  # stored once: later rows leave it as it is (``Store``'s upsert)
-                job.args_repr = None
             for job in claims:  # the store's claim writes it, not the job's row: the claim may be refused
                 job.state = job.future._task_state = RECEIVED
             aborts, self.dirty, self.abort_rows = self.abort_rows, {}, []
             now = time.time()
         return rows, aborts, claims, now
+
+    def stored(self, rows: List[Row]) -> None:
+        """The store holds ``rows``: their jobs' argument text need not be held or sent again.
+
+        Later rows give none, and the store keeps what it has (its upsert's
+        ``COALESCE``). Only once stored: a row written before it, from a
+        user thread, or by a failed write's recovery still carries the text.
+        """
+        with self.lock:
+            for row in rows:
+                job = self.jobs.get(row["id"])
+                if job is not None and row["args_repr"] is not None:
+                    job.args_repr = None
 
     def claimed(self, jobs: List[Job]) -> None:
         """The store holds the claims of ``jobs``: they may be sent (unless an abort ends them first)."""

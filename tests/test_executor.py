@@ -67,6 +67,18 @@ def test_the_store_keeps_each_calls_arguments_as_text(executor):
     assert secret.result(timeout=30) == [0, 1] and stored(executor, secret).args_repr == "'***'"
 
 
+def test_the_arguments_are_stored_for_tasks_cancelled_while_their_first_write_is_under_way(executor, tmp_path):
+    """A cancel's own write may commit before the executor's first write of the task: it carries the text too."""
+    gate = tmp_path / "go"
+    busy = [executor.submit(tasks.plain_wait_for_file, str(gate)) for _ in range(2)]
+    queued = [executor.submit(divmod, i, 7) for i in range(300)]
+    for future in queued[::2]:
+        future.cancel()
+    gate.touch()
+    concurrent.futures.wait([*busy, *queued], timeout=60)
+    assert {stored(executor, f).args_repr for f in queued} == {f"{i}, 7" for i in range(300)}
+
+
 def test_task_ids_are_uuids_of_version_7_in_the_order_they_were_made(executor):
     """Time-ordered ids keep the store's id index growing at one end (``_jobs.new_id``)."""
     ids = [executor.submit(abs, -i).id for i in range(200)]
