@@ -304,9 +304,15 @@ class Store(Registry):
         if aborts:
             aborts = [{"terminate_at": None, "abort_by": None, **row} for row in aborts]
             cur.executemany(self._sql(_ABORT_UPSERT), aborts)
-        mark = "?" if self.engine.dialect.name == "sqlite" else "%s"
-        for piece in _rows_in_pieces(rows):  # one statement a piece: executemany steps (and lets go of the GIL) per row
-            cur.execute(_state_upsert(mark, len(piece)), list(itertools.chain.from_iterable(map(_values, piece))))
+        if self.engine.dialect.name != "sqlite":  # psycopg sends the rows in one pipeline, to one prepared statement
+            if rows:
+                cur.executemany(self._sql(_STATE_UPSERT), rows)
+            return
+        # sqlite3's executemany steps once per row, and lets go of the GIL and takes it back each time: a
+        # hand-off to a busy thread may cost the 5 ms switch interval. One statement takes many rows.
+        for at in range(0, len(rows), _PIECE):
+            piece = rows[at : at + _PIECE]
+            cur.execute(_state_upsert(len(piece)), list(itertools.chain.from_iterable(map(_values, piece))))
 
     def write(self, rows: Sequence[Dict[str, Any]], aborts: Sequence[Dict[str, Any]] = ()) -> None:
         """Write task rows and abort requests in one short transaction.
@@ -789,24 +795,14 @@ _PIECE = 32
 _values = operator.itemgetter(*_COLUMNS)
 
 
-def _rows_in_pieces(rows: Sequence[Dict[str, Any]]) -> Iterator[List[Dict[str, Any]]]:
-    """``rows`` in order, in pieces of at most ``_PIECE`` with no id twice in one (PostgreSQL refuses that)."""
-    piece: List[Dict[str, Any]] = []
-    ids: set[str] = set()
-    for row in rows:
-        if len(piece) == _PIECE or row["id"] in ids:
-            yield piece
-            piece, ids = [], set()
-        piece.append(row)
-        ids.add(row["id"])
-    if piece:
-        yield piece
-
-
 @functools.cache
-def _state_upsert(mark: str, size: int) -> str:
-    """``_STATE_UPSERT`` for ``size`` rows in one statement, their parameters ``mark``, row after row."""
-    one = "(" + ", ".join([mark] * len(_COLUMNS)) + ")"
+def _state_upsert(size: int) -> str:
+    """``_STATE_UPSERT`` for ``size`` rows in one SQLite statement, their parameters row after row.
+
+    SQLite applies the rows in order, as one statement each would: a row
+    for an id an earlier row of the statement wrote finds that row.
+    """
+    one = "(" + ", ".join(["?"] * len(_COLUMNS)) + ")"
     head, tail = _STATE_UPSERT.split(" VALUES ", 1)
     return head + " VALUES " + ", ".join([one] * size) + " ON CONFLICT " + tail.split(" ON CONFLICT ", 1)[1]
 

@@ -186,7 +186,7 @@ def test_the_arguments_written_at_submit_outlive_later_writes(store):
 
 
 def test_one_write_of_many_rows_keeps_their_order_even_for_one_id_twice(store):
-    """A write is sent a few dozen rows a statement; a row for an id already in that statement goes in the next."""
+    """On SQLite a write sends a few dozen rows a statement: two rows of one id in one statement apply in order."""
     rows = [row(f"t{i}", args_repr=str(i)) for i in range(70)]
     rows[40:40] = [row("t3", STARTED, started_at=2.0), row("t3", SUCCESS, started_at=2.0, finished_at=3.0)]
     rows.append(row("t3", STARTED))  # a late write: the final state stays
