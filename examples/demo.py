@@ -61,4 +61,8 @@ def main(store: str | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else None)
+    try:
+        main(sys.argv[1] if len(sys.argv) > 1 else None)
+    except KeyboardInterrupt:  # Ctrl-C aborted the unfinished tasks, and the store holds each one's final state
+        print("stopped: the unfinished tasks were aborted; run it again to finish the rest")
+        raise SystemExit(130) from None

@@ -41,6 +41,37 @@ def test_demo_batch_resumes_what_finished(tmp_path):
     assert again.stdout.splitlines()[0] == f"{succeeded} task(s) finished in an earlier run: not run again"
 
 
+def test_demo_batch_stops_on_ctrl_c_with_one_line_and_every_task_ended(tmp_path):
+    import signal
+    import time
+
+    from localabort import StoreError
+    from localabort._store import Store
+
+    store = tmp_path / "demo.sqlite"
+    batch = subprocess.Popen([sys.executable, str(EXAMPLES / "demo.py"), str(store)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # under way: some task has finished
+            try:
+                if any(r.state == "SUCCESS" for r in Store(str(store), create=False).tasks()):
+                    break
+            except StoreError:  # not created yet
+                pass
+            time.sleep(0.1)
+        batch.send_signal(signal.SIGINT)
+        out, err = batch.communicate(timeout=60)
+    finally:
+        batch.kill()
+        batch.communicate()
+    assert batch.returncode == 130, err
+    assert out.endswith("stopped: the unfinished tasks were aborted; run it again to finish the rest\n")
+    assert "Traceback" not in err
+    records = Store.open(str(store)).tasks()
+    assert len(records) == 36 and {r.state for r in records} == {"ABORTED", "SUCCESS"}
+
+
 def test_user_tests_of_crunch_pass():
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--rootdir", str(EXAMPLES)]
     out = subprocess.run(
