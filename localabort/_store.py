@@ -781,14 +781,16 @@ _COLUMNS = ("id", *STATE_COLUMNS)
 _OUTCOME_COLUMNS = ("result", "traceback")
 #: What a state write leaves as stored when it gives none: written once, at submit, by the submitter alone.
 _KEPT = {"args_repr"}
-#: A state write: a final state stays final, and the abort request is not touched.
-_STATE_UPSERT = (
-    f"INSERT INTO {tasks.name} ({', '.join(_COLUMNS)}) VALUES ({', '.join(':' + c for c in _COLUMNS)}) "
+#: A state write, after the values of its rows: a final state stays final, and the abort request is not touched.
+_STATE_SET = (
     "ON CONFLICT (id) DO UPDATE SET "
     + ", ".join(f"{c} = COALESCE(excluded.{c}, {tasks.name}.{c})" if c in _KEPT else f"{c} = excluded.{c}"
                 for c in STATE_COLUMNS)
     + f" WHERE {tasks.name}.{UNFINISHED}"
 )  # fmt: skip
+_STATE_INSERT = f"INSERT INTO {tasks.name} ({', '.join(_COLUMNS)}) VALUES "
+#: A state write of one row, its parameters named.
+_STATE_UPSERT = f"{_STATE_INSERT}({', '.join(':' + c for c in _COLUMNS)}) {_STATE_SET}"
 #: Rows one state write binds at most: 16 columns each, under SQLite's oldest limit of 999 parameters.
 _PIECE = 32
 #: A row's values in the order of ``_COLUMNS``.
@@ -797,14 +799,13 @@ _values = operator.itemgetter(*_COLUMNS)
 
 @functools.cache
 def _state_upsert(size: int) -> str:
-    """``_STATE_UPSERT`` for ``size`` rows in one SQLite statement, their parameters row after row.
+    """A state write of ``size`` rows in one SQLite statement, their parameters row after row.
 
     SQLite applies the rows in order, as one statement each would: a row
     for an id an earlier row of the statement wrote finds that row.
     """
     one = "(" + ", ".join(["?"] * len(_COLUMNS)) + ")"
-    head, tail = _STATE_UPSERT.split(" VALUES ", 1)
-    return head + " VALUES " + ", ".join([one] * size) + " ON CONFLICT " + tail.split(" ON CONFLICT ", 1)[1]
+    return f"{_STATE_INSERT}{', '.join([one] * size)} {_STATE_SET}"
 
 
 #: The earlier of a stored time and a new one, either of which may be NULL (``LEAST`` is ``_sql``'s to spell).
