@@ -98,7 +98,7 @@ class Manager:
         scheduler.slots[:] = [self._start_slot(i) for i in range(max_workers)]
         self._next_poll = 0.0
         self._poller = select.poll()  # what ``_wait`` waits on: the descriptors of ``_polled``
-        self._polled: Dict[int, Tuple[Any, Optional[Slot]]] = {}
+        self._polled: Dict[int, Optional[Slot]] = {}
         self._start_failures = 0
         self._unresolved: List[Job] = []  # finished jobs waiting for the next store write
         self._finished = 0  # jobs finished since the last write: how many to claim ahead
@@ -148,20 +148,18 @@ class Manager:
     def _step(self) -> bool:
         """One loop of the manager; returns ``False`` when it is time to stop."""
         scheduler = self.scheduler
-        waitables: Dict[int, Tuple[Any, Optional[Slot]]] = {
-            scheduler.wake_r: (scheduler.wake_r, None), self._writer.done_r: (self._writer.done_r, None),
-        }  # fmt: skip
+        waitables: Dict[int, Optional[Slot]] = {scheduler.wake_r: None, self._writer.done_r: None}  # by descriptor
         busy = False
         for slot in scheduler.slots:
-            waitables[slot.sentinel] = (slot.sentinel, slot)
+            waitables[slot.sentinel] = slot
             if slot.job is not None or not slot.ready:
-                waitables[slot.conn.fileno()] = (slot.conn, slot)
+                waitables[slot.conn.fileno()] = slot
             busy = busy or slot.job is not None
         # Never wait past the heartbeat, so never without a timeout: a lost wake-up costs one poll, not a hang.
         watching = busy or bool(scheduler.followers or scheduler.waiting)  # the store may hold aborts for them
         finished: List[Job] = []
-        for obj, owner in self._wait(waitables, self._timeout(watching)):
-            if obj == self._writer.done_r:
+        for fd, owner in self._wait(waitables, self._timeout(watching)):
+            if fd == self._writer.done_r:
                 self._written(self._writer.take())
             elif owner is None:
                 # Drain first, then clear: a submit after the clear writes a new byte; one before it
@@ -169,10 +167,10 @@ class Manager:
                 os.read(scheduler.wake_r, 65536)
                 scheduler.woken()
             elif scheduler.slots[owner.index] is owner:  # not replaced earlier in this loop
-                if obj is owner.conn:
-                    self._receive(owner, finished)
-                else:
+                if fd == owner.sentinel:
                     self._replace(owner, finished)
+                else:
+                    self._receive(owner, finished)
         now = time.monotonic()
         scheduler.due(now)  # retries whose time came are queued first again
         if (busy or scheduler.followers or scheduler.waiting) and now >= self._next_poll:
@@ -202,8 +200,8 @@ class Manager:
             self._commit()  # the jobs it claims are sent once it is done
         return not scheduler.finished()
 
-    def _wait(self, waitables: Dict[int, Tuple[Any, Optional[Slot]]], timeout: float) -> List[Tuple[Any, Any]]:
-        """The ``(object, owner)`` of ``waitables`` (by file descriptor) ready within ``timeout`` seconds.
+    def _wait(self, waitables: Dict[int, Optional[Slot]], timeout: float) -> List[Tuple[int, Optional[Slot]]]:
+        """The descriptors of ``waitables`` ready within ``timeout`` seconds, each with its slot (``None``: the pipes).
 
         One ``poll`` object for the manager's life, its descriptors changed
         only when the set changes: ``multiprocessing.connection.wait`` makes
@@ -215,7 +213,7 @@ class Manager:
             self._poller.register(fd, select.POLLIN)
         self._polled = waitables
         events = self._poller.poll(math.ceil(timeout * 1000))  # in ms: never sooner than asked
-        return [waitables[fd] for fd, _ in events]
+        return [(fd, waitables[fd]) for fd, _ in events]
 
     def _timeout(self, busy: bool) -> float:
         soonest = min(
