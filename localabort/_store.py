@@ -15,6 +15,9 @@ registries are cleared by at-fork hooks in their modules). SQLite runs in WAL mo
 block the writer) with a long busy timeout, so concurrent writers wait
 instead of failing with "database is locked".
 
+Two bases of ``Store`` hold the rest of its SQL: ``_registry`` (the
+executors' rows) and ``_listing`` (tasks newest first, and counts).
+
 Results are pickles: a store is as trusted as code. A new SQLite file is
 created owner-only (0600).
 """
@@ -24,20 +27,20 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
-import json
 import operator
 import os
 import re
 import stat
 import time
 import warnings
-from typing import Any, Callable, ClassVar, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, ClassVar, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, make_url
 
 from ._errors import StoreError, UnknownTask
 from ._listen import ANY, CHANNEL, Listener, listener, payload
+from ._listing import Listing, pieces
 from ._outcome import describe, dump, unrun
 from ._procs import asker
 from ._registry import Registry
@@ -56,7 +59,6 @@ from ._schema import (
     meta,
     metadata,
     record,
-    records,
     tasks,
 )  # fmt: skip
 from ._states import ABORTED, FAILURE, PENDING, READY_STATES, RECEIVED, RETRY, STARTED, SUCCESS, UNREADY_STATES
@@ -67,13 +69,11 @@ __all__ = ["Store", "TaskRecord", "forget"]
 BUSY_TIMEOUT = 60.0
 #: Seconds between two looks for dead executors while a watcher waits on their tasks.
 RECOVER_EVERY = 1.0
-#: Task ids one query asks about at most.
-ID_BATCH = 5000
 
 StoreSpec = Union[str, "os.PathLike[str]", "Store"]
 
 
-class Store(Registry):
+class Store(Registry, Listing):
     """A handle on one state store, by SQLite path or SQLAlchemy URL.
 
     ``Store.open(spec)`` returns one shared handle per store and process.
@@ -356,11 +356,11 @@ class Store(Registry):
                     holder = self._claim_key(cur, task_id, name, key)
                     if holder is not None:
                         held[task_id] = holder
-            for piece in _pieces([task_id for task_id, _, key in claims if key is None]):  # keyed: claimed above
+            for piece in pieces([task_id for task_id, _, key in claims if key is None]):  # keyed: claimed above
                 ids = ", ".join([mark] * len(piece))
                 cur.execute(f"UPDATE {tasks.name} SET state = '{RECEIVED}' WHERE {CLAIMABLE} AND id IN ({ids})",
                             piece)  # fmt: skip
-            for piece in _pieces([task_id for task_id, _, _ in claims if task_id not in held]):
+            for piece in pieces([task_id for task_id, _, _ in claims if task_id not in held]):
                 ids = ", ".join([mark] * len(piece))
                 cur.execute(f"SELECT id FROM {tasks.name} WHERE abort_requested_at IS NOT NULL AND id IN ({ids})",
                             piece)  # fmt: skip
@@ -441,6 +441,57 @@ class Store(Registry):
             if gone:
                 raise
         return PENDING  # its row landed on the standing abort: it never runs
+
+    def request_abort_all(
+        self, terminate_after: Optional[float] = None, *, by: Optional[str] = None, executor_id: Optional[str] = None
+    ) -> List[str]:
+        """Ask every unfinished task in the store (or of one executor) to abort (see ``request_abort``).
+
+        Returns the ids newly asked.
+        """
+        now = time.time()
+        unfinished = sa.and_(sa.text(UNFINISHED), tasks.c.name != STANDING)
+        if executor_id is not None:
+            unfinished = sa.and_(unfinished, tasks.c.executor_id == executor_id)
+        asked = unfinished & tasks.c.abort_requested_at.is_(None)
+        with self._begin() as conn:
+            ids = list(
+                conn.execute(
+                    tasks.update()
+                    .where(asked)
+                    .values(abort_requested_at=now, abort_by=by or asker())
+                    .returning(tasks.c.id)
+                ).scalars()
+            )
+            if terminate_after is not None:  # asked before or not, each gets the earlier deadline
+                conn.execute(tasks.update().where(unfinished).values(self._abort_values(now, terminate_after, by)))
+            for notice in self._notice(ANY):
+                conn.execute(sa.select(notice))
+        return ids
+
+    def _notice(self, task_id: str, terminate_at: Optional[float] = None) -> List[Any]:
+        """The SQL that tells the processes watching tasks (``_watch``) of an abort when its transaction commits.
+
+        On PostgreSQL, ``pg_notify`` with ``payload(task_id, terminate_at)``:
+        ``task_id`` is ``ANY`` for any number of tasks, ``terminate_at`` the
+        deadline this request asked (the row keeps the earliest asked). On
+        SQLite, nothing: the watchers poll.
+        """
+        if self.engine.dialect.name != "postgresql":
+            return []
+        return [sa.func.pg_notify(CHANNEL, payload(task_id, terminate_at)).label("notified")]
+
+    def _abort_values(self, now: float, terminate_after: Optional[float], by: Optional[str]) -> Dict[str, Any]:
+        """The columns an abort request sets on a task's row: the first request and asker, the earliest deadline."""
+        values: Dict[str, Any] = {
+            "abort_requested_at": sa.func.coalesce(tasks.c.abort_requested_at, now),
+            "abort_by": sa.func.coalesce(tasks.c.abort_by, by or asker()),
+        }
+        at = _deadline(now, terminate_after)
+        if at is not None:
+            earlier = sa.func.min if self.engine.dialect.name == "sqlite" else sa.func.least
+            values["terminate_at"] = earlier(sa.func.coalesce(tasks.c.terminate_at, at), at)
+        return values
 
     def lookup(self, task_id: str, *, since: Optional[float] = None) -> TaskRecord:
         """The task ``task_id``; an id not in the store raises ``UnknownTask`` once no executor can hold it.
@@ -598,130 +649,6 @@ class Store(Registry):
                 row = conn.execute(done).first()
         return None if row is None else record(row)
 
-    def tasks(
-        self,
-        ids: Optional[Iterable[str]] = None,
-        *,
-        states: Optional[Iterable[str]] = None,
-        name: Optional[str] = None,
-        limit: Optional[int] = None,
-        outcomes: bool = True,
-    ) -> List[TaskRecord]:
-        """Tasks newest first: all, or those of ``ids``, in ``states``, whose name contains ``name``.
-
-        ``outcomes=False`` leaves out each task's pickled result and
-        traceback (``None`` in the records): what a listing never shows,
-        and most of the bytes of a large store.
-        """
-        columns: List[Any] = list(tasks.c)
-        if not outcomes:
-            columns = [c for c in columns if c.name not in _OUTCOME_COLUMNS]
-            columns += [sa.null().label(c) for c in _OUTCOME_COLUMNS]
-        rows, keys = self._listing(columns, ids, states, name, limit)
-        return records(rows, keys)
-
-    def tasks_json(
-        self,
-        ids: Optional[Iterable[str]] = None,
-        *,
-        states: Optional[Iterable[str]] = None,
-        name: Optional[str] = None,
-        limit: Optional[int] = None,
-    ) -> List[str]:
-        """The tasks ``tasks(..., outcomes=False)`` lists, each as a JSON object (``localabort status --json``).
-
-        The database writes each object (``JSON_FIELDS``, and ``age_seconds``
-        at the time of the call), so a listing of 100,000 tasks builds no
-        Python object per field. Text outside ASCII is escaped, as
-        ``json.dumps`` does: no raw control or bidi character reaches a terminal.
-        """
-        builder = _JSON_ROW[self.engine.dialect.name].format(now=repr(time.time()))
-        rows, _ = self._listing([sa.literal_column(builder)], ids, states, name, limit)
-        return [text if text.isascii() else json.dumps(json.loads(text)) for (text, *_) in rows]
-
-    def _listing(
-        self, columns: List[Any], ids: Optional[Iterable[str]], states: Optional[Iterable[str]],
-        name: Optional[str], limit: Optional[int],
-    ) -> Tuple[List[Any], List[str]]:  # fmt: skip
-        """The rows of ``columns`` of the tasks ``tasks`` lists, newest first, and their keys."""
-        columns = [*columns, tasks.c.submitted_at.label("_newest")]  # to merge pieces by
-        query = sa.select(*columns).where(tasks.c.name != STANDING).order_by(tasks.c.submitted_at.desc())
-        if ids is not None:
-            ids = list(ids)
-            if len(ids) > ID_BATCH:
-                parts = [self._listing(columns[:-1], piece, states, name, None) for piece in _pieces(ids)]
-                rows = sorted(itertools.chain(*(part for part, _ in parts)), key=lambda row: -(row[-1] or 0.0))
-                return rows[:limit], parts[0][1]
-            query = query.where(tasks.c.id.in_(ids))
-        if states is not None:
-            query = query.where(tasks.c.state.in_(list(states)))
-        if name is not None:
-            query = query.where(tasks.c.name.contains(name, autoescape=True))
-        if limit is not None:
-            query = query.limit(limit)
-        with self._connect() as conn:
-            result = conn.execute(query)
-            return list(result.all()), list(result.keys())  # one fetchall, not a fetch per row
-
-    def counts(self, *, finished: bool = True) -> Dict[str, int]:
-        """How many tasks the store holds in each state; with ``finished=False``, the finished ones as one count.
-
-        Counting the finished states reads every row; the other way reads
-        the small index of unfinished tasks, and counts all rows through
-        the smallest index (what ``localabort status`` does on a large store).
-        """
-        by_state = sa.select(tasks.c.state, sa.func.count()).where(tasks.c.name != STANDING).group_by(tasks.c.state)
-        with self._connect() as conn:
-            if finished:
-                return {state: count for state, count in conn.execute(by_state)}
-            counts = {state: count for state, count in conn.execute(by_state.where(sa.text(UNFINISHED)))}
-            standing = conn.execute(
-                sa.select(sa.func.count()).where(tasks.c.executor_id.is_(None), tasks.c.name == STANDING,
-                                                 sa.text(UNFINISHED))
-            ).scalar()  # fmt: skip
-            total = conn.execute(sa.select(sa.func.count()).select_from(tasks)).scalar()
-        counts["finished"] = (total or 0) - (standing or 0) - sum(counts.values())
-        return counts
-
-    def request_abort_all(
-        self, terminate_after: Optional[float] = None, *, by: Optional[str] = None, executor_id: Optional[str] = None
-    ) -> List[str]:
-        """Ask every unfinished task in the store (or of one executor) to abort (see ``request_abort``).
-
-        Returns the ids newly asked.
-        """
-        now = time.time()
-        unfinished = sa.and_(sa.text(UNFINISHED), tasks.c.name != STANDING)
-        if executor_id is not None:
-            unfinished = sa.and_(unfinished, tasks.c.executor_id == executor_id)
-        asked = unfinished & tasks.c.abort_requested_at.is_(None)
-        with self._begin() as conn:
-            ids = list(
-                conn.execute(
-                    tasks.update()
-                    .where(asked)
-                    .values(abort_requested_at=now, abort_by=by or asker())
-                    .returning(tasks.c.id)
-                ).scalars()
-            )
-            if terminate_after is not None:  # asked before or not, each gets the earlier deadline
-                conn.execute(tasks.update().where(unfinished).values(self._abort_values(now, terminate_after, by)))
-            for notice in self._notice(ANY):
-                conn.execute(sa.select(notice))
-        return ids
-
-    def _notice(self, task_id: str, terminate_at: Optional[float] = None) -> List[Any]:
-        """The SQL that tells the processes watching tasks (``_watch``) of an abort when its transaction commits.
-
-        On PostgreSQL, ``pg_notify`` with ``payload(task_id, terminate_at)``:
-        ``task_id`` is ``ANY`` for any number of tasks, ``terminate_at`` the
-        deadline this request asked (the row keeps the earliest asked). On
-        SQLite, nothing: the watchers poll.
-        """
-        if self.engine.dialect.name != "postgresql":
-            return []
-        return [sa.func.pg_notify(CHANNEL, payload(task_id, terminate_at)).label("notified")]
-
     def listener(self) -> Optional[Listener]:
         """A connection that hears of abort requests as they are committed (``_listen``), or ``None`` (SQLite)."""
         return listener(make_url(self.url))
@@ -730,24 +657,14 @@ class Store(Registry):
         """Which of the tasks ``ids`` have an abort requested, each with its ``terminate_at``: one read for all."""
         found: Dict[str, Optional[float]] = {}
         with self._connect() as conn:
-            for piece in _pieces(list(ids)):
+            for piece in pieces(list(ids)):
                 query = sa.select(tasks.c.id, tasks.c.terminate_at).where(
                     tasks.c.id.in_(piece), tasks.c.abort_requested_at.is_not(None)
                 )
                 found.update((task_id, None if at is None else float(at)) for task_id, at in conn.execute(query))
         return found
 
-    def _abort_values(self, now: float, terminate_after: Optional[float], by: Optional[str]) -> Dict[str, Any]:
-        """The columns an abort request sets on a task's row: the first request and asker, the earliest deadline."""
-        values: Dict[str, Any] = {
-            "abort_requested_at": sa.func.coalesce(tasks.c.abort_requested_at, now),
-            "abort_by": sa.func.coalesce(tasks.c.abort_by, by or asker()),
-        }
-        at = _deadline(now, terminate_after)
-        if at is not None:
-            earlier = sa.func.min if self.engine.dialect.name == "sqlite" else sa.func.least
-            values["terminate_at"] = earlier(sa.func.coalesce(tasks.c.terminate_at, at), at)
-        return values
+    # -- deletes --------------------------------------------------------------
 
     def forget(self, older_than: float) -> int:
         """Delete finished tasks that finished more than ``older_than`` seconds ago; return how many."""
@@ -777,8 +694,6 @@ def forget(store: StoreSpec, *, older_than: float) -> int:
 
 
 _COLUMNS = ("id", *STATE_COLUMNS)
-#: The columns of a task's outcome: large, and unpickled only by those who read it.
-_OUTCOME_COLUMNS = ("result", "traceback")
 #: What a state write leaves as stored when it gives none: written once, at submit, by the submitter alone.
 _KEPT = {"args_repr"}
 #: A state write, after the values of its rows: a final state stays final, and the abort request is not touched.
@@ -820,50 +735,6 @@ _ABORT_UPSERT = (
     f"abort_by = COALESCE({tasks.name}.abort_by, excluded.abort_by), "
     f"terminate_at = {_EARLIER.format(old=f'{tasks.name}.terminate_at', new='excluded.terminate_at')}"
 )
-#: The fields of a task in ``localabort status --json``, in order.
-JSON_FIELDS = (
-    "id", "name", "state", "progress", "error", "abort_requested", "abort_requested_at", "abort_by", "terminate_at",
-    "key", "executor_id", "submitted_at", "started_at", "finished_at", "age_seconds",
-)  # fmt: skip
-
-#: Below this a float holds every whole number exactly (2**53): larger ones stay floats in the JSON.
-_EXACT = 9007199254740992
-
-
-def _sqlite_whole(x: str) -> str:
-    """SQLite: the column ``x`` as JSON writes it, ``3`` for a stored ``3.0`` (as ``TaskRecord.progress`` has it)."""
-    return f"CASE WHEN abs({x}) < {_EXACT} AND {x} = CAST({x} AS INTEGER) THEN CAST({x} AS INTEGER) ELSE {x} END"
-
-
-def _pg_whole(x: str) -> str:
-    """PostgreSQL: the same as ``_sqlite_whole``, as a ``json`` value."""
-    return f"CASE WHEN abs({x}) < {_EXACT} AND {x} = trunc({x}) THEN to_json({x}::bigint) ELSE to_json({x}) END"
-
-
-def _progress(array: str, whole: Callable[[str], str]) -> str:
-    """``[done, total]`` with the dialect's ``array`` function, or NULL for a task without progress."""
-    pair = f"{array}({whole('progress_done')}, {whole('progress_total')})"
-    return f"CASE WHEN progress_done IS NULL THEN NULL ELSE {pair} END"
-
-
-_SQLITE_FIELDS = {
-    "progress": _progress("json_array", _sqlite_whole),
-    "abort_requested": "json(CASE WHEN abort_requested_at IS NULL THEN 'false' ELSE 'true' END)",
-    "age_seconds": "round({now} - submitted_at, 3)",
-}
-_PG_FIELDS = {
-    "progress": _progress("json_build_array", _pg_whole),
-    "abort_requested": "abort_requested_at IS NOT NULL",
-    "age_seconds": "round(({now} - submitted_at)::numeric, 3)",
-}
-#: Per dialect, the SQL that writes one task's JSON object (``Store.tasks_json``); ``{now}`` is the time.
-_JSON_ROW = {
-    dialect: function + "(" + ", ".join(f"'{f}', {fields.get(f, f)}" for f in JSON_FIELDS) + ")" + cast
-    for dialect, function, fields, cast in (
-        ("sqlite", "json_object", _SQLITE_FIELDS, ""),
-        ("postgresql", "json_build_object", _PG_FIELDS, "::text"),
-    )
-}
 _ABORTING_OF = f"SELECT id, terminate_at FROM {tasks.name} {{indexed}} WHERE executor_id = :id AND {ABORTING}"
 _FLUSHED = f"UPDATE {executors.name} SET flushed_at = :flushed_at WHERE id = :id"
 _HOLDER = f"SELECT id FROM {tasks.name} WHERE name = :name AND {HELD_KEY} AND key = :key AND id <> :id"
@@ -900,12 +771,6 @@ def _owner_only(path: str) -> None:
 def _deadline(now: float, terminate_after: Optional[float]) -> Optional[float]:
     """When a task's worker is to be killed, for an abort asked at ``now`` with ``terminate_after``."""
     return None if terminate_after is None else now + max(0.0, terminate_after)
-
-
-def _pieces(ids: List[str]) -> Iterator[List[str]]:
-    """``ids`` in pieces of ``ID_BATCH``: a database bounds one statement's parameters (SQLite: 32,766)."""
-    for i in range(0, len(ids), ID_BATCH):
-        yield ids[i : i + ID_BATCH]
 
 
 def _locate(spec: str) -> Tuple[str, Optional[str]]:

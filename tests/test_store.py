@@ -32,10 +32,11 @@ from localabort import (
     UnknownTask,
     WorkerLost,
 )  # fmt: skip
+from localabort._listing import JSON_FIELDS
 from localabort._outcome import load_outcome
 from localabort._procs import REMOTE_SILENT
 from localabort._schema import executors, task_row
-from localabort._store import JSON_FIELDS, Store
+from localabort._store import Store
 
 from .conftest import wait_for
 
