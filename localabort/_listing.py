@@ -2,8 +2,9 @@
 
 ``Listing`` is a base of ``Store``, as ``Registry`` is: its SQL goes
 through the store's own connections, and its failures read as the store's.
-It reads and never writes: ``localabort status``, the dashboard and any
-script that lists a store come here.
+It reads and never writes: ``localabort status``, ``show`` and ``watch``
+come here, and the executor for the tasks its keyed jobs follow (the
+dashboard has SQL of its own, ``_board``).
 """
 
 from __future__ import annotations
