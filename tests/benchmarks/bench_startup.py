@@ -66,6 +66,15 @@ if __name__ == "__main__":
 """
 
 
+#: What opening any store costs first: SQLAlchemy's import, timed as FIRST times the constructor.
+IMPORT = r"""
+import time
+start = time.perf_counter()
+import sqlalchemy
+print((time.perf_counter() - start) * 1000)
+"""
+
+
 def run(code, *args):
     out = subprocess.run([sys.executable, "-c", code.format(root=common.ROOT), *args], capture_output=True, text=True)
     if out.returncode != 0:
@@ -85,6 +94,16 @@ def main():
         target = "" if method == "fork" else common.verdict(ok)
         rows.append((f"constructor -> first result, {method}, ms", common.spread(ppe, "{:,.0f}"),
                      common.spread(ours, "{:,.0f}"), "<= PPE's" if target else "", target))  # fmt: skip
+    floor = [run(IMPORT) for _ in range(reps)]
+    rows.append(
+        (
+            "import sqlalchemy alone (inside each localabort figure above), ms",
+            "",
+            common.spread(floor, "{:,.0f}"),
+            "",
+            "",
+        )
+    )
     ppe = [run(PENDING, "ppe", str(pending)) for _ in range(2)]
     ours = [run(PENDING, "localabort", str(pending)) for _ in range(2)]
     rows.append((f"parent RSS per pending task, {pending:,} submitted, bytes", common.spread(ppe, "{:,.0f}"),

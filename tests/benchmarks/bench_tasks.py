@@ -17,6 +17,13 @@ def sleep_1ms(x):
     return x
 
 
+def sleep_1ms_timed(x):
+    """``sleep_1ms`` that says when it ran: ``(pid, start, end)`` in ``time.perf_counter`` seconds."""
+    start = time.perf_counter()
+    time.sleep(0.001)
+    return os.getpid(), start, time.perf_counter()
+
+
 class CheckCost(AbortableTask):
     """Times ``n`` calls of ``is_aborted()`` in a loop; returns seconds per call (loop included)."""
 

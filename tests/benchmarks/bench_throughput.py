@@ -9,10 +9,15 @@ in the same repetition. localabort stores every task's final state.
 
 from __future__ import annotations
 
+import collections
+import itertools
+import multiprocessing
 import os
+import re
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import uuid
 
@@ -22,7 +27,7 @@ from localabort._jobs import new_id
 from localabort._schema import task_row
 from localabort._store import Store
 from tests.benchmarks import common
-from tests.benchmarks.bench_tasks import identity, sleep_1ms
+from tests.benchmarks.bench_tasks import identity, sleep_1ms, sleep_1ms_timed
 
 # Issue 18's targets.
 SUBMIT_TARGET = 1.5  # x PPE, trivial tasks via submit(), 2 workers
@@ -124,6 +129,95 @@ def store_share_table(tmp, n, reps):
     return rows
 
 
+def _cpu_seconds(stat_path):
+    """User and system CPU seconds of the thread or process whose ``/proc`` stat file this is."""
+    with open(stat_path) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_now():
+    """CPU seconds so far of each thread of this process (by name) and of each of its children (by pid)."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    threads = {}
+    for tid in os.listdir("/proc/self/task"):
+        name = re.sub(r"\d+", "N", names.get(int(tid), "a thread not Python's"))  # Thread-3 in one pool, -5 in the next
+        threads[name] = threads.get(name, 0.0) + _cpu_seconds(f"/proc/self/task/{tid}/stat")
+    children = {c.pid: _cpu_seconds(f"/proc/{c.pid}/stat") for c in multiprocessing.active_children()}
+    return threads, children
+
+
+def cpu_table(n, reps):
+    """The profile behind the throughput targets: CPU per task, by thread of the parent and per worker, beside PPE.
+
+    Trivial submit() at 2 workers, as the first table. The parent's threads
+    share one GIL: their CPU per task bounds the rate however fast the
+    workers are. Read from ``/proc`` before and after the timed phase.
+    """
+    rows = []
+    for name, make in (("ProcessPoolExecutor", common.ppe), ("localabort", None)):
+        spent = collections.defaultdict(list)
+        rates = []
+        for _ in range(reps):
+            with tempfile.TemporaryDirectory() as tmp:
+                pool = make(2) if make else common.localabort(2, store_in(tmp))
+                try:
+                    for _ in pool.map(identity, range(20), 1):
+                        pass
+                    threads, children = _cpu_now()
+                    start = time.perf_counter()
+                    futures = [pool.submit(identity, i) for i in range(n)]
+                    for f in futures:
+                        f.result()
+                    rates.append(n / (time.perf_counter() - start))
+                    after, after_children = _cpu_now()
+                finally:
+                    pool.close()
+            for thread, seconds in after.items():
+                spent[thread].append((seconds - threads.get(thread, 0.0)) / n * 1e6)
+            spent["each worker (mean)"].append(
+                statistics.mean(after_children[pid] - children.get(pid, 0.0) for pid in after_children) / n * 1e6
+            )
+        parent = [sum(v[i] for k, v in spent.items() if k != "each worker (mean)") for i in range(reps)]
+        rows.append((name, "parent, all threads", common.spread(parent, "{:.0f}"), common.spread(rates, "{:,.0f}")))
+        for thread, us in sorted(spent.items(), key=lambda kv: -statistics.median(kv[1])):
+            if statistics.median(us) >= 1:
+                rows.append((name, thread, common.spread(us, "{:.0f}"), ""))
+    return rows
+
+
+def gaps_table(reps, count=2000):
+    """Why 1 ms tasks miss the ideal: how long a worker waits between two tasks, and before its first one."""
+    rows = []
+    for workers in (2, 4):
+        for name, make in (("ProcessPoolExecutor", common.ppe), ("localabort", None)):
+            gaps, heads = [], []
+            for _ in range(reps):
+                with tempfile.TemporaryDirectory() as tmp:
+                    pool = make(workers) if make else common.localabort(workers, store_in(tmp))
+                    try:
+                        for _ in pool.map(sleep_1ms, range(4 * workers), 1):
+                            pass
+                        start = time.perf_counter()
+                        futures = [pool.submit(sleep_1ms_timed, i) for i in range(count)]
+                        runs = [f.result() for f in futures]
+                    finally:
+                        pool.close()
+                by_worker = collections.defaultdict(list)
+                for pid, began, ended in runs:
+                    by_worker[pid].append((began, ended))
+                waits = []
+                for spans in by_worker.values():
+                    spans.sort()
+                    heads.append((spans[0][0] - start) * 1e3)
+                    waits += [(b[0] - a[1]) * 1e6 for a, b in zip(spans, spans[1:])]
+                gaps.append(waits)
+            every = sorted(itertools.chain(*gaps))
+            rows.append((workers, name, f"{statistics.mean(every):.0f}", f"{statistics.median(every):.0f}",
+                         f"{common.pct(every, 99):.0f}", common.spread(heads, "{:.0f}")))  # fmt: skip
+    return rows
+
+
 def prefill(path, count):
     """A store already holding ``count`` finished tasks."""
     store = Store.open(path, create=True)
@@ -162,6 +256,8 @@ def main() -> None:
         worker_rows, by_workers = workers_table(tmp, n, max(2, reps - 2))
         size_rows = store_size_table(tmp, n, max(2, reps - 2))
         share_rows = store_share_table(tmp, n, max(2, reps - 2))
+    cpu_rows = cpu_table(n, max(2, reps - 2))
+    gap_rows = gaps_table(max(2, reps - 2))
 
     print(f"localabort throughput, Python {sys.version.split()[0]}, {os.cpu_count()} cores; tasks/s")
     print()
@@ -205,6 +301,14 @@ def main() -> None:
     print("Where the time goes: trivial submit(), 2 workers, the store's writes replaced in this process (diagnostic)")
     print()
     common.table(("pool", "tasks/s", "ratio to PPE"), share_rows)
+    print()
+    print("Where the time goes: CPU per task (us), trivial submit(), 2 workers; the parent's threads share one GIL")
+    print()
+    common.table(("pool", "thread", "CPU us per task", "tasks/s"), cpu_rows)
+    print()
+    print("Where the time goes: 1 ms tasks, a worker's wait between two tasks (us), and before its first (ms)")
+    print()
+    common.table(("workers", "pool", "mean wait", "median", "p99", "first task after, ms"), gap_rows)
 
 
 if __name__ == "__main__":
