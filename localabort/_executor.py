@@ -79,7 +79,14 @@ from typing import (
 
 from . import _task
 from ._future import AbortableFuture
-from ._interrupt import deferred, keep_exiting_as_interrupted, release_leaked, stop_on_interrupt, stop_on_signals
+from ._interrupt import (
+    deferred,
+    keep_exiting_as_interrupted,
+    release_leaked,
+    start_thread,
+    stop_on_interrupt,
+    stop_on_signals,
+)
 from ._jobs import Job, completed, new_id
 from ._manager import Manager
 from ._scheduler import Scheduler
@@ -203,7 +210,7 @@ class Executor(concurrent.futures.Executor):
             out = None if progress is True else progress
             # Not a daemon: the interpreter's exit waits for its last drawing, after the exit hook below.
             self._progress = threading.Thread(target=self._show_progress, args=(out,), name="localabort-progress")
-            self._progress.start()
+            start_thread(self._progress)
         self._dashboard = None
         if dashboard:  # bound before any worker starts: a failure here leaves nothing running
             from ._web import Dashboard

@@ -43,6 +43,16 @@ The solution
   (``Scheduler._settle``); and a change of several jobs' states under
   the scheduler's lock holds a Ctrl-C back until it is whole
   (``deferred``), so no job is left half aborted.
+- The kernel hands a signal sent to the process to any one of its threads
+  that does not block it, and Python runs the handler in the main thread
+  only, at its next bytecode. A Ctrl-C that lands on one of our threads
+  does not wake the main thread from the wait it is blocked in
+  (``result()``, ``as_completed()``): it is seen only when that wait ends
+  on its own, minutes later for long tasks, as if Ctrl-C were ignored
+  (about one Ctrl-C in 35, under load). So every thread localabort starts
+  blocks those signals for its whole life (``start_thread``): each one
+  reaches the main thread. (So do SIGALRM, for ``signal.alarm`` and
+  pytest-timeout, and SIGTERM, for a service manager.)
 - Either way the ``KeyboardInterrupt`` is re-raised, so the script exits
   as an interrupted script does (killed by SIGINT, status 130 in a shell).
 - SIGTERM (a service manager's stop, ``kill``) and SIGHUP (a closed
@@ -82,15 +92,41 @@ LEAK_WAIT = 0.05
 #: Signals that stop a batch as Ctrl-C does while an executor has work: a service manager's stop, a closed terminal.
 GRACEFUL = (signal.SIGTERM, signal.SIGHUP)
 
+#: Signals a fault raises in the thread at fault: never blocked (the kernel would kill the process unreported).
+_FAULTS = frozenset(
+    {signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGTRAP, signal.SIGSYS, signal.SIGABRT}
+)
+
 __all__ = [
     "GRACEFUL",
     "deferred",
     "keep_exiting_as_interrupted",
     "release_leaked",
     "say",
+    "start_thread",
     "stop_on_interrupt",
     "stop_on_signals",
 ]
+
+
+def start_thread(thread: threading.Thread) -> None:
+    """Start ``thread`` blocking every signal sent to the process, for its whole life: they are the main thread's.
+
+    A thread it starts blocks them too (a mask is inherited). While it
+    starts, the caller blocks them as well; one that comes meanwhile waits
+    for the caller, and is not lost.
+
+    >>> blocked = []
+    >>> thread = threading.Thread(target=lambda: blocked.extend(signal.pthread_sigmask(signal.SIG_BLOCK, [])))
+    >>> start_thread(thread); thread.join()
+    >>> signal.SIGINT in blocked, signal.SIGSEGV in blocked
+    (True, False)
+    """
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals() - _FAULTS)
+    try:
+        thread.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def stop_on_interrupt(

@@ -60,6 +60,7 @@ from concurrent.futures import BrokenExecutor
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from ._errors import TaskAborted, TimeLimitExceeded, WorkerLost
+from ._interrupt import start_thread
 from ._jobs import DONE, Job, resolve
 from ._messages import Call, InitFailed, Message, Ready, Reply, Report, decode, encode
 from ._outcome import describe, dump, load_outcome, over_soft_limit, terminated, within_limit
@@ -111,7 +112,7 @@ class Manager:
         """Start the thread; it calls ``on_stop(self)`` as it ends."""
         self._on_stop = on_stop
         self._writer.start()
-        self._thread.start()
+        start_thread(self._thread)
 
     def open_futures(self) -> List[Any]:
         """The futures not completed yet: the unfinished jobs', and those of jobs awaiting their write."""
@@ -469,7 +470,7 @@ class _Writer:
         self._thread = threading.Thread(target=self._run, name="localabort-writer", daemon=True)
 
     def start(self) -> None:
-        self._thread.start()
+        start_thread(self._thread)
 
     def hand(self, write: _Write) -> None:
         self.pending = write

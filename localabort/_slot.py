@@ -50,8 +50,9 @@ class Slot:
         # closing terminal that lands while it starts up waits until the worker has set them aside, as CPython
         # starts its resource tracker. The lock may start that tracker, and the process the fork server: each
         # keeps SIGHUP blocked (CPython's own unblock only SIGINT and SIGTERM), so a closed terminal, which
-        # signals the whole process group, does not kill them under the batch's graceful stop.
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGHUP})
+        # signals the whole process group, does not kill them under the batch's graceful stop. Exactly those
+        # two, whatever the starting thread blocks: the manager's thread blocks every signal (``start_thread``).
+        mask = signal.pthread_sigmask(signal.SIG_SETMASK, {signal.SIGINT, signal.SIGHUP})
         try:
             self.words = AbortWords(array, index, ctx.Lock())
             parent_end, child_end = ctx.Pipe(duplex=True)

@@ -45,6 +45,7 @@ import time
 import weakref
 from typing import Callable, Dict, List, Optional, Tuple
 
+from ._interrupt import start_thread
 from ._jobs import new_id
 from ._listen import ANY, Listener
 from ._procs import HEARTBEAT
@@ -98,7 +99,7 @@ class Watch:
         self._quietly(self._relisten)  # a server that will not listen: the checks poll instead
         self._every = POLL_INTERVAL if self._listener is None else NOTIFIED_EVERY
         self._thread = threading.Thread(target=self._run, name="localabort-watch", daemon=True)
-        self._thread.start()
+        start_thread(self._thread)
 
     def add(self, task_id: str, on_deadline: Callable[[], None]) -> Watched:
         """Watch ``task_id`` from now on (read at once: an abort asked before it started is seen at the first check)."""

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable, Dict, Optional
 
 from ._board import PAGE, Board
+from ._interrupt import start_thread
 from ._procs import asker
 from ._store import Store
 
@@ -138,12 +139,12 @@ class Dashboard:
         ``until``: stop once this event is set (an executor's end).
         """
         self._thread = threading.Thread(target=self.run, name="localabort-dashboard", daemon=True)
-        self._thread.start()
+        start_thread(self._thread)
         if until is not None:
             self._ender = threading.Thread(
                 target=self._stop_on, args=(until,), name="localabort-dashboard-end", daemon=True
             )
-            self._ender.start()
+            start_thread(self._ender)
         deadline = time.monotonic() + 10
         while not self._server.started and self._thread.is_alive() and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -160,7 +161,7 @@ class Dashboard:
         """Serve from this thread until ``stop()``, or Ctrl-C (SIGINT, SIGTERM) if this is the main thread."""
         # The finished tasks are counted before the first page asks (half a second on 1,000,000 tasks).
         self._warm = threading.Thread(target=self.board.warm, name="localabort-dashboard-warm", daemon=True)
-        self._warm.start()
+        start_thread(self._warm)
         try:
             self._server.run(sockets=[self._socket])
         finally:

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from localabort import ABORTED
+from localabort import ABORTED, Executor
 from localabort._states import READY_STATES
 from localabort._store import Store
 
@@ -198,3 +200,49 @@ def test_ctrl_c_at_any_moment_of_a_big_batch_exits_with_every_task_recorded(star
         assert len(records) == len(ids), why
         unfinished = [r for r in records if r.state not in READY_STATES]
         assert not unfinished, f"{len(unfinished)} of {len(ids)} tasks not finished, e.g. {unfinished[0]}; {why}"
+
+
+def _blocked(status: str) -> set:
+    """The signals blocked by the thread or process of this ``/proc`` status file."""
+    with open(status) as f:
+        mask = int(next(line.split()[1] for line in f if line.startswith("SigBlk:")), 16)
+    return {sig for sig in signal.valid_signals() if mask >> (sig - 1) & 1}
+
+
+#: What a Ctrl-C, a service manager, a closed terminal and ``signal.alarm`` (pytest-timeout) send the process.
+PROCESS_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM}
+
+
+def test_signals_sent_to_the_process_reach_the_main_thread_not_ours(tmp_path):
+    """The kernel gives a process's signal to any thread not blocking it; Python's handler runs in the main one.
+
+    One that lands on the manager's thread does not wake the main thread
+    from ``result()``: Ctrl-C would be seen only when the wait ends. So each
+    thread an executor starts blocks them, and the main thread does not.
+    """
+    ex = Executor(max_workers=1, store=tmp_path / "s.sqlite", progress=io.StringIO())
+    try:
+        assert ex.submit(abs, -1).result(timeout=30) == 1
+        ours = {t.name: t.native_id for t in threading.enumerate() if t.name.startswith("localabort-")}
+        assert {"localabort-manager", "localabort-writer", "localabort-progress"} <= set(ours)
+        for name, tid in ours.items():
+            assert PROCESS_SIGNALS <= _blocked(f"/proc/self/task/{tid}/status"), name
+        assert not PROCESS_SIGNALS & _blocked(f"/proc/self/task/{threading.get_native_id()}/status")
+    finally:
+        ex.shutdown()
+
+
+def test_a_worker_the_manager_thread_starts_takes_signals_as_the_first_ones_do(start_method, tmp_path):
+    """A replacement worker is started from the manager's thread, which blocks every signal: not the worker.
+
+    It must still die of SIGTERM (how ``terminate_workers`` stops it) and
+    set SIGINT and SIGHUP aside as every worker does.
+    """
+    with Executor(max_workers=1, store=tmp_path / "s.sqlite", mp_context=start_method) as ex:
+        first = ex.submit(os.getpid).result(timeout=60)
+        assert not PROCESS_SIGNALS & _blocked(f"/proc/{first}/status")
+        os.kill(first, signal.SIGKILL)
+        second = wait_for(lambda: ex._scheduler.slots[0].ready and ex._scheduler.slots[0].pid != first and
+                          ex._scheduler.slots[0].pid, what="a new worker")  # fmt: skip
+        assert ex.submit(os.getpid).result(timeout=60) == second
+        assert not PROCESS_SIGNALS & _blocked(f"/proc/{second}/status")
