@@ -50,9 +50,12 @@ The solution
   (``result()``, ``as_completed()``): it is seen only when that wait ends
   on its own, minutes later for long tasks, as if Ctrl-C were ignored
   (about one Ctrl-C in 35, under load). So every thread localabort starts
-  blocks those signals for its whole life (``start_thread``): each one
-  reaches the main thread. (So do SIGALRM, for ``signal.alarm`` and
-  pytest-timeout, and SIGTERM, for a service manager.)
+  blocks those signals (``start_thread``): each one reaches the main
+  thread. (So do SIGALRM, for ``signal.alarm`` and pytest-timeout, and
+  SIGTERM, for a service manager.) A mask is inherited by the processes a
+  thread starts, so user code run on our threads, a future's
+  done-callbacks, runs with the mask its starter had (``user_signals``),
+  and a worker sets its own mask as it starts, whichever thread started it.
 - Either way the ``KeyboardInterrupt`` is re-raised, so the script exits
   as an interrupted script does (killed by SIGINT, status 130 in a shell).
 - SIGTERM (a service manager's stop, ``kill``) and SIGHUP (a closed
@@ -79,7 +82,6 @@ The solution
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import signal
 import sys
@@ -106,15 +108,16 @@ __all__ = [
     "start_thread",
     "stop_on_interrupt",
     "stop_on_signals",
+    "user_signals",
 ]
 
 
 def start_thread(thread: threading.Thread) -> None:
-    """Start ``thread`` blocking every signal sent to the process, for its whole life: they are the main thread's.
+    """Start ``thread`` blocking every signal sent to the process: they are the main thread's (see above).
 
-    A thread it starts blocks them too (a mask is inherited). While it
-    starts, the caller blocks them as well; one that comes meanwhile waits
-    for the caller, and is not lost.
+    A thread or a process it starts inherits the mask; ``user_signals``
+    lifts it around user code. The caller blocks them too while the thread
+    starts, since the thread inherits the caller's mask.
 
     >>> blocked = []
     >>> thread = threading.Thread(target=lambda: blocked.extend(signal.pthread_sigmask(signal.SIG_BLOCK, [])))
@@ -123,10 +126,30 @@ def start_thread(thread: threading.Thread) -> None:
     (True, False)
     """
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals() - _FAULTS)
+    thread._localabort_mask = mask  # type: ignore[attr-defined]  # its starter's, for ``user_signals``
     try:
         thread.start()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+@contextlib.contextmanager
+def user_signals() -> Iterator[None]:
+    """Around user code on a thread ``start_thread`` started: the mask its starter had, as a process it starts expects.
+
+    A done-callback that starts a process (``subprocess``, a pool) would
+    otherwise give it every signal blocked: it would not die of
+    ``terminate()``'s SIGTERM. On any other thread, nothing changes.
+    """
+    mask = getattr(threading.current_thread(), "_localabort_mask", None)
+    if mask is None:
+        yield
+        return
+    ours = signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, ours)
 
 
 def stop_on_interrupt(
@@ -278,6 +301,8 @@ def keep_exiting_as_interrupted() -> None:
     """
     if sys.version_info >= (3, 11):
         return
+    import ctypes  # not at the top: workers import this module, and ctypes takes milliseconds
+
     try:
         ctypes.c_int.in_dll(ctypes.pythonapi, "_Py_UnhandledKeyboardInterrupt").value = 1
     except (AttributeError, ValueError):  # pragma: no cover - a Python built without the symbol exported

@@ -23,11 +23,13 @@ holds is not claimed: it leaves the queue and *follows* that task (QUEUED,
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from ._future import AbortableFuture, Controller
+from ._interrupt import user_signals
 from ._outcome import describe, dump, load_outcome
 from ._states import PENDING, RETRY, SUCCESS, Progress
 
@@ -193,7 +195,9 @@ def completed(task_id: str, blob: Optional[bytes], progress: Any) -> AbortableFu
 def _settle(future: AbortableFuture, state: str, blob: Optional[bytes], tb: Optional[str], progress: Any) -> None:
     future._task_state, future._task_progress = state, progress
     result, exc = load_outcome(state, blob, tb)
-    if exc is None:
-        future.set_result(result)
-    else:
-        future.set_exception(exc)
+    # Its done-callbacks are user code, run here: on the manager's thread, with the signals a user thread has.
+    with user_signals() if future._done_callbacks else contextlib.nullcontext():  # type: ignore[attr-defined]
+        if exc is None:
+            future.set_result(result)
+        else:
+            future.set_exception(exc)

@@ -50,9 +50,12 @@ class Slot:
         # closing terminal that lands while it starts up waits until the worker has set them aside, as CPython
         # starts its resource tracker. The lock may start that tracker, and the process the fork server: each
         # keeps SIGHUP blocked (CPython's own unblock only SIGINT and SIGTERM), so a closed terminal, which
-        # signals the whole process group, does not kill them under the batch's graceful stop. Exactly those
-        # two, whatever the starting thread blocks: the manager's thread blocks every signal (``start_thread``).
-        mask = signal.pthread_sigmask(signal.SIG_SETMASK, {signal.SIGINT, signal.SIGHUP})
+        # signals the whole process group, does not kill them under the batch's graceful stop. The worker sets
+        # its own mask as it starts: the manager's thread, which starts the ones that replace the dead, blocks
+        # every signal (``start_thread``), but SIGCHLD, which a fork server started here waits on.
+        held = {signal.SIGINT, signal.SIGHUP}
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
         try:
             self.words = AbortWords(array, index, ctx.Lock())
             parent_end, child_end = ctx.Pipe(duplex=True)
@@ -62,6 +65,7 @@ class Slot:
                 name=f"localabort-worker-{index}",
                 daemon=False,
             )
+            signal.pthread_sigmask(signal.SIG_BLOCK, held)  # again: starting the resource tracker unblocks SIGINT
             self.process.start()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)

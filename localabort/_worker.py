@@ -30,6 +30,7 @@ import signal
 import threading
 from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Tuple, cast
 
+from ._interrupt import start_thread
 from ._messages import STOP, Call, InitFailed, Ready, Reply, Report, decode, encode
 from ._outcome import RunOutcome, describe, pickle_outcome, unrun
 from ._states import ABORTED, FAILURE, Progress
@@ -59,7 +60,9 @@ def worker_main(conn: multiprocessing.connection.Connection, words: AbortWords, 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a closed terminal: the producer decides, as for Ctrl-C
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the producer's handler, forked: terminate_workers kills
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGHUP})  # blocked at start (``Slot``): dropped
+    # SIGINT and SIGHUP, blocked at start (``Slot``), are dropped; and whatever the thread that started this
+    # worker blocked (the manager's blocks every signal) is the task's to block, not ours.
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
     os.setpgid(0, 0)  # a group of its own, with the processes its tasks start: the parent kills them together
     _hand_down_nothing(conn)
     _exit_with_parent()
@@ -163,4 +166,5 @@ def _exit_with_parent() -> None:
         os.killpg(0, signal.SIGKILL)  # this worker, and the processes its tasks started
         os._exit(1)  # pragma: no cover - not reached
 
-    threading.Thread(target=watch, name="localabort-parent-watch", daemon=True).start()
+    # Blind to signals: a task's own handler (``signal.alarm``) must interrupt the task, in the main thread.
+    start_thread(threading.Thread(target=watch, name="localabort-parent-watch", daemon=True))

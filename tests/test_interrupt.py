@@ -19,6 +19,7 @@ from localabort import ABORTED, Executor
 from localabort._states import READY_STATES
 from localabort._store import Store
 
+from . import tasks
 from .conftest import ROOT, wait_for
 
 #: A generous bound that tells "stopped promptly" from "waited for 30-second tasks"; the measured
@@ -222,12 +223,19 @@ def test_signals_sent_to_the_process_reach_the_main_thread_not_ours(tmp_path):
     """
     ex = Executor(max_workers=1, store=tmp_path / "s.sqlite", progress=io.StringIO())
     try:
-        assert ex.submit(abs, -1).result(timeout=30) == 1
-        ours = {t.name: t.native_id for t in threading.enumerate() if t.name.startswith("localabort-")}
-        assert {"localabort-manager", "localabort-writer", "localabort-progress"} <= set(ours)
-        for name, tid in ours.items():
-            assert PROCESS_SIGNALS <= _blocked(f"/proc/self/task/{tid}/status"), name
+        called = {}
+        future = ex.submit(time.sleep, 0.5)
+        future.add_done_callback(lambda f: called.update(
+            thread=threading.current_thread(), mask=signal.pthread_sigmask(signal.SIG_BLOCK, [])))  # fmt: skip
+        assert future.result(timeout=30) is None
+        ours = [ex._manager._thread, ex._manager._writer._thread, ex._progress]
+        for thread in ours:
+            assert thread.is_alive() and PROCESS_SIGNALS <= _blocked(f"/proc/self/task/{thread.native_id}/status")
         assert not PROCESS_SIGNALS & _blocked(f"/proc/self/task/{threading.get_native_id()}/status")
+        # Its done-callbacks run on the manager's thread, with the mask of a user thread: a process they start
+        # must still die of SIGTERM.
+        wait_for(lambda: called, what="the callback")
+        assert called["thread"] is ex._manager._thread and not PROCESS_SIGNALS & called["mask"]
     finally:
         ex.shutdown()
 
@@ -246,3 +254,6 @@ def test_a_worker_the_manager_thread_starts_takes_signals_as_the_first_ones_do(s
                           ex._scheduler.slots[0].pid, what="a new worker")  # fmt: skip
         assert ex.submit(os.getpid).result(timeout=60) == second
         assert not PROCESS_SIGNALS & _blocked(f"/proc/{second}/status")
+        # Its own thread, which watches for the parent's death, leaves them to the task (a task's signal.alarm).
+        task_thread, watch_thread = ex.submit(tasks.blocked_signals).result(timeout=60)
+        assert not PROCESS_SIGNALS & task_thread and PROCESS_SIGNALS <= watch_thread
