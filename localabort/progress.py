@@ -160,7 +160,8 @@ def traceback_above_bars() -> None:
     def hook(exc_type: Any, exc: Any, tb: Any) -> None:
         with tqdm.get_lock():  # type: ignore[no-untyped-call]
             for bar in list(getattr(tqdm, "_instances", ())):
-                bar.clear(nolock=True)
+                if hasattr(bar, "pos"):  # one still being made (tqdm lists it first) has drawn nothing yet
+                    bar.clear(nolock=True)
             previous(exc_type, exc, tb)
 
     hook.localabort_bars = True  # type: ignore[attr-defined]

@@ -132,6 +132,27 @@ def test_bars_on_a_terminal_leave_the_traceback_of_a_ctrl_c_whole(store_path):
     assert "localabort: terminating 2 tasks" in written and "batch (3 ABORTED)" in written, written[-2000:]
 
 
+def test_the_traceback_hook_passes_over_a_bar_still_being_made(monkeypatch):
+    """tqdm lists a bar before its ``__init__`` gives it a position: a Ctrl-C landing then must not break the hook.
+
+    (The progress thread may be making a bar at the moment the main thread
+    dies of Ctrl-C; the hook then raised ``AttributeError`` over the traceback.)
+    """
+    from tqdm import tqdm
+
+    from localabort.progress import traceback_above_bars
+
+    printed = []
+    monkeypatch.setattr(sys, "excepthook", lambda *exc: printed.append(exc[0]))
+    traceback_above_bars()
+    half_made = tqdm.__new__(tqdm)  # listed in tqdm._instances, no ``pos`` yet
+    try:
+        sys.excepthook(KeyboardInterrupt, KeyboardInterrupt(), None)
+    finally:
+        tqdm._instances.discard(half_made)
+    assert printed == [KeyboardInterrupt]
+
+
 def render(output):
     """The rows a terminal shows for ``output``: enough of one for tqdm (carriage return, newline, cursor up)."""
     rows, row, col = [[]], 0, 0
