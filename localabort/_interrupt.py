@@ -49,10 +49,12 @@ The solution
   does not wake the main thread from the wait it is blocked in
   (``result()``, ``as_completed()``): it is seen only when that wait ends
   on its own, minutes later for long tasks, as if Ctrl-C were ignored
-  (about one Ctrl-C in 35, under load). So every thread localabort starts
+  (one Ctrl-C in about 35, under load). So every thread localabort starts
   blocks those signals (``start_thread``): each one reaches the main
-  thread. (So do SIGALRM, for ``signal.alarm`` and pytest-timeout, and
-  SIGTERM, for a service manager.) A mask is inherited by the processes a
+  thread, and so do SIGALRM (``signal.alarm``, pytest-timeout) and
+  SIGTERM (a service manager). One Ctrl-C in about 500 is still missed,
+  most likely in CPython's own window: a signal handled just before the
+  main thread blocks in a lock. A mask is inherited by the processes a
   thread starts, so user code run on our threads, a future's
   done-callbacks, runs with the mask its starter had (``user_signals``),
   and a worker sets its own mask as it starts, whichever thread started it.
