@@ -404,14 +404,17 @@ class Steps(AbortableTask):
         return n
 
 
+def blocked_in(status):
+    """The signals blocked by the thread or process of this ``/proc`` status file."""
+    with open(status) as f:
+        mask = int(next(line.split()[1] for line in f if line.startswith("SigBlk:")), 16)
+    return {sig for sig in signal.valid_signals() if mask >> (sig - 1) & 1}
+
+
 def blocked_signals():
     """The signals blocked by this worker's main thread and by its parent-watch thread, as read from ``/proc``."""
     import threading
 
-    def blocked(tid):
-        with open(f"/proc/self/task/{tid}/status") as f:
-            mask = int(next(line.split()[1] for line in f if line.startswith("SigBlk:")), 16)
-        return {sig for sig in signal.valid_signals() if mask >> (sig - 1) & 1}
-
     (watch,) = [t for t in threading.enumerate() if t.name == "localabort-parent-watch"]
-    return blocked(threading.get_native_id()), blocked(watch.native_id)
+    return (blocked_in(f"/proc/self/task/{threading.get_native_id()}/status"),
+            blocked_in(f"/proc/self/task/{watch.native_id}/status"))  # fmt: skip

@@ -203,13 +203,6 @@ def test_ctrl_c_at_any_moment_of_a_big_batch_exits_with_every_task_recorded(star
         assert not unfinished, f"{len(unfinished)} of {len(ids)} tasks not finished, e.g. {unfinished[0]}; {why}"
 
 
-def _blocked(status: str) -> set:
-    """The signals blocked by the thread or process of this ``/proc`` status file."""
-    with open(status) as f:
-        mask = int(next(line.split()[1] for line in f if line.startswith("SigBlk:")), 16)
-    return {sig for sig in signal.valid_signals() if mask >> (sig - 1) & 1}
-
-
 #: What a Ctrl-C, a service manager, a closed terminal and ``signal.alarm`` (pytest-timeout) send the process.
 PROCESS_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM}
 
@@ -230,8 +223,9 @@ def test_signals_sent_to_the_process_reach_the_main_thread_not_ours(tmp_path):
         assert future.result(timeout=30) is None
         ours = [ex._manager._thread, ex._manager._writer._thread, ex._progress]
         for thread in ours:
-            assert thread.is_alive() and PROCESS_SIGNALS <= _blocked(f"/proc/self/task/{thread.native_id}/status")
-        assert not PROCESS_SIGNALS & _blocked(f"/proc/self/task/{threading.get_native_id()}/status")
+            assert thread.is_alive()
+            assert PROCESS_SIGNALS <= tasks.blocked_in(f"/proc/self/task/{thread.native_id}/status"), thread.name
+        assert not PROCESS_SIGNALS & tasks.blocked_in(f"/proc/self/task/{threading.get_native_id()}/status")
         # Its done-callbacks run on the manager's thread, with the mask of a user thread: a process they start
         # must still die of SIGTERM.
         wait_for(lambda: called, what="the callback")
@@ -248,12 +242,12 @@ def test_a_worker_the_manager_thread_starts_takes_signals_as_the_first_ones_do(s
     """
     with Executor(max_workers=1, store=tmp_path / "s.sqlite", mp_context=start_method) as ex:
         first = ex.submit(os.getpid).result(timeout=60)
-        assert not PROCESS_SIGNALS & _blocked(f"/proc/{first}/status")
+        assert not PROCESS_SIGNALS & tasks.blocked_in(f"/proc/{first}/status")
         os.kill(first, signal.SIGKILL)
         second = wait_for(lambda: ex._scheduler.slots[0].ready and ex._scheduler.slots[0].pid != first and
                           ex._scheduler.slots[0].pid, what="a new worker")  # fmt: skip
         assert ex.submit(os.getpid).result(timeout=60) == second
-        assert not PROCESS_SIGNALS & _blocked(f"/proc/{second}/status")
+        assert not PROCESS_SIGNALS & tasks.blocked_in(f"/proc/{second}/status")
         # Its own thread, which watches for the parent's death, leaves them to the task (a task's signal.alarm).
         task_thread, watch_thread = ex.submit(tasks.blocked_signals).result(timeout=60)
         assert not PROCESS_SIGNALS & task_thread and PROCESS_SIGNALS <= watch_thread
