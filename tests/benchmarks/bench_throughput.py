@@ -10,6 +10,8 @@ in the same repetition. localabort stores every task's final state.
 from __future__ import annotations
 
 import collections
+import contextlib
+import functools
 import itertools
 import multiprocessing
 import os
@@ -147,6 +149,16 @@ def _cpu_now():
     return threads, children
 
 
+@contextlib.contextmanager
+def _cpu_spent(into):
+    """Around a timed phase: the CPU seconds each thread of this process, and each worker, spent in it."""
+    threads, children = _cpu_now()
+    yield
+    after, after_children = _cpu_now()
+    into["threads"] = {name: seconds - threads.get(name, 0.0) for name, seconds in after.items()}
+    into["workers"] = [seconds - children.get(pid, 0.0) for pid, seconds in after_children.items()]
+
+
 def cpu_table(n, reps):
     """The profile behind the throughput targets: CPU per task, by thread of the parent and per worker, beside PPE.
 
@@ -159,25 +171,14 @@ def cpu_table(n, reps):
         spent = collections.defaultdict(list)
         rates = []
         for _ in range(reps):
+            seen = {}
             with tempfile.TemporaryDirectory() as tmp:
                 pool = make(2) if make else common.localabort(2, store_in(tmp))
-                try:
-                    for _ in pool.map(identity, range(20), 1):
-                        pass
-                    threads, children = _cpu_now()
-                    start = time.perf_counter()
-                    futures = [pool.submit(identity, i) for i in range(n)]
-                    for f in futures:
-                        f.result()
-                    rates.append(n / (time.perf_counter() - start))
-                    after, after_children = _cpu_now()
-                finally:
-                    pool.close()
-            for thread, seconds in after.items():
-                spent[thread].append((seconds - threads.get(thread, 0.0)) / n * 1e6)
-            spent["each worker (mean)"].append(
-                statistics.mean(after_children[pid] - children.get(pid, 0.0) for pid in after_children) / n * 1e6
-            )
+                around = functools.partial(_cpu_spent, seen)
+                rates.append(common.throughput(pool, identity, n, "submit", identity, around=around))
+            for thread, seconds in seen["threads"].items():
+                spent[thread].append(seconds / n * 1e6)
+            spent["each worker (mean)"].append(statistics.mean(seen["workers"]) / n * 1e6)
         parent = [sum(v[i] for k, v in spent.items() if k != "each worker (mean)") for i in range(reps)]
         rows.append((name, "parent, all threads", common.spread(parent, "{:.0f}"), common.spread(rates, "{:,.0f}")))
         for thread, us in sorted(spent.items(), key=lambda kv: -statistics.median(kv[1])):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import multiprocessing
 import os
 import statistics
@@ -143,19 +144,24 @@ def installed_peers():
     return found
 
 
-def throughput(pool, fn, n, mode, warm):
-    """Tasks/s of the submit-and-collect phase alone (``mode`` is "submit" or a map chunksize)."""
+def throughput(pool, fn, n, mode, warm, around=contextlib.nullcontext):
+    """Tasks/s of the submit-and-collect phase alone (``mode`` is "submit" or a map chunksize).
+
+    ``around()`` is entered just before that phase and left just after it,
+    with the pool still open (to read what its processes spent).
+    """
     try:
         for _ in pool.map(warm, range(20), 1):  # every worker started and warm
             pass
-        start = time.perf_counter()
-        if mode == "submit":
-            futures = [pool.submit(fn, i) for i in range(n)]
-            for f in futures:
-                f.result()
-        else:
-            for _ in pool.map(fn, range(n), mode):
-                pass
-        return n / (time.perf_counter() - start)
+        with around():
+            start = time.perf_counter()
+            if mode == "submit":
+                futures = [pool.submit(fn, i) for i in range(n)]
+                for f in futures:
+                    f.result()
+            else:
+                for _ in pool.map(fn, range(n), mode):
+                    pass
+            return n / (time.perf_counter() - start)
     finally:
         pool.close()
