@@ -87,10 +87,10 @@ from ._interrupt import (
     stop_on_interrupt,
     stop_on_signals,
 )
-from ._jobs import Job, completed, new_id
+from ._jobs import Job, completed
 from ._manager import Manager
 from ._scheduler import Scheduler
-from ._states import FAILURE, SUCCESS
+from ._states import FAILURE, SUCCESS, new_id
 from ._task import task_name
 from ._text import call_repr
 from ._worker import MAIN_UNGUARDED, WorkerSetup
@@ -493,12 +493,11 @@ class Executor(concurrent.futures.Executor):
         self._manager.terminate(signal.SIGKILL)
 
     def __enter__(self) -> Executor:
-        _task._active_executors.append(self)
+        _task.entered(self)
         return self
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Literal[False]:
-        if self in _task._active_executors:
-            _task._active_executors.remove(self)
+        _task.exited(self)
         if exc_type is None or not issubclass(exc_type, KeyboardInterrupt):
             try:
                 self.shutdown(wait=True)

@@ -24,7 +24,6 @@ holds is not claimed: it leaves the queue and *follows* that task (QUEUED,
 from __future__ import annotations
 
 import contextlib
-import random
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
@@ -34,9 +33,9 @@ from ._outcome import describe, dump, load_outcome
 from ._states import PENDING, RETRY, SUCCESS, Progress
 
 if TYPE_CHECKING:
-    from ._slot import Slot
+    from ._words import AbortWords
 
-__all__ = ["DONE", "QUEUED", "RUNNING", "SENT", "WAITING", "Job", "completed", "new_id", "resolve"]
+__all__ = ["DONE", "QUEUED", "RUNNING", "SENT", "WAITING", "Job", "completed", "resolve"]
 
 QUEUED, SENT, RUNNING, WAITING, DONE = "queued", "sent", "running", "waiting", "done"
 
@@ -46,7 +45,7 @@ _NEVER = float("inf")
 
 
 class Job:
-    """One task in the executor: its stage, its task state, its slot and word, and what the store gets."""
+    """One task in the executor: its stage, its task state, its abort word, and what the store gets."""
 
     __slots__ = (
         "abort_requested",
@@ -70,7 +69,6 @@ class Job:
         "result",
         "retries",
         "seq",
-        "slot",
         "soft_deadline",
         "soft_limited",
         "soft_time_limit",
@@ -84,6 +82,7 @@ class Job:
         "time_limit",
         "traceback",
         "word",
+        "words",
     )  # fmt: skip
 
     def __init__(self, task_id: str, seq: int, name: str, key: Optional[str], controller: Controller) -> None:
@@ -93,8 +92,8 @@ class Job:
         self.args_repr: Optional[str] = None  # the arguments as text, for its first row (``_text.call_repr``)
         self.chunked = False
         self.stage = QUEUED
-        self.slot: Optional[Slot] = None  # the slot it was sent to
-        self.word = 0  # its abort word while it is sent or running
+        self.words: Optional[AbortWords] = None  # the abort words of the slot it was sent to
+        self.word = 0  # its abort word among them, while it is sent or running
         self.state = PENDING
         self.submitted_at = time.time()
         self.started_at: Optional[float] = None
@@ -140,7 +139,7 @@ class Job:
 
     def wait_to_retry(self, countdown: float) -> None:
         """Its attempt asked for another in ``countdown`` s: it waits (RETRY), holding no worker and no claim."""
-        self.stage, self.state, self.slot, self.claimed = WAITING, RETRY, None, False
+        self.stage, self.state, self.words, self.claimed = WAITING, RETRY, None, False
         self.future._task_state = RETRY
         self.retries += 1
         self.due, self.eta = time.monotonic() + countdown, time.time() + countdown
@@ -154,22 +153,6 @@ class Job:
             self.soft_deadline = now + self.soft_time_limit
         if self.time_limit is not None:
             self.hard_deadline = now + self.time_limit
-
-
-def new_id() -> str:
-    """A task id: a UUID in the version 7 layout (RFC 9562), its first 48 bits the time in ms.
-
-    Ids made one after the other sort together, so the store's id index
-    grows at one end: with random (version 4) ids every write touches
-    pages all over it, and writes slow down as the store grows.
-    ``random`` is reseeded in every forked child, so children never repeat
-    their parent's ids.
-    """
-    ms = time.time_ns() // 1_000_000
-    bits = random.getrandbits(74)
-    value = (ms << 80) | (0x7 << 76) | ((bits >> 62) << 64) | (0b10 << 62) | (bits & ((1 << 62) - 1))
-    h = f"{value:032x}"  # what str(uuid.UUID(int=value)) gives, in a fifth of the time
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def resolve(jobs: List[Job]) -> None:

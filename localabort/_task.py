@@ -22,16 +22,15 @@ import os
 import random
 import time
 import traceback
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Dict, List, NoReturn, Optional, Tuple, Type, Union
+from typing import Any, Callable, ClassVar, Dict, List, NoReturn, Optional, Protocol, Tuple, Type, Union
 
 from ._errors import MaxRetriesExceededError, Retry, TaskAborted
 from ._outcome import RunOutcome, describe
 from ._states import ABORTED, FAILURE, RETRY, SUCCESS, Progress
 
-if TYPE_CHECKING:
-    from ._executor import Executor
-
-__all__ = ["RETRY_OPTIONS", "AbortableTask", "checkpoint", "current_task", "is_aborted"]
+__all__ = [
+    "RETRY_OPTIONS", "AbortableTask", "Submitter", "checkpoint", "current_task", "entered", "exited", "is_aborted",
+]  # fmt: skip
 
 #: The retry settings of a task class that ``apply_async`` may override for one call, as Celery names them.
 RETRY_OPTIONS = (
@@ -41,9 +40,29 @@ RETRY_OPTIONS = (
 #: Seconds between two progress reports that a task forwards to its runner.
 PROGRESS_INTERVAL = 0.1
 
+
+class Submitter(Protocol):
+    """What ``delay`` and ``apply_async`` may call on the executor whose ``with`` block they run in."""
+
+    def apply_async(
+        self, task: Any, args: Tuple[Any, ...] = (), kwargs: Optional[Dict[str, Any]] = None, **options: Any
+    ) -> Any: ...
+
+
 _current: Optional[AbortableTask] = None
-#: Executors whose ``with`` block is active, innermost last (see ``delay``).
-_active_executors: List[Executor] = []
+#: The submitters whose ``with`` block is active, innermost last (see ``delay``).
+_active: List[Submitter] = []
+
+
+def entered(submitter: Submitter) -> None:
+    """A ``with`` block of ``submitter`` began: ``delay()`` submits to it until it ends."""
+    _active.append(submitter)
+
+
+def exited(submitter: Submitter) -> None:
+    """The ``with`` block of ``submitter`` ended (an inner one may end first, or twice: both are fine)."""
+    if submitter in _active:
+        _active.remove(submitter)
 
 
 def _forget_after_fork() -> None:
@@ -55,7 +74,7 @@ def _forget_after_fork() -> None:
     process a task forks works for that task, and its ``is_aborted()``
     reads the same shared word.
     """
-    _active_executors.clear()
+    _active.clear()
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)
@@ -276,12 +295,12 @@ class AbortableTask:
 def _submit_to_active(
     cls: type, method: str, args: Tuple[Any, ...], kwargs: Optional[Dict[str, Any]], options: Dict[str, Any]
 ) -> Any:
-    if not _active_executors:
+    if not _active:
         raise RuntimeError(
             f"{cls.__name__}.{method}() needs an active executor: call it inside "
             f"`with Executor(...):`, or use executor.submit({cls.__name__}, ...)"
         )
-    return _active_executors[-1].apply_async(cls, args, kwargs, **options)
+    return _active[-1].apply_async(cls, args, kwargs, **options)
 
 
 def current_task() -> Optional[AbortableTask]:

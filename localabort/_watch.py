@@ -46,9 +46,9 @@ import weakref
 from typing import Callable, Dict, List, Optional, Tuple
 
 from ._interrupt import start_thread
-from ._jobs import new_id
 from ._listen import ANY, Listener
 from ._procs import HEARTBEAT
+from ._states import new_id
 from ._store import RECOVER_EVERY, Store
 
 __all__ = ["FALLBACK", "NOTIFIED_EVERY", "POLL_INTERVAL", "THREAD_POLL", "Watch", "Watched", "watch"]

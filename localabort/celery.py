@@ -70,11 +70,10 @@ from celery.exceptions import TimeLimitExceeded as CeleryTimeLimitExceeded
 
 from ._errors import TimeLimitExceeded, WorkerLost
 from ._future import AbortableAsyncResult, check_terminate_after
-from ._jobs import new_id
 from ._outcome import describe, dump, over_soft_limit, pickle_outcome, terminated
 from ._procs import asker
 from ._schema import task_row
-from ._states import ABORTED, PENDING, RETRY, STARTED, SUCCESS, Progress
+from ._states import ABORTED, PENDING, RETRY, STARTED, SUCCESS, Progress, new_id
 from ._store import Store
 from ._task import AbortableTask, execute, task_name
 from ._text import call_repr

@@ -80,7 +80,7 @@ def test_the_arguments_are_stored_for_tasks_cancelled_while_their_first_write_is
 
 
 def test_task_ids_are_uuids_of_version_7_in_the_order_they_were_made(executor):
-    """Time-ordered ids keep the store's id index growing at one end (``_jobs.new_id``)."""
+    """Time-ordered ids keep the store's id index growing at one end (``_states.new_id``)."""
     ids = [executor.submit(abs, -i).id for i in range(200)]
     assert all(str(uuid.UUID(task_id)) == task_id and uuid.UUID(task_id).version == 7 for task_id in ids)
     milliseconds = [uuid.UUID(task_id).int >> 80 for task_id in ids]  # the first 48 bits

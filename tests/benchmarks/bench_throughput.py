@@ -25,8 +25,8 @@ import uuid
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
-from localabort._jobs import new_id
 from localabort._schema import task_row
+from localabort._states import new_id
 from localabort._store import Store
 from tests.benchmarks import common
 from tests.benchmarks.bench_tasks import identity, sleep_1ms, sleep_1ms_timed
