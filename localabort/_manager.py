@@ -63,7 +63,7 @@ from ._errors import TaskAborted, TimeLimitExceeded, WorkerLost
 from ._interrupt import start_thread
 from ._jobs import DONE, Job, resolve
 from ._messages import Call, InitFailed, Message, Ready, Reply, Report, decode, encode
-from ._outcome import describe, dump, load_outcome, over_soft_limit, terminated, within_limit
+from ._outcome import RunOutcome, by_soft_limit, describe, dump, load_outcome, terminated, within_limit
 from ._procs import HEARTBEAT
 from ._scheduler import Scheduler
 from ._slot import Slot
@@ -275,8 +275,9 @@ class Manager:
             what = f"{job.name} [{job.id}]"
             state, blob, tb = within_limit(message.state, message.blob, message.traceback, what)
             error = message.error if blob is message.blob else describe(load_outcome(state, blob, None)[1])
-            if state == ABORTED and job.soft_limited:  # say why: a limit, not a user
-                exc = over_soft_limit(load_outcome(state, blob, None)[1], what, job.soft_time_limit)
+            if job.soft_limited and state == ABORTED:  # say why: a limit, not a user
+                outcome = RunOutcome(state, None, load_outcome(state, blob, None)[1])
+                exc = by_soft_limit(outcome, what, job.soft_time_limit).exception
                 blob, error = dump(exc), describe(exc)
             self.scheduler.finish(job, state, blob, tb, message.progress, error)
             finished.append(job)

@@ -27,10 +27,10 @@ from ._states import ABORTED, FAILURE, SUCCESS
 __all__ = [
     "MAX_RESULT_BYTES",
     "RunOutcome",
+    "by_soft_limit",
     "describe",
     "dump",
     "load_outcome",
-    "over_soft_limit",
     "pickle_outcome",
     "terminated",
     "unrun",
@@ -111,12 +111,18 @@ def describe(exc: Optional[BaseException]) -> Optional[str]:
     return line if len(line) <= ERROR_CHARS else line[: ERROR_CHARS - 3] + "..."
 
 
-def over_soft_limit(exc: Optional[BaseException], what: str, limit: Optional[float]) -> SoftTimeLimitExceeded:
-    """The error of ``what``, which stopped (raising ``exc``) after its soft time limit asked it to."""
-    return SoftTimeLimitExceeded(
+def by_soft_limit(outcome: RunOutcome, what: str, limit: Optional[float]) -> RunOutcome:
+    """The outcome of ``what``, whose soft time limit asked it to stop: an abort it honoured says a limit asked.
+
+    Any other outcome (it succeeded anyway, or failed) is left as it is.
+    """
+    if outcome.state != ABORTED:
+        return outcome
+    exc = outcome.exception
+    return outcome._replace(exception=SoftTimeLimitExceeded(
         f"{what} passed its soft_time_limit of {limit}s and stopped",
         partial_result=getattr(exc, "partial_result", None), task_id=getattr(exc, "task_id", None),
-    )  # fmt: skip
+    ))  # fmt: skip
 
 
 def pickle_outcome(outcome: RunOutcome, name: str) -> Tuple[RunOutcome, bytes]:

@@ -11,9 +11,11 @@ worker) *binds* it to three callables:
 * ``report(done, total)``: forward progress; the task throttles the calls;
 * ``lookup(task_id) -> bool``: is another task aborted (``task_id=``)?
 
-``execute`` applies the outcome table (docs/states.md) in one place, so
-every runner ends a task the same way; what a ``RunOutcome`` becomes on its
-way to the store is ``_outcome``'s.
+Each runner says so in a ``Binding`` and calls ``run``, which builds the
+task, binds it, runs it and reads its last progress; its ``_guarded``
+applies the outcome table (docs/states.md) in one place, so every runner
+ends a task the same way. What a ``RunOutcome`` becomes on its way to the
+store is ``_outcome``'s.
 """
 
 from __future__ import annotations
@@ -22,14 +24,15 @@ import os
 import random
 import time
 import traceback
-from typing import Any, Callable, ClassVar, Dict, List, NoReturn, Optional, Protocol, Tuple, Type, Union
+from typing import Any, Callable, ClassVar, Dict, List, NamedTuple, NoReturn, Optional, Protocol, Tuple, Type, Union
 
 from ._errors import MaxRetriesExceededError, Retry, TaskAborted
 from ._outcome import RunOutcome, describe
 from ._states import ABORTED, FAILURE, RETRY, SUCCESS, Progress
 
 __all__ = [
-    "RETRY_OPTIONS", "AbortableTask", "Submitter", "checkpoint", "current_task", "entered", "exited", "is_aborted",
+    "RETRY_OPTIONS", "AbortableTask", "Binding", "Submitter", "checkpoint", "current_task", "entered", "exited",
+    "is_aborted", "run",
 ]  # fmt: skip
 
 #: The retry settings of a task class that ``apply_async`` may override for one call, as Celery names them.
@@ -86,6 +89,10 @@ def _never() -> bool:
 
 def _ignore(done: float, total: Optional[float]) -> None:
     pass
+
+
+def _no_lookup(task_id: str) -> bool:
+    return False
 
 
 class Request:
@@ -168,7 +175,7 @@ class AbortableTask:
         task_id: str,
         probe: Callable[[], bool],
         report: Callable[[float, Optional[float]], None] = _ignore,
-        lookup: Callable[[str], bool] = lambda task_id: False,
+        lookup: Callable[[str], bool] = _no_lookup,
         args: Tuple[Any, ...] = (),
         kwargs: Optional[Dict[str, Any]] = None,
         report_every: float = PROGRESS_INTERVAL,
@@ -346,6 +353,45 @@ def task_name(task: Any, *, short: bool = False) -> str:
         return str(qualname)
     module = getattr(task, "__module__", None) or type(task).__module__
     return f"{module}.{qualname}"
+
+
+class Binding(NamedTuple):
+    """What a runner binds a task to: its id, the three callables of the module's docstring, and its attempt."""
+
+    task_id: str
+    probe: Callable[[], bool]
+    report: Callable[[float, Optional[float]], None] = _ignore
+    lookup: Callable[[str], bool] = _no_lookup
+    retries: int = 0  # attempts retried before this one
+    options: Optional[Dict[str, Any]] = None  # apply_async's overrides of the class's retry settings
+    report_every: float = PROGRESS_INTERVAL
+
+
+def run(
+    target: Any, args: Any, kwargs: Optional[Dict[str, Any]], binding: Binding, *, chunked: bool = False
+) -> Tuple[RunOutcome, Optional[Progress]]:
+    """The runner contract: build ``target``, bind it, run it; return its outcome and its last progress.
+
+    ``target`` is an ``AbortableTask`` subclass (built here), an instance
+    of one (bound here: a runner that must reach it while it runs builds
+    it first), or a plain callable (run as it is, with no progress).
+    ``chunked``: ``args`` is a chunk of ``map`` items (``execute_chunk``).
+    ``KeyboardInterrupt`` is not caught: the caller's process decides.
+
+    >>> class Count(AbortableTask):
+    ...     def run(self, n):
+    ...         self.progress(n, n)
+    ...         return n
+    >>> outcome, progress = run(Count, (3,), {}, Binding("t1", probe=lambda: False))
+    >>> outcome.state, outcome.result, progress
+    ('SUCCESS', 3, (3, 3))
+    """
+    task = target() if isinstance(target, type) and issubclass(target, AbortableTask) else target
+    if isinstance(task, AbortableTask):
+        task._bind(binding.task_id, binding.probe, binding.report, binding.lookup, args,
+                   kwargs or {}, binding.report_every, binding.retries, binding.options)  # fmt: skip
+    outcome = execute_chunk(task, args) if chunked else execute(task, args, kwargs or {})
+    return outcome, (task._last_progress if isinstance(task, AbortableTask) else None)
 
 
 def execute(target: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> RunOutcome:

@@ -34,7 +34,7 @@ from ._interrupt import start_thread
 from ._messages import STOP, Call, InitFailed, Ready, Reply, Report, decode, encode
 from ._outcome import RunOutcome, describe, pickle_outcome, unrun
 from ._states import ABORTED, FAILURE, Progress
-from ._task import AbortableTask, execute, execute_chunk, task_name
+from ._task import Binding, run, task_name
 from ._words import AbortWords
 
 if TYPE_CHECKING:
@@ -104,16 +104,11 @@ def _run(conn: Any, words: AbortWords, call: Call, lookup: _Lookup) -> bytes:
     def report(done: float, total: Optional[float]) -> None:
         conn.send_bytes(encode(Report(seq=seq, done=done, total=total)))
 
-    task: Any = target
-    if isinstance(target, type) and issubclass(target, AbortableTask):
-        task = target()
-        task._bind(call.task_id, words.probe(call.word, seq), report, lookup, args, kwargs or {},
-                   retries=call.retries, options=call.options)  # fmt: skip
+    binding = Binding(call.task_id, words.probe(call.word, seq), report, lookup, call.retries, call.options)
     try:
-        outcome = execute_chunk(task, args) if call.chunked else execute(task, args, kwargs)
+        outcome, progress = run(target, args, kwargs, binding, chunked=call.chunked)
     except BaseException as exc:  # KeyboardInterrupt raised by the task itself
-        outcome = RunOutcome(FAILURE, None, exc)
-    progress = getattr(task, "_last_progress", None)
+        outcome, progress = RunOutcome(FAILURE, None, exc), None
     return _reply(seq, outcome, progress, task_name(target))
 
 

@@ -70,12 +70,12 @@ from celery.exceptions import TimeLimitExceeded as CeleryTimeLimitExceeded
 
 from ._errors import TimeLimitExceeded, WorkerLost
 from ._future import AbortableAsyncResult, check_terminate_after
-from ._outcome import describe, dump, over_soft_limit, pickle_outcome, terminated
+from ._outcome import by_soft_limit, describe, dump, pickle_outcome, terminated
 from ._procs import asker
 from ._schema import task_row
 from ._states import ABORTED, PENDING, RETRY, STARTED, SUCCESS, Progress, new_id
 from ._store import Store
-from ._task import AbortableTask, execute, task_name
+from ._task import AbortableTask, Binding, run, task_name
 from ._text import call_repr
 from ._watch import POLL_INTERVAL, Watch, Watched, watch
 
@@ -198,16 +198,16 @@ class LocalabortCeleryTask(Task):  # type: ignore[misc]
 
         watched = watching.add(task_id, lambda: _terminate(store, row, lambda: task._last_progress))
         probe = _Probe(store, watching, watched, self.localabort_soft_time_limit)
-        task._bind(task_id, probe, report, store.is_abort_requested, args, kwargs, retries=retries)
         try:
-            outcome = execute(task, args, kwargs)
+            outcome, progress = run(
+                task, args, kwargs, Binding(task_id, probe, report, store.is_abort_requested, retries)
+            )
         finally:
             watching.remove(watched)
-        if outcome.state == ABORTED and probe.soft_limited:  # say why: a limit, not a user
-            limit = self.localabort_soft_time_limit
-            outcome = outcome._replace(exception=over_soft_limit(outcome.exception, f"{self.name} [{task_id}]", limit))
+        if probe.soft_limited:
+            outcome = by_soft_limit(outcome, f"{self.name} [{task_id}]", self.localabort_soft_time_limit)
         (state, value, exc, tb, countdown), blob = pickle_outcome(outcome, self.name)
-        done, total = task._last_progress or (None, None)
+        done, total = progress or (None, None)
         if state == RETRY:  # stored RETRY, then sent again by Celery's own retry, which raises
             wait = countdown or 0.0
             store.write([dict(row, executor_id=CELERY, state=RETRY, retries=retries + 1, eta=time.time() + wait,

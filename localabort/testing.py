@@ -53,7 +53,7 @@ from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
 from ._states import ABORTED, RETRY, SUCCESS, Progress
-from ._task import AbortableTask, execute, task_name
+from ._task import Binding, run, task_name
 
 __all__ = [
     "Outcome",
@@ -124,17 +124,13 @@ def _run(
     task_id = f"inline-{uuid.uuid4()}"
     delays: List[float] = []
     while True:  # one attempt after the other, as an executor runs them, without the waits
-        target: Any = task
-        if isinstance(task, type) and issubclass(task, AbortableTask):
-            target = task()
-            target._bind(task_id, probe, report, args=args, kwargs=kwargs, report_every=0.0, retries=len(delays))
-        state, value, exc, _, countdown = execute(target, args, kwargs)
+        binding = Binding(task_id, probe, report, retries=len(delays), report_every=0.0)
+        (state, value, exc, _, countdown), progress = run(task, args, kwargs, binding)
         if state != RETRY:
             break
         if events is not None:
             events.append(("retry", len(delays)))
         delays.append(countdown or 0.0)
-    progress = target._last_progress if isinstance(target, AbortableTask) else None
     return Outcome(state, value, exc, checks, progress, len(delays), tuple(delays))
 
 
