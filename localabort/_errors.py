@@ -161,10 +161,13 @@ class UnknownTask(LookupError):
 RemoteTraceback = concurrent.futures.process._RemoteTraceback
 
 
-for _public in (
+# Public as ``localabort.<name>``: reprs, pickles and the docs name the package, not this module.
+# Doctest looks for examples in the module an object's ``__module__`` names: ``__test__`` points it here.
+__test__ = {public.__name__: public for public in (
     TaskAborted, SoftTimeLimitExceeded, Retry, MaxRetriesExceededError, WorkerLost, TimeLimitExceeded, StoreError,
     UnknownTask,
-):  # fmt: skip
+)}  # fmt: skip
+for _public in __test__.values():
     _public.__module__ = "localabort"
 del _public
 

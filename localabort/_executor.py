@@ -599,3 +599,11 @@ else:  # pragma: no cover
     import atexit
 
     atexit.register(_finish_at_exit)
+
+
+# Public as ``localabort.<name>``: reprs, pickles and the docs name the package, not this module.
+# Doctest looks for examples in the module an object's ``__module__`` names: ``__test__`` points it here.
+__test__ = {public.__name__: public for public in (Executor,)}
+for _public in __test__.values():
+    _public.__module__ = "localabort"
+del _public

@@ -249,3 +249,11 @@ class AbortableAsyncResult:
                 raise concurrent.futures.TimeoutError(f"task {self.id} not finished after {timeout}s")
             time.sleep(pause if deadline is None else max(0.0, min(pause, deadline - time.monotonic())))
             pause = min(pause * 2, interval)
+
+
+# Public as ``localabort.<name>``: reprs, pickles and the docs name the package, not this module.
+# Doctest looks for examples in the module an object's ``__module__`` names: ``__test__`` points it here.
+__test__ = {public.__name__: public for public in (AbortableFuture, AbortableAsyncResult,)}
+for _public in __test__.values():
+    _public.__module__ = "localabort"
+del _public

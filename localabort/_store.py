@@ -794,3 +794,11 @@ def _locate(spec: str) -> Tuple[str, Optional[str]]:
 def _reason(exc: BaseException) -> str:
     """The database's own words for a failure, on one line."""
     return str(getattr(exc, "orig", None) or exc).splitlines()[0]
+
+
+# Public as ``localabort.<name>``: reprs, pickles and the docs name the package, not this module.
+# Doctest looks for examples in the module an object's ``__module__`` names: ``__test__`` points it here.
+__test__ = {public.__name__: public for public in (forget,)}
+for _public in __test__.values():
+    _public.__module__ = "localabort"
+del _public

@@ -34,6 +34,19 @@ def test_all_is_pinned_and_sorted():
         assert getattr(localabort, name) is not None
 
 
+def test_every_public_class_and_function_prints_as_localabort_x():
+    """Reprs, pickles and the API docs say ``localabort.Executor``, never the private module it lives in."""
+    import pickle
+
+    named = [getattr(localabort, name) for name in localabort.__all__ if not name.isupper()]
+    assert len(named) == 16  # the seven states are strings
+    assert [f"{value.__module__}.{value.__qualname__}" for value in named] == [
+        f"localabort.{name}" for name in localabort.__all__ if not name.isupper()
+    ]
+    assert pickle.loads(pickle.dumps(localabort.AbortableTask)) is localabort.AbortableTask
+    assert repr(localabort.Executor).startswith("<class 'localabort.Executor'")
+
+
 def test_states_are_spelled_as_in_celery():
     assert [localabort.PENDING, localabort.STARTED, localabort.SUCCESS, localabort.FAILURE, localabort.ABORTED] == [
         "PENDING", "STARTED", "SUCCESS", "FAILURE", "ABORTED",
