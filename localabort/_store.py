@@ -625,12 +625,6 @@ class Store(Registry, Listing):
         with self._connect() as conn:
             return list(conn.execute(query).scalars())
 
-    def terminate_at(self, task_id: str) -> Optional[float]:
-        """When the worker of ``task_id`` is to be killed (``abort(terminate_after=...)``), or ``None``."""
-        with self._connect() as conn:
-            at = conn.execute(sa.select(tasks.c.terminate_at).where(tasks.c.id == task_id)).scalar()
-        return None if at is None else float(at)
-
     def aborts_requested(self, executor_id: str) -> Dict[str, Optional[float]]:
         """``executor_id``'s unfinished tasks with an abort requested: their ids, and when to kill their workers."""
         # SQLite, with no statistics, may take the index of every unfinished task instead: tens of thousands queued.
