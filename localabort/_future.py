@@ -253,7 +253,7 @@ class AbortableAsyncResult:
 
 # Public as ``localabort.<name>``: reprs, pickles and the docs name the package, not this module.
 # Doctest looks for examples in the module an object's ``__module__`` names: ``__test__`` points it here.
-__test__ = {public.__name__: public for public in (AbortableFuture, AbortableAsyncResult,)}
+__test__ = {public.__name__: public for public in (AbortableFuture, AbortableAsyncResult)}
 for _public in __test__.values():
     _public.__module__ = "localabort"
 del _public

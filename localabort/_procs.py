@@ -4,9 +4,13 @@ A pid alone is not enough: the system reuses pids, so a store would take a
 new process for a dead executor. The start time, from /proc, tells them
 apart (where /proc exists; elsewhere the pid alone decides).
 
-A live executor also writes to its store at least every ``HEARTBEAT``
-seconds; one silent for ``SILENT`` seconds is hung, or dead on another
-host, and readers stop waiting for it.
+A pid means something only in the PID namespace it was read in: two
+containers that share a hostname (and a store) see each other's pids as
+dead. ``pid_namespace`` names this process's namespace, on any machine:
+where a reader's is the executor's, a pid that does not run is proof of
+death. Elsewhere a live executor's writes tell: it writes to its store at
+least every ``HEARTBEAT`` seconds, and one silent for ``SILENT`` seconds
+is hung, or dead, and readers stop waiting for it.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import os
 import socket
 from typing import List, Optional
 
-__all__ = ["HEARTBEAT", "REMOTE_SILENT", "SILENT", "alive", "asker", "process_start"]
+__all__ = ["HEARTBEAT", "REMOTE_SILENT", "SILENT", "alive", "asker", "pid_namespace", "process_start"]
 
 #: Seconds between an executor's writes of ``flushed_at`` when it has nothing else to write.
 HEARTBEAT = 0.5
@@ -39,6 +43,21 @@ def process_start(pid: int) -> Optional[str]:
     """When process ``pid`` started (clock ticks since boot, from /proc), or ``None`` off Linux."""
     fields = _stat(pid)
     return None if fields is None or len(fields) < 20 else fields[19].decode()
+
+
+def pid_namespace() -> Optional[str]:
+    """This process's PID namespace, unlike any other on any machine; ``None`` where /proc cannot say.
+
+    The namespace's inode alone repeats across machines (every host's
+    first namespace has the same one); the kernel's boot id, which the
+    containers of one machine share, tells the machines apart.
+    """
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
+            boot = f.read().strip()
+        return f"{boot}/{os.readlink('/proc/self/ns/pid')}"
+    except OSError:
+        return None
 
 
 def alive(pid: int, started: Optional[str]) -> bool:

@@ -1,14 +1,17 @@
 """Who writes a store: the registry of executors, how a dead one is told from a live one, and its tasks' end.
 
 Every ``Executor`` (and every Celery worker process's watch, ``_watch``)
-registers a row in ``localabort_executors`` and renews its ``flushed_at``
-at least every ``HEARTBEAT`` s (``_procs``). One is dead when both hold:
-no process of its pid (and start time) runs on this host, and it has been
-silent for ``SILENT`` s; on another host, when it has been silent for
+registers a row in ``localabort_executors``, with its pid, start time and
+PID namespace, and renews its ``flushed_at`` at least every ``HEARTBEAT``
+s (``_procs``). One test, ``_gone``, says an executor is dead: to a reader
+in its PID namespace, at once, when no process of its pid (and start
+time) runs; to another on its host, when that also holds and it has been
+silent for ``SILENT`` s (containers that share a hostname see each
+other's pids as dead); on another host, when it has been silent for
 ``REMOTE_SILENT`` s. ``recover_dead_executors`` then ends its unfinished
 tasks FAILURE (``WorkerLost``), so no task waits for ever on a process
 that is gone; ``_written_since`` tells a reader whether an id no row holds
-may still be written by a live executor.
+may still be written by an executor that is neither gone nor hung.
 
 ``Registry`` is a base of ``Store``: its SQL goes through the store's own
 connections (``_begin``, ``_connect``) and its failures read as the store's.
@@ -19,14 +22,14 @@ from __future__ import annotations
 import os
 import socket
 import time
-from typing import ContextManager, List
+from typing import Any, ContextManager, List, Optional
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ._errors import WorkerLost
 from ._outcome import describe, dump
-from ._procs import REMOTE_SILENT, SILENT, alive, process_start
+from ._procs import REMOTE_SILENT, SILENT, alive, pid_namespace, process_start
 from ._schema import STANDING, UNFINISHED, executors, tasks
 from ._states import FAILURE
 
@@ -45,7 +48,8 @@ class Registry:
     def register_executor(self, executor_id: str) -> None:
         """Record that an executor of this process writes to the store."""
         pid = os.getpid()
-        row = dict(id=executor_id, hostname=socket.gethostname(), pid=pid, process_start=process_start(pid))
+        row = dict(id=executor_id, hostname=socket.gethostname(), pid=pid, process_start=process_start(pid),
+                   pid_namespace=pid_namespace())  # fmt: skip
         with self._begin() as conn:
             now = time.time()  # nothing handed out yet
             conn.execute(executors.insert().values(started_at=now, flushed_at=now, **row))
@@ -69,13 +73,7 @@ class Registry:
     def recover_dead_executors(self) -> List[str]:
         """Fail the unfinished tasks of executors whose process has died.
 
-        Dead means both: no process of its pid (and start time) runs here,
-        and it has not written to the store for ``SILENT`` s (a live one
-        writes at least every ``HEARTBEAT`` s). The pid alone would be
-        wrong across PID namespaces: containers sharing a hostname and a
-        store see each other's pids as dead. An executor on another host
-        (a Celery worker process there, say) is dead once silent for
-        ``REMOTE_SILENT`` s, by the clocks of the two hosts.
+        Dead as ``_gone`` (and the module's docstring) says.
 
         Their tasks end FAILURE with ``WorkerLost``, so no task stays
         PENDING or STARTED for ever. Runs whenever a process opens the
@@ -83,24 +81,11 @@ class Registry:
         (``AbortableAsyncResult.get``, ``localabort watch``); returns the
         ids of the executors it closed.
         """
-        host = socket.gethostname()
-        query = sa.select(
-            executors.c.id,
-            executors.c.pid,
-            executors.c.process_start,
-            executors.c.flushed_at,
-            executors.c.started_at,
-            executors.c.hostname,
-        ).where(executors.c.closed_at.is_(None))
+        query = sa.select(*_GONE_COLUMNS, executors.c.id).where(executors.c.closed_at.is_(None))
         with self._connect() as conn:
             found = conn.execute(query).all()
-        now = time.time()
-        dead = [
-            row for row in found
-            if (row.hostname == host and now - (row.flushed_at or row.started_at or 0.0) > SILENT
-                and not alive(row.pid, row.process_start))
-            or (row.hostname != host and now - (row.flushed_at or row.started_at or 0.0) > REMOTE_SILENT)
-        ]  # fmt: skip
+        host, here, now = socket.gethostname(), pid_namespace(), time.time()
+        dead = [row for row in found if _gone(row, host, here, now)]
         closed = []
         for row in dead:
             lost = WorkerLost(f"executor {row.id} (pid {row.pid} on {row.hostname}) died before this task finished")
@@ -124,18 +109,31 @@ class Registry:
 
     def _written_since(self, since: float) -> bool:
         """Whether every executor that may still write has written every id it handed out before ``since``."""
-        query = sa.select(
-            executors.c.hostname, executors.c.pid, executors.c.process_start, executors.c.flushed_at,
-            executors.c.started_at,
-        ).where(executors.c.closed_at.is_(None))  # fmt: skip
+        query = sa.select(*_GONE_COLUMNS).where(executors.c.closed_at.is_(None))
         with self._connect() as conn:
             found = conn.execute(query).all()
-        host, now = socket.gethostname(), time.time()
-        for row in found:
-            flushed = row.flushed_at if row.flushed_at is not None else row.started_at or 0.0
-            if flushed >= since or now - flushed > SILENT:
-                continue
-            if row.hostname == host and not alive(row.pid, row.process_start):
-                continue
-            return False
-        return True
+        host, here, now = socket.gethostname(), pid_namespace(), time.time()
+        return all(
+            _flushed(row) >= since or now - _flushed(row) > SILENT or _gone(row, host, here, now) for row in found
+        )
+
+
+#: What ``_gone`` reads of an executor's row.
+_GONE_COLUMNS = (
+    executors.c.hostname, executors.c.pid, executors.c.process_start, executors.c.pid_namespace,
+    executors.c.flushed_at, executors.c.started_at,
+)  # fmt: skip
+
+
+def _flushed(row: Any) -> float:
+    """When the executor of ``row`` last wrote (or registered)."""
+    return float(row.flushed_at if row.flushed_at is not None else row.started_at or 0.0)
+
+
+def _gone(row: Any, host: str, here: Optional[str], now: float) -> bool:
+    """Whether the executor of ``row`` is dead, to a reader on ``host`` in PID namespace ``here`` (the docstring)."""
+    if here is not None and row.pid_namespace == here:  # its pid is one of ours: whether it runs is proof
+        return not alive(row.pid, row.process_start)
+    if row.hostname == host:
+        return now - _flushed(row) > SILENT and not alive(row.pid, row.process_start)
+    return now - _flushed(row) > REMOTE_SILENT

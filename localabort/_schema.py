@@ -45,7 +45,7 @@ __all__ = [
     "tasks",
 ]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 metadata = sa.MetaData()
 
@@ -139,6 +139,7 @@ executors = sa.Table(
     sa.Column("hostname", sa.String(255)),
     sa.Column("pid", sa.Integer),
     sa.Column("process_start", sa.String(32)),  # tells a live pid from a reused one
+    sa.Column("pid_namespace", sa.String(96)),  # where its pid means what it says (``_procs.pid_namespace``)
     sa.Column("started_at", sa.Float),
     sa.Column("closed_at", sa.Float),
     # Every task this executor handed out before this time has its row (see Store.request_abort).
@@ -193,8 +194,13 @@ def _to_5(conn: Connection) -> None:
     _remake_indexes(conn, "ix_localabort_tasks_running")
 
 
+def _to_6(conn: Connection) -> None:
+    """Schema 6: each executor's PID namespace, so a reader in the same one recovers it the moment it dies."""
+    conn.execute(sa.text("ALTER TABLE localabort_executors ADD COLUMN pid_namespace VARCHAR(96)"))
+
+
 #: Upgrades from each older schema version to the next.
-MIGRATIONS: Dict[int, Callable[[Connection], None]] = {1: _to_2, 2: _to_3, 3: _to_4, 4: _to_5}
+MIGRATIONS: Dict[int, Callable[[Connection], None]] = {1: _to_2, 2: _to_3, 3: _to_4, 4: _to_5, 5: _to_6}
 
 
 class _Columns:

@@ -477,7 +477,7 @@ def _retried(task: AbortableTask, exc: BaseException, tb: str, countdown: Option
 
 # Public as ``localabort.<name>``: reprs, pickles and the docs name the package, not this module.
 # Doctest looks for examples in the module an object's ``__module__`` names: ``__test__`` points it here.
-__test__ = {public.__name__: public for public in (AbortableTask, checkpoint, current_task, is_aborted,)}
+__test__ = {public.__name__: public for public in (AbortableTask, checkpoint, current_task, is_aborted)}
 for _public in __test__.values():
     _public.__module__ = "localabort"
 del _public

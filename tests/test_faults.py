@@ -147,10 +147,15 @@ def test_killed_executor_children_exit_and_its_tasks_are_recovered(start_batch, 
     proc.communicate(timeout=30)
 
     gone(info["workers"], "the dead executor's workers to exit")
+    # At once, not after SILENT s: a reader in the dead executor's PID namespace has proof (a new process each,
+    # as a user's would be: opening the store recovers it).
+    status = subprocess.run([sys.executable, "-m", "localabort", "status", store_path, "--json"],
+                            capture_output=True, text=True, timeout=60, check=True)  # fmt: skip
+    assert {row["state"] for row in json.loads(status.stdout)} == {FAILURE}
     results = [AbortableAsyncResult(task_id, store=store_path) for task_id in info["ids"]]
-    with pytest.raises(WorkerLost, match=r"executor .* \(pid \d+ on .*\) died before this task finished"):
-        results[0].get(timeout=15)  # dead, and silent for SILENT s: a waiting get() recovers it
     assert {r.state for r in results} == {FAILURE}
+    with pytest.raises(WorkerLost, match=r"executor .* \(pid \d+ on .*\) died before this task finished"):
+        results[0].get(timeout=0)
     with contextlib.closing(sqlite3.connect(store_path)) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
 
@@ -160,8 +165,9 @@ def test_an_executor_whose_pid_looks_dead_from_here_but_writes_is_not_recovered(
     fut = executor.submit(tasks.Spin)
     wait_for(lambda: getattr(executor.store.get(fut.id), "state", None) == STARTED)
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    with executor.store._begin() as conn:  # as another PID namespace would see it
-        conn.execute(executors.update().where(executors.c.id == executor.id).values(pid=int(gone.stdout)))
+    with executor.store._begin() as conn:  # as it would be in another PID namespace: a pid that means nothing here
+        conn.execute(executors.update().where(executors.c.id == executor.id)
+                     .values(pid=int(gone.stdout), pid_namespace="another-boot/pid:[4026531836]"))  # fmt: skip
     time.sleep(1.0)  # a few heartbeats
     other = Store(executor.store.path)  # another process's view: opening runs recovery
     try:

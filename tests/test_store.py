@@ -350,11 +350,11 @@ def test_an_older_store_is_upgraded_by_an_executor_only(tmp_path):
     with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         for statement in SCHEMA_1:
             conn.execute(statement)
-    with pytest.raises(StoreError, match=r"older localabort \(schema 1, this one reads 5\); open it once with an Ex"):
+    with pytest.raises(StoreError, match=r"older localabort \(schema 1, this one reads 6\); open it once with an Ex"):
         Store(path, create=False)
     assert sql(path, "SELECT value FROM localabort_meta") == [("1",)]  # a reader changed nothing
     store = Store(path, create=True)
-    assert sql(path, "SELECT value FROM localabort_meta") == [("5",)]
+    assert sql(path, "SELECT value FROM localabort_meta") == [("6",)]
     assert store.get("old").state == SUCCESS and store.get("old").error is None  # the tasks are kept
     indexes = dict(sql(path, "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"))
     assert "RECEIVED" in indexes["ix_localabort_tasks_unfinished"]
@@ -367,7 +367,7 @@ def test_an_older_store_is_upgraded_by_an_executor_only(tmp_path):
 
 
 def test_an_older_schema_is_upgraded_on_either_database(store):
-    """Schema 1, as localabort 0.1 made it, made from today's by undoing what schemas 2 to 5 added."""
+    """Schema 1, as localabort 0.1 made it, made from today's by undoing what schemas 2 to 6 added."""
     import sqlalchemy as sa
 
     store.write([row("old", SUCCESS, key="k", finished_at=1.0)])
@@ -379,7 +379,8 @@ def test_an_older_schema_is_upgraded_on_either_database(store):
             "ix_localabort_tasks_running",
         ):
             conn.execute(sa.text(f"DROP INDEX {name}"))
-        conn.execute(sa.text("ALTER TABLE localabort_executors DROP COLUMN flushed_at"))
+        for column in ("flushed_at", "pid_namespace"):
+            conn.execute(sa.text(f"ALTER TABLE localabort_executors DROP COLUMN {column}"))
         for column in ("abort_by", "terminate_at", "error", "retries", "eta", "args_repr"):
             conn.execute(sa.text(f"ALTER TABLE localabort_tasks DROP COLUMN {column}"))
         conn.execute(sa.text("CREATE INDEX ix_localabort_tasks_unfinished ON localabort_tasks (executor_id) "
@@ -389,9 +390,9 @@ def test_an_older_schema_is_upgraded_on_either_database(store):
     with pytest.raises(StoreError, match=r"older localabort \(schema 1"):
         Store(store.url, create=False)
     upgraded = Store(store.url, create=True)
-    assert upgraded._schema_version(create=False) == "5" and upgraded.get("old").state == SUCCESS
+    assert upgraded._schema_version(create=False) == "6" and upgraded.get("old").state == SUCCESS
     assert upgraded.aborts_requested("e0") == {}  # its index is back (SQLite names it: INDEXED BY)
-    upgraded.register_executor("e1")  # flushed_at is back
+    upgraded.register_executor("e1")  # flushed_at and pid_namespace are back
     assert upgraded.sync("e1", [row("new", key="k")], [], claims=[("new", "tests.Job", "k")], flushed_at=1.0) == (
         [],
         {},
@@ -531,6 +532,22 @@ def test_a_dead_executors_tasks_fail_on_the_next_open(store):
     assert orphan.state == FAILURE and store.get("mine").state == STARTED
     with pytest.raises(WorkerLost, match=r"executor dead-ex .* died before this task finished"):
         raise load_outcome(orphan.state, orphan.result, orphan.traceback)[1]
+
+
+def test_a_dead_executor_is_recovered_at_once_only_by_a_reader_in_its_pid_namespace(store):
+    """Where the reader shares the executor's PID namespace, a pid that does not run is proof: no silence needed."""
+    from localabort._procs import pid_namespace
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    store.write([row("here", STARTED, executor_id="dead-here"), row("there", STARTED, executor_id="dead-there")])
+    now = time.time()
+    with store._begin() as conn:  # both wrote a moment ago; the second's pid is read in another container
+        for executor_id, namespace in (("dead-here", pid_namespace()), ("dead-there", "another-boot/pid:[1]")):
+            values = dict(hostname=socket.gethostname(), pid=int(gone.stdout), started_at=now, flushed_at=now)
+            conn.execute(executors.insert().values(id=executor_id, pid_namespace=namespace, **values))
+    assert pid_namespace() is not None  # Linux: /proc says
+    assert store.recover_dead_executors() == ["dead-here"]
+    assert store.get("here").state == FAILURE and store.get("there").state == STARTED
 
 
 def test_an_executor_on_another_host_is_dead_once_silent_for_remote_silent(store):
