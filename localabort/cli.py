@@ -7,6 +7,7 @@
     localabort abort STORE (TASK_ID... | --all) [--terminate-after SECONDS]
     localabort watch STORE
     localabort forget STORE --older-than AGE
+    localabort serve STORE [--host HOST] [--port N] [--read-only]
     localabort --version
 
 A TASK_ID may be shortened to any part of it that starts or ends it and
@@ -143,10 +144,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         store = _open(args.store)
         return int(COMMANDS[args.command](store, args))
-    except _Usage as exc:
-        _print(f"localabort: {exc}", file=sys.stderr)
-        return 2
-    except StoreError as exc:
+    except (_Usage, StoreError) as exc:
         _print(f"localabort: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
