@@ -194,7 +194,7 @@ class Executor(concurrent.futures.Executor):
             store = os.path.join(self._tmpdir, "store.sqlite")
         from ._store import Store  # SQLAlchemy loads here, not in workers that import this module
 
-        # The one opener that creates a store (and, one day, migrates it).
+        # The one opener that creates a store, or upgrades an older one (``_schema.MIGRATIONS``).
         self._store = Store.open(store, create=True) if self._tmpdir is None else Store(store)  # type: ignore[arg-type]
         self.id = uuid.uuid4().hex
         self._store.register_executor(self.id)
