@@ -28,9 +28,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ._errors import WorkerLost
-from ._outcome import describe, dump
 from ._procs import REMOTE_SILENT, SILENT, alive, pid_namespace, process_start
-from ._schema import STANDING, UNFINISHED, executors, tasks
+from ._schema import STANDING, UNFINISHED, end_tasks, executors, tasks
 from ._states import FAILURE
 
 __all__ = ["Registry"]
@@ -100,9 +99,7 @@ class Registry:
                 ).rowcount:  # fmt: skip
                     continue
                 conn.execute(
-                    tasks.update()
-                    .where(tasks.c.executor_id == row.id, sa.text(UNFINISHED))
-                    .values(state=FAILURE, finished_at=now, result=dump(lost), error=describe(lost))
+                    end_tasks(tasks.c.executor_id == row.id, sa.text(UNFINISHED), state=FAILURE, exc=lost, at=now)
                 )
             closed.append(row.id)
         return closed

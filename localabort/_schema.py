@@ -18,11 +18,13 @@ version (``Store`` runs them, for an ``Executor`` only).
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from ._outcome import describe, dump
 from ._states import CLAIMABLE_STATES, HELD_STATES, STARTED, STATE_COLUMNS, UNREADY_STATES, Progress, task_row
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "UNFINISHED",
     "TaskRecord",
     "conditions_for",
+    "end_tasks",
     "executors",
     "meta",
     "metadata",
@@ -145,6 +148,13 @@ executors = sa.Table(
     # Every task this executor handed out before this time has its row (see Store.request_abort).
     sa.Column("flushed_at", sa.Float),
 )
+
+
+def end_tasks(*where: Any, state: str, exc: BaseException, at: Optional[float] = None) -> sa.Update:
+    """The statement that ends the tasks ``where`` selects in ``state``, with ``exc`` as their outcome."""
+    finished = time.time() if at is None else at
+    return tasks.update().where(*where).values(state=state, finished_at=finished, result=dump(exc), error=describe(exc))
+
 
 meta = sa.Table(
     "localabort_meta",

@@ -41,7 +41,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from ._errors import StoreError, UnknownTask
 from ._listen import ANY, CHANNEL, Listener, listener, payload
 from ._listing import Listing, pieces
-from ._outcome import describe, dump, unrun
+from ._outcome import dump, unrun
 from ._procs import asker
 from ._registry import Registry
 from ._schema import (
@@ -55,6 +55,7 @@ from ._schema import (
     UNFINISHED,
     TaskRecord,
     conditions_for,
+    end_tasks,
     executors,
     meta,
     metadata,
@@ -530,11 +531,8 @@ class Store(Registry, Listing):
                 (PENDING, unrun(task_id)),
                 (RETRY, unrun(task_id, waiting=True)),
             ):
-                ended += conn.execute(
-                    tasks.update()
-                    .where(tasks.c.id == task_id, tasks.c.state == state, tasks.c.executor_id == owner)
-                    .values(state=ABORTED, finished_at=time.time(), result=dump(exc), error=describe(exc))
-                ).rowcount
+                mine = (tasks.c.id == task_id, tasks.c.state == state, tasks.c.executor_id == owner)
+                ended += conn.execute(end_tasks(*mine, state=ABORTED, exc=exc)).rowcount
         return bool(ended)
 
     def claim(self, row: Dict[str, Any]) -> str:
@@ -588,10 +586,9 @@ class Store(Registry, Listing):
     def end_lost(self, task_id: str, exc: BaseException) -> bool:
         """End ``task_id`` FAILURE with ``exc`` if it is unfinished (its process died); return whether it was."""
         with self._begin() as conn:
-            return bool(conn.execute(
-                tasks.update().where(tasks.c.id == task_id, sa.text(UNFINISHED))
-                .values(state=FAILURE, finished_at=time.time(), result=dump(exc), error=describe(exc))
-            ).rowcount)  # fmt: skip
+            return bool(
+                conn.execute(end_tasks(tasks.c.id == task_id, sa.text(UNFINISHED), state=FAILURE, exc=exc)).rowcount
+            )
 
     # -- reads ----------------------------------------------------------------
 
