@@ -32,7 +32,7 @@ class Call(NamedTuple):
 
     seq: int  # the job's number, never reused in an executor
     word: int  # its abort word (``_words``)
-    ahead: bool  # sent while the worker runs another job: claim it before starting
+    ahead: bool  # sent while the worker runs another job: accept it before starting (``AbortWords.accept``)
     task_id: str
     name: str
     blob: bytes

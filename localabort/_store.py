@@ -518,12 +518,12 @@ class Store(Registry, Listing):
             time.sleep(pause)
             pause = min(2 * pause, 0.05)
 
-    def abort_unclaimed(self, task_id: str, owner: str) -> bool:
+    def abort_unstarted(self, task_id: str, owner: str) -> bool:
         """End ``task_id`` ABORTED if it is still PENDING (or waiting to retry) under ``owner``; return whether it was.
 
-        The opposite of ``claim``: of an abort and a claim racing for one
+        The opposite of ``start``: of an abort and a start racing for one
         task, the database lets exactly one win, so a task aborted before
-        it was claimed never runs.
+        it started never runs.
         """
         ended = 0
         with self._begin() as conn:
@@ -535,8 +535,8 @@ class Store(Registry, Listing):
                 ended += conn.execute(end_tasks(*mine, state=ABORTED, exc=exc)).rowcount
         return bool(ended)
 
-    def claim(self, row: Dict[str, Any]) -> str:
-        """Move the task of ``row`` (a STARTED row) from PENDING to STARTED, unless it was aborted.
+    def start(self, row: Dict[str, Any]) -> str:
+        """Move the task of ``row`` (a STARTED row) from PENDING to STARTED, unless it was aborted (a Celery worker's).
 
         Returns STARTED if the caller may run it, ABORTED if it must not (the
         task is stored ABORTED), or the final state of a task that finished
@@ -548,7 +548,7 @@ class Store(Registry, Listing):
         """
         task_id = row["id"]
         with self._begin() as conn:
-            claimed = conn.execute(
+            started = conn.execute(
                 tasks.update()
                 .where(tasks.c.id == task_id, sa.text(CLAIMABLE), tasks.c.abort_requested_at.is_(None))
                 .values(state=STARTED, started_at=row["started_at"], executor_id=row["executor_id"])
@@ -558,7 +558,7 @@ class Store(Registry, Listing):
             )
             found = conn.execute(query.where(tasks.c.id == task_id)).first()
             again = False
-            if not claimed and found is not None and found.state == STARTED and found.abort_requested_at is None:
+            if not started and found is not None and found.state == STARTED and found.abort_requested_at is None:
                 count = (found.retries or 0) + 1
                 # Only if still so: on PostgreSQL the first run may have ended since the read.
                 redelivered = (
@@ -576,9 +576,9 @@ class Store(Registry, Listing):
             self.write([row])
             return STARTED
         row.update(submitted_at=found.submitted_at, key=found.key, retries=max(row["retries"] or 0, found.retries or 0))
-        if claimed or again:
+        if started or again:
             return STARTED
-        if found.state in UNREADY_STATES:  # aborted in the instant before the claim
+        if found.state in UNREADY_STATES:  # aborted in the instant before the start
             self.write([dict(row, state=ABORTED, finished_at=time.time(), result=dump(unrun(task_id)))])
             return ABORTED
         return str(found.state)

@@ -32,13 +32,13 @@ job ``seq`` the parent writes ``seq`` into the job's word; the task's
 the parent. A stale ``seq`` in a word (an earlier job's) never equals the
 current job's, so an abort cannot leak from one job into the next.
 
-The second half of the array holds as many *claim* words. A job sent ahead
-is claimed by its worker before it starts: under the slot's *hand-over
+The second half of the array holds as many *accept* words. A job sent ahead
+is accepted by its worker before it starts: under the slot's *hand-over
 lock*, the worker reads the job's abort word and, if it is clear, writes
-``seq`` into the job's claim word (``claim``). The parent, taking back a
-job sent ahead (``recall``), reads the claim word and writes the abort
+``seq`` into the job's accept word (``accept``). The parent, taking back a
+job sent ahead (``recall``), reads the accept word and writes the abort
 word under the same lock. Exactly one of them wins: either the worker
-claimed the job first (it runs, and sees the abort at its next check) or
+accepted the job first (it runs, and sees the abort at its next check) or
 the parent's abort came first (the worker answers the job ABORTED unrun,
 and the parent has already ended it).
 
@@ -48,7 +48,7 @@ worker takes only the hand-over lock, and holds it for two word accesses.
 
 The hand-over wait. A worker killed while it holds the hand-over lock would
 leave the parent waiting for ever. The parent waits ``HANDOVER_WAIT``
-seconds at most, then takes the job as claimed: it sets the abort word,
+seconds at most, then takes the job as accepted: it sets the abort word,
 so a job that does run stops at its first check. If the worker is dead, the manager finds out
 from its process sentinel, and a job it never reached runs on the
 replacement worker, or ends ABORTED unrun if it was aborted.
@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     from multiprocessing.context import BaseContext
     from multiprocessing.synchronize import Lock
 
-    #: The shared array: every slot's abort words, then as many claim words.
+    #: The shared array: every slot's abort words, then as many accept words.
     Array = ctypes.Array[ctypes.c_int64]
 
 __all__ = ["DEPTH", "HANDOVER_WAIT", "AbortWords", "allocate"]
@@ -75,16 +75,16 @@ HANDOVER_WAIT = 1.0
 
 
 def allocate(ctx: BaseContext, slots: int) -> Array:
-    """The shared array for ``slots`` worker slots: their abort words, then as many claim words."""
+    """The shared array for ``slots`` worker slots: their abort words, then as many accept words."""
     return ctx.RawArray(ctypes.c_int64, 2 * slots * DEPTH)
 
 
 class AbortWords:
-    """One slot's abort and claim words and its hand-over lock, seen from the parent or from its worker.
+    """One slot's abort and accept words and its hand-over lock, seen from the parent or from its worker.
 
     The parent takes a word for each job it sends (``take``), then aborts
-    (``abort``) or takes back (``recall``) that job; the worker claims a job
-    sent ahead (``claim``) and checks for aborts (``is_set``, or the faster
+    (``abort``) or takes back (``recall``) that job; the worker accepts a job
+    sent ahead (``accept``) and checks for aborts (``is_set``, or the faster
     closure ``probe`` makes). Made in the parent and handed to the worker
     process when it starts; a replacement worker gets a new lock, as its
     predecessor may have died holding the old one.
@@ -93,7 +93,7 @@ class AbortWords:
     >>> ctx = multiprocessing.get_context()
     >>> words = AbortWords(allocate(ctx, 1), 0, ctx.Lock())
     >>> word = words.take()
-    >>> words.claim(word, seq=7), words.is_set(word, seq=7)
+    >>> words.accept(word, seq=7), words.is_set(word, seq=7)
     (True, False)
     >>> words.abort(word, seq=7)
     >>> words.is_set(word, seq=7), words.is_set(word, seq=8)
@@ -110,7 +110,7 @@ class AbortWords:
     def _attach(self) -> None:
         # A memoryview reads and writes a word faster than the ctypes array does.
         self._view = memoryview(self._array).cast("B").cast("q")
-        self._claims = len(self._view) // 2
+        self._accepts = len(self._view) // 2
 
     def __getstate__(self) -> Dict[str, Any]:  # only while a worker process is spawned
         return {"_array": self._array, "_slot": self._slot, "_lock": self._lock, "_turn": self._turn}
@@ -136,27 +136,27 @@ class AbortWords:
     def recall(self, word: int, seq: int) -> bool:
         """Abort job ``seq``, sent ahead; return whether its worker will never start it.
 
-        Unclaimed, the worker answers it unrun; claimed, it runs, and sees
+        Not accepted, the worker answers it unrun; accepted, it runs, and sees
         the abort at its next check. Call it with the scheduler's lock held.
         """
         if not self._lock.acquire(timeout=HANDOVER_WAIT):  # its worker died holding it
             self.abort(word, seq)
             return False
         try:
-            claimed = self._view[self._claims + word] == seq
+            accepted = self._view[self._accepts + word] == seq
             self.abort(word, seq)
-            return not claimed
+            return not accepted
         finally:
             self._lock.release()
 
     # -- the worker's side ---------------------------------------------------------
 
-    def claim(self, word: int, seq: int) -> bool:
-        """Claim job ``seq``, sent ahead, before starting it; ``False`` if the parent aborted it first."""
+    def accept(self, word: int, seq: int) -> bool:
+        """Accept job ``seq``, sent ahead, before starting it; ``False`` if the parent aborted it first."""
         with self._lock:
             if self.is_set(word, seq):
                 return False
-            self._view[self._claims + word] = seq
+            self._view[self._accepts + word] = seq
             return True
 
     def is_set(self, word: int, seq: int) -> bool:

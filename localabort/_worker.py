@@ -4,7 +4,7 @@ The worker reads ``Call`` messages from its pipe (``_messages``) and runs
 them in order, answering each with one ``Reply`` (and ``Report``
 messages before it, for progress). The parent may send the next job while
 this one runs, so the worker goes from one job to the next without waiting
-for the parent; such a job, sent ``ahead``, is claimed before it starts,
+for the parent; such a job, sent ``ahead``, is accepted before it starts,
 and one the parent aborted first is answered ABORTED unrun (``_words``).
 A task's ``is_aborted()`` reads the job's abort word: the worker binds it
 to ``AbortWords.probe``.
@@ -84,7 +84,7 @@ def worker_main(conn: multiprocessing.connection.Connection, words: AbortWords, 
         if message == STOP:
             return
         call = cast(Call, decode(message))  # the parent sends only calls
-        if call.ahead and not words.claim(call.word, call.seq):
+        if call.ahead and not words.accept(call.word, call.seq):
             conn.send_bytes(_reply(call.seq, RunOutcome(ABORTED, None, unrun(call.task_id)), None, call.name))
         else:
             conn.send_bytes(_run(conn, words, call, lookup))

@@ -14,9 +14,9 @@ stays final), so no later write can undo an abort.
 
 - ``apply_async``/``delay`` record the task PENDING, then send it, and
   return an ``AbortableAsyncResult``.
-- A worker *claims* the task before it runs it: one conditional update,
+- A worker *starts* the task in the store before it runs it: one conditional update,
   PENDING to STARTED, only if no abort was requested. ``abort()`` on a task
-  not yet claimed ends it ABORTED at once, with the opposite update; the
+  not yet started ends it ABORTED at once, with the opposite update; the
   database lets exactly one of the two win, so a task aborted while queued
   never runs, and one that has started sees the abort at its next check.
 - Inside the worker, ``is_aborted()`` reads a flag of the process's watch
@@ -125,10 +125,10 @@ def register(app: Any, task_class: Type[AbortableTask], store: Optional[str] = N
 
 
 class CeleryResult(AbortableAsyncResult):
-    """The result of a registered task: ``AbortableAsyncResult``, whose ``abort()`` also ends a task not yet claimed."""
+    """The result of a registered task: ``AbortableAsyncResult``, whose ``abort()`` also ends a task not yet started."""
 
     def abort(self, *, terminate_after: Optional[float] = None) -> bool:
-        """Ask the task to abort. Not yet claimed by a worker, it ends ABORTED now and never runs.
+        """Ask the task to abort. Not yet started by a worker, it ends ABORTED now and never runs.
 
         With ``terminate_after``, the worker process running the task kills
         itself if the task still runs that many seconds from now (its watch
@@ -137,7 +137,7 @@ class CeleryResult(AbortableAsyncResult):
         """
         check_terminate_after(terminate_after)
         requested = self.store.request_abort(self.id, terminate_after) is not None
-        return self.store.abort_unclaimed(self.id, CELERY) or requested
+        return self.store.abort_unstarted(self.id, CELERY) or requested
 
 
 class LocalabortCeleryTask(Task):  # type: ignore[misc]
@@ -177,7 +177,7 @@ class LocalabortCeleryTask(Task):  # type: ignore[misc]
         return CeleryResult(task_id, store=store)
 
     def run_localabort(self, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
-        """The worker's side: claim the task, run it, store its outcome, and tell Celery."""
+        """The worker's side: start the task in the store, run it, store its outcome, and tell Celery."""
         task_id, store = self.request.id, self.store
         retries = self.request.retries or 0
         watching = watch(store)
@@ -185,10 +185,10 @@ class LocalabortCeleryTask(Task):  # type: ignore[misc]
         again = self.acks_late and self.reject_on_worker_lost
         row = task_row(task_id, executor_id=CELERY if again else watching.executor_id, name=self.name, state=STARTED,
                        started_at=time.time(), retries=retries)  # fmt: skip
-        claim = store.claim(row)
-        if claim == ABORTED:
+        began = store.start(row)
+        if began == ABORTED:
             self._report_aborted(None)
-        if claim != STARTED:  # finished already: a copy delivered again
+        if began != STARTED:  # finished already: a copy delivered again
             raise Ignore()
         retries = row["retries"]  # one more if Celery delivered it again after its process was lost
         task = self.localabort_class()

@@ -400,53 +400,53 @@ def test_an_older_schema_is_upgraded_on_either_database(store):
     upgraded.dispose()
 
 
-# -- claiming a task (what a Celery worker does before it runs one) ----------------
+# -- starting a task (what a Celery worker does before it runs one) ----------------
 
 
 def started(task_id="t1", **extra):
     return row(task_id, STARTED, executor_id="celery", started_at=2.0, submitted_at=None, **extra)
 
 
-def test_claim_starts_a_pending_task_once_and_fills_in_its_row(store):
+def test_start_moves_a_pending_task_to_started_once_and_fills_in_its_row(store):
     store.write([row("t1", executor_id="celery", key="k1", submitted_at=1.5)])
-    claim = started()
-    assert store.claim(claim) == STARTED
-    assert (claim["submitted_at"], claim["key"]) == (1.5, "k1")
+    begun = started()
+    assert store.start(begun) == STARTED
+    assert (begun["submitted_at"], begun["key"]) == (1.5, "k1")
     record = store.get("t1")
     assert (record.state, record.started_at) == (STARTED, 2.0)
-    assert store.claim(started()) == STARTED  # delivered again (acks_late), not aborted: it may run again
+    assert store.start(started()) == STARTED  # delivered again (acks_late), not aborted: it may run again
 
 
-def test_claim_of_an_aborted_task_ends_it_unrun(store):
+def test_start_of_an_aborted_task_ends_it_unrun(store):
     store.write([row("t1", executor_id="celery")])
     assert store.request_abort("t1")
-    assert store.claim(started()) == ABORTED
+    assert store.start(started()) == ABORTED
     record = store.get("t1")
     assert record.state == ABORTED
     with pytest.raises(TaskAborted, match="t1 aborted before it started"):
         raise load_outcome(record.state, record.result, record.traceback)[1]
-    assert store.claim(started()) == ABORTED  # a later delivery finds it finished
+    assert store.start(started()) == ABORTED  # a later delivery finds it finished
 
 
-def test_claim_of_a_finished_task_says_its_state(store):
+def test_start_of_a_finished_task_says_its_state(store):
     store.write([row("t1", SUCCESS, executor_id="celery", finished_at=3.0)])
-    assert store.claim(started()) == SUCCESS and store.get("t1").state == SUCCESS
+    assert store.start(started()) == SUCCESS and store.get("t1").state == SUCCESS
 
 
-def test_claim_of_an_unknown_task_records_it(store):
-    assert store.claim(started("sent-elsewhere")) == STARTED
+def test_start_of_an_unknown_task_records_it(store):
+    assert store.start(started("sent-elsewhere")) == STARTED
     assert store.get("sent-elsewhere").state == STARTED
 
 
-def test_abort_unclaimed_ends_only_a_pending_task_of_its_owner(store):
+def test_abort_unstarted_ends_only_a_pending_task_of_its_owner(store):
     store.write([row("t1", executor_id="celery"), row("t2", executor_id="e1"), row("t3", executor_id="celery")])
-    assert store.claim(started("t3")) == STARTED
-    assert store.abort_unclaimed("t1", "celery") is True
-    assert store.abort_unclaimed("t1", "celery") is False  # ended already
-    assert store.abort_unclaimed("t2", "celery") is False  # an executor's task: its executor ends it
-    assert store.abort_unclaimed("t3", "celery") is False  # claimed: it runs, and is asked instead
+    assert store.start(started("t3")) == STARTED
+    assert store.abort_unstarted("t1", "celery") is True
+    assert store.abort_unstarted("t1", "celery") is False  # ended already
+    assert store.abort_unstarted("t2", "celery") is False  # an executor's task: its executor ends it
+    assert store.abort_unstarted("t3", "celery") is False  # started: it runs, and is asked instead
     assert [store.get(t).state for t in ("t1", "t2", "t3")] == [ABORTED, PENDING, STARTED]
-    assert store.claim(started("t1")) == ABORTED  # the claim that comes after loses
+    assert store.start(started("t1")) == ABORTED  # the start that comes after loses
 
 
 def test_aborts_requested_lists_unfinished_tasks_of_one_executor(store):

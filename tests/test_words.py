@@ -1,4 +1,4 @@
-"""The abort words: a claim and a recall race for a job sent ahead, and exactly one wins, across real processes."""
+"""The abort words: a worker accepting a job sent ahead and the parent recalling it race; exactly one wins."""
 
 from __future__ import annotations
 
@@ -28,38 +28,38 @@ def test_an_abort_is_for_one_job_only(words):
     assert not words.is_set(word, 6) and not words.probe(word, 6)()  # the next job on that word
 
 
-def test_a_recall_before_the_claim_wins(words):
+def test_a_recall_before_the_worker_accepts_wins(words):
     word = words.take()
     assert words.recall(word, seq=3) is True  # never started
-    assert words.claim(word, seq=3) is False  # so the worker skips it
+    assert words.accept(word, seq=3) is False  # so the worker skips it
     assert words.is_set(word, 3)
 
 
-def test_a_claim_before_the_recall_wins(words):
+def test_a_worker_accepting_before_the_recall_wins(words):
     word = words.take()
-    assert words.claim(word, seq=3) is True
+    assert words.accept(word, seq=3) is True
     assert not words.is_set(word, 3)
     assert words.recall(word, seq=3) is False  # it runs; the abort reaches it at its next check
     assert words.is_set(word, 3)
 
 
-def _claim_in_child(words, word, seq, results):
-    results.put((words.claim(word, seq), words.probe(word, seq)()))
+def _accept_in_child(words, word, seq, results):
+    results.put((words.accept(word, seq), words.probe(word, seq)()))
 
 
 @pytest.mark.parametrize("recall_first", [True, False])
-def test_claim_and_recall_across_processes(words, recall_first):
+def test_accept_and_recall_across_processes(words, recall_first):
     """The words and the lock reach a spawned worker, and the two sides see one outcome."""
     ctx = multiprocessing.get_context("spawn")
     results = ctx.Queue()
     word, seq = words.take(), 11
     if recall_first:
         assert words.recall(word, seq) is True
-    child = ctx.Process(target=_claim_in_child, args=(words, word, seq, results))
+    child = ctx.Process(target=_accept_in_child, args=(words, word, seq, results))
     child.start()
-    claimed, aborted = results.get(timeout=60)
+    accepted, aborted = results.get(timeout=60)
     child.join(60)
-    assert (claimed, aborted) == (not recall_first, recall_first)
+    assert (accepted, aborted) == (not recall_first, recall_first)
     if not recall_first:
         assert words.recall(word, seq) is False and words.is_set(word, seq)
 
@@ -69,6 +69,6 @@ def test_a_recall_does_not_wait_for_ever_on_a_lock_a_dead_worker_held(words, mon
 
     monkeypatch.setattr(localabort._words, "HANDOVER_WAIT", 0.01)
     word = words.take()
-    words._lock.acquire()  # as if its worker died mid-claim
+    words._lock.acquire()  # as if its worker died accepting
     assert words.recall(word, seq=4) is False  # taken as started: it ends with its slot
     assert words.is_set(word, 4)  # and if it does run, it stops at its first check
