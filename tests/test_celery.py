@@ -350,7 +350,8 @@ def test_a_worker_process_killed_mid_task_ends_it_worker_lost(scale):
     res = celery_app.s_deaf.delay(60)
     wait_for(lambda: started(res), what="the task to start")
     os.kill(holder(res), signal.SIGKILL)  # as the OOM killer would
-    with pytest.raises(WorkerLost, match="its worker process died"):
+    # Celery's failure handler says so, or, first, any process in the dead one's PID namespace (its recovery).
+    with pytest.raises(WorkerLost, match=r"its worker process died|\(pid \d+ on .*\) died before this task finished"):
         res.get(timeout=30)
     assert res.state == FAILURE
     assert celery_app.s_crunch.delay(2).get(timeout=30) == [0, 1]  # Celery started another process
