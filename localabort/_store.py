@@ -106,6 +106,7 @@ class Store(Registry, Listing):
         self.name = self.path or (self.url if url.password is None else url.render_as_string(hide_password=True))
         self._engine: Optional[Engine] = None
         self._pid = -1
+        self._identity: Optional[Tuple[int, int]] = None  # the file it opened (``open`` notices another)
         self._prepare(create)
 
     @classmethod
@@ -115,10 +116,16 @@ class Store(Registry, Listing):
             return spec
         key = _locate(os.fspath(spec))[0]
         store = cls._open_stores.get(key)
+        if store is not None and store.path is not None and _identity(store.path) != store._identity:
+            store.dispose()  # the file was deleted or replaced since: this handle is the old file's
+            del cls._open_stores[key]
+            store = None
         if store is None:
             store = cls._open_stores[key] = cls(key, create=create)
-        elif create and store.path is not None:
-            store._guard()  # an Executor checks the file each time, even one this process opened before
+        elif create:  # an Executor checks the store each time, even one this process opened before
+            if store.path is not None:
+                store._guard()
+            store._check(create=True)
         return store
 
     def _guard(self) -> None:
@@ -205,7 +212,14 @@ class Store(Registry, Listing):
             raise StoreError(f"{self.name}: cannot read the store ({_reason(exc)})") from exc
 
     def _prepare(self, create: bool) -> None:
-        """Check the store; with ``create``, first make its file (0600) and schema if missing."""
+        """Check the store; with ``create``, first make its file (0600) and schema if missing.
+
+        An open that fails leaves the file as it was: a database with
+        tables of its own gets localabort's only once they are known to be
+        missing, not different (``_foreign``), and WAL only once its schema
+        is in place.
+        """
+        made = False
         if self.path is not None:
             if os.path.isdir(self.path):
                 raise StoreError(f"{self.path}: is a folder; name a file in it, such as {self.path}/store.sqlite")
@@ -219,30 +233,38 @@ class Store(Registry, Listing):
                     raise StoreError(f"{self.path}: folder {folder} does not exist; create it first")
                 try:
                     os.close(os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+                    made = True
                 except FileExistsError:
                     pass
                 except OSError as exc:
                     raise StoreError(f"{self.path}: cannot create the store ({exc.strerror})") from None
         try:
-            found = self._schema_version(create)
-        except StoreError:
+            self._check(create)
+        except BaseException:
             self.dispose()
+            if made:  # an open that fails leaves nothing behind, not even the file it began
+                for name in (self.path, f"{self.path}-wal", f"{self.path}-shm", f"{self.path}-journal"):
+                    with contextlib.suppress(OSError):
+                        os.unlink(name)  # type: ignore[arg-type]
             raise
+        self._identity = _identity(self.path)
+        self.recover_dead_executors()
+
+    def _check(self, create: bool) -> None:
+        """The schema check of ``_prepare``: a localabort store this localabort reads (made, with ``create``)."""
+        try:
+            found = self._schema_version(create)
         except sa.exc.SQLAlchemyError as exc:
-            self.dispose()
             raise StoreError(f"{self.name}: cannot open as a localabort store ({_reason(exc)})") from None
         if found is None:
-            self.dispose()
             empty = self.path is not None and os.path.getsize(self.path) == 0
             what = "is an empty file" if empty else "is a database, but not a localabort store"
             raise StoreError(f"{self.name}: {what} (an Executor creates a store; check the path)")
         if int(found) > SCHEMA_VERSION:
-            self.dispose()
             raise StoreError(
                 f"{self.name}: written by a newer localabort (schema {found}, this one reads "
                 f"{SCHEMA_VERSION}); upgrade localabort"
             )
-        self.recover_dead_executors()
 
     def _schema_version(self, create: bool) -> Optional[str]:
         """The schema version the store records; ``None`` if it has no localabort schema.
@@ -256,11 +278,10 @@ class Store(Registry, Listing):
             conditions_for(self.engine.dialect.name)
         for attempt in range(5):
             try:
-                if create and self.path is not None:  # outside a transaction; it stays the file's mode
-                    with self.engine.connect() as conn:
-                        conn.exec_driver_sql("PRAGMA journal_mode=WAL")
                 with self.engine.begin() as conn:
                     if create:
+                        if _foreign(conn):
+                            return None  # as a reader finds it: "not a localabort store", and nothing written
                         metadata.create_all(conn)
                     elif not sa.inspect(conn).has_table(meta.name):  # a read: it adds nothing to the file
                         return None
@@ -278,7 +299,10 @@ class Store(Registry, Listing):
                             MIGRATIONS[version](conn)
                         conn.execute(meta.update().where(meta.c.name == "schema").values(value=str(SCHEMA_VERSION)))
                         found = SCHEMA_VERSION
-                    return None if found is None else str(found)
+                if create and self.path is not None and found is not None:  # outside a transaction; the file keeps it
+                    with self.engine.connect() as conn:
+                        conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+                return None if found is None else str(found)
             except sa.exc.SQLAlchemyError as exc:
                 raced = any(word in str(exc) for word in ("already exists", "duplicate", "locked", "UNIQUE"))
                 if not create or attempt == 4 or not raced:
@@ -780,6 +804,44 @@ def _locate(spec: str) -> Tuple[str, Optional[str]]:
         return spec, None
     path = os.path.abspath(os.path.expanduser(url.database))
     return url.set(database=path).render_as_string(hide_password=False), path
+
+
+def _foreign(conn: Connection) -> bool:
+    """Whether the database holds tables of localabort's names that a store's are not; read before any write.
+
+    A database with none of them (an application's, shared as Celery's
+    database backend shares one) gets them. One that has some, but no
+    schema version, or not a current store's columns, was made by
+    something else, and is left as it is. (An older store's columns are
+    the migrations' to change.)
+    """
+    inspector = sa.inspect(conn)
+    found = {table.name for table in metadata.sorted_tables if inspector.has_table(table.name)}
+    if not found:
+        return False
+    version = (
+        conn.execute(sa.select(meta.c.value).where(meta.c.name == "schema")).scalar() if meta.name in found else None
+    )
+    if version is None:
+        return True
+    if str(version) != str(SCHEMA_VERSION):
+        return False
+    return any(
+        {column["name"] for column in inspector.get_columns(table.name)} != {column.name for column in table.columns}
+        for table in metadata.sorted_tables
+        if table.name in found
+    ) or found != {table.name for table in metadata.sorted_tables}
+
+
+def _identity(path: Optional[str]) -> Optional[Tuple[int, int]]:
+    """Which file ``path`` is now (device and inode), or ``None`` for a database server or a missing file."""
+    if path is None:
+        return None
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino)
 
 
 def _reason(exc: BaseException) -> str:

@@ -107,6 +107,53 @@ def test_a_file_that_is_not_a_localabort_store_is_left_as_it_was(tmp_path, kind)
     assert path.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["other_app.db"]
 
 
+def test_an_executor_refuses_a_database_whose_localabort_tables_are_not_a_stores_and_leaves_it_byte_for_byte(
+    tmp_path,
+):
+    path = tmp_path / "other.db"
+    sql(str(path), "CREATE TABLE localabort_tasks (id TEXT PRIMARY KEY, owner TEXT, payload BLOB)")
+    sql(str(path), "INSERT INTO localabort_tasks VALUES ('a', 'someone', x'00')")
+    before = path.read_bytes()
+    what = r"is a database, but not a localabort store \(an Executor creates a store; check the path\)$"
+    with pytest.raises(StoreError, match=rf"^{path}: {what}"):
+        Executor(max_workers=1, store=str(path))
+    assert path.read_bytes() == before and sorted(os.listdir(tmp_path)) == ["other.db"]  # no WAL, no new table
+    status = subprocess.run([sys.executable, "-m", "localabort", "status", str(path)], capture_output=True, text=True)
+    assert status.returncode == 2 and "is a database, but not a localabort store" in status.stderr
+
+
+def test_an_executor_shares_an_applications_database_and_leaves_its_tables_be(tmp_path):
+    """As Celery's database backend does: localabort's three tables beside the application's."""
+    path = tmp_path / "app.db"
+    sql(str(path), "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+    sql(str(path), "INSERT INTO users (name) VALUES ('ada')")
+    with Executor(max_workers=1, store=str(path)) as ex:
+        assert ex.submit(divmod, 7, 2).result(timeout=60) == (3, 1)
+    assert sql(str(path), "SELECT name FROM users") == [("ada",)]
+    tables = {name for (name,) in sql(str(path), "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert tables == {"users", "localabort_tasks", "localabort_executors", "localabort_meta"}
+
+
+def test_an_executor_in_the_same_process_notices_its_store_file_was_deleted(tmp_path):
+    path = str(tmp_path / "s.sqlite")
+    with Executor(max_workers=1, store=path) as ex:
+        assert ex.submit(abs, -1).result(timeout=60) == 1
+    for name in os.listdir(tmp_path):
+        os.unlink(tmp_path / name)
+    with Executor(max_workers=1, store=path) as ex:  # a new store, not the deleted file's cached handle
+        future = ex.submit(abs, -2)
+        assert future.result(timeout=60) == 2
+    assert Store(path, create=False).get(future.id).state == SUCCESS and os.path.getsize(path) > 0
+
+
+def test_an_executor_in_the_same_process_notices_its_stores_schema_changed(tmp_path):
+    path = str(tmp_path / "s.sqlite")
+    Executor(max_workers=1, store=path).shutdown()
+    sql(path, "UPDATE localabort_meta SET value = '99' WHERE name = 'schema'")  # a newer localabort's, since
+    with pytest.raises(StoreError, match=r"written by a newer localabort \(schema 99"):
+        Executor(max_workers=1, store=path)
+
+
 def test_every_way_of_naming_a_store_file_names_the_same_one(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HOME", str(tmp_path))
