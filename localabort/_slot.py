@@ -135,6 +135,7 @@ class Slot:
         self.kill()  # the worker, if it is still running, and every process left in its group
         self.process.join()  # by its pid (no timeout: no sentinel involved)
         self.conn.close()
+        self.words.release()  # its named semaphore goes now, not when the executor is collected
 
     def exit_reason(self) -> str:
         """How the worker process ended, in words."""

@@ -57,7 +57,7 @@ replacement worker, or ends ABORTED unrun if it was aborted.
 from __future__ import annotations
 
 import ctypes
-from typing import TYPE_CHECKING, Any, Callable, Dict
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
 
 if TYPE_CHECKING:
     from multiprocessing.context import BaseContext
@@ -100,7 +100,7 @@ class AbortWords:
     (True, False)
     """
 
-    def __init__(self, array: Array, slot: int, lock: Lock) -> None:
+    def __init__(self, array: Array, slot: int, lock: Optional[Lock]) -> None:
         self._array = array
         self._slot = slot
         self._lock = lock
@@ -139,7 +139,8 @@ class AbortWords:
         Not accepted, the worker answers it unrun; accepted, it runs, and sees
         the abort at its next check. Call it with the scheduler's lock held.
         """
-        if not self._lock.acquire(timeout=HANDOVER_WAIT):  # its worker died holding it
+        lock = self._lock  # None once released: its worker is gone, and accepts nothing more
+        if lock is not None and not lock.acquire(timeout=HANDOVER_WAIT):  # its worker died holding it
             self.abort(word, seq)
             return False
         try:
@@ -147,12 +148,23 @@ class AbortWords:
             self.abort(word, seq)
             return not accepted
         finally:
-            self._lock.release()
+            if lock is not None:
+                lock.release()
+
+    def release(self) -> None:
+        """Let go of the hand-over lock once the slot's worker is gone: a named semaphore, under spawn and forkserver.
+
+        Its last reference gone, ``multiprocessing`` unlinks it then, and not
+        when the executor object is collected: a script that keeps its
+        executor after ``shutdown()`` leaks none.
+        """
+        self._lock = None
 
     # -- the worker's side ---------------------------------------------------------
 
     def accept(self, word: int, seq: int) -> bool:
         """Accept job ``seq``, sent ahead, before starting it; ``False`` if the parent aborted it first."""
+        assert self._lock is not None  # released only by the parent, once this worker is gone
         with self._lock:
             if self.is_set(word, seq):
                 return False

@@ -411,6 +411,33 @@ def test_a_failing_initializer_stops_the_executor(start_method, store_path):
     ex.shutdown()
 
 
+KEPT_AFTER_SHUTDOWN = """
+import sys
+from concurrent.futures import BrokenExecutor
+from multiprocessing import resource_tracker
+from localabort import Executor
+from tests import tasks
+if __name__ == "__main__":
+    ex = Executor(2, sys.argv[1], mp_context=sys.argv[2], initializer=tasks.refuse_to_start)
+    try:
+        ex.submit(tasks.add, 1, 1).result(timeout=60)
+    except BrokenExecutor:
+        pass
+    ex.shutdown()
+    resource_tracker._resource_tracker._stop()  # now, with ``ex`` still referenced: it reports what leaked
+    print("stopped")
+"""
+
+
+@pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
+def test_shutdown_releases_the_workers_semaphores_while_the_executor_is_still_referenced(start_method, store_path):
+    """GH-104090, as CPython's FailingInitializerResourcesTest checks it: none leaks to the resource tracker."""
+    done = subprocess.run([sys.executable, "-c", KEPT_AFTER_SHUTDOWN, store_path, start_method], capture_output=True,
+                          text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)))  # fmt: skip
+    assert done.returncode == 0 and done.stdout == "stopped\n", done.stderr
+    assert "leaked semaphore" not in done.stderr, done.stderr
+
+
 @pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
 def test_max_tasks_per_child_replaces_each_worker_after_that_many_tasks(start_method, store_path):
     with Executor(1, store_path, mp_context=start_method, max_tasks_per_child=2) as ex:

@@ -7,7 +7,12 @@ It changes two things, and nothing else:
   mixins get ``executor_type = localabort.Executor``;
 - the import line of the scripts some tests run in a child interpreter
   (``from concurrent.futures import Executor``, built from the executor
-  type's name), which becomes ``from localabort import Executor``.
+  type's name), which becomes ``from localabort import Executor``;
+- ``FailingInitializerMixin.test_initializer`` waits for the public sign
+  of a broken pool, ``submit()`` raising ``BrokenExecutor``, instead of
+  polling ``ProcessPoolExecutor._broken``: the rest of it is CPython's, and
+  so is ``FailingInitializerResourcesTest``, which runs it and then checks
+  that no named semaphore leaked.
 
 Tests that cannot pass are listed in ``expected.py`` with the reason, and
 are marked here: skipped, those that read CPython's private attributes;
@@ -19,6 +24,8 @@ from __future__ import annotations
 
 import importlib
 import sys
+import time
+from concurrent.futures import BrokenExecutor
 from typing import Any, List
 
 import pytest
@@ -29,6 +36,8 @@ from .expected import DIFFERENT, SKIP
 
 #: Where the mixins live: a package from Python 3.12, one module before.
 MIXIN_MODULES = ("test.test_concurrent_futures.util", "test.test_concurrent_futures")
+#: Where ``FailingInitializerMixin`` lives: a module of its own from Python 3.12, the one module before.
+INIT_MODULES = ("test.test_concurrent_futures.test_init", "test.test_concurrent_futures")
 #: Modules whose tests run scripts in a child interpreter.
 SCRIPT_MODULES = ("test.test_concurrent_futures.test_shutdown", "test.test_concurrent_futures")
 MIXINS = ("ProcessPoolForkMixin", "ProcessPoolSpawnMixin", "ProcessPoolForkserverMixin")
@@ -60,10 +69,42 @@ def _child_scripts_import_localabort(module: Any) -> None:
     module.assert_python_ok = assert_python_ok
 
 
+def _initializer_waits_for_submit_to_fail(module: Any) -> None:
+    mixin = module.FailingInitializerMixin
+
+    def test_initializer(self: Any) -> None:
+        with self._assert_logged("ValueError: error in initializer"):
+            try:
+                future = self.executor.submit(module.get_init_status)
+            except BrokenExecutor:
+                pass  # perhaps the executor is already broken
+            else:
+                with self.assertRaises(BrokenExecutor):
+                    future.result()
+            deadline = time.monotonic() + 60
+            while True:  # at some point the executor breaks, and from then on submit() fails
+                try:
+                    self.executor.submit(module.get_init_status)
+                except BrokenExecutor:
+                    break
+                if time.monotonic() > deadline:
+                    self.fail("executor not broken")
+                time.sleep(0.01)
+            with self.assertRaises(BrokenExecutor):
+                self.executor.submit(module.get_init_status)
+
+    mixin.test_initializer = test_initializer
+
+
 def pytest_configure(config: pytest.Config) -> None:
     mixins = _mixin_module()
     for name in MIXINS:
         getattr(mixins, name).executor_type = localabort.Executor
+    for name in INIT_MODULES:
+        module = _try_import(name)
+        if module is not None and hasattr(module, "FailingInitializerMixin"):
+            _initializer_waits_for_submit_to_fail(module)
+            break
     for name in SCRIPT_MODULES:
         module = sys.modules.get(name) or _try_import(name)
         if module is not None and hasattr(module, "assert_python_ok"):
