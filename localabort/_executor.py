@@ -52,6 +52,7 @@ import multiprocessing
 import multiprocessing.context
 import os
 import pickle
+import shutil
 import signal
 import sys
 import tempfile
@@ -201,8 +202,22 @@ class Executor(concurrent.futures.Executor):
 
         self._max_workers = max_workers
         self._scheduler = Scheduler(self._store, self.id, max_tasks_per_child)
+        self._dashboard = None
         worker = WorkerSetup(self._store.url, initializer, tuple(initargs), max_tasks_per_child)
-        self._manager = Manager(self._scheduler, ctx, max_workers, worker, poll_interval, self._tmpdir)
+        try:
+            if dashboard:  # bound before any worker starts
+                from ._web import Dashboard
+
+                self._dashboard = Dashboard(self._store)
+            self._manager = Manager(self._scheduler, ctx, max_workers, worker, poll_interval, self._tmpdir)
+        except BaseException:  # no worker left running, no executor left open in the store
+            if self._dashboard is not None:
+                self._dashboard.stop()  # never started: closes its socket and its store handle
+            self._store.close_executor(self.id)
+            self._store.dispose()
+            if self._tmpdir is not None:
+                shutil.rmtree(self._tmpdir, ignore_errors=True)
+            raise
         self._watched: Optional[List[AbortableFuture]] = None
         self._progress: Optional[threading.Thread] = None
         if progress:
@@ -211,11 +226,6 @@ class Executor(concurrent.futures.Executor):
             # Not a daemon: the interpreter's exit waits for its last drawing, after the exit hook below.
             self._progress = threading.Thread(target=self._show_progress, args=(out,), name="localabort-progress")
             start_thread(self._progress)
-        self._dashboard = None
-        if dashboard:  # bound before any worker starts: a failure here leaves nothing running
-            from ._web import Dashboard
-
-            self._dashboard = Dashboard(self._store)
         _running.add(self._manager)
         self._manager.start(on_stop=_running.discard)
         if self._dashboard is not None:

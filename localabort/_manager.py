@@ -56,7 +56,7 @@ import shutil
 import signal
 import threading
 import time
-from concurrent.futures import BrokenExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from ._errors import TaskAborted, TimeLimitExceeded, WorkerLost
@@ -79,6 +79,8 @@ __all__ = ["Manager"]
 FLUSH_INTERVAL = 0.002
 #: Workers in a row that may die before they start before the executor gives up.
 MAX_START_FAILURES = 3
+#: Seconds between a broken executor's tries to write the rows the store refused.
+RETRY_OWED = 1.0
 
 
 class Manager:
@@ -96,12 +98,22 @@ class Manager:
         self._array = allocate(ctx, max_workers)
         self._worker = worker
         self._writer = _Writer(scheduler)
-        scheduler.slots[:] = [self._start_slot(i) for i in range(max_workers)]
+        try:
+            for i in range(max_workers):
+                scheduler.slots.append(self._start_slot(i))
+        except BaseException:  # no more processes, say: none of those started is left behind
+            for slot in scheduler.slots:
+                slot.kill()
+                slot.reap(timeout=0)
+            scheduler.slots.clear()
+            self._writer.stop()
+            raise
         self._next_poll = 0.0
         self._poller = select.poll()  # what ``_wait`` waits on: the descriptors of ``_polled``
         self._polled: Dict[int, Optional[Slot]] = {}
         self._start_failures = 0
         self._unresolved: List[Job] = []  # finished jobs waiting for the next store write
+        self._owed: List[Any] = []  # a broken executor's rows the store refused: written once it takes them
         self._finished = 0  # jobs finished since the last write: how many to claim ahead
         self._flush_due = float("inf")
         self._next_heartbeat = 0.0
@@ -109,10 +121,42 @@ class Manager:
         self._thread = threading.Thread(target=self._manage, name="localabort-manager", daemon=True)
 
     def start(self, on_stop: Callable[[Manager], None]) -> None:
-        """Start the thread; it calls ``on_stop(self)`` as it ends."""
+        """Start the writer and manager threads; ``on_stop(self)`` is called as the manager ends.
+
+        If either thread cannot start (``RuntimeError`` at the interpreter's
+        shutdown, or no thread left to the process), the executor is broken
+        here, as a failure of the manager thread would break it: its workers
+        are stopped, ``submit()`` raises ``BrokenProcessPool`` naming the
+        cause, and nothing waits for a thread that never ran.
+        """
         self._on_stop = on_stop
-        self._writer.start()
-        start_thread(self._thread)
+        try:
+            self._writer.start()
+            start_thread(self._thread)
+        except BaseException as exc:
+            self._end(exc)
+
+    def _manage(self) -> None:
+        self.scheduler.manager_ident = threading.get_ident()
+        try:
+            while self._step():
+                pass
+        except BaseException as exc:  # a store or pool failure: fail what is left, loudly
+            self._end(exc)
+        else:
+            self._end(None)
+
+    def _end(self, exc: Optional[BaseException]) -> None:
+        """The manager's last act, on its thread (or on the one that could not start it): ``exc`` broke it, or None."""
+        try:
+            if exc is not None:
+                self._break(exc)
+        finally:
+            try:
+                self._close()
+            finally:
+                self.scheduler.stopped.set()
+                self._on_stop(self)
 
     def open_futures(self) -> List[Any]:
         """The futures not completed yet: the unfinished jobs', and those of jobs awaiting their write."""
@@ -131,20 +175,6 @@ class Manager:
             slot.kill(sig)
         self.scheduler.stopped.wait()
         return running
-
-    def _manage(self) -> None:
-        self.scheduler.manager_ident = threading.get_ident()
-        try:
-            while self._step():
-                pass
-        except BaseException as exc:  # a store or pool failure: fail what is left, loudly
-            self._break(exc)
-        finally:
-            try:
-                self._close()
-            finally:
-                self.scheduler.stopped.set()
-                self._on_stop(self)
 
     def _step(self) -> bool:
         """One loop of the manager; returns ``False`` when it is time to stop."""
@@ -388,11 +418,11 @@ class Manager:
     def _break(self, exc: BaseException) -> None:
         """The manager cannot go on: settle every future, then stop the workers.
 
-        The others fail with ``BrokenExecutor``, whose message says why.
+        The others fail with ``BrokenProcessPool``, whose message says why.
         Every row is written if the store still takes writes; then jobs
         that finished keep their outcome. If it does not (a full disk), no
         future says what the store never kept: each fails with the store's
-        error instead.
+        error instead, and those rows are owed (``_close`` keeps trying).
         """
         try:
             self._await_write()  # its jobs are settled by it, or come back to ``_unresolved``
@@ -407,11 +437,12 @@ class Manager:
             self._store.write([self.scheduler.row(job) for job in jobs])
         except Exception as error:  # the store may be what failed
             for job in ended:
-                lost = BrokenExecutor(
+                lost = BrokenProcessPool(
                     f"the localabort executor stopped: {exc}; {job.name} [{job.id}] ended {job.state}, "
                     f"but the store could not keep it ({error})"
                 )
-                job.state, job.result, job.traceback = FAILURE, dump(lost), None
+                job.state, job.result, job.error, job.traceback = FAILURE, dump(lost), describe(lost), None
+            self._owed = [self.scheduler.row(job) for job in jobs]
         resolve([job for job in jobs if not job.future.done()])
 
     def _close(self) -> None:
@@ -435,6 +466,43 @@ class Manager:
             self._store.dispose()  # its pooled connections hold file descriptors; reopened on next use
             if self._tmpdir is not None:
                 shutil.rmtree(self._tmpdir, ignore_errors=True)
+            if self.scheduler.broken is not None:
+                self._settle_debts()
+
+    def _settle_debts(self) -> None:
+        """A broken executor's last writes: its owed rows, then its own row closed, until they land.
+
+        Tried once here; if the store still refuses (a full disk), a daemon
+        thread tries again every ``RETRY_OWED`` s for as long as the process
+        lives, so that readers in other processes see final states once the
+        store takes writes again, and not only once this process is gone
+        (recovery needs its pid gone). A thread that cannot start (at the
+        interpreter's exit) leaves them to that recovery.
+        """
+        if self._write_owed():
+            return
+        thread = threading.Thread(target=self._retry_owed, name="localabort-owed", daemon=True)
+        try:
+            start_thread(thread)
+        except RuntimeError:  # the interpreter is exiting: recovery ends the rows once this process is gone
+            pass
+
+    def _write_owed(self) -> bool:
+        """Write the owed rows and close this executor's row; whether the store took them."""
+        try:
+            if self._owed:
+                self._store.write(self._owed)
+                self._owed = []
+            self._store.close_executor(self.scheduler.executor_id)
+        except Exception:
+            return False
+        finally:
+            self._store.dispose()
+        return True
+
+    def _retry_owed(self) -> None:
+        while not self._write_owed():
+            time.sleep(RETRY_OWED)
 
 
 class _Write:

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import concurrent.futures.process
 import heapq
 import itertools
 import os
@@ -145,7 +146,7 @@ class Scheduler:
     def check_open(self) -> None:
         """Raise what ``submit`` raises once the executor stopped: broken, or shut down."""
         if self.broken is not None:
-            raise concurrent.futures.BrokenExecutor(f"the executor stopped: {self.broken}")
+            raise concurrent.futures.process.BrokenProcessPool(f"the executor stopped: {self.broken}")
         if self.shutting_down:
             raise RuntimeError("cannot schedule new futures after shutdown")
 
@@ -541,7 +542,7 @@ class Scheduler:
 
     def break_all(self, exc: BaseException, unresolved: List[Job]) -> List[Job]:
         """The manager cannot go on: fail every job not finished; return every job whose future is open."""
-        error = concurrent.futures.BrokenExecutor(f"the localabort executor stopped: {exc}")
+        error = concurrent.futures.process.BrokenProcessPool(f"the localabort executor stopped: {exc}")
         with self.lock:
             self.broken, self.shutting_down = exc, True
             jobs = {job.id: job for job in [*unresolved, *self.dirty.values(), *self.jobs.values()]}

@@ -432,7 +432,81 @@ def test_on_a_full_disk_no_future_says_what_the_store_did_not_keep(tmp_path):
     assert [stored.get(task_id) for task_id in ok] == [SUCCESS] * len(ok)  # a SUCCESS only once stored
     for outcome in said.values():
         if outcome != "SUCCESS":
-            assert outcome.startswith("BrokenExecutor: ") and "database or disk is full" in outcome, outcome
+            assert outcome.startswith("BrokenProcessPool: ") and "database or disk is full" in outcome, outcome
+    # Room again, the broken executor's process alive: it writes what it owed, and closes its row.
+    assert not {stored[task_id] for task_id in said} & UNREADY_STATES, stored
+    assert report["elsewhere"] == "BrokenProcessPool" and report["closed"] is True
+
+
+# -- an executor that cannot start ------------------------------------------------
+
+NO_THREAD = """
+import sys, threading
+from concurrent.futures.process import BrokenProcessPool
+start = threading.Thread.start
+def refuse(thread):  # as CPython's test_python_finalization_error does to a pool's second thread
+    if thread.name == sys.argv[3]:
+        raise RuntimeError("can't create new thread at interpreter shutdown")
+    start(thread)
+threading.Thread.start = refuse
+from localabort import Executor
+from tests import tasks
+if __name__ == "__main__":
+    ex = Executor(max_workers=2, store=sys.argv[1], mp_context=sys.argv[2])
+    try:
+        list(ex.map(tasks.add, [1, 2], [3, 4]))
+    except BrokenProcessPool as exc:
+        print("broken:", exc)
+    ex.shutdown()
+    print("exiting")
+"""
+
+
+@pytest.mark.parametrize("thread", ["localabort-manager", "localabort-writer"])
+def test_a_thread_that_cannot_start_breaks_the_executor_and_the_process_still_exits(start_method, store_path, thread):
+    """Not a hang at exit: submit() raises BrokenProcessPool naming the cause, and nothing waits for that thread."""
+    done = subprocess.run([sys.executable, "-c", NO_THREAD, store_path, start_method, thread],
+                          capture_output=True, text=True, env=ENV, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "broken: the executor stopped: can't create new thread at interpreter shutdown", "exiting",
+    ]  # fmt: skip
+    with contextlib.closing(sqlite3.connect(store_path)) as conn:
+        assert conn.execute("SELECT closed_at IS NOT NULL FROM localabort_executors").fetchall() == [(1,)]
+
+
+def test_workers_started_before_the_executor_failed_to_start_are_not_left_behind(tmp_path):
+    """A dashboard that cannot bind its port fails the constructor: no worker, no open executor row."""
+    pytest.importorskip("uvicorn")
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    port = taken.getsockname()[1]
+    script = textwrap.dedent("""
+        import sys
+        import localabort._web as web
+        from localabort import Executor
+
+        class Busy(web.Dashboard):
+            def __init__(self, store):
+                super().__init__(store, port=int(sys.argv[2]))
+
+        web.Dashboard = Busy
+        try:
+            Executor(max_workers=2, store=sys.argv[1], dashboard=True)
+        except OSError as exc:
+            print(exc)
+    """)
+    store_path = str(tmp_path / "s.sqlite")
+    try:
+        done = subprocess.run([sys.executable, "-c", script, store_path, str(port)], capture_output=True,
+                              text=True, env=ENV, timeout=60)  # fmt: skip
+    finally:
+        taken.close()
+    assert done.returncode == 0 and "cannot serve the dashboard" in done.stdout, done.stderr
+    with contextlib.closing(sqlite3.connect(store_path)) as conn:
+        assert conn.execute("SELECT closed_at IS NOT NULL FROM localabort_executors").fetchall() == [(1,)]
 
 
 # -- stores an executor cannot use ----------------------------------------------

@@ -23,9 +23,6 @@ SKIP: Dict[str, str] = {
     "test_processes_terminate": _PROCESSES,
     "test_max_tasks_per_child_defaults_to_spawn_context": "reads ProcessPoolExecutor._mp_context",
     "test_shutdown_deadlock_pickle": "joins ProcessPoolExecutor._executor_manager_thread",
-    "FailingInitializerTest.test_initializer": "polls ProcessPoolExecutor._broken",
-    "test_python_finalization_error": "makes threading._start_joinable_thread fail for "
-    "ProcessPoolExecutor's second internal thread, which localabort does not have",
     "test_hang_gh83386": "CPython skips it for ProcessPoolExecutor: its script is for ThreadPoolExecutor",
 }
 
