@@ -116,7 +116,7 @@ class Store(Registry, Listing):
             return spec
         key = _locate(os.fspath(spec))[0]
         store = cls._open_stores.get(key)
-        if store is not None and store.path is not None and _identity(store.path) != store._identity:
+        if store is not None and store.replaced():
             store.dispose()  # the file was deleted or replaced since: this handle is the old file's
             del cls._open_stores[key]
             store = None
@@ -127,6 +127,10 @@ class Store(Registry, Listing):
                 store._guard()
             store._check(create=True)
         return store
+
+    def replaced(self) -> bool:
+        """Whether the store's file is gone, or another file has its path, since this handle opened it."""
+        return self.path is not None and _identity(self.path) != self._identity
 
     def _guard(self) -> None:
         """Before an Executor writes a store file: no symbolic link, and no write access for others."""
@@ -278,7 +282,7 @@ class Store(Registry, Listing):
             conditions_for(self.engine.dialect.name)
         for attempt in range(5):
             try:
-                with self.engine.begin() as conn:
+                with self._schema_transaction(create) as conn:
                     if create:
                         if _foreign(conn):
                             return None  # as a reader finds it: "not a localabort store", and nothing written
@@ -309,6 +313,28 @@ class Store(Registry, Listing):
                     raise
                 time.sleep(0.05 * (attempt + 1))
         raise AssertionError("unreachable")  # pragma: no cover
+
+    @contextlib.contextmanager
+    def _schema_transaction(self, create: bool) -> Iterator[Connection]:
+        """The transaction that reads, makes or upgrades the schema; on SQLite, with ``create``, it takes the lock.
+
+        pysqlite commits each ``CREATE TABLE`` as it goes: without
+        ``BEGIN IMMEDIATE`` another process could read the tables half made
+        and take the file for another application's. With it, creators
+        take turns (the busy timeout), and each sees all of a store or none.
+        """
+        if not (create and self.engine.dialect.name == "sqlite"):
+            with self.engine.begin() as conn:
+                yield conn
+            return
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.exec_driver_sql("ROLLBACK")
+                raise
+            conn.exec_driver_sql("COMMIT")
 
     # -- writes ---------------------------------------------------------------
 
