@@ -214,8 +214,8 @@ class Executor(concurrent.futures.Executor):
             if self._dashboard is not None:
                 self._dashboard.stop()  # never started: closes its socket and its store handle
             self._store.close_executor(self.id)
-            self._store.dispose()
             if self._tmpdir is not None:
+                self._store.dispose()
                 shutil.rmtree(self._tmpdir, ignore_errors=True)
             raise
         self._watched: Optional[List[AbortableFuture]] = None

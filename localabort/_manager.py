@@ -66,7 +66,7 @@ from ._messages import Call, InitFailed, Message, Ready, Reply, Report, decode, 
 from ._outcome import RunOutcome, by_soft_limit, describe, dump, load_outcome, terminated, within_limit
 from ._procs import HEARTBEAT
 from ._scheduler import Scheduler
-from ._slot import Slot
+from ._slot import STOP_GRACE, Slot
 from ._states import ABORTED, FAILURE, RETRY
 from ._words import allocate
 from ._worker import MAIN_UNGUARDED, WorkerSetup
@@ -155,6 +155,7 @@ class Manager:
             try:
                 self._close()
             finally:
+                self.scheduler.close_wake()
                 self.scheduler.stopped.set()
                 self._on_stop(self)
 
@@ -284,6 +285,9 @@ class Manager:
                 slot.job.start_clock()
             return
         if isinstance(message, InitFailed):  # every worker would fail the same way: stop, as ProcessPoolExecutor does
+            # Once it has exited, as ProcessPoolExecutor breaks when its process ends: killed sooner, what it
+            # logged of the error on its way out (through a QueueHandler, say) would be lost.
+            slot.reap(timeout=STOP_GRACE)
             raise RuntimeError(f"the initializer {message.initializer} raised in a worker: {message.error}")
         job = slot.job
         if job is None or not isinstance(message, (Report, Reply)) or message.seq != job.seq:  # pragma: no cover
@@ -322,7 +326,7 @@ class Manager:
         start_failure = None
         if not slot.ready and not scheduler.terminating:
             self._start_failures += 1
-            unguarded = slot.process.exitcode == MAIN_UNGUARDED
+            unguarded = slot.exitcode == MAIN_UNGUARDED
             if unguarded:  # it will not go better with the next: stop now
                 self._start_failures = MAX_START_FAILURES
             start_failure = (
@@ -463,11 +467,13 @@ class Manager:
                 self._store.close_executor(self.scheduler.executor_id)
         finally:
             self._writer.stop()
-            self._store.dispose()  # its pooled connections hold file descriptors; reopened on next use
-            if self._tmpdir is not None:
-                shutil.rmtree(self._tmpdir, ignore_errors=True)
             if self.scheduler.broken is not None:
                 self._settle_debts()
+            if self._tmpdir is not None:  # a store of its own, which no one else reads: no debt outlives it
+                self._store.dispose()
+                shutil.rmtree(self._tmpdir, ignore_errors=True)
+            # A store named by the user is this process's shared handle (``Store.open``): its pooled
+            # connections are the handle's, and disposing it here would orphan one a user thread has out.
 
     def _settle_debts(self) -> None:
         """A broken executor's last writes: its owed rows, then its own row closed, until they land.
@@ -479,7 +485,7 @@ class Manager:
         (recovery needs its pid gone). A thread that cannot start (at the
         interpreter's exit) leaves them to that recovery.
         """
-        if self._write_owed():
+        if self._write_owed() or self._tmpdir is not None:
             return
         thread = threading.Thread(target=self._retry_owed, name="localabort-owed", daemon=True)
         try:
@@ -496,12 +502,10 @@ class Manager:
             self._store.close_executor(self.scheduler.executor_id)
         except Exception:
             return False
-        finally:
-            self._store.dispose()
         return True
 
     def _retry_owed(self) -> None:
-        while not self._write_owed():
+        while not self._store.replaced() and not self._write_owed():
             time.sleep(RETRY_OWED)
 
 

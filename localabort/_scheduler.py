@@ -58,6 +58,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import concurrent.futures.process
+import contextlib
 import heapq
 import itertools
 import os
@@ -105,8 +106,9 @@ class Scheduler:
         self._seq = itertools.count(1)
         self.shutting_down = self.terminating = False
         self.broken: Optional[BaseException] = None
-        self.wake_r, self.wake_w = os.pipe()  # a byte here wakes the manager
-        weakref.finalize(self, _close_fds, self.wake_r, self.wake_w)
+        self._wake = _WakePipe()
+        self.wake_r = self._wake.r  # what the manager waits on
+        weakref.finalize(self, self._wake.close)  # if no manager ever ran to close it
         self.wake_pending = False
         self.abandoned = False  # its Executor was collected without shutdown()
         self.manager_ident: Optional[int] = None  # the manager thread's, once it runs
@@ -240,7 +242,11 @@ class Scheduler:
         return slots
 
     def wake(self) -> None:
-        os.write(self.wake_w, b"\0")
+        self._wake.wake()
+
+    def close_wake(self) -> None:
+        """The manager has stopped: its wake-up pipe is closed now, not when the executor is collected."""
+        self._wake.close()
 
     def _settle(self, ended: List[Job], aborts: Optional[List[Row]] = None, cancel: bool = False) -> None:
         """Store the rows of jobs a user thread ended (and ``aborts``), then complete their futures.
@@ -636,6 +642,29 @@ def _notify_cancelled(future: AbortableFuture) -> None:
     future.set_running_or_notify_cancel()
 
 
-def _close_fds(*fds: int) -> None:
-    for fd in fds:
-        os.close(fd)
+class _WakePipe:
+    """The manager's wake-up pipe: any thread writes a byte to wake it; closed once, and written to only while open.
+
+    A write after the close would land in whatever file has taken the
+    descriptor's number since, so both go under one lock: reentrant, as
+    the garbage collector may wake it (``abandon``) from inside a wake.
+    """
+
+    def __init__(self) -> None:
+        self.r, self._w = os.pipe()
+        os.set_blocking(self._w, False)
+        self._lock = threading.RLock()
+        self._open = True
+
+    def wake(self) -> None:
+        with self._lock:
+            if self._open:
+                with contextlib.suppress(BlockingIOError):  # full: the manager has wake-ups enough to read
+                    os.write(self._w, b"\0")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._open:
+                self._open = False
+                os.close(self.r)
+                os.close(self._w)

@@ -72,13 +72,10 @@ class Slot:
         child_end.close()
         self.conn: multiprocessing.connection.Connection = parent_end
         self.sentinel: int = self.process.sentinel
+        self.pid: Optional[int] = self.process.pid
+        self.exitcode: Optional[int] = None  # once reaped
         self._readable = select.poll()  # ``Connection.poll`` makes a selector each time it is asked
         self._readable.register(parent_end.fileno(), select.POLLIN)
-
-    @property
-    def pid(self) -> Optional[int]:
-        pid: Optional[int] = self.process.pid
-        return pid
 
     def has_message(self) -> bool:
         """Whether the worker's pipe holds a message, or has ended (reading then raises): at once, without waiting."""
@@ -96,8 +93,8 @@ class Slot:
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to the worker and every process its tasks started (its process group); ignore them gone."""
-        pid = self.process.pid
-        if pid is None:
+        pid = self.pid
+        if pid is None or self.conn.closed:  # reaped: its pid, and its group's, may be another's by now
             return
         try:
             # The worker leads a group of its own (``worker_main``). While one of its processes lives, the
@@ -117,7 +114,9 @@ class Slot:
         descriptors, holds the sentinel open after the worker is gone; the
         exit is read without reaping it, so ``kill`` still reaches its group.
         """
-        pid = self.process.pid
+        pid = self.pid
+        if self.conn.closed:
+            return True
         if pid is None or not hasattr(os, "waitid"):  # pragma: no cover - macOS has no waitid
             return self.process.exitcode is not None
         try:
@@ -128,18 +127,27 @@ class Slot:
             return self.process.exitcode is not None
 
     def reap(self, timeout: float = STOP_GRACE) -> None:
-        """Wait for the worker to exit (killing it after ``timeout``), kill what its tasks left, close the pipe."""
+        """Wait for the worker to exit (killing it after ``timeout``), kill what its tasks left, close the pipe.
+
+        Once only: a slot reaped already is left alone (its pid may be another process's by now).
+        """
+        if self.conn.closed:
+            return
         deadline = time.monotonic() + timeout
         while not self.ended() and time.monotonic() < deadline:
             multiprocessing.connection.wait([self.sentinel], min(0.05, max(0.0, deadline - time.monotonic())))
         self.kill()  # the worker, if it is still running, and every process left in its group
         self.process.join()  # by its pid (no timeout: no sentinel involved)
+        self.exitcode = self.process.exitcode
+        # What the worker held goes now, not when the executor is collected: its pipe, its sentinel, and
+        # (``release``) its named semaphore, so a script that keeps its executor after shutdown() leaks none.
         self.conn.close()
-        self.words.release()  # its named semaphore goes now, not when the executor is collected
+        self.process.close()
+        self.words.release()
 
     def exit_reason(self) -> str:
         """How the worker process ended, in words."""
-        code = self.process.exitcode
+        code = self.exitcode if self.conn.closed else self.process.exitcode
         if code is None:
             return "is still running"
         if code < 0:

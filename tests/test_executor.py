@@ -355,11 +355,11 @@ def test_a_replacement_worker_exits_when_asked_as_an_original_one_does(start_met
     dead copy of the executor, and was killed only after the grace period (5 s per shutdown).
     """
     ex = Executor(max_workers=1, store=store_path, mp_context=start_method)
-    original = ex._scheduler.slots[0].process
+    original = ex._scheduler.slots[0]
     with pytest.raises(WorkerLost):
         ex.submit(tasks.die_now).result(timeout=30)
     assert ex.submit(tasks.return_zero).result(timeout=30) == 0
-    replacement = ex._scheduler.slots[0].process
+    replacement = ex._scheduler.slots[0]
     assert replacement is not original
     ex.shutdown()
     assert (original.exitcode, replacement.exitcode) == (-9, 0)  # exited on its own, not killed
@@ -475,7 +475,7 @@ def test_terminate_and_kill_workers_end_every_task_aborted(start_method, store_p
         with pytest.raises(TaskAborted, match="terminated"):
             future.result(timeout=0)
     assert {r.state for r in ex.store.tasks([f.id for f in running + queued])} == {ABORTED}
-    assert all(not slot.process.is_alive() for slot in ex._scheduler.slots)
+    assert all(slot.ended() for slot in ex._scheduler.slots)
     with pytest.raises(RuntimeError, match="after shutdown"):
         ex.submit(tasks.add, 1, 1)
 
@@ -677,7 +677,7 @@ def test_shutdown_waits_then_refuses_new_work(start_method, store_path):
     assert all(f.done() and f.state == SUCCESS for f in futures)
     with pytest.raises(RuntimeError, match="after shutdown"):
         ex.submit(tasks.add, 1, 1)
-    assert all(not s.process.is_alive() for s in ex._scheduler.slots)
+    assert all(s.ended() for s in ex._scheduler.slots)
 
 
 def test_shutdown_cancel_futures(start_method, store_path, tmp_path):

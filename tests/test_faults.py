@@ -301,7 +301,7 @@ def test_script_without_main_guard_under_spawn_fails_fast(tmp_path, store_path):
     lines = out.stdout.strip().splitlines()
     assert len(lines) == 5
     assert all("started an Executor of its own" in line and "`if __name__ == '__main__':`" in line for line in lines)
-    assert lines[-1].startswith("BrokenExecutor the localabort executor stopped: a worker (pid")
+    assert lines[-1].startswith("BrokenProcessPool the localabort executor stopped: a worker (pid")
     assert out.stderr == ""  # the one line says it all: no worker printed a traceback
 
 
