@@ -18,9 +18,42 @@ import pytest
 
 from localabort import Executor
 
+from . import leaks
+
 pytest_plugins = ["pytester"]
 
 START_METHODS = [m for m in ("fork", "spawn", "forkserver") if m in multiprocessing.get_all_start_methods()]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_helpers():
+    """Start first what ``multiprocessing`` keeps for the session, so that no test counts it as its leak."""
+    from multiprocessing import forkserver, resource_tracker
+
+    resource_tracker.ensure_running()
+    if "forkserver" in START_METHODS:
+        forkserver.ensure_running()
+    yield
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(request: pytest.FixtureRequest):
+    """Fail a test that leaves a child process, a thread, a file descriptor or a named semaphore (``tests.leaks``).
+
+    Mark a test ``@pytest.mark.leaks_ok("why")`` to exempt it (a test of what a leak does).
+    """
+    if request.node.get_closest_marker("leaks_ok") is not None:
+        yield
+        return
+    before = leaks.snapshot()
+    yield
+    from localabort._store import Store
+
+    for store in list(Store._open_stores.values()):  # the per-process cache keeps its connections by design
+        store.dispose()
+    found = leaks.leaked(before)
+    if found:
+        pytest.fail(f"{request.node.nodeid} left behind: " + "; ".join(found), pytrace=False)
 
 
 @pytest.fixture(params=START_METHODS)

@@ -55,10 +55,14 @@ def test_demo_batch_stops_on_ctrl_c_with_one_line_and_every_task_ended(tmp_path)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # under way: some task has finished
             try:
-                if any(r.state == "SUCCESS" for r in Store(str(store), create=False).tasks()):
-                    break
+                reader = Store(str(store), create=False)
             except StoreError:  # not created yet
-                pass
+                reader = None
+            if reader is not None:
+                finished = any(r.state == "SUCCESS" for r in reader.tasks())
+                reader.dispose()
+                if finished:
+                    break
             time.sleep(0.1)
         batch.send_signal(signal.SIGINT)
         out, err = batch.communicate(timeout=60)

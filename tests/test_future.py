@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import signal
 import sqlite3
@@ -48,7 +49,8 @@ def test_async_result_of_unknown_task_is_an_error_not_pending(tmp_path, ask):
     with pytest.raises(UnknownTask, match=rf"^no task nope in {path}$"):
         value = getattr(res, ask)
         value() if callable(value) else value
-    assert sqlite3.connect(path).execute("SELECT count(*) FROM localabort_tasks").fetchone() == (0,)
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT count(*) FROM localabort_tasks").fetchone() == (0,)
 
 
 def test_async_result_on_a_store_path_with_a_typo_is_an_error_not_pending(tmp_path):

@@ -143,7 +143,9 @@ def test_an_executor_in_the_same_process_notices_its_store_file_was_deleted(tmp_
     with Executor(max_workers=1, store=path) as ex:  # a new store, not the deleted file's cached handle
         future = ex.submit(abs, -2)
         assert future.result(timeout=60) == 2
-    assert Store(path, create=False).get(future.id).state == SUCCESS and os.path.getsize(path) > 0
+    reader = Store(path, create=False)
+    assert reader.get(future.id).state == SUCCESS and os.path.getsize(path) > 0
+    reader.dispose()
 
 
 def test_an_executor_in_the_same_process_notices_its_stores_schema_changed(tmp_path):
@@ -197,6 +199,8 @@ def test_two_processes_may_create_one_store_at_the_same_moment(tmp_path):
     for proc in procs:
         proc.join(60)
     assert [proc.exitcode for proc in procs] == [0, 0, 0, 0]
+    for proc in procs:
+        proc.close()
     assert Store.open(path).get("x") is None
 
 

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from localabort import FAILURE, STARTED
+from localabort import FAILURE, STARTED, _watch
 from localabort._schema import executors, task_row
 from localabort._store import Store
 from localabort._watch import FALLBACK, POLL_INTERVAL, Watch, watch
@@ -170,10 +170,16 @@ def test_a_forked_child_starts_a_watch_of_its_own(store):
     ctx = multiprocessing.get_context("fork")
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=_child_watch, args=(store.url, child))
-    proc.start()
-    theirs = parent.recv()
-    proc.join()
-    assert theirs != mine and watch(store).executor_id == mine
+    try:
+        proc.start()
+        theirs = parent.recv()
+        proc.join()
+        assert theirs != mine and watch(store).executor_id == mine
+    finally:  # this process's watch lives as long as the process: stop it, as a worker's exit does
+        _watch._watches.pop(store.url).stop()
+        proc.close()
+        parent.close()
+        child.close()
 
 
 def test_a_notification_names_its_task_and_deadline_whatever_the_id():

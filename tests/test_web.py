@@ -6,6 +6,7 @@ installs it; elsewhere they say they were skipped, naming what to install.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -148,7 +149,7 @@ def test_the_stream_sends_snapshots_until_the_server_stops_and_then_nothing_is_l
 
 
 def test_a_store_that_cannot_be_read_is_said_on_the_stream_which_goes_on(served):
-    with sqlite3.connect(served.board.store.path) as conn:
+    with contextlib.closing(sqlite3.connect(served.board.store.path)) as conn, conn:
         conn.execute("DROP TABLE localabort_executors")  # broken under the server's feet
     with urllib.request.urlopen(f"{base(served)}api/events?token={served.token}", timeout=20) as stream:
         said = [stream.readline().decode() for _ in range(6)]

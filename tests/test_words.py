@@ -12,7 +12,9 @@ from localabort._words import DEPTH, AbortWords, allocate
 @pytest.fixture
 def words():
     ctx = multiprocessing.get_context("spawn")
-    return AbortWords(allocate(ctx, 2), 1, ctx.Lock())
+    words = AbortWords(allocate(ctx, 2), 1, ctx.Lock())
+    yield words
+    words.release()  # its named semaphore goes now, as a slot's does when its worker is reaped
 
 
 def test_a_slot_takes_its_own_words_in_turn(words):
