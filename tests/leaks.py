@@ -26,8 +26,9 @@ from typing import FrozenSet, List, NamedTuple, Tuple
 SESSION_THREADS = ("TMonitor", "AnyIO worker thread", "asyncio_")
 #: Processes that live for the session once started: ``multiprocessing``'s own helpers.
 SESSION_PROCESSES = ("multiprocessing.forkserver", "multiprocessing.resource_tracker")
-#: Descriptors ``multiprocessing`` keeps for the session: its shared-memory heap keeps small arenas for reuse.
-SESSION_FILES = ("/dev/shm/pym-",)
+#: Descriptors kept for the session: ``multiprocessing``'s shared-memory heap keeps small arenas for reuse, and
+#: Celery's result consumer makes its event loop's epoll on the first ``get()`` (localabort uses none).
+SESSION_FILES = ("/dev/shm/pym-", "anon_inode:[eventpoll]")
 #: Seconds a test's leftovers get to end before they count as leaked.
 GRACE = 5.0
 
