@@ -408,7 +408,7 @@ class Manager:
         scheduler = self.scheduler
         aborted, held = write.answer
         scheduler.stored(write.rows)
-        scheduler.refused(held)
+        resolve(scheduler.refused(held))  # their ids are other executors' tasks: no row of theirs to wait for
         scheduler.claimed([job for job in write.claims if job.id not in held])
         resolve(write.unresolved)  # empties the list
         self._unresolved += scheduler.aborted_elsewhere(dict.fromkeys(aborted))  # their rows go with the next write

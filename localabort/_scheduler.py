@@ -397,16 +397,33 @@ class Scheduler:
                     ended.append(job)
         return ended
 
-    def refused(self, holders: Dict[str, str]) -> None:
-        """The store refused these jobs' claims, as other tasks hold their keys: each follows its holder."""
+    def refused(self, holders: Dict[str, str]) -> List[Job]:
+        """The store refused these jobs' claims (``Store.sync``); return the jobs that end.
+
+        A job whose key another task holds follows that task. A job whose id
+        another executor's row holds (submitted there at the same moment)
+        was never this executor's task: it ends with ``ValueError``, and
+        writes no row, as the one it would write is the other's.
+        """
+        ended: List[Job] = []
         with self.lock:
             for task_id, holder in holders.items():
                 job = self.jobs.get(task_id)
-                if job is not None and job.stage == QUEUED:
-                    job.state = job.future._task_state = PENDING
-                    job.follows = holder
-                    self.followers[job.id] = job
-                    self.queue.remove(job)
+                if job is None or job.stage != QUEUED:
+                    continue
+                self.queue.remove(job)
+                if holder == task_id:
+                    job.end(FAILURE, ValueError(
+                        f"task_id {task_id!r} is taken: another executor's task of that id was stored first"
+                    ))  # fmt: skip
+                    self.dirty.pop(task_id, None)
+                    self._forget(job)
+                    ended.append(job)
+                    continue
+                job.state = job.future._task_state = PENDING
+                job.follows = holder
+                self.followers[job.id] = job
+        return ended
 
     def holders(self) -> List[str]:
         """The ids of the tasks that jobs follow."""

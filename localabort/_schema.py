@@ -29,6 +29,7 @@ from ._states import CLAIMABLE_STATES, HELD_STATES, STARTED, STATE_COLUMNS, UNRE
 
 __all__ = [
     "ABORTING",
+    "CELERY",
     "CLAIMABLE",
     "MIGRATIONS",
     "PARTIAL",
@@ -70,6 +71,8 @@ RUNNING = f"state = '{STARTED}'"
 CLAIMABLE = _states_in(CLAIMABLE_STATES)
 #: The name of a standing abort's row: no task has it.
 STANDING = ""
+#: The ``executor_id`` of Celery's rows no worker process holds: PENDING, waiting to retry, or to be delivered again.
+CELERY = "celery"
 
 tasks = sa.Table(
     "localabort_tasks",

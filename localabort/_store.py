@@ -46,6 +46,7 @@ from ._procs import asker
 from ._registry import Registry
 from ._schema import (
     ABORTING,
+    CELERY,
     CLAIMABLE,
     HELD_KEY,
     MIGRATIONS,
@@ -386,8 +387,11 @@ class Store(Registry, Listing):
 
         ``claims`` are the ``(id, name, key)`` of the tasks to claim (PENDING
         to RECEIVED) before any worker may start them. Returns the ids among
-        them with an abort requested, and those whose key another task
-        holds (RECEIVED or STARTED), with that task's id: they must not run.
+        them with an abort requested, and those whose claim was refused, with
+        the task that holds them: another task holding their key (RECEIVED
+        or STARTED), or the id itself, when another executor's row has it
+        (two processes submitted one id at the same moment; the one whose
+        row landed first has it). Neither may run.
         The read follows the writes inside one write transaction: an abort
         recorded before the claim is in the answer, and one recorded after
         finds the task claimed, and reaches it through the executor's poll
@@ -402,12 +406,17 @@ class Store(Registry, Listing):
             self._write(cur, rows, aborts)
             # First or not, a write: under SQLite's one writer lock no abort lands between here and the commit.
             cur.execute(self._sql(_FLUSHED), {"flushed_at": flushed_at, "id": executor_id})
+            for piece in pieces([task_id for task_id, _, _ in claims]):
+                ids = ", ".join([mark] * len(piece))
+                cur.execute(f"SELECT id FROM {tasks.name} WHERE id IN ({ids}) AND executor_id <> {mark}",
+                            [*piece, executor_id])  # fmt: skip
+                held.update((task_id, task_id) for (task_id,) in cur.fetchall())
             for task_id, name, key in claims:
-                if key is not None:
-                    holder = self._claim_key(cur, task_id, name, key)
+                if key is not None and task_id not in held:
+                    holder = self._claim_key(cur, task_id, name, key, executor_id)
                     if holder is not None:
                         held[task_id] = holder
-            for piece in pieces([task_id for task_id, _, key in claims if key is None]):  # keyed: claimed above
+            for piece in pieces([task_id for task_id, _, key in claims if key is None and task_id not in held]):
                 ids = ", ".join([mark] * len(piece))
                 cur.execute(f"UPDATE {tasks.name} SET state = '{RECEIVED}' WHERE {CLAIMABLE} AND id IN ({ids})",
                             piece)  # fmt: skip
@@ -418,7 +427,7 @@ class Store(Registry, Listing):
                 found += [task_id for (task_id,) in cur.fetchall()]
         return found, held
 
-    def _claim_key(self, cur: Any, task_id: str, name: str, key: str) -> Optional[str]:
+    def _claim_key(self, cur: Any, task_id: str, name: str, key: str, executor_id: str) -> Optional[str]:
         """Claim the keyed task ``task_id`` unless another task holds its key; return that task's id, or ``None``.
 
         A unique index lets one task per name and key be RECEIVED or
@@ -427,7 +436,7 @@ class Store(Registry, Listing):
         """
         if self.engine.dialect.name == "postgresql":
             cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{name}\n{key}",))
-        values = {"id": task_id, "name": name, "key": key}
+        values = {"id": task_id, "name": name, "key": key, "me": executor_id}
         cur.execute(self._sql(_HOLDER), values)
         holder = cur.fetchone()
         if holder is not None:
@@ -737,12 +746,19 @@ def forget(store: StoreSpec, *, older_than: float) -> int:
 _COLUMNS = ("id", *STATE_COLUMNS)
 #: What a state write leaves as stored when it gives none: written once, at submit, by the submitter alone.
 _KEPT = {"args_repr"}
-#: A state write, after the values of its rows: a final state stays final, and the abort request is not touched.
+#: Who may write a stored, unfinished row: its own executor; anyone where it has none yet (a standing abort);
+#: and Celery, to whose queue a worker hands back a task that waits to retry.
+_OWNS = (
+    f"({tasks.name}.executor_id IS NULL OR {tasks.name}.executor_id = excluded.executor_id "
+    f"OR (excluded.executor_id = '{CELERY}' AND excluded.state = '{RETRY}'))"
+)
+#: A state write, after the values of its rows: a final state stays final, the abort request is not touched,
+#: and one executor's row is never taken over by another's write of the same id (``sync`` finds it taken).
 _STATE_SET = (
     "ON CONFLICT (id) DO UPDATE SET "
     + ", ".join(f"{c} = COALESCE(excluded.{c}, {tasks.name}.{c})" if c in _KEPT else f"{c} = excluded.{c}"
                 for c in STATE_COLUMNS)
-    + f" WHERE {tasks.name}.{UNFINISHED}"
+    + f" WHERE {tasks.name}.{UNFINISHED} AND {_OWNS}"
 )  # fmt: skip
 _STATE_INSERT = f"INSERT INTO {tasks.name} ({', '.join(_COLUMNS)}) VALUES "
 #: A state write of one row, its parameters named.
@@ -779,7 +795,7 @@ _ABORT_UPSERT = (
 _ABORTING_OF = f"SELECT id, terminate_at FROM {tasks.name} {{indexed}} WHERE executor_id = :id AND {ABORTING}"
 _FLUSHED = f"UPDATE {executors.name} SET flushed_at = :flushed_at WHERE id = :id"
 _HOLDER = f"SELECT id FROM {tasks.name} WHERE name = :name AND {HELD_KEY} AND key = :key AND id <> :id"
-_CLAIM_KEYED = f"UPDATE {tasks.name} SET state = '{RECEIVED}' WHERE id = :id AND {CLAIMABLE}"
+_CLAIM_KEYED = f"UPDATE {tasks.name} SET state = '{RECEIVED}' WHERE id = :id AND executor_id = :me AND {CLAIMABLE}"
 
 
 def _owner_only(path: str) -> None:

@@ -72,7 +72,7 @@ from ._errors import TimeLimitExceeded, WorkerLost
 from ._future import AbortableAsyncResult, check_terminate_after
 from ._outcome import by_soft_limit, describe, dump, pickle_outcome, terminated
 from ._procs import asker
-from ._schema import task_row
+from ._schema import CELERY, task_row
 from ._states import ABORTED, PENDING, RETRY, STARTED, SUCCESS, Progress, new_id
 from ._store import Store
 from ._task import AbortableTask, Binding, run, task_name
@@ -80,9 +80,6 @@ from ._text import call_repr
 from ._watch import POLL_INTERVAL, Watch, Watched, watch
 
 __all__ = ["POLL_INTERVAL", "CeleryResult", "LocalabortCeleryTask", "register"]
-
-#: The ``executor_id`` of rows no worker process holds: PENDING, waiting to retry, or to be delivered again.
-CELERY = "celery"
 
 
 def register(app: Any, task_class: Type[AbortableTask], store: Optional[str] = None, **celery_options: Any) -> Any:

@@ -35,6 +35,7 @@ from localabort import (
     WorkerLost,
     _outcome,
 )  # fmt: skip
+from localabort._outcome import load_outcome
 from localabort._schema import executors
 from localabort._states import UNREADY_STATES
 from localabort._store import Store
@@ -194,6 +195,48 @@ def test_live_executor_is_not_recovered(executor):
 
 
 # -- contention -------------------------------------------------------------------
+
+SAME_ID = """
+import os, sys
+from localabort import Executor
+from tests import tasks
+if __name__ == "__main__":
+    store, folder, me, other = sys.argv[1:5]
+    with Executor(max_workers=1, store=store) as ex:
+        for r in range(5):
+            open(os.path.join(folder, f"ready-{r}-{me}"), "w").close()
+            while not os.path.exists(os.path.join(folder, f"ready-{r}-{other}")):
+                pass  # spin: the two submits land within microseconds, inside one group commit
+            try:
+                future = ex.apply_async(tasks.Ledger, (os.path.join(folder, f"ledger-{r}"), me), task_id=f"same-{r}")
+                print(r, "ran", future.result(timeout=60), flush=True)
+            except ValueError as exc:
+                print(r, "refused", exc, flush=True)
+"""
+
+
+def test_one_task_id_submitted_by_two_processes_at_the_same_moment_runs_once(tmp_path):
+    """An id is one task in every process: the other producer's submit or future says ValueError, never a run."""
+    store = str(tmp_path / "s.sqlite")
+    Store(store).dispose()
+    run = [sys.executable, "-c", SAME_ID, store, str(tmp_path)]
+    pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    procs = [subprocess.Popen([*run, me, other], **pipes) for me, other in (("a", "b"), ("b", "a"))]
+    outputs = [proc.communicate(timeout=120) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0], outputs
+    lines = sorted(line.split(" ", 2) for out, _ in outputs for line in out.splitlines())
+    reader = Store(store, create=False)
+    try:
+        for r in range(5):
+            said = [(what, rest) for n, what, rest in lines if n == str(r)]
+            ran = [rest for what, rest in said if what == "ran"]
+            assert len(said) == 2 and len(ran) == 1, said  # one ran; the other was refused
+            assert (tmp_path / f"ledger-{r}").read_text().count("\n") == 1  # and it alone ran
+            record = reader.get(f"same-{r}")
+            assert record.state == SUCCESS and load_outcome(record.state, record.result, None)[0] == ran[0]
+    finally:
+        reader.dispose()
+
 
 CONTENDER = """
 import sys
