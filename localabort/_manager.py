@@ -393,7 +393,7 @@ class Manager:
         if self._writer.pending is None:
             scheduler.claim_ahead, self._finished = 2 * self._finished, 0
             rows, aborts, claims, flushed_at = scheduler.take_rows()
-            unresolved, self._unresolved = self._unresolved, []
+            unresolved, self._unresolved = [*self._unresolved, *scheduler.take_unwritten()], []
             self._writer.hand(_Write(rows, aborts, claims, flushed_at, unresolved))
             self._flush_due = float("inf")
             self._next_heartbeat = time.monotonic() + HEARTBEAT
@@ -459,12 +459,15 @@ class Manager:
             slot.reap()
         try:
             if self.scheduler.broken is None:
-                self._await_write()
-                self._unresolved += self.scheduler.leftovers()
-                self._commit(wait=True)
-                if self._unresolved:  # ended by that write's aborts: stored with one more
+                try:
+                    self._await_write()
+                    self._unresolved += self.scheduler.leftovers()
                     self._commit(wait=True)
-                self._store.close_executor(self.scheduler.executor_id)
+                    if self._unresolved:  # ended by that write's aborts: stored with one more
+                        self._commit(wait=True)
+                    self._store.close_executor(self.scheduler.executor_id)
+                except Exception as exc:  # the last writes failed: broken now, and what it owes is retried below
+                    self._break(exc)
         finally:
             self._writer.stop()
             if self.scheduler.broken is not None:
@@ -538,6 +541,7 @@ class _Writer:
         self._executor_id = scheduler.executor_id
         self.lock = threading.Lock()  # held while writing
         self.done_r, self._done_w = os.pipe()
+        self._open = True
         self.pending: Optional[_Write] = None  # the write handed over, until taken
         self._todo: queue.SimpleQueue[Optional[_Write]] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="localabort-writer", daemon=True)
@@ -558,12 +562,14 @@ class _Writer:
         return write
 
     def stop(self) -> None:
-        """Let the writer finish what it was handed, then end it."""
+        """Let the writer finish what it was handed, then end it; its pipe is closed once."""
         if self._thread.is_alive():
             self._todo.put(None)
             self._thread.join()
-        os.close(self.done_r)
-        os.close(self._done_w)
+        if self._open:
+            self._open = False
+            os.close(self.done_r)
+            os.close(self._done_w)
 
     def _run(self) -> None:
         while True:

@@ -102,6 +102,7 @@ class Scheduler:
         self.dirty: Dict[str, Job] = {}  # jobs whose row the store must get
         self.abort_rows: List[Row] = []  # abort requests to record with the next write
         self.unsettled: Dict[str, Job] = {}  # jobs a user thread ended, until it completed their futures
+        self.unwritten: List[Job] = []  # jobs a user thread ended whose write failed: the manager's to complete
         self.claim_ahead = 0  # queued jobs to claim beyond the workers' free places (see take_rows)
         self._seq = itertools.count(1)
         self.shutting_down = self.terminating = False
@@ -254,10 +255,11 @@ class Scheduler:
         A Ctrl-C waits for the write (inside it, it could leave a lock of
         SQLAlchemy's pool, or SQLite's write lock, held for good, and the
         manager waiting on it), but it can land before. Nothing is lost if
-        it does: a write that fails leaves its rows to
-        the manager's next write, and one that never began (the jobs are
-        still ``unsettled``) is made, and its futures completed, as the
-        manager closes (``leftovers``).
+        it does: a write that fails (it raises here) leaves its rows to the
+        manager's next write, which then completes their futures
+        (``unwritten``); one that never began (the jobs are still
+        ``unsettled``) is made, and its futures completed, as the manager
+        closes (``leftovers``).
         """
         try:
             with deferred():  # a Ctrl-C inside the database driver or its pool would leak their locks
@@ -266,6 +268,8 @@ class Scheduler:
             with self.lock:
                 self.dirty.update((job.id, job) for job in ended)
                 self.abort_rows += aborts or []
+                self.unwritten += [job for job in ended if self.unsettled.pop(job.id, None) is not None]
+            self.wake()
             raise
         for job in ended:
             with self.lock:  # this thread's to settle, unless the manager took it as a leftover as it closed
@@ -274,6 +278,12 @@ class Scheduler:
                 _notify_cancelled(job.future)
             elif mine:
                 resolve([job])
+
+    def take_unwritten(self) -> List[Job]:
+        """The jobs a user thread ended whose write failed: rows in the next write, futures completed by it."""
+        with self.lock:
+            jobs, self.unwritten = self.unwritten, []
+        return jobs
 
     def leftovers(self) -> List[Job]:
         """The jobs a user thread ended but, interrupted, never settled; their rows go with the next write."""
