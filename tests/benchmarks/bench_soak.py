@@ -1,4 +1,5 @@
-"""A soak of localabort.celery: 5,000 tasks over two workers, aborts, failures, and worker processes killed.
+"""Soaks: ten minutes of chaos for the executor (``tests.chaos``), then localabort.celery's: 5,000 tasks,
+two workers, aborts, failures, and worker processes killed.
 
 Run with ``nox -s bench`` or ``python tests/benchmarks/bench_soak.py [--quick]``.
 Needs a Redis broker and a PostgreSQL store (``LOCALABORT_TEST_REDIS_URL``,
@@ -56,8 +57,23 @@ def children(pid):
     return found
 
 
+def executor_chaos(minutes: float) -> None:
+    """The executor's own soak (``tests.chaos``): one batch under chaos, then every task against its history."""
+    from tests import chaos
+
+    started = time.monotonic()
+    outcomes, violations, kills = chaos.run(minutes * 60, Path(tempfile.mkdtemp()))
+    took = time.monotonic() - started
+    print(f"\nExecutor chaos: {minutes:g} min, {sum(outcomes.values()):,} tasks, {kills} workers SIGKILLed, "
+          f"{len(violations)} violations ({took:.0f} s with the last tasks and the checks)")  # fmt: skip
+    table(["task: how it ended", "tasks"], [[name, f"{count:,}"] for name, count in sorted(outcomes.items())])
+    for violation in violations[:20]:
+        print("  VIOLATION", violation)
+
+
 def main() -> None:
-    short = quick(__doc__, "1,000 tasks instead of 5,000")
+    short = quick(__doc__, "1,000 tasks instead of 5,000, and one minute of the executor's chaos instead of ten")
+    executor_chaos(1.0 if short else 10.0)
     count = 1_000 if short else 5_000
     redis_url, postgres = os.environ.get("LOCALABORT_TEST_REDIS_URL"), os.environ.get("LOCALABORT_TEST_POSTGRES_URL")
     if not (redis_url and postgres):
