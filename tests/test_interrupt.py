@@ -48,7 +48,10 @@ def assert_interrupted_cleanly(rc, stderr, store, ids, said=(FIRST,), raised="Ke
     lines = [line for line in stderr.splitlines() if line.startswith("localabort: ")]
     assert len(lines) == len(said) and all(re.fullmatch(f"localabort: {w}", x) for x, w in zip(lines, said)), stderr
     rest = "\n".join(line for line in stderr.splitlines() if not line.startswith("localabort: "))
-    assert rest.count("Traceback") == 1 and rest.rstrip().endswith(raised), stderr
+    # One exception printed: its chained context, if any, is part of it (a Ctrl-C can land in CPython's own
+    # try/except, as in Python 3.9's threading.Condition(), whose AttributeError it then carries).
+    printed = rest.count("Traceback") - rest.count("During handling of the above exception")
+    assert printed == 1 and rest.rstrip().endswith(raised), stderr
     assert "localabort-worker" not in stderr  # no child printed anything
     assert {r.state for r in Store.open(store).tasks(ids)} == {ABORTED}
 
