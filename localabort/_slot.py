@@ -101,7 +101,7 @@ class Slot:
             # system keeps the group's number, so this never reaches another process, even once it is reaped.
             os.killpg(pid, sig)
         except ProcessLookupError:  # none left, or the worker has not made its group yet
-            if self.process.exitcode is None:  # not reaped: the pid is still the worker's
+            if not self._exited():  # not reaped: the pid is still the worker's
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, sig)
         except PermissionError:  # pragma: no cover - a process of its group changed user
@@ -118,13 +118,20 @@ class Slot:
         if self.conn.closed:
             return True
         if pid is None or not hasattr(os, "waitid"):  # pragma: no cover - macOS has no waitid
-            return self.process.exitcode is not None
+            return self._exited()
         try:
             return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
         except ChildProcessError:
             # Reaped already, or not a child of this process (forkserver): then the fork server's report on the
             # sentinel, which no task holds, says.
+            return self._exited()
+
+    def _exited(self) -> bool:
+        """Whether ``multiprocessing`` has seen the worker exit; a slot reaped meanwhile (another thread) has."""
+        try:
             return self.process.exitcode is not None
+        except ValueError:  # the process object was closed: reaped
+            return True
 
     def reap(self, timeout: float = STOP_GRACE) -> None:
         """Wait for the worker to exit (killing it after ``timeout``), kill what its tasks left, close the pipe.
