@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import itertools
 import multiprocessing
 import multiprocessing.context
@@ -89,7 +90,7 @@ from ._interrupt import (
     stop_on_signals,
 )
 from ._jobs import Job, completed
-from ._manager import Manager
+from ._manager import Manager, Workers
 from ._scheduler import Scheduler
 from ._states import FAILURE, SUCCESS, new_id
 from ._task import task_name
@@ -193,29 +194,35 @@ class Executor(concurrent.futures.Executor):
         if store is None:
             self._tmpdir = tempfile.mkdtemp(prefix="localabort-")
             store = os.path.join(self._tmpdir, "store.sqlite")
-        from ._store import Store  # SQLAlchemy loads here, not in workers that import this module
-
-        # The one opener that creates a store, or upgrades an older one (``_schema.MIGRATIONS``).
-        self._store = Store.open(store, create=True) if self._tmpdir is None else Store(store)  # type: ignore[arg-type]
-        self.id = uuid.uuid4().hex
-        self._store.register_executor(self.id)
-
         self._max_workers = max_workers
-        self._scheduler = Scheduler(self._store, self.id, max_tasks_per_child)
         self._dashboard = None
-        worker = WorkerSetup(self._store.url, initializer, tuple(initargs), max_tasks_per_child)
+        # The workers start first: they need nothing of the store, and start while it opens (``Workers``).
+        workers = Workers(ctx, max_workers, WorkerSetup(_url_of(store), initializer, tuple(initargs),
+                                                        max_tasks_per_child))  # fmt: skip
+        self.id = uuid.uuid4().hex
+        opened: Optional[Store] = None
         try:
-            if dashboard:  # bound before any worker starts
+            from ._store import Store  # SQLAlchemy loads here, not in workers that import this module
+
+            # The one opener that creates a store, or upgrades an older one (``_schema.MIGRATIONS``).
+            self._store = opened = Store.open(store, create=True) if self._tmpdir is None else Store(store)  # type: ignore[arg-type]
+            self._store.register_executor(self.id)
+            self._scheduler = Scheduler(self._store, self.id, max_tasks_per_child)
+            if dashboard:  # started workers hold no copy of its socket: they were forked before it
                 from ._web import Dashboard
 
                 self._dashboard = Dashboard(self._store)
-            self._manager = Manager(self._scheduler, ctx, max_workers, worker, poll_interval, self._tmpdir)
+            self._manager = Manager(self._scheduler, workers, poll_interval, self._tmpdir)
         except BaseException:  # no worker left running, no executor left open in the store
+            workers.kill()
             if self._dashboard is not None:
                 self._dashboard.stop()  # never started: closes its socket and its store handle
-            self._store.close_executor(self.id)
+            if opened is not None:
+                with contextlib.suppress(Exception):  # the error raised below says what failed
+                    opened.close_executor(self.id)
+                if self._tmpdir is not None:
+                    opened.dispose()
             if self._tmpdir is not None:
-                self._store.dispose()
                 shutil.rmtree(self._tmpdir, ignore_errors=True)
             raise
         self._watched: Optional[List[AbortableFuture]] = None
@@ -526,6 +533,19 @@ class Executor(concurrent.futures.Executor):
         finally:
             if self._progress is not None:  # its last drawing comes before the traceback, not over it
                 self._progress.join()
+
+
+def _url_of(store: StoreSpec) -> str:
+    """The URL workers open the store by; for a path, made without SQLAlchemy, as ``_store._locate`` makes it."""
+    url = getattr(store, "url", None)  # a Store
+    if url is not None:
+        return str(url)
+    spec = os.fspath(cast("Union[str, os.PathLike[str]]", store))
+    if "://" not in spec:
+        return "sqlite:///" + os.path.abspath(os.path.expanduser(spec))
+    from ._store import _locate
+
+    return _locate(spec)[0]
 
 
 def _check_main_importable(method: str) -> None:

@@ -87,27 +87,15 @@ class Manager:
     """The thread that drives the workers of one executor, deciding through its ``Scheduler``."""
 
     def __init__(
-        self, scheduler: Scheduler, ctx: Context, max_workers: int, worker: WorkerSetup, poll_interval: float,
-        tmpdir: Optional[str],
+        self, scheduler: Scheduler, workers: Workers, poll_interval: float, tmpdir: Optional[str]
     ) -> None:  # fmt: skip
         self.scheduler = scheduler
-        self.ctx = ctx
+        self.ctx, self._array, self._worker = workers.ctx, workers.array, workers.setup
+        scheduler.slots[:] = workers.slots
         self._store = scheduler.store
         self._poll_interval = poll_interval
         self._tmpdir = tmpdir
-        self._array = allocate(ctx, max_workers)
-        self._worker = worker
         self._writer = _Writer(scheduler)
-        try:
-            for i in range(max_workers):
-                scheduler.slots.append(self._start_slot(i))
-        except BaseException:  # no more processes, say: none of those started is left behind
-            for slot in scheduler.slots:
-                slot.kill()
-                slot.reap(timeout=0)
-            scheduler.slots.clear()
-            self._writer.stop()
-            raise
         self._next_poll = 0.0
         self._poller = select.poll()  # what ``_wait`` waits on: the descriptors of ``_polled``
         self._polled: Dict[int, Optional[Slot]] = {}
@@ -218,7 +206,7 @@ class Manager:
         self._unresolved += finished
         finished.clear()  # hold no job past its resolve: a caller may drop its result and expect it freed
         if scheduler.unclaimed_job_waits():
-            self._commit()  # a task never starts before the store holds its claim
+            self._commit(first=True)  # a task never starts before the store holds its claim
         self._send(scheduler.dispatch())
         # Group commit: write while workers run, at most FLUSH_INTERVAL after a change,
         # and at once when no worker is busy (no reply is coming to share the write with).
@@ -382,8 +370,11 @@ class Manager:
             except OSError:  # the worker died; its sentinel says so next loop
                 pass
 
-    def _commit(self, wait: bool = False) -> None:
+    def _commit(self, wait: bool = False, first: bool = False) -> None:
         """Start the next write (step 7 of the loop) unless one is under way; with ``wait``, see it done.
+
+        ``first``: an idle worker waits for a claim, so the claims go before
+        the rows of the rest of the queue (``Scheduler.take_rows``).
 
         The writer thread writes (``_Writer``); ``_written`` takes it from there.
         """
@@ -392,7 +383,7 @@ class Manager:
             self._await_write()
         if self._writer.pending is None:
             scheduler.claim_ahead, self._finished = 2 * self._finished, 0
-            rows, aborts, claims, flushed_at = scheduler.take_rows()
+            rows, aborts, claims, flushed_at = scheduler.take_rows(first)
             unresolved, self._unresolved = [*self._unresolved, *scheduler.take_unwritten()], []
             self._writer.hand(_Write(rows, aborts, claims, flushed_at, unresolved))
             self._flush_due = float("inf")
@@ -510,6 +501,35 @@ class Manager:
     def _retry_owed(self) -> None:
         while not self._store.replaced() and not self._write_owed():
             time.sleep(RETRY_OWED)
+
+
+class Workers:
+    """An executor's first worker processes, started before its store opens (``start``).
+
+    Workers need nothing of the store to start, so they start first: under
+    spawn and forkserver each one's interpreter starts while this process
+    loads SQLAlchemy and opens the store, and under fork they are forked
+    before either, smaller. The manager takes them over.
+    """
+
+    def __init__(self, ctx: Context, count: int, setup: WorkerSetup) -> None:
+        self.ctx, self.setup = ctx, setup
+        self.array = allocate(ctx, count)
+        self.slots: List[Slot] = []
+        try:
+            for index in range(count):
+                self.slots.append(Slot(ctx, index, self.array, setup))
+        except BaseException:  # no more processes, say: none of those started is left behind
+            self.kill()
+            raise
+
+    def kill(self) -> None:
+        """Kill and reap them all (the executor could not start)."""
+        for slot in self.slots:
+            slot.kill()
+        for slot in self.slots:
+            slot.reap(timeout=1.0)
+        self.slots.clear()
 
 
 class _Write:

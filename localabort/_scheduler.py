@@ -518,13 +518,18 @@ class Scheduler:
             head = self._queue_head()
             return head is not None and not head.claimed and any(s.job is None for s in self.slots)
 
-    def take_rows(self) -> Tuple[List[Row], List[Row], List[Job], float]:
+    def take_rows(self, first: bool = False) -> Tuple[List[Row], List[Row], List[Job], float]:
         """The rows and abort rows owed to the store, the jobs they claim, and when; the debt is cleared.
 
         The queued jobs to claim are the first ones, as many as the workers
         have free places for, plus ``claim_ahead`` (so the workers need not
-        wait for the next write); each is now RECEIVED. Every job submitted
-        before the time returned is among these rows or was written before.
+        wait for the next write); each is now RECEIVED (or refused: see
+        ``refused``). A job without a key claimed in the write that first
+        stores it is written once, RECEIVED, not PENDING and then claimed.
+        With ``first`` (an idle worker waits for a claim), the rows of the
+        other queued jobs wait for the next write: the claims come before
+        the backlog. Every job submitted before the time returned is among
+        these rows or was written before.
         """
         with self.lock:
             claims: List[Job] = []
@@ -537,11 +542,25 @@ class Scheduler:
                 wanted -= 1
                 if not job.claimed and not job.abort_requested:
                     claims.append(job)
-            rows = [self.row(job) for job in self.dirty.values()]
-            for job in claims:  # the store's claim writes it, not the job's row: the claim may be refused
-                job.state = job.future._task_state = RECEIVED
-            aborts, self.dirty, self.abort_rows = self.abort_rows, {}, []
+            for job in claims:  # a new row without a key is written RECEIVED: it is the claim
+                if job.key is None:
+                    job.state = job.future._task_state = RECEIVED
             now = time.time()
+            if first:
+                claiming = {job.id for job in claims}
+                later = {
+                    task_id: job for task_id, job in self.dirty.items()
+                    if job.stage == QUEUED and task_id not in claiming
+                }  # fmt: skip
+                for task_id in later:
+                    del self.dirty[task_id]
+                now = min([now, *(job.submitted_at for job in later.values())])
+            else:
+                later = {}
+            rows = [self.row(job) for job in self.dirty.values()]
+            for job in claims:  # a keyed one's row stays PENDING: the store's claim asks for its key first
+                job.state = job.future._task_state = RECEIVED
+            aborts, self.dirty, self.abort_rows = self.abort_rows, later, []
         return rows, aborts, claims, now
 
     def stored(self, rows: List[Row]) -> None:

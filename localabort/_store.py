@@ -386,7 +386,8 @@ class Store(Registry, Listing):
         """An executor's write: its rows and abort requests, then the aborts it must honour, in one transaction.
 
         ``claims`` are the ``(id, name, key)`` of the tasks to claim (PENDING
-        to RECEIVED) before any worker may start them. Returns the ids among
+        to RECEIVED) before any worker may start them; a claim without a key
+        whose row is among ``rows``, written RECEIVED, is made by that row. Returns the ids among
         them with an abort requested, and those whose claim was refused, with
         the task that holds them: another task holding their key (RECEIVED
         or STARTED), or the id itself, when another executor's row has it
@@ -416,7 +417,9 @@ class Store(Registry, Listing):
                     holder = self._claim_key(cur, task_id, name, key, executor_id)
                     if holder is not None:
                         held[task_id] = holder
-            for piece in pieces([task_id for task_id, _, key in claims if key is None and task_id not in held]):
+            carried = {row["id"] for row in rows if row["state"] == RECEIVED}  # claimed by their rows' upsert
+            unkeyed = [task_id for task_id, _, key in claims if key is None and task_id not in held]
+            for piece in pieces([task_id for task_id in unkeyed if task_id not in carried]):
                 ids = ", ".join([mark] * len(piece))
                 cur.execute(f"UPDATE {tasks.name} SET state = '{RECEIVED}' WHERE {CLAIMABLE} AND id IN ({ids})",
                             piece)  # fmt: skip
