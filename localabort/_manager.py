@@ -423,8 +423,7 @@ class Manager:
             self._await_write()  # its jobs are settled by it, or come back to ``_unresolved``
         except BaseException:  # the write that failed: most likely what broke the manager
             pass
-        ended = [job for job in [*self._unresolved, *self.scheduler.dirty.values()] if job.stage == DONE]
-        jobs = self.scheduler.break_all(exc, self._unresolved)
+        jobs, ended = self.scheduler.break_all(exc, self._unresolved)
         self._unresolved = []
         for slot in self.scheduler.slots:
             slot.kill()

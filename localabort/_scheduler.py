@@ -592,12 +592,25 @@ class Scheduler:
         with self.lock:
             return self.shutting_down and not self.jobs and all(s.job is None for s in self.slots)
 
-    def break_all(self, exc: BaseException, unresolved: List[Job]) -> List[Job]:
-        """The manager cannot go on: fail every job not finished; return every job whose future is open."""
+    def break_all(self, exc: BaseException, unresolved: List[Job]) -> Tuple[List[Job], List[Job]]:
+        """The manager cannot go on: fail every job not finished.
+
+        Returns the jobs whose futures the manager now completes (once their
+        rows are written, if they can be), and those of them that had ended
+        before. A job a user thread ended is that thread's to complete
+        (``_settle``) unless taken from ``unsettled`` first, as here, and as
+        ``leftovers`` does: a row it still owes in ``dirty`` does not make it
+        the manager's, and every future completes once.
+        """
         error = concurrent.futures.process.BrokenProcessPool(f"the localabort executor stopped: {exc}")
         with self.lock:
             self.broken, self.shutting_down = exc, True
-            jobs = {job.id: job for job in [*unresolved, *self.dirty.values(), *self.jobs.values()]}
+            owned = [*unresolved, *self.unsettled.values(), *self.unwritten, *self.jobs.values()]
+            owned += [job for job in self.dirty.values() if job.stage != DONE]
+            self.unsettled.clear()
+            self.unwritten.clear()
+            jobs = {job.id: job for job in owned}
+            ended = [job for job in jobs.values() if job.stage == DONE]
             self.jobs.clear()
             self.keyed.clear()
             self.followers.clear()
@@ -606,7 +619,7 @@ class Scheduler:
             for job in jobs.values():
                 if job.stage != DONE:
                     job.end(FAILURE, error)
-        return list(jobs.values())
+        return list(jobs.values()), ended
 
     # -- under the lock --------------------------------------------------------------
 
