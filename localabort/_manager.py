@@ -503,7 +503,7 @@ class Manager:
 
 
 class Workers:
-    """An executor's first worker processes, started before its store opens (``start``).
+    """An executor's first worker processes, started before its store opens.
 
     Workers need nothing of the store to start, so they start first: under
     spawn and forkserver each one's interpreter starts while this process
