@@ -4,8 +4,8 @@ Data flow::
 
     submit() / map()                                    store (SQLite, WAL)
       |  pickle (task, args) in the caller's thread          ^
-      v                                                      | one upsert per
-    scheduler: queue of jobs --wake pipe--> manager thread --+ group commit
+      v                                                      | recorder process: one
+    scheduler: queue of jobs --wake pipe--> manager thread --+ transaction per group commit
                                              |   ^
                           Call, over the     |   | Report (progress) and
                           slot's own pipe    v   | Reply (outcome)
@@ -26,7 +26,8 @@ The actors, each in its module:
   by step) waits on the workers' pipes and process sentinels; reads
   replies; replaces dead workers; reads the store for aborts asked
   elsewhere; enforces time limits; sends claimed jobs to workers; and
-  writes changed rows in group commits, each of which also claims the next
+  has changed rows written in group commits (by the recorder, a process of
+  its own: ``_recorder``), each of which also claims the next
   queued jobs (RECEIVED) and reads their aborts, so no job starts that an
   abort from anywhere came before; it completes the futures of finished
   jobs only after their rows are written, so a final state is stored

@@ -4,9 +4,13 @@ Decisions about jobs are the scheduler's (``_scheduler``); this thread
 does the waiting and the I/O around them. This is the one description of
 its loop (``_executor`` gives the overview). Each ``_step``:
 
-1. waits on the wake pipe, the pipes of busy workers and every worker's
-   process sentinel, or until the next abort poll, time limit or write is
-   due (with no timeout only when no job is queued or running);
+1. waits on the wake pipe, the recorder's pipe, every worker's process
+   sentinel and the pipes of busy workers, or until the next abort poll,
+   time limit or write is due (with no timeout only when no job is queued
+   or running). When jobs are short (``Scheduler.ahead`` above 2), a
+   worker that holds enough jobs ahead is not waited on: its replies are
+   read together every ``TICK`` s, so the parent wakes once for many jobs
+   and not once for each, and the worker never waits meanwhile;
 2. reads replies, and replaces dead workers: a job a worker ran fails with
    ``WorkerLost`` (``TimeLimitExceeded`` when the manager killed it for its
    time limit, ABORTED when terminated), and the job sent ahead of it runs
@@ -18,8 +22,9 @@ its loop (``_executor`` gives the overview). Each ``_step``:
    kills the worker;
 5. if an idle worker waits for a job whose claim is not in the store yet,
    writes first (see 7): no task starts before the store holds its claim;
-6. sends claimed jobs to idle workers, and to each busy one the job it
-   runs next;
+6. sends claimed jobs to idle workers, and to busy ones the jobs they run
+   next, as many as the jobs are short (``Scheduler.timed``), each
+   worker's in one message;
 7. writes to the store in one transaction (``Store.sync``, a group
    commit): every changed row, among them the *claims* of the next queued
    jobs (as many as the workers will take before the next write; their
@@ -27,12 +32,11 @@ its loop (``_executor`` gives the overview). Each ``_step``:
    it writes at most ``FLUSH_INTERVAL`` after the first change while
    workers are busy, at once when none is, and at least every
    ``HEARTBEAT`` s (a written-up time that tells other processes which
-   ids it may still hold unwritten). The write runs on a writer thread
-   (``_Writer``), one at a time, while this thread goes on with 1 to 6:
-   most of a write is SQLite's C code, which lets go of the GIL, and a
-   worker no longer waits the length of a write for its next job. When
-   it is done (a byte on the writer's pipe wakes step 1), this thread
-   completes the futures of the jobs whose final state it stored (a final
+   ids it may still hold unwritten). The write runs in the recorder, a
+   process of its own (``_recorder``, which says why), one at a time,
+   while this thread goes on with 1 to 6, so a worker never waits the
+   length of a write for its next job. When it is done (its answer on the
+   recorder's pipe wakes step 1), this thread completes the futures of the jobs whose final state it stored (a final
    state is stored before anyone sees it), ends unrun the claims an abort
    came before, and sends what that write let start.
 
@@ -50,7 +54,6 @@ from __future__ import annotations
 
 import math
 import os
-import queue
 import select
 import shutil
 import signal
@@ -62,9 +65,10 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 from ._errors import TaskAborted, TimeLimitExceeded, WorkerLost
 from ._interrupt import start_thread
 from ._jobs import DONE, Job, resolve
-from ._messages import Call, InitFailed, Message, Ready, Reply, Report, decode, encode
+from ._messages import Call, Calls, InitFailed, Message, Ready, Reply, Report, decode, encode
 from ._outcome import RunOutcome, by_soft_limit, describe, dump, load_outcome, terminated, within_limit
 from ._procs import HEARTBEAT
+from ._recorder import Recorder, Write
 from ._scheduler import Scheduler
 from ._slot import STOP_GRACE, Slot
 from ._states import ABORTED, FAILURE, RETRY
@@ -77,6 +81,8 @@ if TYPE_CHECKING:
 __all__ = ["Manager"]
 #: Seconds a changed row may wait for the next store write while workers are busy.
 FLUSH_INTERVAL = 0.002
+#: Seconds between two reads of the replies of workers that hold enough jobs ahead not to wait (see ``_step``).
+TICK = 0.001
 #: Workers in a row that may die before they start before the executor gives up.
 MAX_START_FAILURES = 3
 #: Seconds between a broken executor's tries to write the rows the store refused.
@@ -95,7 +101,7 @@ class Manager:
         self._store = scheduler.store
         self._poll_interval = poll_interval
         self._tmpdir = tmpdir
-        self._writer = _Writer(scheduler)
+        self._writer = Recorder(self._store, scheduler.executor_id)  # the store's writes (``_recorder``)
         self._next_poll = 0.0
         self._poller = select.poll()  # what ``_wait`` waits on: the descriptors of ``_polled``
         self._polled: Dict[int, Optional[Slot]] = {}
@@ -119,7 +125,6 @@ class Manager:
         """
         self._on_stop = on_stop
         try:
-            self._writer.start()
             start_thread(self._thread)
         except BaseException as exc:
             self._end(exc)
@@ -168,19 +173,28 @@ class Manager:
     def _step(self) -> bool:
         """One loop of the manager; returns ``False`` when it is time to stop."""
         scheduler = self.scheduler
-        waitables: Dict[int, Optional[Slot]] = {scheduler.wake_r: None, self._writer.done_r: None}  # by descriptor
+        waitables: Dict[int, Optional[Slot]] = {scheduler.wake_r: None}  # by descriptor
+        if self._writer.done_r is not None:  # the recorder's pipe, once it has started
+            waitables[self._writer.done_r] = None
         busy = False
+        fed: List[Slot] = []  # busy workers with enough jobs ahead: their replies are read on the next tick
+        ticking = scheduler.ahead > 2  # short jobs: their replies are read in batches, not one wake-up each
         for slot in scheduler.slots:
             waitables[slot.sentinel] = slot
-            if slot.job is not None or not slot.ready:
+            if not slot.ready or (slot.job is not None and (not ticking or 2 * len(slot.ahead) < scheduler.ahead)):
                 waitables[slot.conn.fileno()] = slot
+            elif slot.job is not None:
+                fed.append(slot)
             busy = busy or slot.job is not None
         # Never wait past the heartbeat, so never without a timeout: a lost wake-up costs one poll, not a hang.
         watching = busy or bool(scheduler.followers or scheduler.waiting)  # the store may hold aborts for them
         finished: List[Job] = []
-        for fd, owner in self._wait(waitables, self._timeout(watching)):
-            if fd == self._writer.done_r:
-                self._written(self._writer.take())
+        timeout = self._timeout(watching)
+        for fd, owner in self._wait(waitables, min(timeout, TICK) if fed else timeout):
+            if fd == self._writer.done_r:  # the answer to the write under way; or the recorder is ready, or gone
+                write = self._writer.take()
+                if write is not None:
+                    self._written(write)
             elif owner is None:
                 # Drain first, then clear: a submit after the clear writes a new byte; one before it
                 # is already queued, and this loop dispatches it. (The other order loses wake-ups.)
@@ -191,6 +205,9 @@ class Manager:
                     self._replace(owner, finished)
                 else:
                     self._receive(owner, finished)
+        for slot in fed:
+            if scheduler.slots[slot.index] is slot:
+                self._receive(slot, finished)
         now = time.monotonic()
         scheduler.due(now)  # retries whose time came are queued first again
         if (busy or scheduler.followers or scheduler.waiting) and now >= self._next_poll:
@@ -294,6 +311,7 @@ class Manager:
                 job.progress = message.progress
         else:
             self.scheduler.promote(slot)
+            self.scheduler.timed(message.elapsed)
             what = f"{job.name} [{job.id}]"
             state, blob, tb = within_limit(message.state, message.blob, message.traceback, what)
             error = message.error if blob is message.blob else describe(load_outcome(state, blob, None)[1])
@@ -339,13 +357,8 @@ class Manager:
             scheduler.slots[slot.index] = self._start_slot(slot.index)
 
     def _start_slot(self, index: int) -> Slot:
-        """A new worker process in slot ``index`` (its words in the shared array stay the slot's).
-
-        Not while a write is under way: a forked child would get SQLite's
-        locks as the writer thread held them at that moment.
-        """
-        with self._writer.lock:
-            return Slot(self.ctx, index, self._array, self._worker)
+        """A new worker process in slot ``index`` (its words in the shared array stay the slot's)."""
+        return Slot(self.ctx, index, self._array, self._worker)
 
     def _enforce_limits(self, now: float) -> None:
         for slot in self.scheduler.slots:
@@ -364,9 +377,13 @@ class Manager:
 
     @staticmethod
     def _send(calls: List[Tuple[Slot, Call]]) -> None:
+        """Send each worker its calls, in order, in one message."""
+        to: Dict[Slot, List[Call]] = {}
         for slot, call in calls:
+            to.setdefault(slot, []).append(call)
+        for slot, some in to.items():
             try:
-                slot.send(encode(call))
+                slot.send(encode(Calls.batch(some)))
             except OSError:  # the worker died; its sentinel says so next loop
                 pass
 
@@ -376,7 +393,7 @@ class Manager:
         ``first``: an idle worker waits for a claim, so the claims go before
         the rows of the rest of the queue (``Scheduler.take_rows``).
 
-        The writer thread writes (``_Writer``); ``_written`` takes it from there.
+        The recorder writes (``_recorder``); ``_written`` takes it from there.
         """
         scheduler = self.scheduler
         if wait:
@@ -385,13 +402,15 @@ class Manager:
             scheduler.claim_ahead, self._finished = 2 * self._finished, 0
             rows, aborts, claims, flushed_at = scheduler.take_rows(first)
             unresolved, self._unresolved = [*self._unresolved, *scheduler.take_unwritten()], []
-            self._writer.hand(_Write(rows, aborts, claims, flushed_at, unresolved))
+            made = self._writer.hand(Write(rows, aborts, claims, flushed_at, unresolved))
             self._flush_due = float("inf")
             self._next_heartbeat = time.monotonic() + HEARTBEAT
+            if made:  # here, before the recorder was ready: done already
+                self._await_write()
         if wait:
             self._await_write()
 
-    def _written(self, write: _Write) -> None:
+    def _written(self, write: Write) -> None:
         """A write is done: complete the futures of the jobs it stored, send what it claimed, end aborted claims."""
         if write.error is not None:
             self._unresolved[:0] = write.unresolved  # not stored: the break settles them
@@ -408,7 +427,9 @@ class Manager:
     def _await_write(self) -> None:
         """Wait for the write under way, if there is one, and take it from there."""
         if self._writer.pending is not None:
-            self._written(self._writer.take())
+            write = self._writer.take()
+            assert write is not None  # one was handed over
+            self._written(write)
 
     def _break(self, exc: BaseException) -> None:
         """The manager cannot go on: settle every future, then stop the workers.
@@ -529,78 +550,3 @@ class Workers:
         for slot in self.slots:
             slot.reap(timeout=1.0)
         self.slots.clear()
-
-
-class _Write:
-    """One write handed to the writer thread, and what came of it."""
-
-    __slots__ = ("aborts", "answer", "claims", "error", "flushed_at", "rows", "unresolved")
-
-    def __init__(
-        self, rows: List[Any], aborts: List[Any], claims: List[Job], flushed_at: float, unresolved: List[Job]
-    ) -> None:
-        self.rows, self.aborts, self.claims, self.flushed_at = rows, aborts, claims, flushed_at
-        self.unresolved = unresolved  # finished jobs whose futures complete once this is stored
-        self.answer: Tuple[List[str], Dict[str, str]] = ([], {})  # ``Store.sync``'s
-        self.error: Optional[BaseException] = None
-
-
-class _Writer:
-    """The manager's store writes, one at a time, on a thread of their own.
-
-    A write takes milliseconds, most of them in SQLite's C code, which lets
-    go of the GIL: meanwhile the manager thread goes on reading replies and
-    sending claimed jobs, so a worker is not left without its next job for
-    the length of a write. The manager hands a write over (``hand``); a byte
-    on ``done_r`` says it is done, and ``take`` returns it.
-    """
-
-    def __init__(self, scheduler: Scheduler) -> None:
-        self._store = scheduler.store
-        self._executor_id = scheduler.executor_id
-        self.lock = threading.Lock()  # held while writing
-        self.done_r, self._done_w = os.pipe()
-        self._open = True
-        self.pending: Optional[_Write] = None  # the write handed over, until taken
-        self._todo: queue.SimpleQueue[Optional[_Write]] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="localabort-writer", daemon=True)
-
-    def start(self) -> None:
-        start_thread(self._thread)
-
-    def hand(self, write: _Write) -> None:
-        self.pending = write
-        self._todo.put(write)
-
-    def take(self) -> _Write:
-        """The write handed over, once it is done (waiting for it)."""
-        write = self.pending
-        assert write is not None
-        os.read(self.done_r, 1)  # blocks until the writer's byte comes
-        self.pending = None
-        return write
-
-    def stop(self) -> None:
-        """Let the writer finish what it was handed, then end it; its pipe is closed once."""
-        if self._thread.is_alive():
-            self._todo.put(None)
-            self._thread.join()
-        if self._open:
-            self._open = False
-            os.close(self.done_r)
-            os.close(self._done_w)
-
-    def _run(self) -> None:
-        while True:
-            write = self._todo.get()
-            if write is None:
-                return
-            with self.lock:
-                try:
-                    claims = [(job.id, job.name, job.key) for job in write.claims]
-                    write.answer = self._store.sync(
-                        self._executor_id, write.rows, write.aborts, claims=claims, flushed_at=write.flushed_at
-                    )
-                except BaseException as exc:  # the manager raises it, and breaks
-                    write.error = exc
-            os.write(self._done_w, b"w")

@@ -4,7 +4,7 @@ Each is a named tuple (CPython's ``process.py`` names its ``_CallItem``
 and ``_ResultItem`` the same way), sent as ``encode`` makes it; the one
 message that is not is the empty one, which asks a worker to stop::
 
-    parent --Call------------> worker    a job to run (any number, in order)
+    parent --Calls-----------> worker    jobs to run (one or more Call, any number of messages, in order)
     parent --b""-------------> worker    stop (an empty message)
     parent <--Ready----------- worker    once, when it has started (imports and initializer done)
     parent <--InitFailed------ worker    instead, if the executor's initializer raised; it exits
@@ -17,11 +17,11 @@ Aborts are not messages: they are shared-memory words (``_words``).
 from __future__ import annotations
 
 import pickle
-from typing import Any, Dict, NamedTuple, Optional, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
 from ._states import Progress
 
-__all__ = ["STOP", "Call", "InitFailed", "Message", "Ready", "Reply", "Report", "decode", "encode"]
+__all__ = ["STOP", "Call", "Calls", "InitFailed", "Message", "Ready", "Reply", "Report", "decode", "encode"]
 
 #: The message that asks a worker to exit.
 STOP = b""
@@ -39,6 +39,19 @@ class Call(NamedTuple):
     chunked: bool  # ``args`` is a list of ``map`` items, run as one task
     retries: int = 0  # attempts retried before this one (``self.request.retries``)
     options: Optional[Dict[str, Any]] = None  # apply_async's overrides of the task's retry settings
+
+
+class Calls(NamedTuple):
+    """Jobs for the worker, in order, in one message: each a ``Call``'s fields (``batch`` makes it)."""
+
+    calls: Tuple[Tuple[Any, ...], ...]
+
+    @classmethod
+    def batch(cls, calls: List[Call]) -> Calls:
+        return cls(tuple(tuple(call) for call in calls))  # plain tuples pickle in a fifth of the time
+
+    def unpack(self) -> List[Call]:
+        return [Call(*fields) for fields in self.calls]
 
 
 class Ready(NamedTuple):
@@ -70,13 +83,14 @@ class Reply(NamedTuple):
     progress: Optional[Progress]
     error: Optional[str] = None  # the exception in words (``_outcome.describe``), for the store
     countdown: Optional[float] = None  # RETRY: seconds before the next attempt
+    elapsed: float = 0.0  # seconds the job took in the worker (how far ahead the parent sends: ``Scheduler``)
 
 
-Message = Union[Call, Ready, InitFailed, Report, Reply]
+Message = Union[Calls, Ready, InitFailed, Report, Reply]
 
 
 #: The kinds of message, by the number that leads each on the pipe.
-_KINDS = (Call, Ready, InitFailed, Report, Reply)
+_KINDS = (Calls, Ready, InitFailed, Report, Reply)
 _NUMBERS = {kind: number for number, kind in enumerate(_KINDS)}
 
 

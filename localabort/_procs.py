@@ -16,10 +16,11 @@ is hung, or dead, and readers stop waiting for it.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 from typing import List, Optional
 
-__all__ = ["HEARTBEAT", "REMOTE_SILENT", "SILENT", "alive", "asker", "pid_namespace", "process_start"]
+__all__ = ["HEARTBEAT", "REMOTE_SILENT", "SILENT", "alive", "asker", "exit_words", "pid_namespace", "process_start"]
 
 #: Seconds between an executor's writes of ``flushed_at`` when it has nothing else to write.
 HEARTBEAT = 0.5
@@ -83,3 +84,19 @@ def asker(what: str = "") -> str:
     """Who asks for an abort, in words: ``what`` (a call, a command), then this process, by pid and host."""
     me = f"pid {os.getpid()} on {socket.gethostname()}"
     return f"{what} ({me})" if what else me
+
+
+def exit_words(code: Optional[int]) -> str:
+    """How a child process with exit status ``code`` (``Process.exitcode``) ended, in words.
+
+    >>> exit_words(-9), exit_words(3), exit_words(None)
+    ('was killed by SIGKILL', 'exited with status 3', 'is still running')
+    """
+    if code is None:
+        return "is still running"
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"

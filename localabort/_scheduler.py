@@ -19,7 +19,7 @@ field                                      guarded by    written by
 a job's ``stage``, ``state``, ``slot``,    ``lock``      both, as above; ``take`` turns a
 ``word``, ``abort_requested``, its                       slot's words only under ``lock``
 future's ``_task_state``
-``slot.job``, ``slot.next``                ``lock``      the manager (dispatch, promote,
+``slot.job``, ``slot.ahead``               ``lock``      the manager (dispatch, promote,
                                                          vacate); user threads read a job's
                                                          slot only to reach its words
 ``dirty``                                  ``lock``      both; the manager drains it
@@ -35,6 +35,7 @@ future's ``_task_state``
 a job's ``claimed``                        ``lock``      the manager, once the store holds
                                                          the claim ``take_rows`` chose
 ``claim_ahead``                            none          the manager, before ``take_rows``
+``ahead`` (jobs held ahead per worker)     none          the manager (``timed``); read as a hint
 a job's ``progress``, ``result``,          none          the manager only, before the job is
 ``traceback``, ``lost``, deadlines;                      DONE (and ``end``, under ``lock``)
 ``slot.ready``
@@ -71,16 +72,20 @@ from ._errors import TaskAborted
 from ._future import AbortableFuture
 from ._interrupt import deferred
 from ._jobs import DONE, QUEUED, RUNNING, SENT, WAITING, Job, resolve
-from ._messages import Call
+from ._messages import Call, Calls, encode
 from ._outcome import unrun
 from ._procs import asker
 from ._slot import Slot
 from ._states import ABORTED, FAILURE, PENDING, READY_STATES, RECEIVED, STARTED, Progress
+from ._words import DEPTH
 
 if TYPE_CHECKING:
     from ._store import Store
 
-__all__ = ["Scheduler"]
+__all__ = ["AHEAD_SECONDS", "Scheduler"]
+
+#: Seconds of short jobs each worker holds ahead of the one it runs (``Scheduler.timed``).
+AHEAD_SECONDS = 0.005
 
 Row = Dict[str, Any]
 
@@ -104,6 +109,8 @@ class Scheduler:
         self.unsettled: Dict[str, Job] = {}  # jobs a user thread ended, until it completed their futures
         self.unwritten: List[Job] = []  # jobs a user thread ended whose write failed: the manager's to complete
         self.claim_ahead = 0  # queued jobs to claim beyond the workers' free places (see take_rows)
+        self.ahead = 1  # jobs to hold ahead of the one each worker runs (``timed``)
+        self._mean: Optional[float] = None  # seconds a job takes in a worker, a moving mean
         self._seq = itertools.count(1)
         self.shutting_down = self.terminating = False
         self.broken: Optional[BaseException] = None
@@ -123,22 +130,81 @@ class Scheduler:
         return next(self._seq)
 
     def enqueue(self, job: Job) -> None:
-        """Queue ``job``; or, if it follows a task that holds its key elsewhere, only record it."""
+        """Queue ``job``; or, if it follows a task that holds its key elsewhere, only record it.
+
+        A job that finds a worker idle and none queued before it starts at
+        once, from this thread (``_start_at_once``).
+        """
         with self.lock:
             self.check_open()
             if job.id in self.jobs:
                 raise ValueError(f"task_id {job.id!r} is taken by an unfinished task of this executor; ids are unique")
-            if job.follows is None:
-                self.queue.append(job)
-            else:
-                self.followers[job.id] = job
             self.jobs[job.id] = job
-            if job.key is not None:
-                self.keyed[job.name, job.key] = job
-            self.dirty[job.id] = job
+            idle = self._idle_slot() if job.follows is None and job.key is None else None
+            if idle is not None:
+                idle.reserved = True  # no other job is sent to it until this one is
+            else:
+                if job.follows is None:
+                    self.queue.append(job)
+                else:
+                    self.followers[job.id] = job
+                if job.key is not None:
+                    self.keyed[job.name, job.key] = job
+                self.dirty[job.id] = job
             wake, self.wake_pending = not self.wake_pending, True
+        if idle is not None:
+            self._start_at_once(job, idle)
         if wake:
             self.wake()
+
+    def _idle_slot(self) -> Optional[Slot]:
+        """A started worker with no job, if no job is queued: the next job may go to it at once."""
+        if self._queue_head() is not None or self.terminating or self.broken is not None:
+            return None
+        budget = self.max_tasks_per_child
+        for slot in self.slots:
+            if slot.job is None and slot.ready and not slot.reserved and (budget is None or slot.calls < budget):
+                return slot
+        return None
+
+    def _start_at_once(self, job: Job, slot: Slot) -> None:
+        """Claim ``job`` in the store from this thread, and send it to the idle worker in ``slot`` (reserved).
+
+        The first jobs of a batch start within a millisecond or two of their
+        ``submit()``: no thread of the executor has to take the GIL from a
+        busy caller, up to 5 ms each time, to write the claim, read its
+        answer and send the job. The claim is the same as the manager's (a
+        RECEIVED row, then a read of the aborts asked for it, in one
+        transaction). A claim the store refuses (an abort was asked for the
+        id before, or another executor holds it), or a store that fails, or
+        an abort of the job meanwhile, leaves the job to the manager, as if
+        queued (first), which finds the same.
+        """
+        call = None
+        with deferred():  # a Ctrl-C here would leave the slot reserved for ever
+            try:
+                row = self.row(job)
+                row["state"] = RECEIVED
+                try:
+                    aborted, held = self.store.sync(self.executor_id, [row], [], claims=[(job.id, job.name, None)])
+                except Exception:  # the manager's write meets it too, and says so
+                    aborted, held = [job.id], {}
+                with self.lock:
+                    if job.stage != QUEUED:  # aborted or cancelled meanwhile: ended, and its row written
+                        pass
+                    elif aborted or held or self.shutting_down or self.broken is not None:
+                        self.queue.appendleft(job)  # the manager's claim finds what this one found
+                        self.dirty[job.id] = job
+                    else:
+                        job.claimed, job.args_repr = True, None  # stored with its row
+                        job.state = job.future._task_state = RECEIVED
+                        call = self._send(job, slot)
+                if call is not None:
+                    with contextlib.suppress(OSError):  # the worker died: the manager finds it and fails the job
+                        slot.send(encode(Calls.batch([call])))
+            finally:
+                with self.lock:
+                    slot.reserved = False
 
     def keyed_future(self, name: str, key: str) -> Optional[AbortableFuture]:
         """The future of this executor's unfinished job of task ``name`` under ``key``, if there is one."""
@@ -183,7 +249,7 @@ class Scheduler:
         with deferred(), self.lock:  # one hold: the manager cannot send a job on between our look and our cancel
             self.shutting_down = True
             if cancel_futures:
-                free = sum((slot.job is None) + (slot.next is None) for slot in self.slots)
+                free = sum(self._room(slot) for slot in self.slots)
                 for job in self.queue:
                     if job.stage != QUEUED or job.future.running():  # ended already, or sent once
                         continue
@@ -316,37 +382,56 @@ class Scheduler:
         with self.lock:
             if self.terminating:
                 return []
-            budget = self.max_tasks_per_child
-            for slot in [s for s in self.slots if s.job is None] + [s for s in self.slots if s.job is not None]:
-                if slot.next is not None or (budget is not None and slot.calls >= budget):  # full, or will exit
-                    continue
-                head = self._queue_head()
-                if head is None or not head.claimed:  # not claimed: wait for the next write
-                    break
-                job = self.queue.popleft()
-                job.words, job.word = slot.words, slot.words.take()
-                slot.calls += 1
-                if slot.job is None:
-                    slot.job = job
-                    self._start(job, slot)
-                else:
-                    slot.next, job.stage = job, SENT
-                # Under the lock, as its stage is: an abort or a shutdown may take the job back the moment
-                # the lock is free. ``ahead``: not reported STARTED, so the worker must claim it first.
-                if not job.future.running():  # a job sent again after its worker died is running already
-                    job.future.set_running_or_notify_cancel()
-                assert job.blob is not None
-                call = Call(
-                    seq=job.seq, word=job.word, ahead=job.stage == SENT, task_id=job.id, name=job.name,
-                    blob=job.blob, chunked=job.chunked, retries=job.retries, options=job.options,
-                )  # fmt: skip
-                calls.append((slot, call))
+            slots = [s for s in self.slots if s.job is None] + [s for s in self.slots if s.job is not None]
+            rooms = [self._room(slot) for slot in slots]
+            while any(rooms):  # one job to each worker with room in turn, the idle ones first
+                for at, slot in enumerate(slots):
+                    if rooms[at] <= 0:
+                        continue
+                    head = self._queue_head()
+                    if head is None or not head.claimed:  # not claimed: wait for the next write
+                        return calls
+                    calls.append((slot, self._send(self.queue.popleft(), slot)))
+                    rooms[at] -= 1
         return calls
+
+    def timed(self, elapsed: float) -> None:
+        """A worker ran a job in ``elapsed`` s: how many jobs each worker holds ahead follows (``ahead``).
+
+        About ``AHEAD_SECONDS`` of work, from 1 (as ``ProcessPoolExecutor``
+        holds one call more than it has workers) to ``DEPTH - 1``: short jobs
+        go many to a message and a worker never waits for the parent, and a
+        long one is never stuck behind others on a busy worker while
+        another is idle. A long job counts at once, a short one gradually.
+        """
+        mean = elapsed if self._mean is None else max(elapsed, 0.8 * self._mean + 0.2 * elapsed)
+        self._mean = mean
+        self.ahead = max(1, min(DEPTH - 1, int(AHEAD_SECONDS / max(mean, 1e-6))))
+
+    def _send(self, job: Job, slot: Slot) -> Call:
+        """Give ``job`` to the worker in ``slot``: to run now if it is idle, else after what it holds; its call."""
+        job.words, job.word = slot.words, slot.words.take()
+        slot.calls += 1
+        if slot.job is None:
+            slot.job = job
+            self._start(job, slot)
+        else:
+            slot.ahead.append(job)
+            job.stage = SENT
+        # Under the lock, as its stage is: an abort or a shutdown may take the job back the moment
+        # the lock is free. ``ahead``: not reported STARTED, so the worker must accept it first.
+        if not job.future.running():  # a job sent again after its worker died is running already
+            job.future.set_running_or_notify_cancel()
+        assert job.blob is not None
+        return Call(
+            seq=job.seq, word=job.word, ahead=job.stage == SENT, task_id=job.id, name=job.name,
+            blob=job.blob, chunked=job.chunked, retries=job.retries, options=job.options,
+        )  # fmt: skip
 
     def promote(self, slot: Slot) -> None:
         """The worker in ``slot`` answered its job and went straight on to the one sent ahead."""
         with self.lock:
-            slot.job, slot.next = slot.next, None
+            slot.job = slot.ahead.popleft() if slot.ahead else None
             if slot.job is not None and slot.job.stage != DONE:
                 self._start(slot.job, slot)
 
@@ -370,22 +455,25 @@ class Scheduler:
     def vacate(self, slot: Slot) -> Tuple[Optional[Job], List[Job]]:
         """The worker in ``slot`` is gone: empty the slot; return its running job, and the jobs ended here.
 
-        The job sent ahead, never reached, is queued first again, to run on
-        another worker; or, if it was aborted (or the pool terminates), it
-        ends ABORTED unrun. The running job is returned for the manager to
-        fail, unless it had ended already (taken back unrun).
+        The jobs sent ahead, never reached, are queued first again, in
+        order, to run on other workers; or, if aborted (or the pool
+        terminates), they end ABORTED unrun. The running job is returned for
+        the manager to fail, unless it had ended already (taken back unrun).
         """
         ended: List[Job] = []
         with self.lock:
-            job, ahead, slot.job, slot.next = slot.job, slot.next, None, None
-            if ahead is not None and ahead.stage != DONE:
-                if self.terminating or ahead.abort_requested:
-                    self._end_unrun(ahead, "terminated" if self.terminating else "aborted")
-                    self.dirty[ahead.id] = ahead
-                    ended.append(ahead)
+            job, ahead, slot.job, slot.ahead = slot.job, slot.ahead, None, collections.deque()
+            for later in reversed(ahead):
+                if later.stage == DONE:
+                    continue
+                if self.terminating or later.abort_requested:
+                    self._end_unrun(later, "terminated" if self.terminating else "aborted")
+                    self.dirty[later.id] = later
+                    ended.append(later)
                 else:
-                    ahead.stage, ahead.words = QUEUED, None
-                    self.queue.appendleft(ahead)
+                    later.stage, later.words = QUEUED, None
+                    self.queue.appendleft(later)
+            ended.reverse()
         return (None if job is None or job.stage == DONE else job), ended
 
     def aborted_elsewhere(self, found: Dict[str, Optional[float]]) -> List[Job]:
@@ -533,7 +621,7 @@ class Scheduler:
         """
         with self.lock:
             claims: List[Job] = []
-            wanted = sum((s.job is None) + (s.next is None) for s in self.slots) + self.claim_ahead
+            wanted = sum(self._room(s) for s in self.slots) + self.claim_ahead
             for job in self.queue if not self.terminating else ():
                 if wanted <= 0:
                     break
@@ -637,6 +725,14 @@ class Scheduler:
         if job.stage == RUNNING and job.words is not None:  # it sees the word at its next check
             job.words.abort(job.word, job.seq)
         return False
+
+    def _room(self, slot: Slot) -> int:
+        """How many more jobs the worker in ``slot`` takes: to run now, and ahead (``ahead``); none if it will exit."""
+        if slot.reserved:  # a user thread is sending it a job (``_start_at_once``)
+            return 0
+        room = (slot.job is None) + max(0, self.ahead - len(slot.ahead))
+        budget = self.max_tasks_per_child
+        return room if budget is None else max(0, min(room, budget - slot.calls))
 
     def _queue_head(self) -> Optional[Job]:
         """The first job still queued, dropping those ended while queued (aborted, cancelled)."""

@@ -5,20 +5,23 @@ where, and what its outcome means, is the scheduler's. A slot keeps its
 number, and so its words in the shared array, when its process is
 replaced; the replacement is a new ``Slot`` with a new hand-over lock.
 A slot holds up to ``DEPTH`` jobs: ``job``, the one its worker runs, and
-``next``, the one sent ahead, so the worker never waits between two jobs.
+``ahead``, those sent ahead, in order, so the worker never waits between
+two jobs (how many: ``Scheduler.ahead``).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import multiprocessing.connection
 import os
 import select
 import signal
 import time
-from typing import TYPE_CHECKING, Optional, Union
+from typing import TYPE_CHECKING, Deque, Optional, Union
 
 from ._messages import STOP
+from ._procs import exit_words
 from ._words import AbortWords
 from ._worker import WorkerSetup, worker_main
 
@@ -43,7 +46,8 @@ class Slot:
     def __init__(self, ctx: Context, index: int, array: Array, setup: WorkerSetup) -> None:
         self.index = index
         self.job: Optional[Job] = None  # the job its worker runs, or None when idle
-        self.next: Optional[Job] = None  # the job sent ahead, to run after it, or None
+        self.ahead: Deque[Job] = collections.deque()  # the jobs sent ahead, to run after it, in order
+        self.reserved = False  # a user thread is sending it a job (``Scheduler._start_at_once``)
         self.ready = False  # the worker said it has started
         self.calls = 0  # jobs sent to this worker (it exits after max_tasks_per_child)
         # Started with SIGINT and SIGHUP blocked (a mask a child inherits, through exec too), so a Ctrl-C or a
@@ -154,12 +158,4 @@ class Slot:
 
     def exit_reason(self) -> str:
         """How the worker process ended, in words."""
-        code = self.exitcode if self.conn.closed else self.process.exitcode
-        if code is None:
-            return "is still running"
-        if code < 0:
-            try:
-                return f"was killed by {signal.Signals(-code).name}"
-            except ValueError:
-                return f"was killed by signal {-code}"
-        return f"exited with status {code}"
+        return exit_words(self.exitcode if self.conn.closed else self.process.exitcode)

@@ -381,7 +381,7 @@ class Store(Registry, Listing):
 
     def sync(
         self, executor_id: str, rows: Sequence[Dict[str, Any]], aborts: Sequence[Dict[str, Any]], *,
-        claims: Sequence[Tuple[str, str, Optional[str]]], flushed_at: float,
+        claims: Sequence[Tuple[str, str, Optional[str]]], flushed_at: Optional[float] = None,
     ) -> Tuple[List[str], Dict[str, str]]:  # fmt: skip
         """An executor's write: its rows and abort requests, then the aborts it must honour, in one transaction.
 
@@ -397,7 +397,9 @@ class Store(Registry, Listing):
         recorded before the claim is in the answer, and one recorded after
         finds the task claimed, and reaches it through the executor's poll
         (``aborts_requested``). ``flushed_at`` records that every task the
-        executor handed out before it now has its row.
+        executor handed out before it now has its row (``None``: this write
+        does not say, as a claim from a user thread does not; it must then
+        write a row, which takes the lock as that would).
         """
         mark = "?" if self.engine.dialect.name == "sqlite" else "%s"
         found: List[str] = []
@@ -406,7 +408,8 @@ class Store(Registry, Listing):
             cur = self._cursor(conn)
             self._write(cur, rows, aborts)
             # First or not, a write: under SQLite's one writer lock no abort lands between here and the commit.
-            cur.execute(self._sql(_FLUSHED), {"flushed_at": flushed_at, "id": executor_id})
+            if flushed_at is not None:
+                cur.execute(self._sql(_FLUSHED), {"flushed_at": flushed_at, "id": executor_id})
             for piece in pieces([task_id for task_id, _, _ in claims]):
                 ids = ", ".join([mark] * len(piece))
                 cur.execute(f"SELECT id FROM {tasks.name} WHERE id IN ({ids}) AND executor_id <> {mark}",

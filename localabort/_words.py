@@ -5,9 +5,9 @@ The problem
 A task calls ``is_aborted()`` in its tightest loop, so a check must cost
 well under a microsecond, and an abort must reach it within milliseconds
 wherever the task is: in its own code, deep in a library, never between
-two jobs. And a worker holds up to two jobs at once (the one it runs and
-the one sent ahead of it, so it never waits for the parent between jobs):
-when the job sent ahead is aborted, the parent must know at once whether
+two jobs. And a worker holds several jobs at once (the one it runs and
+those sent ahead of it, so it never waits for the parent between jobs):
+when a job sent ahead is aborted, the parent must know at once whether
 its worker has started it (then it is asked, like any running task) or not
 (then it ends ABORTED now, never runs, and its future completes).
 
@@ -68,8 +68,8 @@ if TYPE_CHECKING:
 
 __all__ = ["DEPTH", "HANDOVER_WAIT", "AbortWords", "allocate"]
 
-#: Jobs a slot holds at once (the running one and the one sent ahead), so abort words per slot.
-DEPTH = 2
+#: Jobs a slot holds at most at once (the running one and those sent ahead), so abort words per slot.
+DEPTH = 16
 #: Seconds the parent waits for a slot's hand-over lock before it takes the job as started.
 HANDOVER_WAIT = 1.0
 

@@ -1,10 +1,11 @@
 """The child side: one worker process, running the jobs its parent sends, one at a time.
 
-The worker reads ``Call`` messages from its pipe (``_messages``) and runs
-them in order, answering each with one ``Reply`` (and ``Report``
-messages before it, for progress). The parent may send the next job while
-this one runs, so the worker goes from one job to the next without waiting
-for the parent; such a job, sent ``ahead``, is accepted before it starts,
+The worker reads ``Calls`` messages from its pipe (``_messages``), each
+holding one or more jobs, and runs the jobs in order, answering each with
+one ``Reply`` (and ``Report`` messages before it, for progress). The
+parent sends jobs while this one runs, as many as the jobs are short, so
+the worker goes from one job to the next without waiting for the parent;
+such a job, sent ``ahead``, is accepted before it starts,
 and one the parent aborted first is answered ABORTED unrun (``_words``).
 A task's ``is_aborted()`` reads the job's abort word: the worker binds it
 to ``AbortWords.probe``.
@@ -20,6 +21,7 @@ shutdown), and so does the worker when its parent dies.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import multiprocessing
@@ -28,10 +30,11 @@ import os
 import pickle
 import signal
 import threading
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional, Tuple, cast
+import time
+from typing import TYPE_CHECKING, Any, Callable, Deque, NamedTuple, Optional, Tuple, cast
 
 from ._interrupt import start_thread
-from ._messages import STOP, Call, InitFailed, Ready, Reply, Report, decode, encode
+from ._messages import STOP, Call, Calls, InitFailed, Ready, Reply, Report, decode, encode
 from ._outcome import RunOutcome, describe, pickle_outcome, unrun
 from ._states import ABORTED, FAILURE, Progress
 from ._task import Binding, run, task_name
@@ -76,16 +79,19 @@ def worker_main(conn: multiprocessing.connection.Connection, words: AbortWords, 
             return
     lookup = _Lookup(setup.store_url)
     conn.send_bytes(encode(Ready()))
+    calls: Deque[Call] = collections.deque()  # sent, not yet reached: a message may hold several
     for _ in itertools.count() if setup.max_tasks is None else range(setup.max_tasks):
-        try:
-            message = conn.recv_bytes()
-        except (EOFError, OSError):
-            return
-        if message == STOP:
-            return
-        call = cast(Call, decode(message))  # the parent sends only calls
+        while not calls:
+            try:
+                message = conn.recv_bytes()
+            except (EOFError, OSError):
+                return
+            if message == STOP:
+                return
+            calls.extend(cast(Calls, decode(message)).unpack())  # the parent sends only calls
+        call = calls.popleft()
         if call.ahead and not words.accept(call.word, call.seq):
-            conn.send_bytes(_reply(call.seq, RunOutcome(ABORTED, None, unrun(call.task_id)), None, call.name))
+            conn.send_bytes(_reply(call.seq, RunOutcome(ABORTED, None, unrun(call.task_id)), None, call.name, 0.0))
         else:
             conn.send_bytes(_run(conn, words, call, lookup))
 
@@ -99,23 +105,24 @@ def _run(conn: Any, words: AbortWords, call: Call, lookup: _Lookup) -> bytes:
             f"a worker could not load {call.name} [{call.task_id}] ({type(exc).__name__}: {exc}); define it at "
             "module level in an importable module: under spawn and forkserver, not in __main__ or in a function"
         )
-        return _reply(seq, RunOutcome(FAILURE, None, RuntimeError(msg)), None, call.name)
+        return _reply(seq, RunOutcome(FAILURE, None, RuntimeError(msg)), None, call.name, 0.0)
 
     def report(done: float, total: Optional[float]) -> None:
         conn.send_bytes(encode(Report(seq=seq, done=done, total=total)))
 
     binding = Binding(call.task_id, words.probe(call.word, seq), report, lookup, call.retries, call.options)
+    start = time.perf_counter()
     try:
         outcome, progress = run(target, args, kwargs, binding, chunked=call.chunked)
     except BaseException as exc:  # KeyboardInterrupt raised by the task itself
         outcome, progress = RunOutcome(FAILURE, None, exc), None
-    return _reply(seq, outcome, progress, task_name(target))
+    return _reply(seq, outcome, progress, task_name(target), time.perf_counter() - start)
 
 
-def _reply(seq: int, outcome: RunOutcome, progress: Optional[Progress], name: str) -> bytes:
+def _reply(seq: int, outcome: RunOutcome, progress: Optional[Progress], name: str, elapsed: float) -> bytes:
     (state, _, exc, tb, countdown), blob = pickle_outcome(outcome, name)
     return encode(Reply(seq=seq, state=state, blob=blob, traceback=tb, progress=progress, error=describe(exc),
-                        countdown=countdown))  # fmt: skip
+                        countdown=countdown, elapsed=elapsed))  # fmt: skip
 
 
 class _Lookup:
@@ -150,7 +157,7 @@ def _hand_down_nothing(conn: multiprocessing.connection.Connection) -> None:
 
 
 def _exit_with_parent() -> None:
-    """Exit this child as soon as the parent process dies, even mid-task."""
+    """Exit this child, and its process group, as soon as the parent process dies, even mid-task."""
     parent = multiprocessing.parent_process()
     if parent is None:  # pragma: no cover - always set in a multiprocessing child
         return

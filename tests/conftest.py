@@ -21,6 +21,8 @@ from localabort import Executor
 from . import leaks
 
 pytest_plugins = ["pytester"]
+#: Loaded by the processes of a ``write_faults`` run at their start, never by the suite.
+collect_ignore = ["faults_site"]
 
 START_METHODS = [m for m in ("fork", "spawn", "forkserver") if m in multiprocessing.get_all_start_methods()]
 

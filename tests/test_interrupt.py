@@ -224,7 +224,7 @@ def test_signals_sent_to_the_process_reach_the_main_thread_not_ours(tmp_path):
         future.add_done_callback(lambda f: called.update(
             thread=threading.current_thread(), mask=signal.pthread_sigmask(signal.SIG_BLOCK, [])))  # fmt: skip
         assert future.result(timeout=30) is None
-        ours = [ex._manager._thread, ex._manager._writer._thread, ex._progress]
+        ours = [ex._manager._thread, ex._progress]
         for thread in ours:
             assert thread.is_alive()
             assert PROCESS_SIGNALS <= tasks.blocked_in(f"/proc/self/task/{thread.native_id}/status"), thread.name

@@ -48,7 +48,8 @@ def run(ex, task, seconds, how):
         futures = [ex.submit(task, seconds) for _ in range(6)]
     while sum(bool(f.progress) for f in futures) < 2:
         time.sleep(0.005)
-    pids = [slot.pid for slot in ex._scheduler.slots]
+    recorder = ex._manager._writer.pid  # None until the writes call for one
+    pids = [slot.pid for slot in ex._scheduler.slots] + ([recorder] if recorder else [])
     print(json.dumps({"pid": os.getpid(), "workers": pids, "ids": [f.id for f in futures]}), flush=True)
     if how == "result":
         for f in futures:

@@ -1,0 +1,67 @@
+"""The recorder: an executor's store writes in a process of their own, and what the executor does when it dies."""
+
+from __future__ import annotations
+
+import os
+import signal
+from concurrent.futures.process import BrokenProcessPool
+
+import pytest
+
+from localabort import SUCCESS, Executor, _recorder
+from localabort._states import READY_STATES
+from localabort._store import Store
+
+from . import tasks
+from .conftest import pool, started, wait_for
+
+
+@pytest.fixture(autouse=True)
+def at_once(monkeypatch):
+    """The recorder starts at the first write, not once the writes made in the parent cost ``START_AFTER``."""
+    monkeypatch.setattr(_recorder, "START_AFTER", 0.0)
+
+
+def test_a_short_batch_starts_no_recorder(start_method, store_path, monkeypatch):
+    monkeypatch.setattr(_recorder, "START_AFTER", 3600.0)
+    with pool(store_path, start_method) as ex:
+        assert [f.result(timeout=30) for f in [ex.submit(tasks.add, i, 1) for i in range(5)]] == [1, 2, 3, 4, 5]
+        assert ex._manager._writer.pid is None
+    assert {record.state for record in Store.open(store_path).tasks()} == {SUCCESS}
+
+
+def test_the_recorder_is_a_process_of_the_executor_that_ends_with_it(start_method, store_path):
+    with pool(store_path, start_method) as ex:
+        futures = [ex.submit(tasks.add, i, 1) for i in range(50)]
+        assert [f.result(timeout=30) for f in futures] == list(range(1, 51))
+        recorder = ex._manager._writer.pid
+        assert recorder not in {slot.pid for slot in ex._scheduler.slots} | {os.getpid(), None}
+        assert {record.state for record in ex.store.tasks([f.id for f in futures])} == {SUCCESS}
+        os.kill(recorder, 0)  # alive while the executor is
+    with pytest.raises(ProcessLookupError):  # exited and reaped at shutdown
+        os.kill(recorder, 0)
+
+
+def test_a_killed_recorder_breaks_the_executor_and_leaves_no_row_unfinished(start_method, store_path):
+    """Its last write is lost with it: the executor writes every row itself as it breaks, and says why."""
+    ex = Executor(max_workers=2, store=store_path, mp_context=start_method)
+    try:
+        done = ex.submit(tasks.add, 1, 2)
+        assert done.result(timeout=30) == 3
+        running = ex.submit(tasks.Spin)  # its progress makes a write every few milliseconds
+        wait_for(lambda: started(running), what="the spinner")
+        recorder = ex._manager._writer.pid
+        os.kill(recorder, signal.SIGKILL)
+        why = rf"store writer process \(pid {recorder}\) (was killed by SIGKILL|is not answering)"
+        with pytest.raises(BrokenProcessPool, match=why):
+            running.result(timeout=30)
+        with pytest.raises(BrokenProcessPool, match=why):
+            ex.submit(tasks.add, 1, 1)
+    finally:
+        ex.shutdown()
+    reader = Store(store_path, create=False)
+    try:
+        rows = {record.id: record.state for record in reader.tasks(outcomes=False)}
+    finally:
+        reader.dispose()
+    assert rows[done.id] == SUCCESS and set(rows.values()) <= READY_STATES, rows
