@@ -189,39 +189,44 @@ class Manager:
         # Never wait past the heartbeat, so never without a timeout: a lost wake-up costs one poll, not a hang.
         watching = busy or bool(scheduler.followers or scheduler.waiting)  # the store may hold aborts for them
         finished: List[Job] = []
-        timeout = self._timeout(watching)
-        for fd, owner in self._wait(waitables, min(timeout, TICK) if fed else timeout):
-            if fd == self._writer.done_r:  # the answer to the write under way; or the recorder is ready, or gone
-                write = self._writer.take()
-                if write is not None:
-                    self._written(write)
-            elif owner is None:
-                # Drain first, then clear: a submit after the clear writes a new byte; one before it
-                # is already queued, and this loop dispatches it. (The other order loses wake-ups.)
-                os.read(scheduler.wake_r, 65536)
-                scheduler.woken()
-            elif scheduler.slots[owner.index] is owner:  # not replaced earlier in this loop
-                if fd == owner.sentinel:
-                    self._replace(owner, finished)
-                else:
-                    self._receive(owner, finished)
-        for slot in fed:
-            if scheduler.slots[slot.index] is slot:
-                self._receive(slot, finished)
-        now = time.monotonic()
-        scheduler.due(now)  # retries whose time came are queued first again
-        if (busy or scheduler.followers or scheduler.waiting) and now >= self._next_poll:
-            self._next_poll = now + self._poll_interval
-            finished += scheduler.aborted_elsewhere(self._store.aborts_requested(scheduler.executor_id))
-            if scheduler.followers:
-                finished += scheduler.follow({record.id: record for record in self._store.tasks(scheduler.holders())})
-            for slot in scheduler.slots:  # a dead worker's sentinel may be held open by a process its task forked
-                if slot.job is not None and slot.ended():
-                    self._replace(slot, finished)
-        self._enforce_limits(now)
-        self._finished += len(finished)
-        self._unresolved += finished
-        finished.clear()  # hold no job past its resolve: a caller may drop its result and expect it freed
+        # Whatever raises below (a failed write's answer, a store that cannot be read), the jobs ended so far
+        # in this step are the break's to settle: they have left ``jobs``, and only ``_unresolved`` holds them.
+        try:
+            timeout = self._timeout(watching)
+            for fd, owner in self._wait(waitables, min(timeout, TICK) if fed else timeout):
+                if fd == self._writer.done_r:  # the answer to the write under way; or the recorder is ready, or gone
+                    write = self._writer.take()
+                    if write is not None:
+                        self._written(write)
+                elif owner is None:
+                    # Drain first, then clear: a submit after the clear writes a new byte; one before it
+                    # is already queued, and this loop dispatches it. (The other order loses wake-ups.)
+                    os.read(scheduler.wake_r, 65536)
+                    scheduler.woken()
+                elif scheduler.slots[owner.index] is owner:  # not replaced earlier in this loop
+                    if fd == owner.sentinel:
+                        self._replace(owner, finished)
+                    else:
+                        self._receive(owner, finished)
+            for slot in fed:
+                if scheduler.slots[slot.index] is slot:
+                    self._receive(slot, finished)
+            now = time.monotonic()
+            scheduler.due(now)  # retries whose time came are queued first again
+            if (busy or scheduler.followers or scheduler.waiting) and now >= self._next_poll:
+                self._next_poll = now + self._poll_interval
+                finished += scheduler.aborted_elsewhere(self._store.aborts_requested(scheduler.executor_id))
+                if scheduler.followers:
+                    records = self._store.tasks(scheduler.holders())
+                    finished += scheduler.follow({record.id: record for record in records})
+                for slot in scheduler.slots:  # a dead worker's sentinel may be held open by a process its task forked
+                    if slot.job is not None and slot.ended():
+                        self._replace(slot, finished)
+            self._enforce_limits(now)
+        finally:
+            self._finished += len(finished)
+            self._unresolved += finished
+            finished.clear()  # hold no job past its resolve: a caller may drop its result and expect it freed
         if scheduler.unclaimed_job_waits():
             self._commit(first=True)  # a task never starts before the store holds its claim
         self._send(scheduler.dispatch())

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from localabort import ABORTED, RECEIVED, SUCCESS, TaskAborted, WorkerLost, _manager
+from localabort import ABORTED, RECEIVED, SUCCESS, Executor, TaskAborted, WorkerLost, _manager
 
 from . import tasks
 from .conftest import ROOT, pool, started, wait_for
@@ -34,6 +34,18 @@ def test_a_submit_during_a_wake_up_is_not_lost(store_path, monkeypatch):
         assert injected[0].result(timeout=10) == 4
         monkeypatch.undo()
         assert ex.submit(tasks.add, 4, 4).result(timeout=10) == 8  # lost wake-ups would time out here
+
+
+def test_workers_that_die_before_they_start_break_the_executor_and_every_future_completes(start_method, store_path):
+    """The start failure that breaks the executor also fails the job its worker held: it is settled with the rest."""
+    ex = Executor(max_workers=1, store=store_path, mp_context=start_method, initializer=os._exit, initargs=(3,))
+    try:
+        futures = [ex.submit(tasks.add, i, 1) for i in range(5)]
+        done, not_done = concurrent.futures.wait(futures, timeout=30)
+        assert not not_done
+        assert {type(f.exception()) for f in done} == {WorkerLost, concurrent.futures.process.BrokenProcessPool}
+    finally:
+        ex.shutdown()
 
 
 # -- a job sent ahead: a busy worker holds the job it runs next ------------------------
