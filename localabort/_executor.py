@@ -9,7 +9,7 @@ Data flow::
                                              |   ^
                           Call, over the     |   | Report (progress) and
                           slot's own pipe    v   | Reply (outcome)
-                                           worker processes: one job running, one sent ahead
+                                           worker processes: one job running, more sent ahead
       future.abort() --> scheduler --> the job's abort word = seq  (shared memory)
       AbortableAsyncResult(id).abort() --> store --polled every 20 ms--> manager --> scheduler
 
@@ -35,7 +35,11 @@ The actors, each in its module:
 - A worker slot (``_slot``) is one process and its pipe; the worker
   (``_worker``) runs one job at a time, in the order sent, and answers each
   (``_messages``), so the manager always knows which job a dead worker
-  took with it; the job sent ahead, never reached, runs on the replacement.
+  took with it; the jobs sent ahead, never reached, run on the replacement.
+  A worker holds from one job ahead to ``DEPTH - 1`` (``_words``), about
+  5 ms of work (``Scheduler.timed``), its calls in one message; a
+  ``submit()`` that finds a worker idle and none queued claims the job
+  and sends it from the caller's thread (``Scheduler.enqueue``).
 - The abort words (``_words``): aborting a job is a shared-memory write the
   task's ``is_aborted()`` reads, and a job sent ahead is claimed by its
   worker under a hand-over lock, so an abort that wins it ends the job

@@ -330,6 +330,7 @@ class Manager:
     def _replace(self, slot: Slot, finished: List[Job]) -> None:
         """The worker in ``slot`` is gone: fail its job, requeue the one sent ahead, start a new worker."""
         scheduler = self.scheduler
+        scheduler.retire(slot)  # before it is reaped: a user thread sends it no job meanwhile
         self._drain(slot, finished)  # what it sent before it died
         slot.reap(timeout=1.0)
         job, ended = scheduler.vacate(slot)

@@ -40,6 +40,7 @@ pipe closes or its parent dies.
 from __future__ import annotations
 
 import contextlib
+import math
 import multiprocessing.connection
 import os
 import pickle
@@ -121,6 +122,10 @@ class Recorder:
         try:
             self._process = subprocess.Popen([sys.executable, "-c", code], pass_fds=(fd,), stdin=subprocess.DEVNULL,
                                              start_new_session=True)  # fmt: skip
+        except BaseException:
+            self._conn.close()
+            self._conn = None
+            raise
         finally:
             child_end.close()
         self.done_r, self.pid = self._conn.fileno(), self._process.pid
@@ -131,7 +136,10 @@ class Recorder:
         self.pending = write
         claims = [(job.id, job.name, job.key) for job in write.claims]
         if self.pid is None and self._spent >= START_AFTER:
-            self._start()
+            try:
+                self._start()
+            except Exception:  # no process to start here (descriptors, memory): the writes stay in this one
+                self._spent = -math.inf
         if self.ready:
             self._send((write.rows, write.aborts, claims, write.flushed_at))
             return False

@@ -110,6 +110,7 @@ class Scheduler:
         self.unwritten: List[Job] = []  # jobs a user thread ended whose write failed: the manager's to complete
         self.claim_ahead = 0  # queued jobs to claim beyond the workers' free places (see take_rows)
         self.ahead = 1  # jobs to hold ahead of the one each worker runs (``timed``)
+        self.starting: Dict[str, Job] = {}  # jobs a user thread is claiming to start at once (``_start_at_once``)
         self._mean: Optional[float] = None  # seconds a job takes in a worker, a moving mean
         self._seq = itertools.count(1)
         self.shutting_down = self.terminating = False
@@ -143,6 +144,7 @@ class Scheduler:
             idle = self._idle_slot() if job.follows is None and job.key is None else None
             if idle is not None:
                 idle.reserved = True  # no other job is sent to it until this one is
+                self.starting[job.id] = job
             else:
                 if job.follows is None:
                     self.queue.append(job)
@@ -154,7 +156,7 @@ class Scheduler:
             wake, self.wake_pending = not self.wake_pending, True
         if idle is not None:
             self._start_at_once(job, idle)
-        if wake:
+        if wake or idle is not None:  # the manager waits on the pipe of a worker only once it knows of its job
             self.wake()
 
     def _idle_slot(self) -> Optional[Slot]:
@@ -163,7 +165,13 @@ class Scheduler:
             return None
         budget = self.max_tasks_per_child
         for slot in self.slots:
-            if slot.job is None and slot.ready and not slot.reserved and (budget is None or slot.calls < budget):
+            if (
+                slot.job is None
+                and slot.ready
+                and not slot.reserved
+                and not slot.gone
+                and (budget is None or slot.calls < budget)
+            ):
                 return slot
         return None
 
@@ -192,7 +200,7 @@ class Scheduler:
                 with self.lock:
                     if job.stage != QUEUED:  # aborted or cancelled meanwhile: ended, and its row written
                         pass
-                    elif aborted or held or self.shutting_down or self.broken is not None:
+                    elif aborted or held or self.shutting_down or self.broken is not None or slot.gone:
                         self.queue.appendleft(job)  # the manager's claim finds what this one found
                         self.dirty[job.id] = job
                     else:
@@ -205,6 +213,7 @@ class Scheduler:
             finally:
                 with self.lock:
                     slot.reserved = False
+                    del self.starting[job.id]
 
     def keyed_future(self, name: str, key: str) -> Optional[AbortableFuture]:
         """The future of this executor's unfinished job of task ``name`` under ``key``, if there is one."""
@@ -452,6 +461,11 @@ class Scheduler:
             self._forget(job)
             self.dirty[job.id] = job
 
+    def retire(self, slot: Slot) -> None:
+        """The worker in ``slot`` is gone: no user thread sends it a job from now on (``_start_at_once``)."""
+        with self.lock:
+            slot.gone = True
+
     def vacate(self, slot: Slot) -> Tuple[Optional[Job], List[Job]]:
         """The worker in ``slot`` is gone: empty the slot; return its running job, and the jobs ended here.
 
@@ -645,6 +659,8 @@ class Scheduler:
                 now = min([now, *(job.submitted_at for job in later.values())])
             else:
                 later = {}
+            # A row a user thread is writing may land after this write: this one must not vouch for it.
+            now = min([now, *(job.submitted_at for job in self.starting.values())])
             rows = [self.row(job) for job in self.dirty.values()]
             for job in claims:  # a keyed one's row stays PENDING: the store's claim asks for its key first
                 job.state = job.future._task_state = RECEIVED

@@ -17,6 +17,7 @@ import multiprocessing.connection
 import os
 import select
 import signal
+import threading
 import time
 from typing import TYPE_CHECKING, Deque, Optional, Union
 
@@ -48,6 +49,8 @@ class Slot:
         self.job: Optional[Job] = None  # the job its worker runs, or None when idle
         self.ahead: Deque[Job] = collections.deque()  # the jobs sent ahead, to run after it, in order
         self.reserved = False  # a user thread is sending it a job (``Scheduler._start_at_once``)
+        self.gone = False  # its worker has died: the manager is replacing it (``Scheduler.retire``)
+        self._sending = threading.Lock()  # a user thread's send and the manager's close of the pipe
         self.ready = False  # the worker said it has started
         self.calls = 0  # jobs sent to this worker (it exits after max_tasks_per_child)
         # Started with SIGINT and SIGHUP blocked (a mask a child inherits, through exec too), so a Ctrl-C or a
@@ -86,7 +89,9 @@ class Slot:
         return bool(self._readable.poll(0))
 
     def send(self, message: bytes) -> None:
-        self.conn.send_bytes(message)
+        """Send ``message`` to the worker; ``OSError`` if the pipe is closed or the worker gone."""
+        with self._sending:
+            self.conn.send_bytes(message)
 
     def ask_to_stop(self) -> None:
         """Ask an idle worker to exit; ignore a worker that is already gone."""
@@ -152,7 +157,8 @@ class Slot:
         self.exitcode = self.process.exitcode
         # What the worker held goes now, not when the executor is collected: its pipe, its sentinel, and
         # (``release``) its named semaphore, so a script that keeps its executor after shutdown() leaks none.
-        self.conn.close()
+        with self._sending:
+            self.conn.close()
         self.process.close()
         self.words.release()
 

@@ -65,3 +65,17 @@ def test_a_killed_recorder_breaks_the_executor_and_leaves_no_row_unfinished(star
     finally:
         reader.dispose()
     assert rows[done.id] == SUCCESS and set(rows.values()) <= READY_STATES, rows
+
+
+def test_a_recorder_that_cannot_start_leaves_the_writes_in_this_process(start_method, store_path, monkeypatch):
+    """No process to be had (descriptors or memory run out): the batch goes on, its writes made here, as before."""
+
+    def no_process(*args, **kwargs):
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(_recorder.subprocess, "Popen", no_process)
+    with pool(store_path, start_method) as ex:
+        futures = [ex.submit(tasks.add, i, 1) for i in range(50)]
+        assert [f.result(timeout=30) for f in futures] == list(range(1, 51))
+        assert ex._manager._writer.pid is None
+    assert {record.state for record in Store.open(store_path).tasks()} == {SUCCESS}
