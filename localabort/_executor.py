@@ -530,6 +530,27 @@ class Executor(concurrent.futures.Executor):
         self._interrupted()
         return False
 
+    async def __aenter__(self) -> Executor:
+        """``async with Executor(...) as ex:``, in a coroutine: as ``with``, and its exit does not block the loop."""
+        return self.__enter__()
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> Literal[False]:
+        """Wait for the batch off the event loop; a cancellation (of the block or of this wait) aborts it first.
+
+        >>> import asyncio
+        >>> async def main():
+        ...     async with Executor(max_workers=2) as ex:
+        ...         futures = [ex.submit(pow, 2, n) for n in range(4)]
+        ...     return [f.result() for f in futures]
+        >>> asyncio.run(main())
+        [1, 2, 4, 8]
+        """
+        from ._aio import executor_exit
+
+        _task.exited(self)
+        await executor_exit(self.shutdown, self.abort_all, exc_type)
+        return False
+
     def _interrupted(self) -> None:
         """Ctrl-C reached the ``with`` block: see ``_interrupt`` for the design."""
         release_leaked(self._manager.open_futures())

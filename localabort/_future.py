@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
-from typing import TYPE_CHECKING, Any, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Generator, Optional, Protocol
 
 from ._outcome import load_outcome
 from ._states import FAILURE, PENDING, READY_STATES, SUCCESS, Progress
@@ -136,6 +136,25 @@ class AbortableFuture(concurrent.futures.Future):  # type: ignore[type-arg]
         """``result(timeout)``, by its Celery name."""
         return self.result(timeout)
 
+    def __await__(self) -> Generator[Any, None, Any]:
+        """``await future``: the result, or its exception raised, without blocking the event loop.
+
+        If the awaiting asyncio task is cancelled first, the task is aborted
+        (``abort()``: it stops at its next ``is_aborted()``, or never starts)
+        and the cancellation goes on as usual.
+
+        >>> import asyncio
+        >>> from localabort import Executor
+        >>> async def main():
+        ...     async with Executor(max_workers=1) as ex:
+        ...         return await ex.submit(pow, 2, 10)
+        >>> asyncio.run(main())
+        1024
+        """
+        from ._aio import wait_future
+
+        return wait_future(self).__await__()
+
 
 class AbortableAsyncResult:
     """A handle on one task by id, from any process that can open its store.
@@ -249,6 +268,26 @@ class AbortableAsyncResult:
                 raise concurrent.futures.TimeoutError(f"task {self.id} not finished after {timeout}s")
             time.sleep(pause if deadline is None else max(0.0, min(pause, deadline - time.monotonic())))
             pause = min(pause * 2, interval)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        """``await`` it: ``get()`` without blocking the event loop (the store is read in a thread).
+
+        An id no executor handed out raises ``UnknownTask``; a cancelled
+        await asks the task to abort, as ``abort()`` does.
+
+        >>> import asyncio, os, tempfile
+        >>> store = os.path.join(tempfile.mkdtemp(), "batch.sqlite")
+        >>> from localabort import Executor
+        >>> with Executor(max_workers=1, store=store) as ex:
+        ...     task_id = ex.submit(sum, [1, 2, 3]).id
+        >>> async def main():
+        ...     return await AbortableAsyncResult(task_id, store=store)
+        >>> asyncio.run(main())
+        6
+        """
+        from ._aio import wait_result
+
+        return wait_result(self).__await__()
 
 
 # Public as ``localabort.<name>``: reprs, pickles and the docs name the package, not this module.

@@ -24,6 +24,7 @@ import os
 import random
 import time
 import traceback
+import types
 from typing import Any, Callable, ClassVar, Dict, List, NamedTuple, NoReturn, Optional, Protocol, Tuple, Type, Union
 
 from ._errors import MaxRetriesExceededError, Retry, TaskAborted
@@ -400,8 +401,17 @@ def execute(target: Any, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> RunOu
     ``KeyboardInterrupt`` is not caught: the caller's process decides.
     """
     if isinstance(target, AbortableTask):
-        return _guarded(target, lambda: target.run(*args, **kwargs), None)
+        return _guarded(target, lambda: _finish(target, target.run(*args, **kwargs)), None)
     return _guarded(None, lambda: target(*args, **kwargs), None)
+
+
+def _finish(task: AbortableTask, value: Any) -> Any:
+    """What ``run`` returned; for an ``async def run``, its coroutine, run in an event loop of its own (``_aio``)."""
+    if isinstance(value, types.CoroutineType):
+        from ._aio import run_task_coroutine
+
+        return run_task_coroutine(task, value)
+    return value
 
 
 def execute_chunk(target: Any, items: List[Tuple[Any, ...]]) -> RunOutcome:
@@ -418,7 +428,7 @@ def execute_chunk(target: Any, items: List[Tuple[Any, ...]]) -> RunOutcome:
 
     def run_items() -> List[Any]:
         for args in items:
-            value = task.run(*args)
+            value = _finish(task, task.run(*args))
             if task._saw_abort:
                 return values
             values.append(value)

@@ -36,6 +36,8 @@ limited = register(app, tasks.Limited)
 touch = register(app, tasks.Touch)
 deep = register(app, tasks.DeepCheckpoint)
 unpicklable = register(app, tasks.Unpicklable)
+async_sleeper = register(app, tasks.AsyncSleeper)
+async_catcher = register(app, tasks.AsyncCatcher)
 # The same tasks with their states on a PostgreSQL server (when the tests have one), not in the backend's database.
 POSTGRES = os.environ.get("LOCALABORT_TEST_POSTGRES_URL")
 crunch_pg = register(app, tasks.Crunch, store=POSTGRES, name="tests.crunch_on_postgresql")

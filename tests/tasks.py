@@ -418,3 +418,52 @@ def blocked_signals():
     (watch,) = [t for t in threading.enumerate() if t.name == "localabort-parent-watch"]
     return (blocked_in(f"/proc/self/task/{threading.get_native_id()}/status"),
             blocked_in(f"/proc/self/task/{watch.native_id}/status"))  # fmt: skip
+
+
+class AsyncAdd(AbortableTask):
+    """An ``async def run`` that awaits, then returns."""
+
+    async def run(self, a, b):
+        import asyncio
+
+        await asyncio.sleep(0.001)
+        return a + b
+
+
+class AsyncSleeper(AbortableTask):
+    """Reports progress, then sleeps an hour in an ``await``: only a cancellation ends it early."""
+
+    async def run(self):
+        import asyncio
+
+        self.progress(1)
+        await asyncio.sleep(3600)
+        return "slept"
+
+
+class AsyncCatcher(AbortableTask):
+    """Catches the cancellation an abort brings and returns what it has: a partial result."""
+
+    async def run(self):
+        import asyncio
+
+        self.progress(1)
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            return "partial"
+        return "slept"
+
+
+class AsyncChecker(AbortableTask):
+    """Loops on ``is_aborted()`` with awaits between, reporting progress: an abort ends the loop."""
+
+    async def run(self):
+        import asyncio
+
+        i = 0
+        while not self.is_aborted():
+            i += 1
+            self.progress(i)
+            await asyncio.sleep(0.001)
+        return i

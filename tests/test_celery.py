@@ -417,3 +417,17 @@ def test_a_warm_shutdown_aborts_the_running_tasks_that_ask_for_it(scale):
         assert record.state == ABORTED and record.abort_by.startswith("warm shutdown of w4@")
     finally:
         stop_worker(leaving)
+
+
+def test_an_async_task_on_a_celery_worker_is_cancelled_at_its_await_by_an_abort(worker):
+    res = celery_app.async_sleeper.delay()
+    wait_for(lambda: started(res), what="the task to start")
+    res.abort()
+    with pytest.raises(TaskAborted):
+        res.get(timeout=30)  # not an hour
+    caught = celery_app.async_catcher.delay()
+    wait_for(lambda: started(caught), what="the task to start")
+    caught.abort()
+    with pytest.raises(TaskAborted) as info:
+        caught.get(timeout=30)
+    assert info.value.partial_result == "partial" and caught.state == ABORTED

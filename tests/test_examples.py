@@ -121,3 +121,76 @@ def test_dashboard_batch_serves_its_page_and_stops_cleanly_on_ctrl_c(tmp_path):
 
     states = {r.state for r in Store.open(str(store)).tasks()}
     assert "ABORTED" in states and states <= {"ABORTED", "SUCCESS", "FAILURE"}
+
+
+def test_the_asyncio_service_aborts_the_job_of_a_client_that_disconnects(tmp_path):
+    """examples/service.py under uvicorn, over real HTTP: a result, a job started and aborted, a client gone."""
+    import json
+    import re
+    import signal
+    import socket
+    import time
+    import urllib.request
+
+    from localabort._store import Store
+
+    store = str(tmp_path / "jobs.sqlite")
+    server = subprocess.Popen([sys.executable, str(EXAMPLES / "service.py"), store], stderr=subprocess.PIPE,
+                              text=True)  # fmt: skip
+
+    def call(method, path):
+        request = urllib.request.Request(url + path, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as reply:
+                return reply.status, json.loads(reply.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    def states():
+        reader = Store(store, create=False)
+        try:
+            return {record.id: record.state for record in reader.tasks(outcomes=False)}
+        finally:
+            reader.dispose()
+
+    def wait_state(task_id, state):
+        deadline = time.monotonic() + 30
+        while states().get(task_id) != state:
+            assert time.monotonic() < deadline, (task_id, states())
+            time.sleep(0.05)
+
+    try:
+        url = re.search(r"http://127\.0\.0\.1:\d+", server.stderr.readline()).group()
+        status, small = call("GET", "/crunch?n=4")
+        assert status == 200 and small["state"] == "SUCCESS" and (small["count"], small["sum"]) == (4, 14)
+
+        status, started = call("POST", "/jobs?n=1000000000")
+        assert status == 202
+        wait_state(started["id"], "STARTED")
+        assert call("DELETE", f"/jobs/{started['id']}") == (200, {"id": started["id"], "aborted": True})
+        wait_state(started["id"], "ABORTED")
+        assert call("GET", "/jobs/no-such-job")[0] == 404
+
+        host, port = url.rsplit("//", 1)[1].split(":")
+        before = set(states())
+        with socket.create_connection((host, int(port)), timeout=30) as client:
+            client.sendall(b"GET /crunch?n=1000000000 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            deadline = time.monotonic() + 30
+            while not [i for i, s in states().items() if i not in before and s == "STARTED"]:
+                assert time.monotonic() < deadline, states()
+                time.sleep(0.05)
+        # the client is gone: the endpoint's await is cancelled, and the task aborted
+        (gone,) = set(states()) - before
+        wait_state(gone, "ABORTED")
+
+        status, last = call("POST", "/jobs?n=1000000000")
+        wait_state(last["id"], "STARTED")
+        server.send_signal(signal.SIGINT)  # Ctrl-C: uvicorn stops, and the job still running is aborted
+        assert server.wait(30) == 130  # as a shell counts a Ctrl-C
+        assert states()[last["id"]] == "ABORTED"
+        assert set(states().values()) <= {"SUCCESS", "ABORTED"}
+    finally:
+        if server.poll() is None:
+            server.kill()
+        server.wait()
+        server.stderr.close()
