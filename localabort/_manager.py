@@ -181,9 +181,12 @@ class Manager:
         ticking = scheduler.ahead > 2  # short jobs: their replies are read in batches, not one wake-up each
         for slot in scheduler.slots:
             waitables[slot.sentinel] = slot
-            if not slot.ready or (slot.job is not None and (not ticking or 2 * len(slot.ahead) < scheduler.ahead)):
+            # An idle worker's pipe too: a user thread may send it a job at any moment (``Scheduler.enqueue``).
+            if slot.conn.closed:  # reaped (terminated): nothing more comes from it
+                pass
+            elif not slot.ready or slot.job is None or not ticking or 2 * len(slot.ahead) < scheduler.ahead:
                 waitables[slot.conn.fileno()] = slot
-            elif slot.job is not None:
+            else:
                 fed.append(slot)
             busy = busy or slot.job is not None
         # Never wait past the heartbeat, so never without a timeout: a lost wake-up costs one poll, not a hang.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import math
 import multiprocessing.connection
 import os
 import select
@@ -50,6 +51,7 @@ class Slot:
         self.ahead: Deque[Job] = collections.deque()  # the jobs sent ahead, to run after it, in order
         self.reserved = False  # a user thread is sending it a job (``Scheduler._start_at_once``)
         self.gone = False  # its worker has died: the manager is replacing it (``Scheduler.retire``)
+        self.direct_at = -math.inf  # when a user thread last sent it a job (``Scheduler._idle_slot``)
         self._sending = threading.Lock()  # a user thread's send and the manager's close of the pipe
         self.ready = False  # the worker said it has started
         self.calls = 0  # jobs sent to this worker (it exits after max_tasks_per_child)
