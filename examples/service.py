@@ -29,7 +29,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # crunch.py, bes
 from crunch import Crunch
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from localabort import AbortableAsyncResult, Executor, TaskAborted, UnknownTask
@@ -37,8 +37,12 @@ from localabort import AbortableAsyncResult, Executor, TaskAborted, UnknownTask
 STORE = os.environ.get("JOBS_STORE", "jobs.sqlite")
 
 
+class ClientGone(Exception):
+    """The client disconnected before the answer was ready."""
+
+
 async def cancel_on_disconnect(request: Request, work: Awaitable[Any]) -> Any:
-    """Await ``work``; if the client disconnects first, cancel it (for a future: abort its task) and raise."""
+    """Await ``work``; if the client disconnects first, cancel it (for a future: abort its task): ``ClientGone``."""
     job = asyncio.ensure_future(work)
     gone = asyncio.ensure_future(_disconnected(request))
     try:
@@ -47,7 +51,7 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[Any]) -> Any:
         gone.cancel()
     if not job.done():
         job.cancel()  # ``await future`` inside: the task is aborted
-        raise asyncio.CancelledError("the client disconnected")
+        raise ClientGone
     return job.result()
 
 
@@ -63,6 +67,8 @@ async def crunch(request: Request) -> JSONResponse:
         squares = await cancel_on_disconnect(request, future)
     except TaskAborted:
         return JSONResponse({"id": future.id, "state": future.state}, status_code=409)
+    except ClientGone:
+        return Response(status_code=499)  # nobody reads it: nginx's "client closed request"
     return JSONResponse({"id": future.id, "state": future.state, "count": len(squares), "sum": sum(squares)})
 
 

@@ -187,6 +187,7 @@ def test_the_asyncio_service_aborts_the_job_of_a_client_that_disconnects(tmp_pat
         wait_state(last["id"], "STARTED")
         server.send_signal(signal.SIGINT)  # Ctrl-C: uvicorn stops, and the job still running is aborted
         assert server.wait(30) == 130  # as a shell counts a Ctrl-C
+        assert "Traceback" not in server.stderr.read()  # a client that left is no error
         assert states()[last["id"]] == "ABORTED"
         assert set(states().values()) <= {"SUCCESS", "ABORTED"}
     finally:
