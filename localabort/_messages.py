@@ -21,7 +21,9 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
 from ._states import Progress
 
-__all__ = ["STOP", "Call", "Calls", "InitFailed", "Message", "Ready", "Reply", "Report", "decode", "encode"]
+__all__ = [
+    "STOP", "Call", "Calls", "InitFailed", "Message", "Ready", "Reply", "Report", "decode", "encode", "receive",
+]  # fmt: skip
 
 #: The message that asks a worker to exit.
 STOP = b""
@@ -111,3 +113,12 @@ def decode(data: bytes) -> Message:
     fields = pickle.loads(data)
     message: Message = _KINDS[fields[0]](*fields[1:])
     return message
+
+
+def receive(conn: Any) -> Optional[bytes]:
+    """The next message on ``conn`` (a ``multiprocessing`` connection); ``None`` once it closed or said ``STOP``."""
+    try:
+        message: bytes = conn.recv_bytes()
+    except (EOFError, OSError):
+        return None
+    return None if message == STOP else message

@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING, Any, List, Optional, Tuple
 
 from ._errors import StoreError
 from ._interrupt import start_thread
-from ._messages import STOP
+from ._messages import STOP, receive
 from ._procs import exit_words
 
 if TYPE_CHECKING:
@@ -244,11 +244,8 @@ def serve(conn: multiprocessing.connection.Connection) -> None:
     executor_id = ""
     failed: Optional[BaseException] = None
     while True:
-        try:
-            message = conn.recv_bytes()
-        except (EOFError, OSError):
-            return
-        if message == STOP:
+        message = receive(conn)
+        if message is None:
             return
         work = pickle.loads(message)
         if store is None and failed is None:  # the first message: where the store is

@@ -34,7 +34,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Deque, NamedTuple, Optional, Tuple, cast
 
 from ._interrupt import start_thread
-from ._messages import STOP, Call, Calls, InitFailed, Ready, Reply, Report, decode, encode
+from ._messages import Call, Calls, InitFailed, Ready, Reply, Report, decode, encode, receive
 from ._outcome import RunOutcome, describe, pickle_outcome, unrun
 from ._states import ABORTED, FAILURE, Progress
 from ._task import Binding, run, task_name
@@ -82,16 +82,13 @@ def worker_main(conn: multiprocessing.connection.Connection, words: AbortWords, 
     calls: Deque[Call] = collections.deque()  # sent, not yet reached: a message may hold several
     for _ in itertools.count() if setup.max_tasks is None else range(setup.max_tasks):
         while not calls:
-            try:
-                message = conn.recv_bytes()
-            except (EOFError, OSError):
-                return
-            if message == STOP:
+            message = receive(conn)
+            if message is None:
                 return
             calls.extend(cast(Calls, decode(message)).unpack())  # the parent sends only calls
         call = calls.popleft()
         if call.ahead and not words.accept(call.word, call.seq):
-            conn.send_bytes(_reply(call.seq, RunOutcome(ABORTED, None, unrun(call.task_id)), None, call.name, 0.0))
+            conn.send_bytes(_reply(call.seq, RunOutcome(ABORTED, None, unrun(call.task_id)), None, call.name))
         else:
             conn.send_bytes(_run(conn, words, call, lookup))
 
@@ -105,7 +102,7 @@ def _run(conn: Any, words: AbortWords, call: Call, lookup: _Lookup) -> bytes:
             f"a worker could not load {call.name} [{call.task_id}] ({type(exc).__name__}: {exc}); define it at "
             "module level in an importable module: under spawn and forkserver, not in __main__ or in a function"
         )
-        return _reply(seq, RunOutcome(FAILURE, None, RuntimeError(msg)), None, call.name, 0.0)
+        return _reply(seq, RunOutcome(FAILURE, None, RuntimeError(msg)), None, call.name)
 
     def report(done: float, total: Optional[float]) -> None:
         conn.send_bytes(encode(Report(seq=seq, done=done, total=total)))
@@ -119,7 +116,7 @@ def _run(conn: Any, words: AbortWords, call: Call, lookup: _Lookup) -> bytes:
     return _reply(seq, outcome, progress, task_name(target), time.perf_counter() - start)
 
 
-def _reply(seq: int, outcome: RunOutcome, progress: Optional[Progress], name: str, elapsed: float) -> bytes:
+def _reply(seq: int, outcome: RunOutcome, progress: Optional[Progress], name: str, elapsed: float = 0.0) -> bytes:
     (state, _, exc, tb, countdown), blob = pickle_outcome(outcome, name)
     return encode(Reply(seq=seq, state=state, blob=blob, traceback=tb, progress=progress, error=describe(exc),
                         countdown=countdown, elapsed=elapsed))  # fmt: skip
