@@ -39,12 +39,9 @@ asyncio is imported on the first await, not with the package.
 from __future__ import annotations
 
 import contextlib
-import time
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from ._errors import TaskAborted
-from ._outcome import load_outcome
-from ._states import READY_STATES
 
 if TYPE_CHECKING:  # the handles and the task come in as arguments: this module imports neither's
     import asyncio
@@ -89,32 +86,20 @@ async def wait_future(future: Any) -> Any:
     return future.result()
 
 
-async def wait_result(result: Any, interval: float = POLL_INTERVAL) -> Any:
-    """``await AbortableAsyncResult(...)``: as ``get()``, reading the store off the loop; a cancellation aborts."""
+async def wait_result(result: Any, watch: Any) -> Any:
+    """``await AbortableAsyncResult(...)``: as ``get()``, its looks (``watch``) off the loop; a cancellation aborts."""
     import asyncio
 
-    from ._store import RECOVER_EVERY
-
     await _off_loop(result.store.lookup, result.id)  # an unknown id raises, instead of waiting for ever
-    pause = min(0.005, interval)
-    recover_at = time.monotonic() + RECOVER_EVERY
     try:
-        while True:
-            if time.monotonic() >= recover_at:  # its executor may have died since: its tasks then end FAILURE
-                await _off_loop(result.store.recover_dead_executors)
-                recover_at = time.monotonic() + RECOVER_EVERY
-            record = await _off_loop(result.store.get, result.id)
-            if record is not None and record.state in READY_STATES:
-                break
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, interval)
+        record = await _off_loop(watch.look)
+        while record is None:
+            await asyncio.sleep(watch.pause())
+            record = await _off_loop(watch.look)
     except asyncio.CancelledError:
         result.abort()
         raise
-    value, exc = load_outcome(record.state, record.result, record.traceback)
-    if exc is not None:
-        raise exc
-    return value
+    return watch.settled(record)
 
 
 async def executor_exit(shutdown: Callable[[], None], abort_all: Callable[[], Any], cancelled: bool) -> None:

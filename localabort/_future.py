@@ -18,6 +18,7 @@ from ._outcome import load_outcome
 from ._states import FAILURE, PENDING, READY_STATES, SUCCESS, Progress
 
 if TYPE_CHECKING:
+    from ._schema import TaskRecord
     from ._store import StoreSpec
 
 __all__ = ["AbortableAsyncResult", "AbortableFuture"]
@@ -248,26 +249,17 @@ class AbortableAsyncResult:
         meanwhile, the task ends FAILURE (``WorkerLost``) within about 6 s
         (5 s of silence, then the next look), and so does this call.
         """
-        from ._store import RECOVER_EVERY
-
         deadline = None if timeout is None else time.monotonic() + timeout
-        pause = min(0.005, interval)
         self.store.lookup(self.id)  # an unknown id raises, instead of waiting for ever
-        recover_at = time.monotonic() + RECOVER_EVERY
+        watch = _Watch(self, interval)
         while True:
-            if time.monotonic() >= recover_at:  # its executor may have died since: its tasks then end FAILURE
-                self.store.recover_dead_executors()
-                recover_at = time.monotonic() + RECOVER_EVERY
-            record = self.store.get(self.id)
-            if record is not None and record.state in READY_STATES:
-                value, exc = load_outcome(record.state, record.result, record.traceback)
-                if exc is not None:
-                    raise exc
-                return value
+            record = watch.look()
+            if record is not None:
+                return watch.settled(record)
             if deadline is not None and time.monotonic() >= deadline:
                 raise concurrent.futures.TimeoutError(f"task {self.id} not finished after {timeout}s")
+            pause = watch.pause()
             time.sleep(pause if deadline is None else max(0.0, min(pause, deadline - time.monotonic())))
-            pause = min(pause * 2, interval)
 
     def __await__(self) -> Generator[Any, None, Any]:
         """``await`` it: ``get()`` without blocking the event loop (the store is read in a thread).
@@ -285,9 +277,46 @@ class AbortableAsyncResult:
         >>> asyncio.run(main())
         6
         """
-        from ._aio import wait_result
+        from ._aio import POLL_INTERVAL, wait_result
 
-        return wait_result(self).__await__()
+        return wait_result(self, _Watch(self, POLL_INTERVAL)).__await__()
+
+
+class _Watch:
+    """A wait for one task's final state: each look reads the store (blocking), each pause is longer, up to a bound.
+
+    ``AbortableAsyncResult.get`` sleeps between looks; ``await`` makes them
+    on the loop's executor (``_aio.wait_result``).
+    """
+
+    def __init__(self, result: AbortableAsyncResult, interval: float) -> None:
+        from ._store import RECOVER_EVERY
+
+        self._result, self._interval, self._every = result, interval, RECOVER_EVERY
+        self._pause = min(0.005, interval)
+        self._recover_at = time.monotonic() + RECOVER_EVERY
+
+    def look(self) -> Optional[TaskRecord]:
+        """The task's record once it is final, else ``None``."""
+        store = self._result.store
+        if time.monotonic() >= self._recover_at:  # its executor may have died since: its tasks then end FAILURE
+            store.recover_dead_executors()
+            self._recover_at = time.monotonic() + self._every
+        record = store.get(self._result.id)
+        return record if record is not None and record.state in READY_STATES else None
+
+    def pause(self) -> float:
+        """Seconds to wait before the next look: from 5 ms, doubling up to the interval."""
+        pause, self._pause = self._pause, min(self._pause * 2, self._interval)
+        return pause
+
+    @staticmethod
+    def settled(record: TaskRecord) -> Any:
+        """A final record's value, or its exception raised."""
+        value, exc = load_outcome(record.state, record.result, record.traceback)
+        if exc is not None:
+            raise exc
+        return value
 
 
 # Public as ``localabort.<name>``: reprs, pickles and the docs name the package, not this module.
