@@ -23,16 +23,9 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 
 from localabort import Executor, TaskAborted
+from tests.benchmarks.bench_core import bench_abort_latency, wait_started
 from tests.benchmarks.bench_tasks import SeeAbort
 from tests.benchmarks.common import pct, quick, spread, table
-
-
-def wait_started(future):
-    deadline = time.monotonic() + 30
-    while future.progress is None:
-        if time.monotonic() > deadline:
-            raise RuntimeError("task did not start")
-        time.sleep(0.0005)
 
 
 def rate_sync(make, n):
@@ -87,21 +80,6 @@ async def _await(future):
     return await future
 
 
-def abort_latency(store, n):
-    latencies = []
-    with Executor(max_workers=1, store=store) as ex:
-        for _ in range(n):
-            future = ex.submit(SeeAbort)
-            wait_started(future)
-            t0 = time.monotonic()
-            future.abort()
-            try:
-                future.result()
-            except TaskAborted as exc:
-                latencies.append((exc.partial_result - t0) * 1e3)
-    return latencies
-
-
 def main() -> None:
     short = quick(__doc__, "fewer tasks and runs")
     n, runs, samples = (2000, 3, 30) if short else (10000, 5, 100)
@@ -121,7 +99,7 @@ def main() -> None:
             ("localabort", "await f"): [rate_async(ours, n, False) for _ in range(runs)],
         }
         cancelled = cancel_latency(os.path.join(tmp, "c.sqlite"), samples)
-        aborted = abort_latency(os.path.join(tmp, "a.sqlite"), samples)
+        aborted = bench_abort_latency(os.path.join(tmp, "a.sqlite"), samples)
 
     print(f"localabort asyncio benchmark, Python {sys.version.split()[0]}, {os.cpu_count()} cores, {n} tasks a run")
     print()
