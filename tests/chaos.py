@@ -37,6 +37,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -169,12 +170,9 @@ class Batch:
                 chosen = [task_id for task_id, _ in random.sample(live, min(3, len(live)))]
                 with self.lock:
                     self.asked.update(chosen)
-                done = subprocess.run(
-                    [sys.executable, "-m", "localabort", "abort", self.store, *chosen], capture_output=True,
-                    text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(ROOT)),
-                )  # fmt: skip
+                said = _run_beside_forks([sys.executable, "-m", "localabort", "abort", self.store, *chosen])
                 with self.lock:
-                    self.met_pending.update(re.findall(r"abort requested: (\S+) \(\S+, PENDING\)", done.stdout))
+                    self.met_pending.update(re.findall(r"abort requested: (\S+) \(\S+, PENDING\)", said))
 
     def check(self) -> Tuple[Dict[str, int], List[str]]:
         """What each task ended as, by kind and outcome, and every violation of the module's rules."""
@@ -235,6 +233,23 @@ def _outcome(future: Any) -> str:
         if isinstance(exc, kind):
             return "unrun" if words == "aborted" and "before it started" in str(exc) else words
     return type(exc).__name__
+
+
+def _run_beside_forks(command: List[str]) -> str:
+    """What ``command`` printed, run while the manager may fork a worker at any moment.
+
+    Not through pipes: a pipe made here, or the one ``subprocess`` reports
+    a failed ``exec`` on, is inherited by a worker forked in that instant,
+    and reading it to its end would wait for that worker to exit (for ever:
+    this thread's batch keeps it). Output goes to a file, and with
+    ``close_fds=False`` CPython starts the command with ``posix_spawn``,
+    which needs no pipe of its own.
+    """
+    with tempfile.TemporaryFile("w+") as out:
+        subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, close_fds=False, timeout=60,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))  # fmt: skip
+        out.seek(0)
+        return out.read()
 
 
 def run(seconds: float, folder: Path, start_method: str = "fork") -> Tuple[Dict[str, int], List[str], int]:
