@@ -72,7 +72,7 @@ def cpython(session: nox.Session) -> None:
 #: Each benchmark script, and whether it takes ``--quick``.
 BENCHMARKS = {
     "core": True, "throughput": True, "startup": True, "memory": True, "celery": True, "faults": False, "status": False,
-    "retries": True, "soak": True, "dashboard": True, "asyncio": True,
+    "retries": True, "soak": True, "dashboard": True, "asyncio": True, "logs": True,
 }  # fmt: skip
 
 

@@ -21,7 +21,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import sqlalchemy as sa
 
-from ._schema import RUNNING, STANDING, UNFINISHED, executors, tasks
+from ._capture import log_text
+from ._schema import RUNNING, STANDING, UNFINISHED, executors, logs, tasks
 from ._states import ALL_STATES, READY_STATES, STARTED
 from ._store import Store
 
@@ -42,7 +43,7 @@ _LISTED = (
     "id", "name", "state", "executor_id", "key", "submitted_at", "started_at", "finished_at",
     "progress_done", "progress_total", "abort_requested_at", "error", "retries",
 )  # fmt: skip
-_DETAIL = ("args_repr", "traceback", "abort_by", "terminate_at", "eta")
+_DETAIL = ("args_repr", "traceback", "abort_by", "terminate_at", "eta", "worker_pid", "cpu_seconds", "peak_rss")
 
 
 class Board:
@@ -125,11 +126,17 @@ class Board:
         }
 
     def task(self, task_id: str) -> Optional[Dict[str, Any]]:
-        """One task in full (its text only: never its pickled result), or ``None`` if the store has no such id."""
+        """One task in full (its text only: never its pickled result), or ``None`` if the store has no such id.
+
+        ``logs`` is its log as ``localabort logs`` prints it (``""``: none).
+        """
         with self.store.engine.connect() as conn:
             found = conn.execute(_select(_LISTED + _DETAIL).where(tasks.c.id == task_id, tasks.c.name != STANDING))
             row = found.first()
-        return None if row is None else _row(row)
+            if row is None:
+                return None
+            log = conn.execute(sa.select(logs.c.text, logs.c.dropped).where(logs.c.task_id == task_id)).first()
+        return dict(_row(row), logs=log_text(None if log is None else (log[0], int(log[1]))))
 
     def abort(self, task_id: str, terminate_after: Optional[float], by: str) -> Optional[Dict[str, Any]]:
         """Ask a task the store holds to abort, as ``localabort abort`` does; ``None`` if it holds no such task.

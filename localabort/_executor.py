@@ -54,6 +54,7 @@ import collections
 import concurrent.futures
 import contextlib
 import itertools
+import logging
 import multiprocessing
 import multiprocessing.context
 import os
@@ -85,6 +86,7 @@ from typing import (
 )
 
 from . import _task
+from ._capture import DEFAULT_LOG_LIMIT
 from ._future import AbortableFuture
 from ._interrupt import (
     deferred,
@@ -140,6 +142,12 @@ class Executor(concurrent.futures.Executor):
             URL, which carries the page's token, once on stderr (needs
             ``pip install "localabort[web]"``; ``localabort serve STORE``
             serves the same page from another process, for longer).
+        log_limit: bytes of each task's log the store keeps: the last
+            ones of what it printed to ``sys.stdout`` and ``sys.stderr``
+            and of the ``logging`` records it emitted (``future.logs``,
+            ``localabort logs``); ``0`` keeps none. What a task prints
+            still reaches the terminal, and its records the handlers:
+            under spawn and forkserver, this process's.
 
     Raises:
         StoreError: the store cannot be opened or written; the message names it.
@@ -162,6 +170,7 @@ class Executor(concurrent.futures.Executor):
         progress: Union[bool, TextIO] = False,
         poll_interval: float = 0.02,
         dashboard: bool = False,
+        log_limit: int = DEFAULT_LOG_LIMIT,
     ) -> None:
         if getattr(multiprocessing.current_process(), "_inheriting", False):
             # A worker importing the main script (spawn, forkserver) got here: the script has no
@@ -173,6 +182,7 @@ class Executor(concurrent.futures.Executor):
             raise ValueError(f"max_workers must be greater than 0, not {max_workers}")
         if isinstance(store, multiprocessing.context.BaseContext):
             raise TypeError("Executor's second argument is the store; pass the context as mp_context=...")
+        _check_log_limit(log_limit)
         if initializer is not None and not callable(initializer):
             raise TypeError(f"initializer must be a callable, not {initializer!r}")
         if max_tasks_per_child is not None:
@@ -202,8 +212,9 @@ class Executor(concurrent.futures.Executor):
         self._max_workers = max_workers
         self._dashboard = None
         # The workers start first: they need nothing of the store, and start while it opens (``Workers``).
-        workers = Workers(ctx, max_workers, WorkerSetup(_url_of(store), initializer, tuple(initargs),
-                                                        max_tasks_per_child))  # fmt: skip
+        setup = WorkerSetup(_url_of(store), initializer, tuple(initargs), max_tasks_per_child, log_limit,
+                            logging.getLogger().getEffectiveLevel())  # fmt: skip
+        workers = Workers(ctx, max_workers, setup)
         self.id = uuid.uuid4().hex
         opened: Optional[Store] = None
         try:
@@ -283,6 +294,7 @@ class Executor(concurrent.futures.Executor):
         time_limit: Optional[float] = None,
         argsrepr: Optional[str] = None,
         kwargsrepr: Optional[str] = None,
+        log_limit: Optional[int] = None,
         **retry: Any,
     ) -> AbortableFuture:
         """``submit`` with options.
@@ -300,6 +312,8 @@ class Executor(concurrent.futures.Executor):
                 instead of their shortened ``repr`` (Celery's name): keeps a
                 secret out of the store, the dashboard and ``localabort show``.
             kwargsrepr: the same, for the keyword arguments.
+            log_limit: overrides the executor's ``log_limit`` for this call
+                (bytes of the task's log the store keeps; ``0``: none).
             **retry: override the task class's retry settings for this call:
                 ``max_retries``, ``autoretry_for``, ``default_retry_delay``,
                 ``retry_backoff``, ``retry_backoff_max``, ``retry_jitter``.
@@ -312,8 +326,10 @@ class Executor(concurrent.futures.Executor):
         if unknown:
             raise TypeError(f"apply_async() got unknown option(s) {', '.join(unknown)}; "
                             f"the retry options are {', '.join(_task.RETRY_OPTIONS)}")  # fmt: skip
+        if log_limit is not None:
+            _check_log_limit(log_limit)
         return self._enqueue(task, tuple(args), kwargs or {}, task_id, key, soft_time_limit, time_limit, retry=retry,
-                             argsrepr=argsrepr, kwargsrepr=kwargsrepr)  # fmt: skip
+                             argsrepr=argsrepr, kwargsrepr=kwargsrepr, log_limit=log_limit)  # fmt: skip
 
     def _enqueue(
         self,
@@ -328,6 +344,7 @@ class Executor(concurrent.futures.Executor):
         retry: Optional[Dict[str, Any]] = None,
         argsrepr: Optional[str] = None,
         kwargsrepr: Optional[str] = None,
+        log_limit: Optional[int] = None,
     ) -> AbortableFuture:
         self._scheduler.check_open()
         if not callable(task):
@@ -354,6 +371,7 @@ class Executor(concurrent.futures.Executor):
         job.follows = None if holder is None else holder.id
         job.chunked = chunked
         job.options = retry or None
+        job.log_limit = log_limit
         job.soft_time_limit = soft_time_limit if soft_time_limit is not None else getattr(task, "soft_time_limit", None)
         job.time_limit = time_limit if time_limit is not None else getattr(task, "time_limit", None)
         job.args_repr = call_repr(args, kwargs, argsrepr, kwargsrepr, most=3 if chunked else 12)
@@ -572,6 +590,11 @@ def _url_of(store: StoreSpec) -> str:
     from ._store import _locate
 
     return _locate(spec)[0]
+
+
+def _check_log_limit(log_limit: Any) -> None:
+    if isinstance(log_limit, bool) or not isinstance(log_limit, int) or log_limit < 0:
+        raise ValueError(f"log_limit must be a number of bytes >= 0 (0 keeps no log), not {log_limit!r}")
 
 
 def _check_main_importable(method: str) -> None:

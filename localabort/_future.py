@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
-from typing import TYPE_CHECKING, Any, Generator, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Dict, Generator, Optional, Protocol, Tuple
 
+from ._capture import log_text
 from ._outcome import load_outcome
-from ._states import FAILURE, PENDING, READY_STATES, SUCCESS, Progress
+from ._states import FAILURE, PENDING, READY_STATES, SUCCESS, Progress, usage
 
 if TYPE_CHECKING:
     from ._schema import TaskRecord
@@ -63,6 +64,8 @@ class AbortableFuture(concurrent.futures.Future):  # type: ignore[type-arg]
         self._task_name = ""
         self._task_key: Optional[str] = None  # for its progress bar's label
         self._abort_requested = False
+        self._task_usage: Optional[Tuple[int, float, Optional[int]]] = None  # once it ended
+        self._task_log: Optional[Tuple[str, int]] = None  # as its worker last sent it
 
     def __repr__(self) -> str:
         return f"<AbortableFuture {self._id} {self._task_state}>"
@@ -83,6 +86,37 @@ class AbortableFuture(concurrent.futures.Future):  # type: ignore[type-arg]
     def progress(self) -> Optional[Progress]:
         """The task's last reported ``(done, total)``, or ``None``."""
         return self._task_progress
+
+    @property
+    def logs(self) -> str:
+        """What the task printed and logged: the last ``log_limit`` bytes, as its worker last sent them.
+
+        While it runs, its worker sends them every half second, if they
+        changed; once it ended, they are whole. ``""``: nothing yet.
+
+        >>> from localabort import Executor
+        >>> with Executor(max_workers=1) as ex:
+        ...     fut = ex.submit(print, "hello")
+        ...     fut.result() is None
+        True
+        >>> fut.logs
+        'hello\\n'
+        """
+        return log_text(self._task_log)
+
+    @property
+    def usage(self) -> Optional[Dict[str, Any]]:
+        """What the task used, once it ran to its end: ``worker_pid``, ``cpu_seconds``, ``peak_rss`` (bytes).
+
+        ``None`` before, and for a task that never ran or whose worker died.
+
+        >>> from localabort import Executor
+        >>> with Executor(max_workers=1) as ex:
+        ...     fut = ex.submit(sum, range(10**6))
+        ...     sorted(fut.result() and fut.usage)
+        ['cpu_seconds', 'peak_rss', 'worker_pid']
+        """
+        return None if self._task_usage is None else usage(*self._task_usage)
 
     def abort(self, *, terminate_after: Optional[float] = None) -> bool:
         """Ask the task to abort; ``True`` if recorded, ``False`` if it had already finished.
@@ -227,6 +261,17 @@ class AbortableAsyncResult:
     def traceback(self) -> Optional[str]:
         """The traceback text of a task that raised, as the worker printed it, or ``None``."""
         return self.store.lookup(self.id).traceback
+
+    @property
+    def logs(self) -> str:
+        """What the task printed and logged, as ``AbortableFuture.logs`` gives it, from the store."""
+        self.store.lookup(self.id)  # an unknown id raises
+        return log_text(self.store.log(self.id))
+
+    @property
+    def usage(self) -> Optional[Dict[str, Any]]:
+        """What the task used, as ``AbortableFuture.usage`` gives it, from the store."""
+        return self.store.lookup(self.id).usage
 
     def ready(self) -> bool:
         """Whether the task has finished, whatever its outcome."""

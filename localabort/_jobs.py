@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from ._future import AbortableFuture, Controller
 from ._interrupt import user_signals
@@ -62,6 +62,8 @@ class Job:
         "hard_deadline",
         "id",
         "key",
+        "log",
+        "log_limit",
         "lost",
         "name",
         "options",
@@ -81,6 +83,7 @@ class Job:
         "terminate_deadline",
         "time_limit",
         "traceback",
+        "usage",
         "word",
         "words",
     )  # fmt: skip
@@ -118,6 +121,9 @@ class Job:
         self.due = _NEVER  # while WAITING: when its next attempt may start (monotonic; eta: wall clock)
         self.eta: Optional[float] = None
         self.follows: Optional[str] = None  # the task holding its key, whose outcome it takes instead of running
+        self.log_limit: Optional[int] = None  # bytes of its log to keep, if not the executor's
+        self.log: Optional[Tuple[str, int]] = None  # its log as its worker last sent it, until written (``row``)
+        self.usage: Optional[Tuple[int, float, Optional[int]]] = None  # its worker's pid, CPU s, peak RSS
 
     def end(self, state: str, exc: Optional[BaseException] = None) -> None:
         """Record the job's final state; ``exc``, if given, becomes its stored outcome."""
@@ -164,7 +170,9 @@ def resolve(jobs: List[Job]) -> None:
     """
     jobs.reverse()
     while jobs:
-        _settle(jobs[-1].future, jobs[-1].state, jobs[-1].result, jobs[-1].traceback, jobs[-1].progress)
+        job = jobs[-1]
+        job.future._task_usage = job.usage
+        _settle(job.future, job.state, job.result, job.traceback, job.progress)
         jobs.pop()
 
 

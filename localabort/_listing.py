@@ -127,6 +127,7 @@ _OUTCOME_COLUMNS = ("result", "traceback")
 JSON_FIELDS = (
     "id", "name", "state", "progress", "error", "abort_requested", "abort_requested_at", "abort_by", "terminate_at",
     "key", "executor_id", "submitted_at", "started_at", "finished_at", "age_seconds",
+    "worker_pid", "cpu_seconds", "peak_rss",
 )  # fmt: skip
 
 #: Below this a float holds every whole number exactly (2**53): larger ones stay floats in the JSON.

@@ -62,10 +62,11 @@ import time
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
+from ._capture import Relay
 from ._errors import TaskAborted, TimeLimitExceeded, WorkerLost
 from ._interrupt import start_thread
 from ._jobs import DONE, Job, resolve
-from ._messages import Call, Calls, InitFailed, Message, Ready, Reply, Report, decode, encode
+from ._messages import Call, Calls, InitFailed, Log, Message, Ready, Reply, Report, decode, encode
 from ._outcome import RunOutcome, by_soft_limit, describe, dump, load_outcome, terminated, within_limit
 from ._procs import HEARTBEAT
 from ._recorder import Recorder, Write
@@ -102,6 +103,7 @@ class Manager:
         self._poll_interval = poll_interval
         self._tmpdir = tmpdir
         self._writer = Recorder(self._store, scheduler.executor_id)  # the store's writes (``_recorder``)
+        self._relay = Relay()  # the log records workers forward, to this process's handlers
         self._next_poll = 0.0
         self._poller = select.poll()  # what ``_wait`` waits on: the descriptors of ``_polled``
         self._polled: Dict[int, Optional[Slot]] = {}
@@ -303,6 +305,12 @@ class Manager:
             slot.reap(timeout=STOP_GRACE)
             raise RuntimeError(f"the initializer {message.initializer} raised in a worker: {message.error}")
         job = slot.job
+        if isinstance(message, (Log, Reply)) and message.records:  # whatever became of the job since
+            self._relay.put(message.records)
+        if isinstance(message, Log):
+            if job is not None and message.seq == job.seq and message.log is not None and job.stage != DONE:
+                self.scheduler.logged(job, message.log)
+            return
         if job is None or not isinstance(message, (Report, Reply)) or message.seq != job.seq:  # pragma: no cover
             return
         if job.stage == DONE:  # recalled before its worker reached it: ended already
@@ -313,6 +321,8 @@ class Manager:
             self.scheduler.report(job, (message.done, message.total))
         elif message.state == RETRY:
             self.scheduler.promote(slot)
+            if message.log is not None:  # the attempt's: the next one's replaces it
+                self.scheduler.logged(job, message.log)
             ended = self.scheduler.retry(job, message.blob, message.traceback, message.error, message.countdown)
             finished += ended  # aborted before it could wait: it ends here
             if message.progress is not None:
@@ -327,7 +337,7 @@ class Manager:
                 outcome = RunOutcome(state, None, load_outcome(state, blob, None)[1])
                 exc = by_soft_limit(outcome, what, job.soft_time_limit).exception
                 blob, error = dump(exc), describe(exc)
-            self.scheduler.finish(job, state, blob, tb, message.progress, error)
+            self.scheduler.finish(job, state, blob, tb, message.progress, error, message.usage, message.log)
             finished.append(job)
 
     def _replace(self, slot: Slot, finished: List[Job]) -> None:
@@ -490,6 +500,7 @@ class Manager:
                     self._break(exc)
         finally:
             self._writer.stop()
+            self._relay.close()
             if self.scheduler.broken is not None:
                 self._settle_debts()
             if self._tmpdir is not None:  # a store of its own, which no one else reads: no debt outlives it

@@ -9,6 +9,7 @@ message that is not is the empty one, which asks a worker to stop::
     parent <--Ready----------- worker    once, when it has started (imports and initializer done)
     parent <--InitFailed------ worker    instead, if the executor's initializer raised; it exits
     parent <--Report---------- worker    progress of the job it runs (throttled, any number)
+    parent <--Log------------- worker    the log of the job it runs, when it changed (every half second at most)
     parent <--Reply----------- worker    exactly one per Call, in order
 
 Aborts are not messages: they are shared-memory words (``_words``).
@@ -22,7 +23,8 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 from ._states import Progress
 
 __all__ = [
-    "STOP", "Call", "Calls", "InitFailed", "Message", "Ready", "Reply", "Report", "decode", "encode", "receive",
+    "STOP", "Call", "Calls", "InitFailed", "Log", "Message", "Ready", "Reply", "Report", "decode", "encode",
+    "receive",
 ]  # fmt: skip
 
 #: The message that asks a worker to exit.
@@ -41,6 +43,7 @@ class Call(NamedTuple):
     chunked: bool  # ``args`` is a list of ``map`` items, run as one task
     retries: int = 0  # attempts retried before this one (``self.request.retries``)
     options: Optional[Dict[str, Any]] = None  # apply_async's overrides of the task's retry settings
+    log_limit: Optional[int] = None  # bytes of its log to keep (``None``: the executor's ``log_limit``)
 
 
 class Calls(NamedTuple):
@@ -75,6 +78,14 @@ class Report(NamedTuple):
     total: Optional[float]
 
 
+class Log(NamedTuple):
+    """The log of job ``seq`` so far (``None``: unchanged), and the log records to hand to the parent's handlers."""
+
+    seq: int
+    log: Optional[Tuple[str, int]]  # its text, and the bytes dropped before it (``_capture.Tail``)
+    records: List[Dict[str, Any]]  # ``_capture.portable`` records, forwarded (spawn and forkserver)
+
+
 class Reply(NamedTuple):
     """How job ``seq`` ended: its state, its outcome's blob (``_outcome``), the traceback text, and its progress."""
 
@@ -86,13 +97,16 @@ class Reply(NamedTuple):
     error: Optional[str] = None  # the exception in words (``_outcome.describe``), for the store
     countdown: Optional[float] = None  # RETRY: seconds before the next attempt
     elapsed: float = 0.0  # seconds the job took in the worker (how far ahead the parent sends: ``Scheduler``)
+    usage: Optional[Tuple[int, float, Optional[int]]] = None  # its worker's pid, CPU seconds, peak RSS (``Usage``)
+    log: Optional[Tuple[str, int]] = None  # its log, if it logged anything: text, and bytes dropped before it
+    records: Optional[List[Dict[str, Any]]] = None  # log records not yet forwarded (``Log``)
 
 
-Message = Union[Calls, Ready, InitFailed, Report, Reply]
+Message = Union[Calls, Ready, InitFailed, Report, Reply, Log]
 
 
 #: The kinds of message, by the number that leads each on the pipe.
-_KINDS = (Calls, Ready, InitFailed, Report, Reply)
+_KINDS = (Calls, Ready, InitFailed, Report, Reply, Log)
 _NUMBERS = {kind: number for number, kind in enumerate(_KINDS)}
 
 

@@ -448,7 +448,7 @@ class Scheduler:
         assert job.blob is not None
         return Call(
             seq=job.seq, word=job.word, ahead=job.stage == SENT, task_id=job.id, name=job.name,
-            blob=job.blob, chunked=job.chunked, retries=job.retries, options=job.options,
+            blob=job.blob, chunked=job.chunked, retries=job.retries, options=job.options, log_limit=job.log_limit,
         )  # fmt: skip
 
     def promote(self, slot: Slot) -> None:
@@ -463,13 +463,25 @@ class Scheduler:
         with self.lock:
             self.dirty[job.id] = job
 
+    def logged(self, job: Job, log: Tuple[str, int]) -> None:
+        """``job``'s worker sent its log so far: it goes with the next write."""
+        with self.lock:
+            job.log = job.future._task_log = log
+            self.dirty[job.id] = job
+
     def finish(
-        self, job: Job, state: str, blob: bytes, tb: Optional[str], progress: Optional[Progress], error: Optional[str]
-    ) -> None:
-        """``job`` ended in ``state`` (``error``: its exception in words); its row goes with the next write."""
+        self, job: Job, state: str, blob: bytes, tb: Optional[str], progress: Optional[Progress], error: Optional[str],
+        usage: Optional[Tuple[int, float, Optional[int]]] = None, log: Optional[Tuple[str, int]] = None,
+    ) -> None:  # fmt: skip
+        """``job`` ended in ``state`` (``error``: its exception in words); its row goes with the next write.
+
+        ``usage`` and ``log``: what it used, and its log, as its worker said.
+        """
         with self.lock:
             job.end(state)
-            job.result, job.traceback, job.error, job.blob = blob, tb, error, None
+            job.result, job.traceback, job.error, job.blob, job.usage = blob, tb, error, None, usage
+            if log is not None:
+                job.log = job.future._task_log = log
             if progress is not None:
                 job.progress = progress
             self._forget(job)
@@ -799,18 +811,24 @@ class Scheduler:
         self.dirty[job.id] = job
 
     def row(self, job: Job, abort: Optional[str] = None) -> Row:
-        """The store row of ``job``; ``abort``, who asks for its abort, adds the request."""
+        """The store row of ``job``; ``abort``, who asks for its abort, adds the request.
+
+        A state row carries the job's log, if its worker sent one since the last row (``Store.write``).
+        """
         done, total = job.progress if job.progress is not None else (None, None)
+        pid, cpu, peak = job.usage if job.usage is not None else (None, None, None)
         # Every column of ``task_row``, written out: a call with keywords took five times as long, per row.
-        row = {
+        row: Row = {
             "id": job.id, "executor_id": self.executor_id, "name": job.name, "key": job.key, "state": job.state,
             "submitted_at": job.submitted_at, "started_at": job.started_at, "finished_at": job.finished_at,
             "progress_done": done, "progress_total": total, "result": job.result, "traceback": job.traceback,
             "error": job.error, "retries": job.retries, "eta": job.eta if job.stage == WAITING else None,
-            "args_repr": job.args_repr,
+            "args_repr": job.args_repr, "worker_pid": pid, "cpu_seconds": cpu, "peak_rss": peak,
         }  # fmt: skip
         if abort is not None:
             row.update(abort_requested_at=time.time(), abort_by=abort, terminate_at=job.terminate_at)
+        elif job.log is not None:
+            row["log"], job.log = job.log, None
         return row
 
 

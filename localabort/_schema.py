@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ._outcome import describe, dump
-from ._states import CLAIMABLE_STATES, HELD_STATES, STARTED, STATE_COLUMNS, UNREADY_STATES, Progress, task_row
+from ._states import CLAIMABLE_STATES, HELD_STATES, STARTED, STATE_COLUMNS, UNREADY_STATES, Progress, task_row, usage
 
 __all__ = [
     "ABORTING",
@@ -41,6 +41,7 @@ __all__ = [
     "conditions_for",
     "end_tasks",
     "executors",
+    "logs",
     "meta",
     "metadata",
     "record",
@@ -49,7 +50,7 @@ __all__ = [
     "tasks",
 ]
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 metadata = sa.MetaData()
 
@@ -103,6 +104,11 @@ tasks = sa.Table(
     # The call's arguments as text (``_text.call_repr``), written at submit: what a reader may show without
     # unpickling anything (the dashboard's task detail).
     sa.Column("args_repr", sa.Text),
+    # What the task used, written as it ends: the process that ran it, its CPU seconds (with the processes
+    # it started and waited for), and its peak resident memory in bytes (``_capture.Usage``).
+    sa.Column("worker_pid", sa.Integer),
+    sa.Column("cpu_seconds", sa.Float),
+    sa.Column("peak_rss", sa.BigInteger),
     sa.Index("ix_localabort_tasks_name_key", "name", "key"),
     sa.Index("ix_localabort_tasks_submitted_at", "submitted_at"),
     # Partial indexes, their conditions in ``PARTIAL`` (given per dialect, at creation: ``conditions_for``).
@@ -150,6 +156,17 @@ executors = sa.Table(
     sa.Column("closed_at", sa.Float),
     # Every task this executor handed out before this time has its row (see Store.request_abort).
     sa.Column("flushed_at", sa.Float),
+)
+
+
+#: Each task's log: the last bytes of what it printed and logged, and how many bytes came before them.
+#: A table of its own, so that reading tasks never reads their logs.
+logs = sa.Table(
+    "localabort_logs",
+    metadata,
+    sa.Column("task_id", sa.String(64), primary_key=True),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("dropped", sa.BigInteger, nullable=False),
 )
 
 
@@ -212,8 +229,15 @@ def _to_6(conn: Connection) -> None:
     conn.execute(sa.text("ALTER TABLE localabort_executors ADD COLUMN pid_namespace VARCHAR(96)"))
 
 
+def _to_7(conn: Connection) -> None:
+    """Schema 7: what each task used (its worker, CPU time, peak memory), and each task's log."""
+    for column in ("worker_pid INTEGER", "cpu_seconds FLOAT", "peak_rss BIGINT"):
+        conn.execute(sa.text(f"ALTER TABLE localabort_tasks ADD COLUMN {column}"))
+    logs.create(conn, checkfirst=True)  # made already where the store made its missing tables first
+
+
 #: Upgrades from each older schema version to the next.
-MIGRATIONS: Dict[int, Callable[[Connection], None]] = {1: _to_2, 2: _to_3, 3: _to_4, 4: _to_5, 5: _to_6}
+MIGRATIONS: Dict[int, Callable[[Connection], None]] = {1: _to_2, 2: _to_3, 3: _to_4, 4: _to_5, 5: _to_6, 6: _to_7}
 
 
 class _Columns:
@@ -250,6 +274,14 @@ class TaskRecord(NamedTuple):
     retries: int = 0  # attempts retried so far
     eta: Optional[float] = None  # when a task in RETRY runs its next attempt
     args_repr: Optional[str] = None  # its arguments as text, written at submit
+    worker_pid: Optional[int] = None  # the process that ran it (its last attempt), once it ended
+    cpu_seconds: Optional[float] = None  # the CPU time it used, once it ended
+    peak_rss: Optional[int] = None  # its peak resident memory in bytes, once it ended
+
+    @property
+    def usage(self) -> Optional[Dict[str, Any]]:
+        """``worker_pid``, ``cpu_seconds`` and ``peak_rss`` of a task that ran to its end, else ``None``."""
+        return usage(self.worker_pid, self.cpu_seconds, self.peak_rss)
 
 
 def _number(x: float) -> float:
@@ -276,5 +308,5 @@ def _record(row: Any, at: Dict[str, int]) -> TaskRecord:
         m["id"], m["name"], m["state"], m["executor_id"], m["key"], m["submitted_at"],
         m["started_at"], m["finished_at"], progress, m["abort_requested_at"] is not None,
         m["result"], m["traceback"], m["error"], m["terminate_at"], m["abort_requested_at"], m["abort_by"],
-        m["retries"] or 0, m["eta"], m["args_repr"],
+        m["retries"] or 0, m["eta"], m["args_repr"], m["worker_pid"], m["cpu_seconds"], m["peak_rss"],
     )  # fmt: skip

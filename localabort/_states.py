@@ -56,6 +56,7 @@ Progress = Tuple[float, Optional[float]]
 STATE_COLUMNS = (
     "executor_id", "name", "key", "state", "submitted_at", "started_at",
     "finished_at", "progress_done", "progress_total", "result", "traceback", "error", "retries", "eta", "args_repr",
+    "worker_pid", "cpu_seconds", "peak_rss",
 )  # fmt: skip
 
 
@@ -84,3 +85,14 @@ def new_id() -> str:
     value = (ms << 80) | (0x7 << 76) | ((bits >> 62) << 64) | (0b10 << 62) | (bits & ((1 << 62) - 1))
     h = f"{value:032x}"  # what str(uuid.UUID(int=value)) gives, in a fifth of the time
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def usage(worker_pid: Optional[int], cpu_seconds: Optional[float], peak_rss: Optional[int]) -> Optional[Dict[str, Any]]:
+    """What a task used, as ``future.usage`` and ``AbortableAsyncResult.usage`` give it.
+
+    >>> usage(4242, 0.5, 2**20)
+    {'worker_pid': 4242, 'cpu_seconds': 0.5, 'peak_rss': 1048576}
+    """
+    if worker_pid is None:
+        return None
+    return {"worker_pid": worker_pid, "cpu_seconds": cpu_seconds, "peak_rss": peak_rss}

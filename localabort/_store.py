@@ -58,6 +58,7 @@ from ._schema import (
     conditions_for,
     end_tasks,
     executors,
+    logs,
     meta,
     metadata,
     record,
@@ -359,18 +360,27 @@ class Store(Registry, Listing):
         if self.engine.dialect.name != "sqlite":  # psycopg sends the rows in one pipeline, to one prepared statement
             if rows:
                 cur.executemany(self._sql(_STATE_UPSERT), rows)
+                self._write_logs(cur, rows)
             return
         # sqlite3's executemany steps once per row, and lets go of the GIL and takes it back each time: a
         # hand-off to a busy thread may cost the 5 ms switch interval. One statement takes many rows.
         for at in range(0, len(rows), _PIECE):
             piece = rows[at : at + _PIECE]
             cur.execute(_state_upsert(len(piece)), list(itertools.chain.from_iterable(map(_values, piece))))
+        self._write_logs(cur, rows)
+
+    def _write_logs(self, cur: Any, rows: Sequence[Dict[str, Any]]) -> None:
+        """The logs some ``rows`` carry (``log``: its text, and the bytes dropped before it), replacing any stored."""
+        found = [{"task_id": r["id"], "text": r["log"][0], "dropped": r["log"][1]} for r in rows if "log" in r]
+        if found:
+            cur.executemany(self._sql(_LOG_UPSERT), found)
 
     def write(self, rows: Sequence[Dict[str, Any]], aborts: Sequence[Dict[str, Any]] = ()) -> None:
         """Write task rows and abort requests in one short transaction.
 
         ``rows`` hold ``id`` and every column of ``STATE_COLUMNS``; a row
-        already in a final state is left as it is. ``aborts`` are full rows
+        already in a final state is left as it is. A row may also hold its
+        task's ``log``, ``(text, dropped)``, which replaces the one stored. ``aborts`` are full rows
         with ``abort_requested_at`` set, for tasks whose row may not exist
         yet; on an existing row only the request is written.
         """
@@ -663,6 +673,21 @@ class Store(Registry, Listing):
             row = conn.execute(sa.select(tasks).where(tasks.c.id == task_id, tasks.c.name != STANDING)).first()
         return None if row is None else record(row)
 
+    def write_log(self, task_id: str, log: Tuple[str, int]) -> None:
+        """Store task ``task_id``'s log so far, ``(text, dropped)``, in place of the one stored."""
+        with self._begin() as conn:
+            self._cursor(conn).execute(self._sql(_LOG_UPSERT), {"task_id": task_id, "text": log[0], "dropped": log[1]})
+
+    def log(self, task_id: str) -> Optional[Tuple[str, int]]:
+        """Task ``task_id``'s log: the last bytes of what it printed and logged, and how many came before them.
+
+        ``None`` if it has logged nothing (or is unknown). The log of a
+        running task is as its worker last sent it (every half second).
+        """
+        with self._connect() as conn:
+            row = conn.execute(sa.select(logs.c.text, logs.c.dropped).where(logs.c.task_id == task_id)).first()
+        return None if row is None else (row[0], int(row[1]))
+
     def is_abort_requested(self, task_id: str) -> bool:
         """Whether an abort was ever requested for ``task_id``."""
         with self._connect() as conn:
@@ -725,10 +750,10 @@ class Store(Registry, Listing):
     def forget(self, older_than: float) -> int:
         """Delete finished tasks that finished more than ``older_than`` seconds ago; return how many."""
         cutoff = time.time() - older_than
+        old = (tasks.c.state.in_(sorted(READY_STATES)), tasks.c.finished_at < cutoff)
         with self._begin() as conn:
-            done = conn.execute(
-                tasks.delete().where(tasks.c.state.in_(sorted(READY_STATES)), tasks.c.finished_at < cutoff)
-            ).rowcount
+            conn.execute(logs.delete().where(logs.c.task_id.in_(sa.select(tasks.c.id).where(*old))))
+            done = conn.execute(tasks.delete().where(*old)).rowcount
             conn.execute(executors.delete().where(executors.c.closed_at < cutoff))
         return int(done)
 
@@ -769,7 +794,7 @@ _STATE_SET = (
 _STATE_INSERT = f"INSERT INTO {tasks.name} ({', '.join(_COLUMNS)}) VALUES "
 #: A state write of one row, its parameters named.
 _STATE_UPSERT = f"{_STATE_INSERT}({', '.join(':' + c for c in _COLUMNS)}) {_STATE_SET}"
-#: Rows one state write binds at most: 16 columns each, under SQLite's oldest limit of 999 parameters.
+#: Rows one state write binds at most: 19 columns each, under SQLite's oldest limit of 999 parameters.
 _PIECE = 32
 #: A row's values in the order of ``_COLUMNS``.
 _values = operator.itemgetter(*_COLUMNS)
@@ -786,6 +811,11 @@ def _state_upsert(size: int) -> str:
     return f"{_STATE_INSERT}{', '.join([one] * size)} {_STATE_SET}"
 
 
+#: A task's log, replacing the one stored (the logs of tasks that ended go on being written: ``Store.log``).
+_LOG_UPSERT = (
+    f"INSERT INTO {logs.name} (task_id, text, dropped) VALUES (:task_id, :text, :dropped) "
+    "ON CONFLICT (task_id) DO UPDATE SET text = excluded.text, dropped = excluded.dropped"
+)
 #: The earlier of a stored time and a new one, either of which may be NULL (``LEAST`` is ``_sql``'s to spell).
 _EARLIER = "LEAST(COALESCE({old}, {new}), COALESCE({new}, {old}))"
 #: An abort request, for a row that may not exist yet: on one that does, the first request and the

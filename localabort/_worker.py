@@ -31,10 +31,11 @@ import pickle
 import signal
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Deque, NamedTuple, Optional, Tuple, cast
+from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, NamedTuple, Optional, Tuple, cast
 
+from ._capture import DEFAULT_LOG_LIMIT, FLUSH_EVERY, Capture, Usage
 from ._interrupt import start_thread
-from ._messages import Call, Calls, InitFailed, Ready, Reply, Report, decode, encode, receive
+from ._messages import Call, Calls, InitFailed, Log, Ready, Reply, Report, decode, encode, receive
 from ._outcome import RunOutcome, describe, pickle_outcome, unrun
 from ._states import ABORTED, FAILURE, Progress
 from ._task import Binding, run, task_name
@@ -56,6 +57,8 @@ class WorkerSetup(NamedTuple):
     initializer: Optional[Callable[..., object]] = None
     initargs: Tuple[Any, ...] = ()
     max_tasks: Optional[int] = None  # exit after answering this many calls
+    log_limit: int = DEFAULT_LOG_LIMIT  # bytes of each task's log kept, unless its call says otherwise
+    log_level: int = logging.WARNING  # the parent's root logger's level, for a worker with no handlers of its own
 
 
 def worker_main(conn: multiprocessing.connection.Connection, words: AbortWords, setup: WorkerSetup) -> None:
@@ -77,8 +80,15 @@ def worker_main(conn: multiprocessing.connection.Connection, words: AbortWords, 
             logging.getLogger("concurrent.futures").critical("Exception in initializer:", exc_info=True)
             conn.send_bytes(encode(InitFailed(task_name(setup.initializer), f"{type(exc).__name__}: {exc}")))
             return
+    # Under spawn and forkserver nothing configured this process's logging: its records go to the parent's.
+    forward = not logging.getLogger().handlers
+    if forward:
+        logging.getLogger().setLevel(setup.log_level)
+    pipe = _Pipe(conn)
+    capture = Capture(forward)
     lookup = _Lookup(setup.store_url)
-    conn.send_bytes(encode(Ready()))
+    start_thread(threading.Thread(target=_send_logs, args=(pipe, capture), name="localabort-log", daemon=True))
+    pipe.send(encode(Ready()))
     calls: Deque[Call] = collections.deque()  # sent, not yet reached: a message may hold several
     for _ in itertools.count() if setup.max_tasks is None else range(setup.max_tasks):
         while not calls:
@@ -88,12 +98,38 @@ def worker_main(conn: multiprocessing.connection.Connection, words: AbortWords, 
             calls.extend(cast(Calls, decode(message)).unpack())  # the parent sends only calls
         call = calls.popleft()
         if call.ahead and not words.accept(call.word, call.seq):
-            conn.send_bytes(_reply(call.seq, RunOutcome(ABORTED, None, unrun(call.task_id)), None, call.name))
+            pipe.send(_reply(call.seq, RunOutcome(ABORTED, None, unrun(call.task_id)), None, call.name))
         else:
-            conn.send_bytes(_run(conn, words, call, lookup))
+            limit = setup.log_limit if call.log_limit is None else call.log_limit
+            _run(pipe, words, call, lookup, capture, limit)
 
 
-def _run(conn: Any, words: AbortWords, call: Call, lookup: _Lookup) -> bytes:
+class _Pipe:
+    """The worker's end of its pipe, which the task's threads and the log's share: one message at a time."""
+
+    def __init__(self, conn: multiprocessing.connection.Connection) -> None:
+        self.conn = conn
+        self.lock = threading.Lock()
+
+    def send(self, message: bytes) -> None:
+        with self.lock:
+            self.conn.send_bytes(message)
+
+
+def _send_logs(pipe: _Pipe, capture: Capture) -> None:
+    """Send the running task's log whenever it changed, every ``FLUSH_EVERY`` s (and records to forward)."""
+    while True:
+        time.sleep(FLUSH_EVERY)
+        with pipe.lock:  # taken before the log is: a reply, sent under it, never overtakes an earlier log
+            seq, log, records = capture.sent()
+            if log is not None or records:
+                try:
+                    pipe.conn.send_bytes(encode(Log(seq, log, records)))
+                except OSError:  # the pipe closed: the worker is on its way out
+                    return
+
+
+def _run(pipe: _Pipe, words: AbortWords, call: Call, lookup: _Lookup, capture: Capture, limit: int) -> None:
     seq = call.seq
     try:
         target, args, kwargs = pickle.loads(call.blob)
@@ -102,24 +138,34 @@ def _run(conn: Any, words: AbortWords, call: Call, lookup: _Lookup) -> bytes:
             f"a worker could not load {call.name} [{call.task_id}] ({type(exc).__name__}: {exc}); define it at "
             "module level in an importable module: under spawn and forkserver, not in __main__ or in a function"
         )
-        return _reply(seq, RunOutcome(FAILURE, None, RuntimeError(msg)), None, call.name)
+        pipe.send(_reply(seq, RunOutcome(FAILURE, None, RuntimeError(msg)), None, call.name))
+        return
 
     def report(done: float, total: Optional[float]) -> None:
-        conn.send_bytes(encode(Report(seq=seq, done=done, total=total)))
+        pipe.send(encode(Report(seq=seq, done=done, total=total)))
 
     binding = Binding(call.task_id, words.probe(call.word, seq), report, lookup, call.retries, call.options)
+    capture.begin(call.task_id, limit, seq)
+    usage = Usage()
     start = time.perf_counter()
     try:
         outcome, progress = run(target, args, kwargs, binding, chunked=call.chunked)
     except BaseException as exc:  # KeyboardInterrupt raised by the task itself
         outcome, progress = RunOutcome(FAILURE, None, exc), None
-    return _reply(seq, outcome, progress, task_name(target), time.perf_counter() - start)
+    elapsed, used = time.perf_counter() - start, usage.end()
+    with pipe.lock:
+        log, records = capture.end()
+        pipe.conn.send_bytes(_reply(seq, outcome, progress, task_name(target), elapsed, used, log, records or None))
 
 
-def _reply(seq: int, outcome: RunOutcome, progress: Optional[Progress], name: str, elapsed: float = 0.0) -> bytes:
+def _reply(
+    seq: int, outcome: RunOutcome, progress: Optional[Progress], name: str, elapsed: float = 0.0,
+    usage: Optional[Tuple[int, float, Optional[int]]] = None, log: Optional[Tuple[str, int]] = None,
+    records: Optional[List[Dict[str, Any]]] = None,
+) -> bytes:  # fmt: skip
     (state, _, exc, tb, countdown), blob = pickle_outcome(outcome, name)
     return encode(Reply(seq=seq, state=state, blob=blob, traceback=tb, progress=progress, error=describe(exc),
-                        countdown=countdown, elapsed=elapsed))  # fmt: skip
+                        countdown=countdown, elapsed=elapsed, usage=usage, log=log, records=records))  # fmt: skip
 
 
 class _Lookup:

@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from typing import Any, Callable, Dict, Optional, Tuple, Type
 
@@ -68,6 +69,7 @@ from celery import Task, signals
 from celery.exceptions import Ignore, WorkerLostError
 from celery.exceptions import TimeLimitExceeded as CeleryTimeLimitExceeded
 
+from ._capture import DEFAULT_LOG_LIMIT, FLUSH_EVERY, Capture, Usage
 from ._errors import TimeLimitExceeded, WorkerLost
 from ._future import AbortableAsyncResult, check_terminate_after
 from ._outcome import by_soft_limit, describe, dump, pickle_outcome, terminated
@@ -92,7 +94,9 @@ def register(app: Any, task_class: Type[AbortableTask], store: Optional[str] = N
     ``time_limit``, ``acks_late``...); ``soft_time_limit`` asks for an
     abort, as under ``Executor``, instead of raising Celery's exception;
     ``abort_on_warm_shutdown=True`` asks running tasks to abort when their
-    worker begins a warm shutdown.
+    worker begins a warm shutdown; ``log_limit`` is the bytes of each
+    task's log the store keeps, as ``Executor``'s (what it prints and logs
+    still reaches the worker's own output).
 
     >>> from celery import Celery
     >>> from localabort import AbortableTask
@@ -105,6 +109,7 @@ def register(app: Any, task_class: Type[AbortableTask], store: Optional[str] = N
     """
     soft_time_limit = celery_options.pop("soft_time_limit", getattr(task_class, "soft_time_limit", None))
     abort_on_warm_shutdown = bool(celery_options.pop("abort_on_warm_shutdown", False))
+    log_limit = celery_options.pop("log_limit", DEFAULT_LOG_LIMIT)
     # The task class's retry settings govern (in the worker, as under Executor); Celery only sends the retries.
     options: Dict[str, Any] = {"name": task_name(task_class), "max_retries": None}
     if getattr(task_class, "time_limit", None) is not None:
@@ -117,7 +122,7 @@ def register(app: Any, task_class: Type[AbortableTask], store: Optional[str] = N
     return app.task(
         run, bind=True, base=LocalabortCeleryTask, localabort_class=task_class, localabort_store=store,
         localabort_soft_time_limit=soft_time_limit, localabort_abort_on_warm_shutdown=abort_on_warm_shutdown,
-        **options,
+        localabort_log_limit=log_limit, **options,
     )  # fmt: skip
 
 
@@ -144,6 +149,7 @@ class LocalabortCeleryTask(Task):  # type: ignore[misc]
     localabort_store: Optional[str] = None
     localabort_soft_time_limit: Optional[float] = None
     localabort_abort_on_warm_shutdown: bool = False
+    localabort_log_limit: int = DEFAULT_LOG_LIMIT
 
     @property
     def store(self) -> Store:
@@ -195,12 +201,21 @@ class LocalabortCeleryTask(Task):  # type: ignore[misc]
 
         watched = watching.add(task_id, lambda: _terminate(store, row, lambda: task._last_progress))
         probe = _Probe(store, watching, watched, self.localabort_soft_time_limit)
+        capture = _capture()
+        capture.begin(task_id, self.localabort_log_limit, (store, task_id))
+        usage = Usage()
         try:
             outcome, progress = run(
                 task, args, kwargs, Binding(task_id, probe, report, store.is_abort_requested, retries)
             )
         finally:
             watching.remove(watched)
+            pid, cpu, peak = usage.end()
+            with _Captures.lock:  # a log the thread took before the end is stored before the final row
+                log, _ = capture.end()
+            row.update(worker_pid=pid, cpu_seconds=cpu, peak_rss=peak)
+            if log is not None:
+                row["log"] = log
         if probe.soft_limited:
             outcome = by_soft_limit(outcome, f"{self.name} [{task_id}]", self.localabort_soft_time_limit)
         (state, value, exc, tb, countdown), blob = pickle_outcome(outcome, self.name)
@@ -224,6 +239,38 @@ class LocalabortCeleryTask(Task):  # type: ignore[misc]
         """Give Celery's backend the state ABORTED, and keep Celery from writing over it."""
         self.update_state(state=ABORTED, meta={"partial_result": repr(partial)})
         raise Ignore()
+
+
+class _Captures:
+    """This process's ``Capture``, and the thread that stores the running task's log as it changes."""
+
+    capture: Optional[Capture] = None
+    pid = 0
+    lock = threading.Lock()  # held from taking a log to storing it
+
+
+def _capture() -> Capture:
+    """The capture of this Celery process (a prefork child each: made in it, on its first task)."""
+    if _Captures.pid != os.getpid():
+        _Captures.capture, _Captures.pid = Capture(forward=False), os.getpid()  # Celery's logging is its own
+        _Captures.lock = threading.Lock()
+        threading.Thread(target=_store_logs, args=(_Captures.capture,), name="localabort-log", daemon=True).start()
+    assert _Captures.capture is not None
+    return _Captures.capture
+
+
+def _store_logs(capture: Capture) -> None:
+    """Every ``FLUSH_EVERY`` s, store the running task's log if it changed (``localabort logs --follow``)."""
+    while True:
+        time.sleep(FLUSH_EVERY)
+        with _Captures.lock:
+            tag, log, _ = capture.sent()
+            if log is not None and tag is not None:
+                store, task_id = tag
+                try:
+                    store.write_log(task_id, log)
+                except Exception:  # the store is away a moment: its final row carries the whole log
+                    pass
 
 
 def _terminate(store: Store, row: Dict[str, Any], progress: Callable[[], Optional[Progress]]) -> None:

@@ -4,6 +4,7 @@
 
     localabort status STORE [TASK_ID...] [--state STATE]... [--name TEXT] [--limit N] [--json]
     localabort show STORE TASK_ID [--json]
+    localabort logs STORE TASK_ID [--follow]
     localabort abort STORE (TASK_ID... | --all) [--terminate-after SECONDS]
     localabort watch STORE
     localabort forget STORE --older-than AGE
@@ -41,6 +42,10 @@ __all__ = ["main"]
 WATCH_INTERVAL = 0.25
 #: The widest error ``status`` prints in its table (``show`` and ``--json`` give it whole).
 ERROR_WIDTH = 60
+#: Lines of a task's log that ``show`` prints: its last ones.
+SHOWN_LINES = 10
+#: Seconds between two reads of a task's log by ``logs --follow`` (a worker sends it every half second).
+FOLLOW_EVERY = 0.25
 
 
 class _Usage(Exception):
@@ -99,6 +104,13 @@ def _parser() -> argparse.ArgumentParser:
     show_parser.add_argument("store", help="the store: a SQLite file or an SQLAlchemy URL")
     show_parser.add_argument("task_id", metavar="TASK_ID", help="the task")
     show_parser.add_argument("--json", action="store_true", help="print a JSON object, for scripts")
+
+    logs_parser = commands.add_parser("logs", help="what one task printed and logged (its last log_limit bytes)")
+    logs_parser.add_argument("store", help="the store: a SQLite file or an SQLAlchemy URL")
+    logs_parser.add_argument("task_id", metavar="TASK_ID", help="the task")
+    logs_parser.add_argument(
+        "--follow", "-f", action="store_true", help="go on printing what a running task logs, until it ends"
+    )
 
     abort_parser = commands.add_parser("abort", help="ask tasks to abort")
     abort_parser.add_argument("store", help="the store: a SQLite file or an SQLAlchemy URL")
@@ -230,9 +242,10 @@ def status(store: Store, args: argparse.Namespace) -> int:
     records = store.tasks(ids, states=args.state, name=args.name, limit=limit or None, outcomes=False)
     now = time.time()
     starred = [r.abort_requested and r.state not in READY_STATES for r in records]
-    rows = [("ID", "NAME", "STATE", "PROGRESS", "AGE", "ERROR")] + [
+    rows = [("ID", "NAME", "STATE", "PROGRESS", "AGE", "CPU", "PEAK", "ERROR")] + [
         (r.id, r.name, r.state + ("*" if star else ""),
          _progress(r), "" if r.submitted_at is None else _age(now - r.submitted_at),
+         "" if r.cpu_seconds is None else _seconds(r.cpu_seconds), "" if r.peak_rss is None else _bytes(r.peak_rss),
          _clip((r.error or "").replace(f"task {r.id} ", ""), ERROR_WIDTH))  # its id is in the first column
         for r, star in zip(records, starred)
     ]  # fmt: skip
@@ -265,6 +278,7 @@ def _filters(args: argparse.Namespace) -> List[str]:
 
 def show(store: Store, args: argparse.Namespace) -> int:
     """Print one task: what ``status`` says of it, then its outcome and the child's traceback."""
+    from ._capture import log_text
     from ._errors import UnknownTask
     from ._outcome import load_outcome
 
@@ -279,9 +293,11 @@ def show(store: Store, args: argparse.Namespace) -> int:
         value, error = load_outcome(record.state, record.result, record.traceback)  # a store is as trusted as code
         outcome = repr(value) if error is None else f"{type(error).__name__}: {error}"
         outcome = outcome if len(outcome) <= 500 else outcome[:500] + "..."
+    logs = log_text(store.log(record.id))
     if args.json:
         (listed,) = store.tasks_json([record.id])  # what ``status --json`` says of it
-        print(json.dumps(dict(json.loads(listed), outcome=outcome or None, traceback=record.traceback), indent=1))
+        shown = dict(json.loads(listed), outcome=outcome or None, traceback=record.traceback, logs=logs)
+        print(json.dumps(shown, indent=1))
         return 0
     fields = [
         ("id", record.id), ("name", record.name), ("args", record.args_repr or ""),
@@ -297,13 +313,70 @@ def show(store: Store, args: argparse.Namespace) -> int:
             f"; next attempt {_when(record.eta, now)}" if record.state == RETRY and record.eta else "")),
         ("error", record.error or "" if record.state == RETRY else ""),  # the last attempt's
         ("result" if record.state == SUCCESS else "error", outcome),
+        ("used", "" if record.usage is None else _used(record)),
     ]  # fmt: skip
     for label, value in fields:
         if value:
             _print(f"{label + ':':<11}{value}")
     if record.traceback:
         _print(f"traceback:\n{record.traceback.rstrip()}")
+    if logs:
+        lines = logs.splitlines()
+        more = f"; all of it: localabort logs STORE {record.id[:8]}" if len(lines) > SHOWN_LINES else ""
+        _print(f"log (its last {min(len(lines), SHOWN_LINES)} lines{more}):")
+        for line in lines[-SHOWN_LINES:]:
+            _print(f"  {line}")
     return 0
+
+
+def _seconds(x: float) -> str:
+    return f"{x:.2f}s" if x < 100 else _age(x)
+
+
+def _bytes(n: int) -> str:
+    """``48.1 MiB``: bytes in the largest unit that keeps a number of at least 1."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
+def _used(record: TaskRecord) -> str:
+    peak = "" if record.peak_rss is None else f", peak memory {_bytes(record.peak_rss)}"
+    return f"{_seconds(record.cpu_seconds or 0.0)} CPU{peak}, in worker pid {record.worker_pid}"
+
+
+def logs(store: Store, args: argparse.Namespace) -> int:
+    """Print what one task printed and logged; ``--follow``: and what it goes on logging, until it ends."""
+    from ._capture import dropped_line
+    from ._errors import UnknownTask
+
+    try:
+        task_id = _resolve(store, args.task_id)
+        record = store.lookup(task_id)
+    except UnknownTask as exc:
+        _print(f"localabort: {exc}", file=sys.stderr)
+        return 1
+    seen = 0  # bytes of its log printed, counted from the start of all it ever logged
+    while True:
+        log = store.log(task_id)
+        if log is not None:
+            text, dropped = log
+            data = text.encode("utf-8")
+            logged = dropped + len(data)  # every byte it logged: those dropped, then those kept
+            if logged > seen:
+                new = data[max(0, len(data) - (logged - seen)) :]
+                if logged - seen > len(data):  # more came since the last look than the store keeps
+                    new = dropped_line(logged - seen - len(data)).encode() + new
+                sys.stdout.write(printable(new.decode("utf-8", "replace"), newlines=True))
+                sys.stdout.flush()
+                seen = logged
+        if not args.follow or record.state in READY_STATES:
+            return 0
+        time.sleep(FOLLOW_EVERY)
+        record = store.lookup(task_id)
 
 
 def _when(at: Optional[float], now: float) -> str:
@@ -406,5 +479,5 @@ def forget(store: Store, args: argparse.Namespace) -> int:
 
 
 COMMANDS: Dict[str, Any] = {
-    "status": status, "show": show, "abort": abort, "watch": watch, "forget": forget, "serve": serve,
+    "status": status, "show": show, "logs": logs, "abort": abort, "watch": watch, "forget": forget, "serve": serve,
 }  # fmt: skip

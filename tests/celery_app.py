@@ -43,6 +43,7 @@ POSTGRES = os.environ.get("LOCALABORT_TEST_POSTGRES_URL")
 crunch_pg = register(app, tasks.Crunch, store=POSTGRES, name="tests.crunch_on_postgresql")
 spin_pg = register(app, tasks.Spin, store=POSTGRES, name="tests.spin_on_postgresql")
 flaky = register(app, tasks.Flaky)
+chatty = register(app, tasks.Chatty)
 
 # Scale-out: a Redis broker and a PostgreSQL store, for several workers (tests/test_celery.py starts them with
 # LOCALABORT_TEST_REDIS_URL and LOCALABORT_SCALE_STORE set; elsewhere these tasks are never sent).

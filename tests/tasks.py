@@ -467,3 +467,85 @@ class AsyncChecker(AbortableTask):
             self.progress(i)
             await asyncio.sleep(0.001)
         return i
+
+
+class Chatty(AbortableTask):
+    """Prints, writes to stderr and logs ``n`` lines each, from its own thread too; returns ``n``."""
+
+    def run(self, n, every=0.0):
+        import logging
+        import threading
+
+        log = logging.getLogger("tests.chatty")
+        for i in range(n):
+            print(f"out {i}")
+            print(f"err {i}", file=sys.stderr)
+            log.warning("record %d of %s", i, self.task_id)
+            if every:
+                time.sleep(every)
+        helper = threading.Thread(target=print, args=("from a thread",))
+        helper.start()
+        helper.join()
+        return n
+
+
+def print_bytes(size, line=80):
+    """Print ``size`` bytes in lines of ``line`` (a single line if ``line`` is 0), numbered at the end."""
+    if not line:
+        print("x" * (size - 4) + "END")
+        return size
+    for i in range(size // line):
+        print(f"{i:0{line - 1}d}")
+    return size
+
+
+def print_then_close():
+    """Print, close ``sys.stdout``, and say what printing then raised."""
+    print("before")
+    sys.stdout.close()
+    try:
+        print("after")
+    except ValueError as exc:
+        return str(exc)
+    return "printed"
+
+
+def hostile_text():
+    """Print an escape sequence, a bidi override and a lone surrogate (a file name's undecodable byte)."""
+    print("\x1b[31mred\x1b[0m \u202eevil\u202c " + b"caf\xe9".decode("utf-8", "surrogateescape"))
+    return True
+
+
+def print_in_fork():
+    """Fork a child that prints; wait for it; print after."""
+    pid = os.fork()
+    if pid == 0:
+        print("from the forked child", flush=True)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    print("after the fork")
+    return True
+
+
+def use(megabytes, cpu_seconds=0.0, child_cpu_seconds=0.0):
+    """Hold ``megabytes`` of touched memory, spin ``cpu_seconds``, and run a child that spins ``child_cpu_seconds``."""
+    import subprocess
+
+    held = bytearray(megabytes * 2**20)
+    held[::4096] = b"x" * len(held[::4096])
+    end = time.process_time() + cpu_seconds
+    while time.process_time() < end:
+        pass
+    if child_cpu_seconds:
+        code = f"import time\nend = time.process_time() + {child_cpu_seconds}\nwhile time.process_time() < end: pass"
+        subprocess.run([sys.executable, "-c", code], check=True)
+    return len(held)
+
+
+def log_records(n):
+    """Log ``n`` WARNING records on ``tests.chatty`` (and print nothing: the records alone reach stderr)."""
+    import logging
+
+    for i in range(n):
+        logging.getLogger("tests.chatty").warning("record %d", i)
+    return n

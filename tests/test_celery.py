@@ -179,6 +179,17 @@ def test_checkpoint_deep_in_the_stack_ends_the_task_aborted(worker):
     assert res.state == ABORTED
 
 
+def test_a_tasks_log_and_usage_are_stored_from_a_celery_worker_too(worker):
+    res = celery_app.chatty.delay(3, 0.3)  # a line each 0.3 s: the worker stores its log as it runs
+    wait_for(lambda: "out 0" in res.logs, what="the log of the running task")
+    assert res.state == STARTED
+    assert res.get(timeout=30) == 3
+    for i in range(3):
+        assert f"out {i}\n" in res.logs and f"WARNING tests.chatty: record {i} of {res.id}" in res.logs
+    usage = res.usage
+    assert usage is not None and usage["worker_pid"] != os.getpid() and usage["peak_rss"] > 0
+
+
 def test_progress_is_visible_while_the_task_runs(worker):
     res = celery_app.ticker.delay(30)
     first = wait_for(lambda: res.progress, what="progress")[0]

@@ -60,7 +60,7 @@ def test_status_json_lists_every_task_newest_first(busy, store_path):
 def test_status_table_and_filters(busy, store_path):
     done, _ = busy
     table = cli("status", store_path).stdout.splitlines()
-    assert table[0].split() == ["ID", "NAME", "STATE", "PROGRESS", "AGE", "ERROR"]
+    assert table[0].split() == ["ID", "NAME", "STATE", "PROGRESS", "AGE", "CPU", "PEAK", "ERROR"]
     assert len(table) == 1 + 5 + 1 and table[-1].startswith("5 of 5 shown; 1 FAILURE, 2 STARTED, 2 SUCCESS")
     assert "ValueError: x" in next(line for line in table if done[2].id in line)
     only = cli("status", store_path, "--state", "SUCCESS", "--state", "FAILURE", "--json").stdout

@@ -131,7 +131,7 @@ def test_an_executor_shares_an_applications_database_and_leaves_its_tables_be(tm
         assert ex.submit(divmod, 7, 2).result(timeout=60) == (3, 1)
     assert sql(str(path), "SELECT name FROM users") == [("ada",)]
     tables = {name for (name,) in sql(str(path), "SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert tables == {"users", "localabort_tasks", "localabort_executors", "localabort_meta"}
+    assert tables == {"users", "localabort_tasks", "localabort_executors", "localabort_meta", "localabort_logs"}
 
 
 def test_an_executor_in_the_same_process_notices_its_store_file_was_deleted(tmp_path):
@@ -401,11 +401,11 @@ def test_an_older_store_is_upgraded_by_an_executor_only(tmp_path):
     with contextlib.closing(sqlite3.connect(path)) as conn, conn:
         for statement in SCHEMA_1:
             conn.execute(statement)
-    with pytest.raises(StoreError, match=r"older localabort \(schema 1, this one reads 6\); open it once with an Ex"):
+    with pytest.raises(StoreError, match=r"older localabort \(schema 1, this one reads 7\); open it once with an Ex"):
         Store(path, create=False)
     assert sql(path, "SELECT value FROM localabort_meta") == [("1",)]  # a reader changed nothing
     store = Store(path, create=True)
-    assert sql(path, "SELECT value FROM localabort_meta") == [("6",)]
+    assert sql(path, "SELECT value FROM localabort_meta") == [("7",)]
     assert store.get("old").state == SUCCESS and store.get("old").error is None  # the tasks are kept
     indexes = dict(sql(path, "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL"))
     assert "RECEIVED" in indexes["ix_localabort_tasks_unfinished"]
@@ -413,12 +413,15 @@ def test_an_older_store_is_upgraded_by_an_executor_only(tmp_path):
     assert "abort_requested_at IS NOT NULL" in indexes["ix_localabort_tasks_aborting"]
     assert "state = 'STARTED'" in indexes["ix_localabort_tasks_running"]
     store.register_executor("e1")  # the new column is there
+    store.write([row("new", SUCCESS, worker_pid=7, cpu_seconds=0.5, peak_rss=2**20, log=("hi\n", 0))])
+    assert store.get("new").usage == {"worker_pid": 7, "cpu_seconds": 0.5, "peak_rss": 2**20}
+    assert store.log("new") == ("hi\n", 0) and store.log("old") is None
     store.dispose()
     Store(path, create=False).dispose()  # and now any reader opens it
 
 
 def test_an_older_schema_is_upgraded_on_either_database(store):
-    """Schema 1, as localabort 0.1 made it, made from today's by undoing what schemas 2 to 6 added."""
+    """Schema 1, as localabort 0.1 made it, made from today's by undoing what schemas 2 to 7 added."""
     import sqlalchemy as sa
 
     store.write([row("old", SUCCESS, key="k", finished_at=1.0)])
@@ -432,7 +435,10 @@ def test_an_older_schema_is_upgraded_on_either_database(store):
             conn.execute(sa.text(f"DROP INDEX {name}"))
         for column in ("flushed_at", "pid_namespace"):
             conn.execute(sa.text(f"ALTER TABLE localabort_executors DROP COLUMN {column}"))
-        for column in ("abort_by", "terminate_at", "error", "retries", "eta", "args_repr"):
+        conn.execute(sa.text("DROP TABLE localabort_logs"))
+        for column in (
+            "abort_by", "terminate_at", "error", "retries", "eta", "args_repr", "worker_pid", "cpu_seconds", "peak_rss",
+        ):  # fmt: skip
             conn.execute(sa.text(f"ALTER TABLE localabort_tasks DROP COLUMN {column}"))
         conn.execute(sa.text("CREATE INDEX ix_localabort_tasks_unfinished ON localabort_tasks (executor_id) "
                              "WHERE state IN ('PENDING', 'STARTED')"))  # fmt: skip
@@ -441,13 +447,16 @@ def test_an_older_schema_is_upgraded_on_either_database(store):
     with pytest.raises(StoreError, match=r"older localabort \(schema 1"):
         Store(store.url, create=False)
     upgraded = Store(store.url, create=True)
-    assert upgraded._schema_version(create=False) == "6" and upgraded.get("old").state == SUCCESS
+    assert upgraded._schema_version(create=False) == "7" and upgraded.get("old").state == SUCCESS
     assert upgraded.aborts_requested("e0") == {}  # its index is back (SQLite names it: INDEXED BY)
     upgraded.register_executor("e1")  # flushed_at and pid_namespace are back
     assert upgraded.sync("e1", [row("new", key="k")], [], claims=[("new", "tests.Job", "k")], flushed_at=1.0) == (
         [],
         {},
     )
+    upgraded.write([row("new", SUCCESS, worker_pid=7, cpu_seconds=0.5, peak_rss=2**40, log=("hi\n", 3))])
+    assert upgraded.get("new").usage == {"worker_pid": 7, "cpu_seconds": 0.5, "peak_rss": 2**40}  # a BIGINT
+    assert upgraded.log("new") == ("hi\n", 3)
     upgraded.dispose()
 
 

@@ -326,6 +326,30 @@ def test_a_whole_batch_is_aborted_only_once_confirmed(tmp_path, capfd, page):
         theirs.abort()
 
 
+def test_the_task_panel_follows_the_log_shows_it_inert_and_says_what_the_task_used(tmp_path, capfd, page):
+    with pool(str(tmp_path / "s.sqlite"), "fork", 1, dashboard=True) as ex:
+        hostile = ex.submit(tasks.hostile_text)
+        chatty = ex.submit(tasks.Chatty, 60, 0.1)
+        page.goto(dashboard_url(capfd))
+        page.locator(f'tr[data-id="{chatty.id}"]').click()
+        page.locator(f'#detail[data-id="{chatty.id}"]').wait_for()
+        log = page.locator("#d-log")
+        wait_for(lambda: "out 1\n" in (log.text_content() or ""), what="the running task's log on the page")
+        assert not chatty.done()
+        seen = log.text_content()
+        wait_for(lambda: len(log.text_content()) > len(seen), what="the log to grow as the task runs")
+        assert chatty.result(timeout=60) == 60
+        wait_for(lambda: "from a thread" in log.text_content(), what="the whole log once it ended")
+        used = page.locator('#d-fields dd[data-field="used"]')
+        wait_for(lambda: used.count() and " s CPU, peak memory " in used.text_content(), what="what it used")
+        page.locator(f'tr[data-id="{hostile.id}"]').click()
+        page.locator(f'#detail[data-id="{hostile.id}"]').wait_for()
+        wait_for(lambda: "red" in (log.text_content() or ""), what="the hostile task's log")
+        text = log.text_content()
+        assert "\x1b" not in text and "\u202e" not in text
+        assert "\\u001b[31mred" in text and "\\u202eevil" in text
+
+
 def test_text_from_the_store_is_shown_as_text_never_run(tmp_path, page):
     board = Dashboard(new_store(tmp_path / "s.sqlite")).start()
     try:

@@ -298,6 +298,7 @@ async function openDetail(id, fresh) {
     ["abort", task.abort_requested ? "asked " + when(task.abort_requested_at) + " by " + (task.abort_by || "?") : ""],
     ["kill at", task.terminate_at && UNFINISHED.has(task.state) ? when(task.terminate_at) : ""],
     ["error", task.error],
+    ["used", used(task)],
   ];
   $("d-fields").replaceChildren(...fields.filter(([, value]) => value).flatMap(([label, value]) =>
     [el("dt", {}, label), el("dd", { "data-field": label }, value)]));
@@ -309,6 +310,26 @@ async function openDetail(id, fresh) {
   $("d-tb-title").hidden = !tb;
   $("d-traceback").hidden = !tb;
   $("d-traceback").textContent = tb;
+  const log = $("d-log");
+  const following = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;  // at its end: stay there
+  $("d-log-title").hidden = !task.logs;
+  log.hidden = !task.logs;
+  log.textContent = inert(task.logs || "");
+  if (following) log.scrollTop = log.scrollHeight;
+}
+
+// A task's own text, shown as text: control characters (escape sequences) and the bidi controls that would
+// reorder what follows them, as escapes a reader sees.
+const CONTROLS = /[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
+
+function inert(text) {
+  return text.replace(CONTROLS, (c) => "\\u" + c.charCodeAt(0).toString(16).padStart(4, "0"));
+}
+
+function used(task) {
+  if (task.worker_pid == null) return "";
+  const peak = task.peak_rss == null ? "" : ", peak memory " + (task.peak_rss / 2 ** 20).toFixed(1) + " MiB";
+  return task.cpu_seconds.toFixed(2) + " s CPU" + peak + ", in worker pid " + task.worker_pid;
 }
 
 function closeDetail() {

@@ -73,3 +73,18 @@ class Soak(AbortableTask):
         if fail:
             raise ValueError(f"failed on purpose after {ms} ms")
         return ms
+
+
+def print_lines(n):
+    """Print ``n`` short lines, as fast as ``print`` goes; return how long that took in the worker."""
+    start = time.perf_counter()
+    for i in range(n):
+        print("line", i)
+    return time.perf_counter() - start
+
+
+def quiet_stdout():
+    """An initializer: this worker's standard output goes to /dev/null (a benchmark prints its own tables)."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.close(null)
