@@ -40,6 +40,7 @@ def test_a_cancelled_await_aborts_the_running_task(start_method, store_path):
     async def main(ex):
         future = ex.submit(tasks.Spin)
         waiting = asyncio.ensure_future(_await(future))
+        await asyncio.sleep(0)  # the awaiting task runs up to its await: a task cancelled before it ran awaited nothing
         while not started(future):
             await asyncio.sleep(0.005)
         waiting.cancel()
