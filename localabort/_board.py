@@ -26,13 +26,19 @@ from ._schema import RUNNING, STANDING, UNFINISHED, executors, logs, tasks
 from ._states import ALL_STATES, READY_STATES, STARTED
 from ._store import Store
 
-__all__ = ["PAGE", "Board"]
+__all__ = ["PAGE", "RATE_WINDOW", "STREAM_WINDOW", "Board"]
 
 #: Tasks in a page of the listing, and the most running tasks a snapshot carries bars for.
 PAGE = 50
 BARS = 40
 #: The most batches (executors) a snapshot lists: those with unfinished tasks, then the newest.
 BATCHES = 12
+#: Seconds of a batch the task stream spans: its last ones, up to now (or to the batch's end).
+STREAM_WINDOW = 120.0
+#: The most bars the task stream carries: the tasks that ended last, and the running ones.
+STREAM_BARS = 2000
+#: Seconds of a batch's plot of tasks finished per second.
+RATE_WINDOW = 60
 #: The finished tasks are counted again once this many times as long as their last count took has passed.
 RECOUNT = 10
 #: A count of the finished tasks that took less than this (seconds) is made afresh for every snapshot.
@@ -107,6 +113,10 @@ class Board:
             ).scalar() or 0  # fmt: skip
             page = conn.execute(_page(state, name, executor, before, limit + 1)).all()  # one more: is there a next?
             batches, batches_total = _batches(conn, unfinished)
+            for batch in batches:
+                batch["rate"] = _rate(conn, batch, now)
+            shown = next((b for b in batches if b["id"] == executor), None if executor or not batches else batches[0])
+            stream = None if shown is None else _stream(conn, shown, now)
         counts = dict(finished)
         for _, task_state, n in unfinished:
             counts[task_state] = counts.get(task_state, 0) + n
@@ -123,6 +133,7 @@ class Board:
             "running_total": running_total,
             "tasks": rows,
             "next": _cursor(rows[-1]) if len(page) > limit else None,
+            "stream": stream,
         }
 
     def task(self, task_id: str) -> Optional[Dict[str, Any]]:
@@ -222,6 +233,50 @@ def _page(state: Optional[str], name: Optional[str], executor: Optional[str], be
         same_time_newer = sa.and_(tasks.c.submitted_at == t, tasks.c.id >= after_id)
         query = query.where(tasks.c.submitted_at <= t, sa.not_(same_time_newer))
     return query.order_by(tasks.c.submitted_at.desc(), tasks.c.id.desc()).limit(limit)
+
+
+def _end(batch: Dict[str, Any], now: float) -> float:
+    """Where a batch's plots end: now, or when it ended."""
+    closed = batch["closed_at"]
+    return now if closed is None else min(now, closed)
+
+
+def _stream(conn: Any, batch: Dict[str, Any], now: float) -> Dict[str, Any]:
+    """The task stream of one batch: its tasks that ran in its last ``STREAM_WINDOW`` s, each as a bar.
+
+    Each is ``[id, state, started_at, finished_at, worker_pid]`` (``finished_at``
+    ``None`` while it runs). Two reads of small index ranges, however large
+    the store: the tasks that ended, through the index by batch and end; the
+    running ones, through the running tasks' own index.
+    """
+    until = _end(batch, now)
+    since = until - STREAM_WINDOW
+    fields = (tasks.c.id, tasks.c.state, tasks.c.started_at, tasks.c.finished_at, tasks.c.worker_pid)
+    mine = tasks.c.executor_id == batch["id"]
+    ended = conn.execute(
+        sa.select(*fields).where(mine, tasks.c.finished_at >= since, tasks.c.started_at.is_not(None))
+        .order_by(tasks.c.finished_at.desc()).limit(STREAM_BARS)
+    ).all()  # fmt: skip
+    running = conn.execute(sa.select(*fields).where(sa.text(RUNNING), mine).limit(STREAM_BARS)).all()
+    return {"executor": batch["id"], "since": since, "until": until, "tasks": [list(r) for r in (*running, *ended)]}
+
+
+def _rate(conn: Any, batch: Dict[str, Any], now: float) -> List[int]:
+    """Tasks of a batch finished in each of its last ``RATE_WINDOW`` whole seconds, oldest first."""
+    last = int(_end(batch, now))
+    first = last - RATE_WINDOW
+    second = (sa.cast(tasks.c.finished_at, sa.Integer) if conn.dialect.name == "sqlite"  # truncated: floor, here
+              else sa.cast(sa.func.floor(tasks.c.finished_at), sa.Integer)).label("second")  # fmt: skip
+    query = (
+        sa.select(second, sa.func.count())
+        .where(tasks.c.executor_id == batch["id"], tasks.c.finished_at >= first, tasks.c.finished_at < last)
+        .group_by(second)
+    )
+    counts = [0] * RATE_WINDOW
+    for at, count in conn.execute(query):
+        if first <= at < last:
+            counts[at - first] = count
+    return counts
 
 
 def _cursor(row: Dict[str, Any]) -> str:

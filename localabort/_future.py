@@ -64,7 +64,7 @@ class AbortableFuture(concurrent.futures.Future):  # type: ignore[type-arg]
         self._task_name = ""
         self._task_key: Optional[str] = None  # for its progress bar's label
         self._abort_requested = False
-        self._task_usage: Optional[Tuple[int, float, Optional[int]]] = None  # once it ended
+        self._task_usage: Optional[Tuple[Optional[int], Optional[float], Optional[int]]] = None
         self._task_log: Optional[Tuple[str, int]] = None  # as its worker last sent it
 
     def __repr__(self) -> str:

@@ -35,9 +35,12 @@ from ._states import PENDING, RETRY, SUCCESS, Progress
 if TYPE_CHECKING:
     from ._words import AbortWords
 
-__all__ = ["DONE", "QUEUED", "RUNNING", "SENT", "WAITING", "Job", "completed", "resolve"]
+__all__ = ["DONE", "QUEUED", "RUNNING", "SENT", "WAITING", "Job", "Usage", "completed", "resolve"]
 
 QUEUED, SENT, RUNNING, WAITING, DONE = "queued", "sent", "running", "waiting", "done"
+
+#: What a task used: its worker's pid, CPU seconds and peak resident memory in bytes, each ``None`` until known.
+Usage = Tuple[Optional[int], Optional[float], Optional[int]]
 
 
 #: The deadline of what has none. One shared float: each ``float("inf")`` is 24 bytes more per pending job.
@@ -123,7 +126,7 @@ class Job:
         self.follows: Optional[str] = None  # the task holding its key, whose outcome it takes instead of running
         self.log_limit: Optional[int] = None  # bytes of its log to keep, if not the executor's
         self.log: Optional[Tuple[str, int]] = None  # its log as its worker last sent it, until written (``row``)
-        self.usage: Optional[Tuple[int, float, Optional[int]]] = None  # its worker's pid, CPU s, peak RSS
+        self.usage: Optional[Usage] = None  # its worker's pid (once it started), CPU s and peak RSS (once it ended)
 
     def end(self, state: str, exc: Optional[BaseException] = None) -> None:
         """Record the job's final state; ``exc``, if given, becomes its stored outcome."""

@@ -71,7 +71,7 @@ from typing import TYPE_CHECKING, Any, Deque, Dict, List, Optional, Tuple
 from ._errors import TaskAborted
 from ._future import AbortableFuture
 from ._interrupt import deferred
-from ._jobs import DONE, QUEUED, RUNNING, SENT, WAITING, Job, resolve
+from ._jobs import DONE, QUEUED, RUNNING, SENT, WAITING, Job, Usage, resolve
 from ._messages import Call, Calls, encode
 from ._outcome import unrun
 from ._procs import asker
@@ -471,7 +471,7 @@ class Scheduler:
 
     def finish(
         self, job: Job, state: str, blob: bytes, tb: Optional[str], progress: Optional[Progress], error: Optional[str],
-        usage: Optional[Tuple[int, float, Optional[int]]] = None, log: Optional[Tuple[str, int]] = None,
+        usage: Optional[Usage] = None, log: Optional[Tuple[str, int]] = None,
     ) -> None:  # fmt: skip
         """``job`` ended in ``state`` (``error``: its exception in words); its row goes with the next write.
 
@@ -479,7 +479,9 @@ class Scheduler:
         """
         with self.lock:
             job.end(state)
-            job.result, job.traceback, job.error, job.blob, job.usage = blob, tb, error, None, usage
+            job.result, job.traceback, job.error, job.blob = blob, tb, error, None
+            if usage is not None:  # else what was known: its worker, if it started
+                job.usage = usage
             if log is not None:
                 job.log = job.future._task_log = log
             if progress is not None:
@@ -806,6 +808,7 @@ class Scheduler:
             return
         job.state = job.future._task_state = STARTED
         job.started_at = time.time()
+        job.usage = (slot.pid, None, None)  # its worker, known now (the dashboard's task stream); the rest at its end
         if slot.ready:  # else its clock starts when the worker says it has started
             job.start_clock()
         self.dirty[job.id] = job

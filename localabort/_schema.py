@@ -120,6 +120,8 @@ tasks = sa.Table(
     sa.Index("ux_localabort_tasks_held_key", "name", "key", unique=True),
     # Only running tasks, by start: the dashboard's bars, however many tasks are queued.
     sa.Index("ix_localabort_tasks_running", "started_at"),
+    # A batch's tasks by end: the dashboard's task stream and rate, its last minutes however large the store.
+    sa.Index("ix_localabort_tasks_finished", "executor_id", "finished_at"),
 )
 
 #: The condition of each partial index of ``tasks``.
@@ -230,10 +232,11 @@ def _to_6(conn: Connection) -> None:
 
 
 def _to_7(conn: Connection) -> None:
-    """Schema 7: what each task used (its worker, CPU time, peak memory), and each task's log."""
+    """Schema 7: what each task used (its worker, CPU time, peak memory), each task's log, tasks by end."""
     for column in ("worker_pid INTEGER", "cpu_seconds FLOAT", "peak_rss BIGINT"):
         conn.execute(sa.text(f"ALTER TABLE localabort_tasks ADD COLUMN {column}"))
     logs.create(conn, checkfirst=True)  # made already where the store made its missing tables first
+    _remake_indexes(conn, "ix_localabort_tasks_finished")
 
 
 #: Upgrades from each older schema version to the next.
@@ -274,7 +277,7 @@ class TaskRecord(NamedTuple):
     retries: int = 0  # attempts retried so far
     eta: Optional[float] = None  # when a task in RETRY runs its next attempt
     args_repr: Optional[str] = None  # its arguments as text, written at submit
-    worker_pid: Optional[int] = None  # the process that ran it (its last attempt), once it ended
+    worker_pid: Optional[int] = None  # the process that runs or ran it (its last attempt), from its start
     cpu_seconds: Optional[float] = None  # the CPU time it used, once it ended
     peak_rss: Optional[int] = None  # its peak resident memory in bytes, once it ended
 

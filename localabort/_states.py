@@ -93,6 +93,6 @@ def usage(worker_pid: Optional[int], cpu_seconds: Optional[float], peak_rss: Opt
     >>> usage(4242, 0.5, 2**20)
     {'worker_pid': 4242, 'cpu_seconds': 0.5, 'peak_rss': 1048576}
     """
-    if worker_pid is None:
+    if cpu_seconds is None:  # not ended, or its worker died: only its worker is known
         return None
     return {"worker_pid": worker_pid, "cpu_seconds": cpu_seconds, "peak_rss": peak_rss}

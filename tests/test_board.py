@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from localabort import ABORTED, FAILURE, PENDING, STARTED, SUCCESS
-from localabort._board import Board
+from localabort._board import RATE_WINDOW, STREAM_WINDOW, Board
 from localabort._schema import task_row
 
 pytestmark = pytest.mark.timeout(60)
@@ -81,6 +81,33 @@ def test_batches_are_executors_with_their_unfinished_tasks_first(store, monkeypa
     assert [b["id"] for b in Board(store).snapshot()["batches"]] == ["busy", "newer"]
     assert batches[0]["unfinished"] == {STARTED: 1, PENDING: 1} and batches[0]["closed_at"] is None
     assert batches[2]["unfinished"] == {} and batches[2]["closed_at"] is not None
+
+
+def test_the_task_stream_is_one_batchs_last_minutes_and_its_rate_counts_each_second(store):
+    store.register_executor("e1")
+    store.register_executor("e2")
+    now = time.time()
+    store.write([
+        row("ran", SUCCESS, started_at=now - 10, finished_at=now - 5, worker_pid=11, cpu_seconds=1.0),
+        row("failed", FAILURE, started_at=now - 4, finished_at=now - 3.5, worker_pid=12, cpu_seconds=0.1),
+        row("runs", STARTED, started_at=now - 2, worker_pid=11),
+        row("long_ago", SUCCESS, started_at=now - 600, finished_at=now - 500, worker_pid=11),
+        row("unrun", ABORTED, finished_at=now - 1),  # ended before it started: no bar
+        row("other", SUCCESS, executor="e2", started_at=now - 3, finished_at=now - 2, worker_pid=13),
+    ])  # fmt: skip
+    board = Board(store)
+    stream = board.snapshot(executor="e1")["stream"]
+    assert stream["executor"] == "e1" and stream["until"] - stream["since"] == STREAM_WINDOW
+    bars = {bar[0]: bar for bar in stream["tasks"]}
+    assert set(bars) == {"ran", "failed", "runs"}
+    assert bars["runs"][1:] == [STARTED, now - 2, None, 11] and bars["failed"][4] == 12
+    assert board.snapshot(executor="e2")["stream"]["tasks"] == [["other", SUCCESS, now - 3, now - 2, 13]]
+    assert board.snapshot(executor="nobody")["stream"] is None
+    rates = {b["id"]: b["rate"] for b in board.snapshot()["batches"]}
+    assert len(rates["e1"]) == RATE_WINDOW and sum(rates["e1"]) == 3 and sum(rates["e2"]) == 1
+    store.close_executor("e2")
+    ended = board.snapshot(executor="e2")["stream"]
+    assert ended["until"] <= time.time() and ended["tasks"] == [["other", SUCCESS, now - 3, now - 2, 13]]
 
 
 def test_a_task_in_full_is_its_text_and_never_its_pickles(store, tmp_path):

@@ -350,6 +350,42 @@ def test_the_task_panel_follows_the_log_shows_it_inert_and_says_what_the_task_us
         assert "\\u001b[31mred" in text and "\\u202eevil" in text
 
 
+def old_tasks(path, count):
+    """``count`` finished tasks of a batch long gone, written straight into the store at ``path``."""
+    new_store(path)
+    at = time.time() - 86400
+    rows = ((f"old-{i:07d}", "gone", "tests.Job", "SUCCESS", at + i / 1000, at + i / 1000, at + i / 1000 + 0.001, 7)
+            for i in range(count))  # fmt: skip
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.executemany(
+            "INSERT INTO localabort_tasks (id, executor_id, name, state, submitted_at, started_at, finished_at, "
+            "worker_pid) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows,
+        )  # fmt: skip
+
+
+@pytest.mark.timeout(300)
+def test_the_task_stream_draws_a_batch_live_on_a_store_of_a_million_tasks(tmp_path, capfd, page):
+    path = str(tmp_path / "s.sqlite")
+    old_tasks(path, 1_000_000)
+    with pool(path, "fork", 2, dashboard=True) as ex:
+        futures = [ex.submit(tasks.Steps, 10, 0.01) for _ in range(30)] + [ex.submit(tasks.Fail, "boom")]
+        page.goto(dashboard_url(capfd))
+        page.locator('#stream rect.task[data-state="STARTED"]').first.wait_for()  # live: running bars
+        for future in futures[:-1]:
+            assert future.result(timeout=60) == 10
+        pids = {f.usage["worker_pid"] for f in futures[:-1]}
+        done = page.locator('#stream rect.task[data-state="SUCCESS"]')
+        wait_for(lambda: done.count() == 30, what="a bar for each task that ended")
+        page.locator('#stream rect.task[data-state="FAILURE"]').wait_for()
+        lanes = {page.locator("#stream text").nth(i).text_content() for i in range(len(pids))}
+        assert lanes == {f"pid {pid}" for pid in pids}  # one lane per worker process
+        assert "Task stream: batch " + ex.id[-8:] in page.locator("#stream-title").text_content()
+        rate = page.locator(f'.batch[data-executor="{ex.id}"] .rate')
+        assert rate.text_content().endswith("/s")
+        page.locator(f'#stream rect.task[data-id="{futures[3].id}"]').dispatch_event("click")
+        page.locator(f'#detail[data-id="{futures[3].id}"]').wait_for()  # the bar opens its task
+
+
 def test_text_from_the_store_is_shown_as_text_never_run(tmp_path, page):
     board = Dashboard(new_store(tmp_path / "s.sqlite")).start()
     try:

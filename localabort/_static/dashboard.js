@@ -135,6 +135,7 @@ function render(next) {
   $("readonly").hidden = !snap.read_only;
   renderCounts();
   renderBatches();
+  renderStream();
   renderRunning();
   renderTasks();
   if (selected && Date.now() - detailAsked > 1000) openDetail(selected, false);
@@ -182,11 +183,74 @@ function renderBatches() {
       el("div", {}, el("b", { class: "mono" }, short(batch.id)), " ", live),
       el("div", { class: "line" }, (batch.hostname || "?") + " pid " + (batch.pid ?? "?") +
         ", started " + duration(now() - (batch.started_at || now())) + " ago"),
+      rateLine(batch.rate || []),
       el("div", { class: "row" }, el("span", {}, unfinished ? parts.join(", ") : "nothing unfinished"), abort));
   });
   const more = snap.batches_total - snap.batches.length;
   if (more > 0) cards.push(el("p", { class: "empty" }, number(more) + " older batch(es) not shown"));
   $("batches").replaceChildren(...(cards.length ? cards : [el("p", { class: "empty" }, "no executor has used this store yet")]));
+}
+
+const SVG = "http://www.w3.org/2000/svg";
+
+function svg(tag, attrs, ...children) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [key, value] of Object.entries(attrs || {})) node.setAttribute(key, value);
+  for (const child of children) node.append(child);
+  return node;
+}
+
+// A batch's tasks finished per second over its last minute: a line, and the last 10 seconds' mean.
+function rateLine(counts) {
+  const top = Math.max(1, ...counts);
+  const points = counts.map((n, i) => (i * 120) / Math.max(1, counts.length - 1) + "," + (21 - (20 * n) / top)).join(" ");
+  const recent = counts.slice(-10);
+  const mean = recent.reduce((a, b) => a + b, 0) / Math.max(1, recent.length);
+  return el("div", { class: "rate", title: "tasks finished per second, last minute" },
+    svg("svg", { viewBox: "0 0 120 22", preserveAspectRatio: "none", role: "img" }, svg("polyline", { points })),
+    number(mean) + "/s");
+}
+
+// The task stream of one batch (the one chosen, or the first listed): a lane per worker process, a bar per task
+// from its start to its end (or now), coloured by its state, over the batch's last minutes. A click opens the task.
+const LANE = 16;
+
+function renderStream() {
+  const stream = snap.stream;
+  const box = $("stream");
+  if (!stream) {
+    $("stream-title").textContent = "Task stream";
+    if (changed("stream", null)) box.replaceChildren(el("p", { class: "empty" }, "no batch to show"));
+    return;
+  }
+  if (!changed("stream", [stream, selected])) return;
+  const pids = [...new Set(stream.tasks.map((t) => t[4]))].sort((a, b) => (a ?? 0) - (b ?? 0));
+  const lanes = new Map(pids.map((pid, i) => [pid, i]));
+  const width = 1000;
+  const left = 70; // the lanes' labels
+  const span = Math.max(1e-9, stream.until - stream.since);
+  const x = (t) => left + ((Math.min(Math.max(t, stream.since), stream.until) - stream.since) / span) * (width - left);
+  const height = Math.max(1, pids.length) * LANE + 14;
+  const drawing = svg("svg", { viewBox: "0 0 " + width + " " + height, preserveAspectRatio: "none",
+    height: String(height), "aria-label": "task stream" });
+  pids.forEach((pid, i) => drawing.append(svg("text", { x: "0", y: String(i * LANE + 11) }, "pid " + (pid ?? "?"))));
+  for (const [id, state, started, finished, pid] of stream.tasks) {
+    const x0 = x(started);
+    const x1 = Math.max(x0 + 1, x(finished ?? stream.until));
+    const rect = svg("rect", { class: "task", "data-id": id, "data-state": state, x: String(x0),
+      y: String(lanes.get(pid) * LANE + 1), width: String(x1 - x0), height: String(LANE - 3) });
+    rect.style.fill = "var(--" + state + ", #999)";
+    if (id === selected) rect.style.stroke = "var(--fg)";
+    rect.addEventListener("click", () => openDetail(id, true));
+    rect.append(svg("title", {}, short(id) + " " + state));
+    drawing.append(rect);
+  }
+  const axis = height - 2;
+  drawing.append(svg("text", { x: String(left), y: String(axis) }, "-" + duration(span)),
+    svg("text", { x: String(width - 30), y: String(axis) }, stream.until < now() - 1 ? "end" : "now"));
+  $("stream-title").textContent = "Task stream: batch " + short(stream.executor) + " (" +
+    number(stream.tasks.length) + " tasks in its last " + duration(span) + ")";
+  box.replaceChildren(drawing);
 }
 
 // One bar per running task, kept from one snapshot to the next (keyed by id): a click is never lost to a redraw.
