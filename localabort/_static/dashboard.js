@@ -392,6 +392,7 @@ function inert(text) {
 
 function used(task) {
   if (task.worker_pid == null) return "";
+  if (task.cpu_seconds == null) return "in worker pid " + task.worker_pid; // it runs, or its worker died
   const peak = task.peak_rss == null ? "" : ", peak memory " + (task.peak_rss / 2 ** 20).toFixed(1) + " MiB";
   return task.cpu_seconds.toFixed(2) + " s CPU" + peak + ", in worker pid " + task.worker_pid;
 }
