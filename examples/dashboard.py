@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import logging
 import time
 
 from localabort import AbortableTask, Executor
@@ -21,10 +22,15 @@ class Render(AbortableTask):
     """Renders ``frames`` frames of a scene, checking for an abort before each one."""
 
     def run(self, scene: str, frames: int, fps: float = 25.0) -> int:
+        log = logging.getLogger("render")
+        log.warning("%s: %d frames at %g fps", scene, frames, fps)
         for frame in range(frames):
             if self.is_aborted():
+                log.warning("%s: aborted at frame %d", scene, frame)
                 return frame
             time.sleep(1 / fps)
+            if frame % 5 == 0:
+                print(f"{scene}: frame {frame} done")
             if scene.startswith("broken") and frame == frames // 3:
                 raise ValueError(f"{scene}: frame {frame} has no camera")
             self.progress(frame + 1, frames)

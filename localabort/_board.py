@@ -242,7 +242,7 @@ def _end(batch: Dict[str, Any], now: float) -> float:
 
 
 def _stream(conn: Any, batch: Dict[str, Any], now: float) -> Dict[str, Any]:
-    """The task stream of one batch: its tasks that ran in its last ``STREAM_WINDOW`` s, each as a bar.
+    """The task stream of one batch: its tasks that ran in its last ``STREAM_WINDOW`` s (or since it began), as bars.
 
     Each is ``[id, state, started_at, finished_at, worker_pid]`` (``finished_at``
     ``None`` while it runs). Two reads of small index ranges, however large
@@ -250,7 +250,7 @@ def _stream(conn: Any, batch: Dict[str, Any], now: float) -> Dict[str, Any]:
     running ones, through the running tasks' own index.
     """
     until = _end(batch, now)
-    since = until - STREAM_WINDOW
+    since = max(until - STREAM_WINDOW, batch["started_at"] or 0.0)  # a young batch fills the width
     fields = (tasks.c.id, tasks.c.state, tasks.c.started_at, tasks.c.finished_at, tasks.c.worker_pid)
     mine = tasks.c.executor_id == batch["id"]
     ended = conn.execute(

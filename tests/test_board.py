@@ -9,8 +9,8 @@ import pytest
 import sqlalchemy as sa
 
 from localabort import ABORTED, FAILURE, PENDING, STARTED, SUCCESS
-from localabort._board import RATE_WINDOW, STREAM_WINDOW, Board
-from localabort._schema import task_row
+from localabort._board import RATE_WINDOW, Board
+from localabort._schema import executors, task_row
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -87,6 +87,8 @@ def test_the_task_stream_is_one_batchs_last_minutes_and_its_rate_counts_each_sec
     store.register_executor("e1")
     store.register_executor("e2")
     now = time.time()
+    with store._begin() as conn:  # they began a minute ago
+        conn.execute(executors.update().values(started_at=now - 60))
     store.write([
         row("ran", SUCCESS, started_at=now - 10, finished_at=now - 5, worker_pid=11, cpu_seconds=1.0),
         row("failed", FAILURE, started_at=now - 4, finished_at=now - 3.5, worker_pid=12, cpu_seconds=0.1),
@@ -97,7 +99,7 @@ def test_the_task_stream_is_one_batchs_last_minutes_and_its_rate_counts_each_sec
     ])  # fmt: skip
     board = Board(store)
     stream = board.snapshot(executor="e1")["stream"]
-    assert stream["executor"] == "e1" and stream["until"] - stream["since"] == STREAM_WINDOW
+    assert stream["executor"] == "e1" and stream["since"] == now - 60  # since it began: under STREAM_WINDOW ago
     bars = {bar[0]: bar for bar in stream["tasks"]}
     assert set(bars) == {"ran", "failed", "runs"}
     assert bars["runs"][1:] == [STARTED, now - 2, None, 11] and bars["failed"][4] == 12
