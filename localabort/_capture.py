@@ -33,6 +33,7 @@ import queue
 import resource
 import sys
 import threading
+import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 __all__ = [
@@ -75,7 +76,10 @@ def log_text(log: Optional[Log]) -> str:
 class Tail:
     """The last ``limit`` bytes (UTF-8) of one task's log, and how many came before them.
 
-    Text that is not valid UTF-8 (lone surrogates) is kept escaped.
+    A write is appended as it is, and counted in characters: the bytes are
+    reckoned only when the text is read, or when what is held passes twice
+    the limit, so a task that prints a line at a time pays a list append
+    for it. Text that is not valid UTF-8 (lone surrogates) is kept escaped.
 
     >>> tail = Tail(8)
     >>> tail.add("hello\\n"); tail.add("world\\n")
@@ -87,84 +91,87 @@ class Tail:
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.chunks: List[bytes] = []
-        self.size = 0  # bytes in ``chunks``
+        self.chunks: List[str] = []
+        self.size = 0  # characters in ``chunks``: at most their bytes
         self.dropped = 0  # bytes dropped from the front
 
     def add(self, text: str) -> None:
-        data = text.encode("utf-8", "backslashreplace")
-        if len(data) >= self.limit:  # one huge write: keep its end, never the whole of it
-            self.dropped += self.size + len(data) - self.limit
-            self.chunks, self.size = [data[len(data) - self.limit :]], self.limit
-            return
-        self.chunks.append(data)
-        self.size += len(data)
-        while self.size - len(self.chunks[0]) >= self.limit:  # whole chunks before the last ``limit`` bytes
-            first = self.chunks.pop(0)
-            self.size -= len(first)
-            self.dropped += len(first)
+        self.chunks.append(text)
+        self.size += len(text)
+        if self.size > 2 * self.limit:
+            self._cut()
 
-    def text(self) -> Log:
-        """The log kept, cut to ``limit`` bytes, and the bytes dropped before it."""
-        data = b"".join(self.chunks)
+    def _cut(self) -> None:
+        """Keep the last ``limit`` bytes, as one chunk, and count what goes."""
+        data = "".join(self.chunks).encode("utf-8", "backslashreplace")
         excess = len(data) - self.limit
         if excess > 0:
             data = data[excess:]
             self.dropped += excess
-        self.chunks, self.size = [data], len(data)
-        return data.decode("utf-8", "replace"), self.dropped
+        text = data.decode("utf-8", "replace")
+        self.chunks, self.size = [text], len(text)
+
+    def text(self) -> Log:
+        """The log kept, cut to ``limit`` bytes, and the bytes dropped before it."""
+        self._cut()
+        return self.chunks[0], self.dropped
 
 
 class Usage:
-    """What one task used in this process: start it as the task starts, ``end`` it as it ends.
+    """What each task used in this process: ``begin()`` as a task starts, ``end()`` as it ends.
+
+    One per process (a worker's tasks run one at a time). The CPU time is
+    the process's own (``time.process_time``), with what the processes the
+    task started used, once waited for: the growth of ``RUSAGE_CHILDREN``
+    since the last task ended, read once a task.
 
     >>> usage = Usage()
+    >>> usage.begin()
     >>> pid, cpu, peak = usage.end()
     >>> pid == os.getpid() and cpu >= 0 and (peak is None or peak > 0)
     True
+    >>> usage.close()
     """
 
-    __slots__ = ("children_peak", "cpu", "peak_exact")
-
-    #: ``/proc/self/clear_refs``, opened once per process (``None``: it cannot be, this is not Linux).
-    _clear_refs: Optional[int] = None
-    _clear_refs_pid = 0
-
     def __init__(self) -> None:
-        self.peak_exact = self._reset_peak()
-        self.children_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-        times = os.times()
-        self.cpu = times.user + times.system + times.children_user + times.children_system
+        self._pid = os.getpid()
+        try:  # "reset the peak resident set size" on each write of "5" (proc(5), Linux 4.0)
+            self._clear_refs: Optional[int] = os.open("/proc/self/clear_refs", os.O_WRONLY | os.O_CLOEXEC)
+        except OSError:  # not Linux, or /proc read-only: no peak
+            self._clear_refs = None
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self._children = (children.ru_utime + children.ru_stime, children.ru_maxrss)
+        self._cpu = 0.0
+        self._exact = False
 
-    @classmethod
-    def _reset_peak(cls) -> bool:
-        """Reset this process's peak resident memory to what it holds now; whether that could be done."""
-        if cls._clear_refs_pid != os.getpid():  # not yet opened in this process (or inherited across a fork)
-            if cls._clear_refs is not None:  # the parent's, inherited: it resets the parent's peak
-                os.close(cls._clear_refs)
-            cls._clear_refs_pid = os.getpid()
+    def begin(self) -> None:
+        """A task starts: its peak memory is counted from what the process holds now."""
+        self._exact = False
+        if self._clear_refs is not None and self._pid == os.getpid():
             try:
-                cls._clear_refs = os.open("/proc/self/clear_refs", os.O_WRONLY | os.O_CLOEXEC)
+                os.write(self._clear_refs, b"5")
+                self._exact = True
             except OSError:
-                cls._clear_refs = None
-        if cls._clear_refs is None:
-            return False
-        try:
-            os.write(cls._clear_refs, b"5")  # "reset the peak resident set size" (proc(5), Linux 4.0)
-        except OSError:
-            return False
-        return True
+                pass
+        self._cpu = time.process_time()
 
     def end(self) -> Tuple[int, float, Optional[int]]:
-        """``(pid, cpu_seconds, peak_rss)``: ``peak_rss`` in bytes, ``None`` where the peak could not be reset."""
-        times = os.times()
-        cpu = times.user + times.system + times.children_user + times.children_system - self.cpu
+        """``(pid, cpu_seconds, peak_rss)`` of the task since ``begin``; ``peak_rss`` (bytes) ``None`` if unknown."""
+        cpu = time.process_time() - self._cpu
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        spent, peak_before = self._children
+        self._children = (children.ru_utime + children.ru_stime, children.ru_maxrss)
+        cpu += self._children[0] - spent
         peak: Optional[int] = None
-        if self.peak_exact:
+        if self._exact:
             own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-            peak = 1024 * max(own, children if children > self.children_peak else 0)  # Linux counts in KiB
-        return os.getpid(), round(cpu, 6), peak
+            peak = 1024 * max(own, children.ru_maxrss if children.ru_maxrss > peak_before else 0)  # Linux: KiB
+        return self._pid, round(cpu, 6), peak
+
+    def close(self) -> None:
+        if self._clear_refs is not None:
+            os.close(self._clear_refs)
+            self._clear_refs = None
 
 
 class _Tee(io.TextIOBase):

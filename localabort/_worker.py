@@ -84,10 +84,9 @@ def worker_main(conn: multiprocessing.connection.Connection, words: AbortWords, 
     forward = not logging.getLogger().handlers
     if forward:
         logging.getLogger().setLevel(setup.log_level)
-    pipe = _Pipe(conn)
-    capture = Capture(forward)
-    lookup = _Lookup(setup.store_url)
-    start_thread(threading.Thread(target=_send_logs, args=(pipe, capture), name="localabort-log", daemon=True))
+    pipe, usage, lookup = _Pipe(conn), Usage(), _Lookup(setup.store_url)
+    # No capture at all until a task keeps a log, or records go to the parent: log_limit=0 costs nothing.
+    capture = _capture(pipe, forward) if forward or setup.log_limit else None
     pipe.send(encode(Ready()))
     calls: Deque[Call] = collections.deque()  # sent, not yet reached: a message may hold several
     for _ in itertools.count() if setup.max_tasks is None else range(setup.max_tasks):
@@ -101,7 +100,9 @@ def worker_main(conn: multiprocessing.connection.Connection, words: AbortWords, 
             pipe.send(_reply(call.seq, RunOutcome(ABORTED, None, unrun(call.task_id)), None, call.name))
         else:
             limit = setup.log_limit if call.log_limit is None else call.log_limit
-            _run(pipe, words, call, lookup, capture, limit)
+            if limit and capture is None:
+                capture = _capture(pipe, forward)
+            _run(pipe, words, call, lookup, capture, usage, limit)
 
 
 class _Pipe:
@@ -114,6 +115,13 @@ class _Pipe:
     def send(self, message: bytes) -> None:
         with self.lock:
             self.conn.send_bytes(message)
+
+
+def _capture(pipe: _Pipe, forward: bool) -> Capture:
+    """Capture what this worker's tasks say, and start the thread that sends it."""
+    capture = Capture(forward)
+    start_thread(threading.Thread(target=_send_logs, args=(pipe, capture), name="localabort-log", daemon=True))
+    return capture
 
 
 def _send_logs(pipe: _Pipe, capture: Capture) -> None:
@@ -129,7 +137,10 @@ def _send_logs(pipe: _Pipe, capture: Capture) -> None:
                     return
 
 
-def _run(pipe: _Pipe, words: AbortWords, call: Call, lookup: _Lookup, capture: Capture, limit: int) -> None:
+def _run(
+    pipe: _Pipe, words: AbortWords, call: Call, lookup: _Lookup, capture: Optional[Capture], usage: Usage,
+    limit: int,
+) -> None:  # fmt: skip
     seq = call.seq
     try:
         target, args, kwargs = pickle.loads(call.blob)
@@ -145,8 +156,9 @@ def _run(pipe: _Pipe, words: AbortWords, call: Call, lookup: _Lookup, capture: C
         pipe.send(encode(Report(seq=seq, done=done, total=total)))
 
     binding = Binding(call.task_id, words.probe(call.word, seq), report, lookup, call.retries, call.options)
-    capture.begin(call.task_id, limit, seq)
-    usage = Usage()
+    if capture is not None:
+        capture.begin(call.task_id, limit, seq)
+    usage.begin()
     start = time.perf_counter()
     try:
         outcome, progress = run(target, args, kwargs, binding, chunked=call.chunked)
@@ -154,7 +166,7 @@ def _run(pipe: _Pipe, words: AbortWords, call: Call, lookup: _Lookup, capture: C
         outcome, progress = RunOutcome(FAILURE, None, exc), None
     elapsed, used = time.perf_counter() - start, usage.end()
     with pipe.lock:
-        log, records = capture.end()
+        log, records = capture.end() if capture is not None else (None, [])
         pipe.conn.send_bytes(_reply(seq, outcome, progress, task_name(target), elapsed, used, log, records or None))
 
 

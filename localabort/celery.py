@@ -201,9 +201,9 @@ class LocalabortCeleryTask(Task):  # type: ignore[misc]
 
         watched = watching.add(task_id, lambda: _terminate(store, row, lambda: task._last_progress))
         probe = _Probe(store, watching, watched, self.localabort_soft_time_limit)
-        capture = _capture()
+        capture, usage = _capture()
         capture.begin(task_id, self.localabort_log_limit, (store, task_id))
-        usage = Usage()
+        usage.begin()
         try:
             outcome, progress = run(
                 task, args, kwargs, Binding(task_id, probe, report, store.is_abort_requested, retries)
@@ -245,18 +245,19 @@ class _Captures:
     """This process's ``Capture``, and the thread that stores the running task's log as it changes."""
 
     capture: Optional[Capture] = None
+    usage: Optional[Usage] = None
     pid = 0
     lock = threading.Lock()  # held from taking a log to storing it
 
 
-def _capture() -> Capture:
-    """The capture of this Celery process (a prefork child each: made in it, on its first task)."""
+def _capture() -> Tuple[Capture, Usage]:
+    """The capture and usage of this Celery process (a prefork child each: made in it, on its first task)."""
     if _Captures.pid != os.getpid():
         _Captures.capture, _Captures.pid = Capture(forward=False), os.getpid()  # Celery's logging is its own
-        _Captures.lock = threading.Lock()
+        _Captures.usage, _Captures.lock = Usage(), threading.Lock()
         threading.Thread(target=_store_logs, args=(_Captures.capture,), name="localabort-log", daemon=True).start()
-    assert _Captures.capture is not None
-    return _Captures.capture
+    assert _Captures.capture is not None and _Captures.usage is not None
+    return _Captures.capture, _Captures.usage
 
 
 def _store_logs(capture: Capture) -> None:

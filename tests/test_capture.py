@@ -107,11 +107,11 @@ def test_usage_measures_this_process_peak_since_it_began_not_before():
     del hog  # the process's lifetime peak is now 200 MiB above what it holds
     lifetime = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     usage = Usage()
+    usage.begin()
     held = bytearray(40 * 2**20)
     held[::4096] = b"x" * len(held[::4096])
     pid, cpu, peak = usage.end()
-    os.close(Usage._clear_refs)  # a worker keeps it open for its life; this test's process must not
-    Usage._clear_refs, Usage._clear_refs_pid = None, 0
+    usage.close()  # a worker keeps it open for its life; this test's process must not
     assert pid == os.getpid() and cpu >= 0
     assert peak is not None and 40 * 2**20 <= peak <= lifetime - 120 * 2**20
 

@@ -88,3 +88,11 @@ def quiet_stdout():
     null = os.open(os.devnull, os.O_WRONLY)
     os.dup2(null, 1)
     os.close(null)
+
+
+def spin_for(seconds):
+    """Keep a CPU busy for ``seconds``, saying nothing."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+    return seconds
