@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import sqlalchemy as sa
 
 from ._capture import log_text
-from ._schema import RUNNING, STANDING, UNFINISHED, executors, logs, tasks
+from ._schema import RUNNING, STANDING, UNFINISHED, executors, tasks
 from ._states import ALL_STATES, READY_STATES, STARTED
 from ._store import Store
 
@@ -144,10 +144,7 @@ class Board:
         with self.store.engine.connect() as conn:
             found = conn.execute(_select(_LISTED + _DETAIL).where(tasks.c.id == task_id, tasks.c.name != STANDING))
             row = found.first()
-            if row is None:
-                return None
-            log = conn.execute(sa.select(logs.c.text, logs.c.dropped).where(logs.c.task_id == task_id)).first()
-        return dict(_row(row), logs=log_text(None if log is None else (log[0], int(log[1]))))
+        return None if row is None else dict(_row(row), logs=log_text(self.store.log(task_id)))
 
     def abort(self, task_id: str, terminate_after: Optional[float], by: str) -> Optional[Dict[str, Any]]:
         """Ask a task the store holds to abort, as ``localabort abort`` does; ``None`` if it holds no such task.

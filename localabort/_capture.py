@@ -147,7 +147,7 @@ class Usage:
     def begin(self) -> None:
         """A task starts: its peak memory is counted from what the process holds now."""
         self._exact = False
-        if self._clear_refs is not None and self._pid == os.getpid():
+        if self._clear_refs is not None:
             try:
                 os.write(self._clear_refs, b"5")
                 self._exact = True
@@ -367,6 +367,20 @@ class Capture:
             log = self.tail.text() if self.tail is not None and self.changed else None
             records, self.records, self.changed = self.records, [], False
             return self.tag, log, records
+
+    def send_changes(self, lock: Any, send: Callable[[Any, Optional[Log], List[Dict[str, Any]]], bool]) -> None:
+        """Every ``FLUSH_EVERY`` s, ``send(tag, log, records)`` what changed, until ``send`` returns ``False``.
+
+        Under ``lock``, from taking what changed to sending it: the runner
+        takes the same lock around ``end()`` and the task's last message,
+        so an earlier log never lands after it. For a thread of its own.
+        """
+        while True:
+            time.sleep(FLUSH_EVERY)
+            with lock:
+                tag, log, records = self.sent()
+                if (log is not None or records) and not send(tag, log, records):
+                    return
 
     def close(self) -> None:
         """Put the streams and the root logger back as they were (the worker exits, or a test ends)."""

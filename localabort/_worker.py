@@ -33,7 +33,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, NamedTuple, Optional, Tuple, cast
 
-from ._capture import DEFAULT_LOG_LIMIT, FLUSH_EVERY, Capture, Usage
+from ._capture import DEFAULT_LOG_LIMIT, Capture, Usage
 from ._interrupt import start_thread
 from ._messages import Call, Calls, InitFailed, Log, Ready, Reply, Report, decode, encode, receive
 from ._outcome import RunOutcome, describe, pickle_outcome, unrun
@@ -118,23 +118,20 @@ class _Pipe:
 
 
 def _capture(pipe: _Pipe, forward: bool) -> Capture:
-    """Capture what this worker's tasks say, and start the thread that sends it."""
+    """Capture what this worker's tasks say, and start the thread that sends it as it changes."""
     capture = Capture(forward)
-    start_thread(threading.Thread(target=_send_logs, args=(pipe, capture), name="localabort-log", daemon=True))
+
+    def send(seq: int, log: Optional[Tuple[str, int]], records: List[Dict[str, Any]]) -> bool:
+        try:
+            pipe.conn.send_bytes(encode(Log(seq, log, records)))
+        except OSError:  # the pipe closed: the worker is on its way out
+            return False
+        return True
+
+    # Under the pipe's lock: a reply, sent under it, never overtakes an earlier log.
+    thread = threading.Thread(target=capture.send_changes, args=(pipe.lock, send), name="localabort-log", daemon=True)
+    start_thread(thread)
     return capture
-
-
-def _send_logs(pipe: _Pipe, capture: Capture) -> None:
-    """Send the running task's log whenever it changed, every ``FLUSH_EVERY`` s (and records to forward)."""
-    while True:
-        time.sleep(FLUSH_EVERY)
-        with pipe.lock:  # taken before the log is: a reply, sent under it, never overtakes an earlier log
-            seq, log, records = capture.sent()
-            if log is not None or records:
-                try:
-                    pipe.conn.send_bytes(encode(Log(seq, log, records)))
-                except OSError:  # the pipe closed: the worker is on its way out
-                    return
 
 
 def _run(

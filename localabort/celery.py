@@ -63,13 +63,13 @@ import os
 import signal
 import threading
 import time
-from typing import Any, Callable, Dict, Optional, Tuple, Type
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type
 
 from celery import Task, signals
 from celery.exceptions import Ignore, WorkerLostError
 from celery.exceptions import TimeLimitExceeded as CeleryTimeLimitExceeded
 
-from ._capture import DEFAULT_LOG_LIMIT, FLUSH_EVERY, Capture, Usage
+from ._capture import DEFAULT_LOG_LIMIT, Capture, Usage
 from ._errors import TimeLimitExceeded, WorkerLost
 from ._future import AbortableAsyncResult, check_terminate_after
 from ._outcome import by_soft_limit, describe, dump, pickle_outcome, terminated
@@ -242,7 +242,7 @@ class LocalabortCeleryTask(Task):  # type: ignore[misc]
 
 
 class _Captures:
-    """This process's ``Capture``, and the thread that stores the running task's log as it changes."""
+    """This process's ``Capture`` and ``Usage``; a thread stores the running task's log as it changes."""
 
     capture: Optional[Capture] = None
     usage: Optional[Usage] = None
@@ -255,23 +255,21 @@ def _capture() -> Tuple[Capture, Usage]:
     if _Captures.pid != os.getpid():
         _Captures.capture, _Captures.pid = Capture(forward=False), os.getpid()  # Celery's logging is its own
         _Captures.usage, _Captures.lock = Usage(), threading.Lock()
-        threading.Thread(target=_store_logs, args=(_Captures.capture,), name="localabort-log", daemon=True).start()
+        follow = _Captures.capture.send_changes
+        threading.Thread(target=follow, args=(_Captures.lock, _store_log), name="localabort-log", daemon=True).start()
     assert _Captures.capture is not None and _Captures.usage is not None
     return _Captures.capture, _Captures.usage
 
 
-def _store_logs(capture: Capture) -> None:
-    """Every ``FLUSH_EVERY`` s, store the running task's log if it changed (``localabort logs --follow``)."""
-    while True:
-        time.sleep(FLUSH_EVERY)
-        with _Captures.lock:
-            tag, log, _ = capture.sent()
-            if log is not None and tag is not None:
-                store, task_id = tag
-                try:
-                    store.write_log(task_id, log)
-                except Exception:  # the store is away a moment: its final row carries the whole log
-                    pass
+def _store_log(tag: Any, log: Optional[Tuple[str, int]], records: List[Dict[str, Any]]) -> bool:
+    """Store the running task's log so far (``localabort logs --follow``); records are Celery's own to handle."""
+    if log is not None and tag is not None:
+        store, task_id = tag
+        try:
+            store.write_log(task_id, log)
+        except Exception:  # the store is away a moment: its final row carries the whole log
+            pass
+    return True
 
 
 def _terminate(store: Store, row: Dict[str, Any], progress: Callable[[], Optional[Progress]]) -> None:
