@@ -11,8 +11,8 @@ the batch has ended.
 from __future__ import annotations
 
 import argparse
-import random
 import logging
+import random
 import time
 
 from localabort import AbortableTask, Executor

@@ -87,7 +87,7 @@ from typing import (
 
 from . import _task
 from ._capture import DEFAULT_LOG_LIMIT
-from ._future import AbortableFuture
+from ._future import AbortableFuture, check_terminate_after
 from ._interrupt import (
     deferred,
     keep_exiting_as_interrupted,
@@ -148,6 +148,13 @@ class Executor(concurrent.futures.Executor):
             ``localabort logs``); ``0`` keeps none. What a task prints
             still reaches the terminal, and its records the handlers:
             under spawn and forkserver, this process's.
+        terminate_after: the grace of an abort that names none
+            (``future.abort()``, ``abort_all()``, a cancelled ``await``,
+            Ctrl-C): a task still running that many seconds after it was
+            asked is stopped by killing its worker, as
+            ``abort(terminate_after=...)`` does. ``None`` (the default):
+            such aborts only ask. An abort from another process
+            (``AbortableAsyncResult.abort()``, the CLI) gives only its own.
 
     Raises:
         StoreError: the store cannot be opened or written; the message names it.
@@ -171,6 +178,7 @@ class Executor(concurrent.futures.Executor):
         poll_interval: float = 0.02,
         dashboard: bool = False,
         log_limit: int = DEFAULT_LOG_LIMIT,
+        terminate_after: Optional[float] = None,
     ) -> None:
         if getattr(multiprocessing.current_process(), "_inheriting", False):
             # A worker importing the main script (spawn, forkserver) got here: the script has no
@@ -183,6 +191,7 @@ class Executor(concurrent.futures.Executor):
         if isinstance(store, multiprocessing.context.BaseContext):
             raise TypeError("Executor's second argument is the store; pass the context as mp_context=...")
         _check_log_limit(log_limit)
+        check_terminate_after(terminate_after)
         if initializer is not None and not callable(initializer):
             raise TypeError(f"initializer must be a callable, not {initializer!r}")
         if max_tasks_per_child is not None:
@@ -210,6 +219,7 @@ class Executor(concurrent.futures.Executor):
             self._tmpdir = tempfile.mkdtemp(prefix="localabort-")
             store = os.path.join(self._tmpdir, "store.sqlite")
         self._max_workers = max_workers
+        self._terminate_after = terminate_after
         self._dashboard = None
         # The workers start first: they need nothing of the store, and start while it opens (``Workers``).
         setup = WorkerSetup(_url_of(store), initializer, tuple(initargs), max_tasks_per_child, log_limit,
@@ -295,6 +305,7 @@ class Executor(concurrent.futures.Executor):
         argsrepr: Optional[str] = None,
         kwargsrepr: Optional[str] = None,
         log_limit: Optional[int] = None,
+        terminate_after: Optional[float] = None,
         **retry: Any,
     ) -> AbortableFuture:
         """``submit`` with options.
@@ -314,6 +325,9 @@ class Executor(concurrent.futures.Executor):
             kwargsrepr: the same, for the keyword arguments.
             log_limit: overrides the executor's ``log_limit`` for this call
                 (bytes of the task's log the store keeps; ``0``: none).
+            terminate_after: overrides the executor's ``terminate_after``
+                for this call (seconds an abort that names no grace gives
+                the task before its worker is killed).
             **retry: override the task class's retry settings for this call:
                 ``max_retries``, ``autoretry_for``, ``default_retry_delay``,
                 ``retry_backoff``, ``retry_backoff_max``, ``retry_jitter``.
@@ -328,8 +342,10 @@ class Executor(concurrent.futures.Executor):
                             f"the retry options are {', '.join(_task.RETRY_OPTIONS)}")  # fmt: skip
         if log_limit is not None:
             _check_log_limit(log_limit)
+        check_terminate_after(terminate_after)
         return self._enqueue(task, tuple(args), kwargs or {}, task_id, key, soft_time_limit, time_limit, retry=retry,
-                             argsrepr=argsrepr, kwargsrepr=kwargsrepr, log_limit=log_limit)  # fmt: skip
+                             argsrepr=argsrepr, kwargsrepr=kwargsrepr, log_limit=log_limit,
+                             terminate_after=terminate_after)  # fmt: skip
 
     def _enqueue(
         self,
@@ -345,6 +361,7 @@ class Executor(concurrent.futures.Executor):
         argsrepr: Optional[str] = None,
         kwargsrepr: Optional[str] = None,
         log_limit: Optional[int] = None,
+        terminate_after: Optional[float] = None,
     ) -> AbortableFuture:
         self._scheduler.check_open()
         if not callable(task):
@@ -372,6 +389,7 @@ class Executor(concurrent.futures.Executor):
         job.chunked = chunked
         job.options = retry or None
         job.log_limit = log_limit
+        job.grace = terminate_after if terminate_after is not None else self._terminate_after
         job.soft_time_limit = soft_time_limit if soft_time_limit is not None else getattr(task, "soft_time_limit", None)
         job.time_limit = time_limit if time_limit is not None else getattr(task, "time_limit", None)
         job.args_repr = call_repr(args, kwargs, argsrepr, kwargsrepr, most=3 if chunked else 12)

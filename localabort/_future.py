@@ -123,7 +123,9 @@ class AbortableFuture(concurrent.futures.Future):  # type: ignore[type-arg]
 
         Args:
             terminate_after: ``None`` (the default) only asks: the task stops
-                at its next ``is_aborted()`` check. A number of seconds also
+                at its next ``is_aborted()`` check (unless the executor or
+                ``apply_async`` gave the task a ``terminate_after`` of its
+                own: then that one applies). A number of seconds also
                 kills the task's worker process if the task is still running
                 that long from now (``0``: at once), for a task that never
                 checks (Celery's ``revoke(terminate=True)``). The task then

@@ -62,6 +62,7 @@ class Job:
         "finished_at",
         "follows",
         "future",
+        "grace",
         "hard_deadline",
         "id",
         "key",
@@ -113,6 +114,7 @@ class Job:
         self.terminate_after: Optional[float] = None
         self.terminate_at: Optional[float] = None
         self.terminate_deadline = _NEVER
+        self.grace: Optional[float] = None  # the terminate_after of an abort that names none (Executor, apply_async)
         self.soft_time_limit: Optional[float] = None
         self.time_limit: Optional[float] = None
         self.soft_deadline = self.hard_deadline = _NEVER

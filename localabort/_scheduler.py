@@ -255,8 +255,11 @@ class Scheduler:
             asked = [job for job in self.jobs.values() if not job.abort_requested]
             ended = [job for job in asked if self._mark_aborted(job)]
             self._owe(ended)
+            graced = [job.terminate_by(job.grace) for job in asked if job.grace is not None and job.stage != DONE]
             aborts = [self.row(job, abort=by) for job in asked]
             running = sum(1 for job in self.jobs.values() if job.stage in (SENT, RUNNING))
+        if any(graced):
+            self.wake()  # the manager kills their workers when the time comes
         self._settle(ended, aborts)
         return len(asked), running
 
@@ -295,6 +298,8 @@ class Scheduler:
             job = self.jobs.get(future.id)
             if job is None:
                 return False
+            if terminate_after is None:
+                terminate_after = job.grace
             sooner = terminate_after is not None and job.terminate_by(terminate_after)
             if job.abort_requested and not sooner:
                 return True

@@ -455,6 +455,29 @@ class AsyncCatcher(AbortableTask):
         return "slept"
 
 
+def install_uvloop():
+    """An executor initializer: the worker's new event loops are uvloop's."""
+    import asyncio
+
+    import uvloop
+
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+class AsyncLoopKind(AbortableTask):
+    """Returns the class name of the event loop its ``async def run`` runs in, after a long await if asked."""
+
+    async def run(self, sleep=0.0):
+        import asyncio
+
+        self.progress(1)
+        try:
+            await asyncio.sleep(sleep)
+        except asyncio.CancelledError:
+            return type(asyncio.get_running_loop()).__name__
+        return type(asyncio.get_running_loop()).__name__
+
+
 class AsyncChecker(AbortableTask):
     """Loops on ``is_aborted()`` with awaits between, reporting progress: an abort ends the loop."""
 

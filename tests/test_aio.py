@@ -56,6 +56,25 @@ def test_a_cancelled_await_aborts_the_running_task(start_method, store_path):
         assert ex.store.get(future.id).state == ABORTED
 
 
+def test_a_cancelled_await_gives_a_task_that_never_checks_the_executors_terminate_after(start_method, store_path):
+    async def main(ex):
+        future = ex.submit(tasks.Deaf, 60)
+        waiting = asyncio.ensure_future(_await(future))
+        await asyncio.sleep(0)
+        while not started(future):
+            await asyncio.sleep(0.005)
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        return future
+
+    with pool(store_path, start_method, terminate_after=0.2) as ex:
+        future = asyncio.run(main(ex))
+        with pytest.raises(TaskAborted, match=r"terminated: still running when the terminate_after of 0\.2s"):
+            future.result(timeout=30)
+        assert ex.submit(tasks.add, 1, 1).result(timeout=30) == 2  # a new worker took the killed one's place
+
+
 async def _await(future):
     return await future
 
@@ -241,3 +260,45 @@ def test_an_async_task_runs_inline_with_its_aborts():
     assert run_inline(tasks.AsyncChecker, abort_after=3).state == ABORTED  # the watcher's looks are checks too
     outcome = run_inline(tasks.AsyncCatcher, abort_after=1)
     assert outcome.state == ABORTED and outcome.result == "partial"
+
+
+# -- uvloop, and a loop closed under an await --------------------------------------------
+
+
+@pytest.mark.leaks_ok("libuv's signal pipe: made once per process, by the first uvloop loop, and kept")
+def test_uvloop_awaits_and_aborts_on_both_sides(start_method, store_path):
+    uvloop = pytest.importorskip("uvloop")
+
+    async def main(ex):
+        assert await ex.submit(tasks.add, 2, 2) == 4
+        assert await ex.submit(tasks.AsyncLoopKind) == "Loop"  # uvloop's loop class, in the worker
+        future = ex.submit(tasks.AsyncLoopKind, 3600)
+        waiting = asyncio.ensure_future(_await(future))
+        await asyncio.sleep(0)
+        while not started(future):
+            await asyncio.sleep(0.005)
+        waiting.cancel()  # a cancelled await on uvloop aborts; the abort cancels the uvloop-run task
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        return future
+
+    with pool(store_path, start_method, initializer=tasks.install_uvloop) as ex:
+        future = uvloop.run(main(ex))
+        with pytest.raises(TaskAborted) as info:
+            future.result(timeout=30)
+        assert info.value.partial_result == "Loop" and future.state == ABORTED
+
+
+def test_a_loop_closed_while_it_awaits_leaves_the_task_to_finish(store_path, tmp_path):
+    gate = tmp_path / "go"
+    loop = asyncio.new_event_loop()
+    with pool(store_path, "fork") as ex:
+        future = ex.submit(tasks.WaitForFile, str(gate))
+        waiting = loop.create_task(_await(future))
+        loop.run_until_complete(asyncio.sleep(0.05))  # it awaits now
+        waiting._log_destroy_pending = False  # closed under it: the loop's "Task was destroyed" is expected here
+        loop.close()
+        del waiting
+        gate.touch()
+        assert future.result(timeout=30) == "returned without checking"  # the completion callback raised nothing
+        assert ex.store.get(future.id).state == "SUCCESS"

@@ -51,24 +51,25 @@ def test_demo_batch_stops_on_ctrl_c_with_one_line_and_every_task_ended(tmp_path)
     store = tmp_path / "demo.sqlite"
     batch = subprocess.Popen([sys.executable, str(EXAMPLES / "demo.py"), str(store)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    reader = None
     try:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # under way: some task has finished
+        while time.monotonic() < deadline and batch.poll() is None:  # under way: some task has finished
             try:
-                reader = Store(str(store), create=False)
-            except StoreError:  # not created yet
-                reader = None
-            if reader is not None:
-                finished = any(r.state == "SUCCESS" for r in reader.tasks())
-                reader.dispose()
-                if finished:
+                reader = reader or Store(str(store), create=False)  # opened once: a look must stay cheap
+                if any(r.state == "SUCCESS" for r in reader.tasks()):
                     break
-            time.sleep(0.1)
+            except StoreError:  # not created yet, or busy: look again
+                pass
+            time.sleep(0.05)
+        assert batch.poll() is None, "the batch ended before the test saw a task finish"
         batch.send_signal(signal.SIGINT)
         out, err = batch.communicate(timeout=60)
     finally:
         batch.kill()
         batch.communicate()
+        if reader is not None:
+            reader.dispose()
     assert batch.returncode == 130, err
     assert out.endswith("stopped: the unfinished tasks were aborted; run it again to finish the rest\n")
     assert "Traceback" not in err

@@ -218,6 +218,34 @@ def test_terminate_after_zero_kills_now_and_the_earliest_time_holds(executor):
         fut.abort(terminate_after=-1)
 
 
+def test_the_executors_terminate_after_is_the_grace_of_an_abort_that_names_none(store_path):
+    with pool(store_path, "fork", terminate_after=0.3) as ex:
+        graced, second, polite = ex.submit(tasks.Deaf, 60), ex.submit(tasks.Deaf, 60), ex.submit(tasks.Ticker, 30)
+        wait_for(lambda: started(graced) and started(second))
+        graced.abort()  # names no grace: the executor's 0.3 s
+        with pytest.raises(TaskAborted, match=r"terminated: still running when the terminate_after of 0\.3s"):
+            graced.result(timeout=30)
+        assert ex.store.get(graced.id).terminate_at is not None
+        wait_for(lambda: started(polite))
+        assert ex.abort_all() == 2  # the grace holds for abort_all() too; a task that checks is never killed
+        with pytest.raises(TaskAborted, match="terminated"):
+            second.result(timeout=30)
+        with pytest.raises(TaskAborted) as info:
+            polite.result(timeout=30)
+        assert "terminated" not in str(info.value)
+    with pool(store_path, "fork") as ex:
+        call = ex.apply_async(tasks.Deaf, (60,), terminate_after=0)  # the call's own, with none on the executor
+        plain = ex.submit(tasks.Deaf, 0.5)
+        wait_for(lambda: started(call) and started(plain))
+        call.abort()
+        with pytest.raises(TaskAborted, match="terminated: at once"):
+            call.result(timeout=30)
+        plain.abort()  # no grace anywhere: only asked, and it runs to its end
+        assert plain.result(timeout=30) > 0 and plain.state == "SUCCESS"
+    with pytest.raises(ValueError, match="terminate_after must be"):
+        Executor(store=store_path, terminate_after=-1)
+
+
 def test_terminate_after_from_another_handle_goes_through_the_store(start_method, store_path):
     with pool(store_path, start_method) as ex:
         fut = ex.submit(time.sleep, 60)  # a plain callable: never checks

@@ -74,5 +74,48 @@ def test_forgets_its_future(localabort_executor):
     )
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(
-        ["*1 localabort task(s) unfinished when the test ended: * (STARTED); wait for each future (future.result())*"]
+        ["*1 localabort task(s) unfinished when the test ended: * (STARTED); wait for each future (future.result()*"]
     )
+
+
+ASYNC_TESTS = """
+import asyncio
+
+async def test_await_and_cancel(localabort_async_executor):
+    ex = localabort_async_executor
+    assert await ex.submit(Crunch, 3) == [0, 1, 4]
+    fut = ex.submit(Crunch, 10**9)
+    waiting = asyncio.ensure_future(_await(fut))
+    await asyncio.sleep(0)  # it reaches its await: cancelled before its first step, it would have awaited nothing
+    while fut.progress is None:
+        await asyncio.sleep(0.005)
+    waiting.cancel()  # a cancelled await aborts the task
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    with pytest.raises(TaskAborted):
+        await fut
+    assert fut.state == "ABORTED"
+    assert ex._manager.ctx.get_start_method() == "spawn"
+
+async def test_forgets_its_future(localabort_async_executor):
+    fut = localabort_async_executor.submit(Crunch, 10**9)
+    while fut.progress is None:
+        await asyncio.sleep(0.005)
+
+async def _await(fut):
+    return await fut
+"""
+
+
+@pytest.mark.parametrize("runner", ["pytest-asyncio", "anyio"])
+def test_async_fixture_runs_on_the_tests_event_loop(pytester, runner):
+    """The async variant under pytest-asyncio (strict mode: the fixture is its own) and under anyio."""
+    if runner == "pytest-asyncio":
+        pytest.importorskip("pytest_asyncio")
+        marks, args = "pytestmark = pytest.mark.asyncio\n", ("-p", "asyncio", "--asyncio-mode=strict")
+    else:
+        marks, args = "pytestmark = pytest.mark.anyio\n", ("-p", "anyio")
+        marks += "@pytest.fixture\ndef anyio_backend():\n    return 'asyncio'\n"
+    result = run(pytester, marks + ASYNC_TESTS, "--localabort-start-method=spawn", *args)
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(["*1 localabort task(s) unfinished when the test ended: * (STARTED); wait for*"])
