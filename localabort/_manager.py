@@ -234,6 +234,7 @@ class Manager:
             finished.clear()  # hold no job past its resolve: a caller may drop its result and expect it freed
         if scheduler.unclaimed_job_waits():
             self._commit(first=True)  # a task never starts before the store holds its claim
+        scheduler.unstick()  # jobs waiting behind a long one run on the other workers
         self._send(scheduler.dispatch())
         # Group commit: write while workers run, at most FLUSH_INTERVAL after a change,
         # and at once when no worker is busy (no reply is coming to share the write with).
@@ -307,6 +308,9 @@ class Manager:
         job = slot.job
         if isinstance(message, (Log, Reply)) and message.records:  # whatever became of the job since
             self._relay.put(message.records)
+        if isinstance(message, Reply) and message.seq in slot.taken_back:  # before a job of that seq sent again
+            slot.taken_back.discard(message.seq)  # answered unrun (``Scheduler.unstick``): its word is free
+            return
         if isinstance(message, Log):
             if job is not None and message.seq == job.seq and message.log is not None and job.stage != DONE:
                 self.scheduler.logged(job, message.log)

@@ -86,6 +86,10 @@ __all__ = ["AHEAD_SECONDS", "Scheduler"]
 
 #: Seconds of short jobs each worker holds ahead of the one it runs (``Scheduler.timed``).
 AHEAD_SECONDS = 0.005
+#: A worker whose job has run ``STUCK_FACTOR`` times the mean job time, and at least ``STUCK_AFTER`` s, is
+#: *stuck*: the jobs sent ahead to it are taken back for the others (``unstick``), and it is sent none more.
+STUCK_AFTER = 0.02
+STUCK_FACTOR = 4
 #: Seconds a worker waits before it takes another job straight from a user thread (``Scheduler._idle_slot``).
 DIRECT_EVERY = 0.005
 
@@ -423,6 +427,38 @@ class Scheduler:
                     rooms[at] -= 1
         return calls
 
+    def unstick(self) -> None:
+        """Take back the jobs sent ahead to stuck workers, unread, and queue them first again, in order.
+
+        A long job in a stream of short ones would hold the short ones sent
+        ahead to its worker until it ends, while the other workers run out
+        of work (head-of-line blocking). A job its worker accepted meanwhile
+        (it has just reached it) stays, and so do those before it.
+        """
+        with self.lock:
+            stuck = self._stuck_since()
+            if all(_stuck(slot, stuck) for slot in self.slots):
+                return  # no worker could run them sooner
+            for slot in self.slots:
+                if not slot.ahead or not _stuck(slot, stuck):
+                    continue
+                taken: List[Job] = []
+                while slot.ahead:
+                    later = slot.ahead[-1]
+                    if later.stage != DONE and not later.words.take_back(later.word, later.seq):  # type: ignore[union-attr]
+                        break  # accepted: its worker has reached it
+                    slot.ahead.pop()
+                    slot.taken_back.add(later.seq)  # its call is still on the pipe: its worker answers it unrun
+                    if later.stage != DONE:
+                        later.stage, later.words = QUEUED, None
+                        taken.append(later)
+                for later in taken:  # from the last: the first ends up first
+                    self.queue.appendleft(later)
+
+    def _stuck_since(self) -> float:
+        """The wall-clock time before which a job still running makes its worker stuck."""
+        return time.time() - max(STUCK_AFTER, STUCK_FACTOR * (self._mean or 0.0))
+
     def timed(self, elapsed: float) -> None:
         """A worker ran a job in ``elapsed`` s: how many jobs each worker holds ahead follows (``ahead``).
 
@@ -439,6 +475,8 @@ class Scheduler:
     def _send(self, job: Job, slot: Slot) -> Call:
         """Give ``job`` to the worker in ``slot``: to run now if it is idle, else after what it holds; its call."""
         job.words, job.word = slot.words, slot.words.take()
+        if job.words.is_set(job.word, job.seq):  # the word it had here before it was taken back: not an abort
+            job.words.abort(job.word, 0)
         slot.calls += 1
         if slot.job is None:
             slot.job = job
@@ -779,7 +817,9 @@ class Scheduler:
         """How many more jobs the worker in ``slot`` takes: to run now, and ahead (``ahead``); none if it will exit."""
         if slot.reserved:  # a user thread is sending it a job (``_start_at_once``)
             return 0
-        room = (slot.job is None) + max(0, self.ahead - len(slot.ahead))
+        if _stuck(slot, self._stuck_since()):
+            return 0  # on a long job: what it would hold ahead is better run elsewhere
+        room = (slot.job is None) + max(0, self.ahead - len(slot.ahead) - len(slot.taken_back))
         budget = self.max_tasks_per_child
         return room if budget is None else max(0, min(room, budget - slot.calls))
 
@@ -838,6 +878,12 @@ class Scheduler:
         elif job.log is not None:
             row["log"], job.log = job.log, None
         return row
+
+
+def _stuck(slot: Slot, since: float) -> bool:
+    """Whether the worker in ``slot`` runs a job started before ``since`` (``Scheduler._stuck_since``)."""
+    job = slot.job
+    return job is not None and job.started_at is not None and job.started_at <= since
 
 
 def _recall(job: Job) -> bool:

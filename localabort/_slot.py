@@ -20,7 +20,7 @@ import select
 import signal
 import threading
 import time
-from typing import TYPE_CHECKING, Deque, Optional, Union
+from typing import TYPE_CHECKING, Deque, Optional, Set, Union
 
 from ._messages import STOP
 from ._procs import exit_words
@@ -55,6 +55,9 @@ class Slot:
         self._sending = threading.Lock()  # a user thread's send and the manager's close of the pipe
         self.ready = False  # the worker said it has started
         self.calls = 0  # jobs sent to this worker (it exits after max_tasks_per_child)
+        # The seqs of jobs taken back from it unread (``Scheduler.unstick``): their calls are still on its pipe,
+        # their words in use, until it answers each unrun.
+        self.taken_back: Set[int] = set()
         # Started with SIGINT and SIGHUP blocked (a mask a child inherits, through exec too), so a Ctrl-C or a
         # closing terminal that lands while it starts up waits until the worker has set them aside, as CPython
         # starts its resource tracker. The lock may start that tracker, and the process the fork server: each

@@ -151,6 +151,24 @@ class AbortWords:
             if lock is not None:
                 lock.release()
 
+    def take_back(self, word: int, seq: int) -> bool:
+        """Take back job ``seq``, sent ahead, unless its worker accepted it already; whether it was taken.
+
+        Taken, the worker answers it unrun when it reaches it; accepted, it
+        runs, untouched (no abort). For a job to run on another worker
+        instead (``Scheduler.unstick``). Call it with the scheduler's lock held.
+        """
+        lock = self._lock
+        if lock is None or not lock.acquire(timeout=HANDOVER_WAIT):  # its worker is gone, or died holding it
+            return False
+        try:
+            if self._view[self._accepts + word] == seq:
+                return False
+            self.abort(word, seq)
+            return True
+        finally:
+            lock.release()
+
     def release(self) -> None:
         """Let go of the hand-over lock once the slot's worker is gone: a named semaphore, under spawn and forkserver.
 

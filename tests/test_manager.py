@@ -103,6 +103,18 @@ def test_a_task_sent_ahead_is_running_so_cancel_and_shutdown_leave_it_to_complet
     assert ex.store.get(ahead.id).state == SUCCESS and ex.store.get(queued.id).state == ABORTED
 
 
+def test_short_tasks_sent_ahead_to_a_worker_stuck_on_a_long_one_run_on_the_others(start_method, store_path):
+    with pool(store_path, start_method, 2) as ex:
+        assert list(ex.map(pow, [2] * 300, [3] * 300)) == [8] * 300  # short jobs: each worker holds many ahead
+        long = ex.submit(tasks.Sleepy, 3.0)
+        short = [ex.submit(pow, 2, i) for i in range(400)]
+        assert [f.result(timeout=60) for f in short] == [2**i for i in range(400)]
+        assert not long.done()  # none waited for the long one: those sent ahead to its worker were taken back
+        assert long.result(timeout=60) == 3.0
+        later = [ex.submit(tasks.add, i, 1) for i in range(50)]  # the slot goes on after the unrun answers
+        assert [f.result(timeout=60) for f in later] == list(range(1, 51))
+
+
 # -- an abort by id, from another process, is never lost -------------------------------
 
 #: A second process: it aborts each id it reads, the moment it reads it, and says what state the request met.
