@@ -437,7 +437,7 @@ class Scheduler:
         """
         with self.lock:
             stuck = self._stuck_since()
-            if all(_stuck(slot, stuck) for slot in self.slots):
+            if self.terminating or all(_stuck(slot, stuck) for slot in self.slots):
                 return  # no worker could run them sooner
             for slot in self.slots:
                 if not slot.ahead or not _stuck(slot, stuck):
