@@ -416,6 +416,10 @@ class Scheduler:
                 return []
             slots = [s for s in self.slots if s.job is None] + [s for s in self.slots if s.job is not None]
             rooms = [self._room(slot) for slot in slots]
+            since = self._stuck_since()
+            stuck = [_stuck(slot, since) for slot in slots]
+            if not all(stuck):  # what a worker on a long job would hold ahead is better run by the others
+                rooms = [0 if late else room for room, late in zip(rooms, stuck)]
             while any(rooms):  # one job to each worker with room in turn, the idle ones first
                 for at, slot in enumerate(slots):
                     if rooms[at] <= 0:
@@ -817,8 +821,6 @@ class Scheduler:
         """How many more jobs the worker in ``slot`` takes: to run now, and ahead (``ahead``); none if it will exit."""
         if slot.reserved:  # a user thread is sending it a job (``_start_at_once``)
             return 0
-        if _stuck(slot, self._stuck_since()):
-            return 0  # on a long job: what it would hold ahead is better run elsewhere
         room = (slot.job is None) + max(0, self.ahead - len(slot.ahead) - len(slot.taken_back))
         budget = self.max_tasks_per_child
         return room if budget is None else max(0, min(room, budget - slot.calls))

@@ -17,6 +17,15 @@ def sleep_1ms(x):
     return x
 
 
+def sleep_1ms_or_long(x):
+    """``sleep_1ms``, except for ``x == LONG_AT``: that one sleeps ``LONG_SECONDS`` (a long task among short ones)."""
+    time.sleep(LONG_SECONDS if x == LONG_AT else 0.001)
+    return x
+
+
+LONG_AT, LONG_SECONDS = 50, 0.5
+
+
 def sleep_1ms_timed(x):
     """``sleep_1ms`` that says when it ran: ``(pid, start, end)`` in ``time.perf_counter`` seconds."""
     start = time.perf_counter()

@@ -29,7 +29,7 @@ from localabort._schema import task_row
 from localabort._states import new_id
 from localabort._store import Store
 from tests.benchmarks import common
-from tests.benchmarks.bench_tasks import identity, sleep_1ms, sleep_1ms_timed
+from tests.benchmarks.bench_tasks import LONG_AT, LONG_SECONDS, identity, sleep_1ms, sleep_1ms_or_long, sleep_1ms_timed
 
 # Issue 33's targets.
 SUBMIT_TARGET = 1.5  # x PPE, trivial tasks via submit(), 2 workers
@@ -304,6 +304,37 @@ def store_size_table(tmp, n, reps):
     return rows
 
 
+def long_among_short_table(tmp, reps, short=350):
+    """Head-of-line blocking: 1 ms tasks with one long task among them, 2 workers; how soon the short ones end.
+
+    Ideal: the other worker runs every short task while one runs the long
+    one; a pool that holds short tasks ahead of the long one on its worker
+    makes them wait for its end.
+    """
+    makers = {"ProcessPoolExecutor": common.ppe, "localabort": lambda w: common.localabort(w, store_in(tmp))}
+    makers.update(common.installed_peers())
+    times = {name: [] for name in makers}
+    for _ in range(reps):
+        for name, make in makers.items():
+            pool = make(2)
+            try:
+                for _ in pool.map(identity, range(20), 1):
+                    pass
+                start = time.perf_counter()
+                futures = [pool.submit(sleep_1ms_or_long, i) for i in range(short + 1)]
+                for i, future in enumerate(futures):
+                    if i != LONG_AT:
+                        future.result()
+                times[name].append(time.perf_counter() - start)
+                futures[LONG_AT].result()
+            finally:
+                pool.close()
+    ideal = (LONG_AT / 2 + short - LONG_AT) * 0.001  # both share the first ones; then one runs the long one alone
+    rows = [(name, common.spread([t * 1000 for t in got], "{:,.0f}"), f"{statistics.median(got) / ideal:.2f}")
+            for name, got in times.items()]  # fmt: skip
+    return rows, ideal
+
+
 def main() -> None:
     short = common.quick(__doc__, "fewer tasks and repetitions")
     n, reps = (4000, 2) if short else (20000, 5)
@@ -314,6 +345,8 @@ def main() -> None:
         share_rows = store_share_table(tmp, n, max(2, reps - 2))
     cpu_rows, cpu = cpu_table(n, max(2, reps - 2))
     gap_rows, firsts = gaps_table(max(2, reps - 2))
+    with tempfile.TemporaryDirectory() as tmp:
+        hol_rows, hol_ideal = long_among_short_table(tmp, max(2, reps - 2))
 
     print(f"localabort throughput, Python {sys.version.split()[0]}, {os.cpu_count()} cores; tasks/s")
     print()
@@ -382,6 +415,13 @@ def main() -> None:
     print("Where the time goes: 1 ms tasks, a worker's wait between two tasks (us), and before its first (ms)")
     print()
     common.table(("workers", "pool", "mean wait", "median", "p99", "first task after, ms"), gap_rows)
+    print()
+    print(
+        f"Head-of-line blocking: 350 tasks of 1 ms with one of {LONG_SECONDS} s among them (the {LONG_AT + 1}st), "
+        f"2 workers; ms until every short one ended (ideal {hol_ideal * 1000:.0f}: the other worker runs them)"
+    )
+    print()
+    common.table(("pool", "ms", "x ideal"), hol_rows)
 
 
 if __name__ == "__main__":
