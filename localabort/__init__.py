@@ -2,8 +2,9 @@
 
 Tasks are ``AbortableTask`` subclasses that check ``self.is_aborted()``;
 an ``Executor`` runs them in child processes; ``future.abort()`` asks one
-to stop. A task class must live in an importable module for a worker to
-load it; here ``localabort.testing.run_inline`` runs one in this process:
+to stop. A task importable by name goes to a worker by name; a lambda, a
+closure or a notebook's class goes by value (cloudpickle). Here
+``localabort.testing.run_inline`` runs one in this process:
 
 >>> from localabort import AbortableTask
 >>> from localabort.testing import run_inline

@@ -58,7 +58,6 @@ import logging
 import multiprocessing
 import multiprocessing.context
 import os
-import pickle
 import shutil
 import signal
 import sys
@@ -86,6 +85,7 @@ from typing import (
 )
 
 from . import _task
+from ._byvalue import Loaded, dumps
 from ._capture import DEFAULT_LOG_LIMIT
 from ._future import AbortableFuture, check_terminate_after
 from ._interrupt import (
@@ -222,6 +222,11 @@ class Executor(concurrent.futures.Executor):
         self._terminate_after = terminate_after
         self._dashboard = None
         # The workers start first: they need nothing of the store, and start while it opens (``Workers``).
+        if initializer is not None and mp_context.get_start_method(allow_none=False) != "fork":
+            try:  # a lambda or a notebook's function goes by value; what cannot be sent fails here, in one line
+                initializer = Loaded(dumps(initializer, "the initializer"))
+            except Exception as exc:
+                raise TypeError(f"cannot send the initializer {initializer!r} to the workers: {exc}") from None
         setup = WorkerSetup(_url_of(store), initializer, tuple(initargs), max_tasks_per_child, log_limit,
                             logging.getLogger().getEffectiveLevel())  # fmt: skip
         workers = Workers(ctx, max_workers, setup)
@@ -394,9 +399,10 @@ class Executor(concurrent.futures.Executor):
         job.time_limit = time_limit if time_limit is not None else getattr(task, "time_limit", None)
         job.args_repr = call_repr(args, kwargs, argsrepr, kwargsrepr, most=3 if chunked else 12)
         try:
-            job.blob = pickle.dumps((task, args, kwargs), pickle.HIGHEST_PROTOCOL)
+            job.blob = dumps((task, args, kwargs), name)
         except Exception as exc:  # the type pickle raised, as ProcessPoolExecutor gives it, with our words
-            exc.args = (f"cannot send {name} to a worker: {exc}; use a module-level task and picklable arguments",)
+            exc.args = (f"cannot send {name} to a worker: {exc}; its arguments, and what it uses from its "
+                        "closure and globals, must be picklable",)  # fmt: skip
             job.end(FAILURE, exc)
             self._scheduler.fail_now(job)
             return self._watch(job.future, name, key)

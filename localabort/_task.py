@@ -27,6 +27,7 @@ import traceback
 import types
 from typing import Any, Callable, ClassVar, Dict, List, NamedTuple, NoReturn, Optional, Protocol, Tuple, Type, Union
 
+from ._byvalue import where
 from ._errors import MaxRetriesExceededError, Retry, TaskAborted
 from ._outcome import RunOutcome, describe
 from ._states import ABORTED, FAILURE, RETRY, SUCCESS, Progress
@@ -350,6 +351,9 @@ def task_name(task: Any, *, short: bool = False) -> str:
     ('collections.OrderedDict', 'OrderedDict')
     """
     qualname = getattr(task, "__qualname__", None) or type(task).__qualname__
+    if "<" in qualname:  # a lambda, or defined in a function: where it was defined says which
+        at = where(task)
+        qualname = qualname if at is None else f"{qualname} ({at})"
     if short:
         return str(qualname)
     module = getattr(task, "__module__", None) or type(task).__module__

@@ -144,7 +144,8 @@ def _run(
     except BaseException as exc:
         msg = (
             f"a worker could not load {call.name} [{call.task_id}] ({type(exc).__name__}: {exc}); define it at "
-            "module level in an importable module: under spawn and forkserver, not in __main__ or in a function"
+            "module level, before the Executor is made (under spawn and forkserver, workers import a script's "
+            "__main__ again, without its `if __name__ == '__main__':` block)"
         )
         pipe.send(_reply(seq, RunOutcome(FAILURE, None, RuntimeError(msg)), None, call.name))
         return

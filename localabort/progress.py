@@ -3,7 +3,9 @@
 The same renderer serves ``Executor(progress=True)`` (fed from the
 futures in memory) and ``localabort watch`` (fed from the store).
 
-On a terminal, tqdm draws and redraws the bars in place. Anywhere else (a
+On a terminal, tqdm draws and redraws the bars in place. In a Jupyter
+notebook, whose output redraws a line but cannot move up to another, one
+bar: the batch's, with the running tasks' progress at its end. Anywhere else (a
 log file, CI) the escape codes would fill the file, so the batch is
 written as a plain line every ``PLAIN_INTERVAL`` seconds, and once at the
 end. Either way the last line says how the batch ended: a batch with tasks
@@ -48,8 +50,11 @@ def label(view: TaskView) -> str:
     'Crunch 8f0a1b7c'
     >>> label(TaskView("01a21166-f2c4-7e1a-9c3b-5d2e8f0a1b7c", "jobs.Crunch", "STARTED", None, key="2026-11.csv"))
     'Crunch 2026-11.csv'
+    >>> label(TaskView("01a21166-f2c4-7e1a-9c3b-5d2e8f0a1b7c", "__main__.<lambda> (cell.py:3)", "STARTED", None))
+    '<lambda> 8f0a1b7c'
     """
-    return printable(f"{view.name.rsplit('.', 1)[-1]} {view.key if view.key else view.id[-8:]}")  # a key is any text
+    short = view.name.split(" (", 1)[0].rsplit(".", 1)[-1]  # "(cell.py:3)": where a lambda was defined
+    return printable(f"{short} {view.key if view.key else view.id[-8:]}")  # a key is any text
 
 
 def _whole(x: Optional[float]) -> Any:
@@ -73,7 +78,9 @@ class Bars:
         self.file = file or sys.stderr
         self.max_tasks = max_tasks
         self.desc = desc
-        self.plain = not _is_terminal(self.file)
+        # A notebook's output redraws a line in place (``\r``) but has no cursor to move up: one bar, the batch's.
+        self.notebook = _is_notebook(self.file)
+        self.plain = not self.notebook and not _is_terminal(self.file)
         self.batch: Any = None
         if not self.plain:
             self.batch = tqdm(total=0, desc=desc, unit="task", file=self.file, position=0, dynamic_ncols=True)
@@ -92,9 +99,14 @@ class Bars:
             return
         self.batch.total = len(views)
         self.batch.n = sum(state in READY_STATES for state in self.states)
+        running = {v.id: v for v in views if v.state == STARTED}
+        if self.notebook:  # the running tasks in the batch's line
+            shown = [_percent(v) for v in list(running.values())[: self.max_tasks]]
+            self.batch.set_postfix_str(" | ".join([self._counts(), *shown]), refresh=False)
+            self.batch.refresh()
+            return
         self.batch.set_postfix_str(self._counts(), refresh=False)
         self.batch.refresh()
-        running = {v.id: v for v in views if v.state == STARTED}
         for task_id in [t for t in self.tasks if t not in running]:
             bar, line = self.tasks.pop(task_id)
             self.free.append(line)
@@ -166,6 +178,17 @@ def traceback_above_bars() -> None:
 
     hook.localabort_bars = True  # type: ignore[attr-defined]
     sys.excepthook = hook
+
+
+def _percent(view: TaskView) -> str:
+    """A running task in a few characters: its label, and how far it is if it said."""
+    done, total = view.progress if view.progress is not None else (0, None)
+    return f"{label(view)} {100 * done / total:.0f}%" if total else f"{label(view)} {done:g}"
+
+
+def _is_notebook(file: Any) -> bool:
+    """Whether ``file`` is a Jupyter kernel's output stream (ipykernel's ``OutStream``)."""
+    return type(file).__module__.startswith("ipykernel.")
 
 
 def _is_terminal(file: Any) -> bool:

@@ -295,30 +295,35 @@ def run_script(code, *args, timeout=60):
     )
 
 
-def test_task_class_in_main_under_spawn_fails_that_future_clearly(store_path):
-    out = run_script(
-        """
-        import sys
-        from localabort import AbortableTask, Executor
-        from tests import tasks
+def test_task_class_in_a_scripts_main_block_under_spawn_fails_that_future_clearly(tmp_path, store_path):
+    script = tmp_path / "guarded.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import sys
+            from localabort import AbortableTask, Executor
+            from tests import tasks
 
-        class InMain(AbortableTask):
-            def run(self):
-                return 1
+            if __name__ == "__main__":
+                class InMain(AbortableTask):  # a worker imports this file again, without this block
+                    def run(self):
+                        return 1
 
-        with Executor(max_workers=1, store=sys.argv[1], mp_context="spawn") as ex:
-            try:
-                ex.submit(InMain).result(timeout=30)
-            except RuntimeError as exc:
-                print(exc)
-            print(ex.submit(tasks.add, 1, 1).result(timeout=30))
-        """,
-        store_path,
+                with Executor(max_workers=1, store=sys.argv[1], mp_context="spawn") as ex:
+                    try:
+                        ex.submit(InMain).result(timeout=30)
+                    except RuntimeError as exc:
+                        print(exc)
+                    print(ex.submit(tasks.add, 1, 1).result(timeout=30))
+            """
+        )
     )
+    out = subprocess.run([sys.executable, str(script), store_path], capture_output=True, text=True, timeout=60,
+                         env=ENV)  # fmt: skip
     assert out.returncode == 0, out.stderr
     first, second = out.stdout.strip().splitlines()
     assert first.startswith("a worker could not load __main__.InMain [")
-    assert "define it at module level in an importable module" in first
+    assert "define it at module level, before the Executor is made" in first
     assert second == "2"  # the pool goes on
 
 

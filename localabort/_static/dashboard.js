@@ -292,7 +292,7 @@ function newBar(task) {
   }, "Abort");
   return el("div", { class: "bar", "data-id": task.id },
     el("span", { class: "label", title: task.id, onclick: () => openDetail(task.id, true) },
-      el("b", {}, task.name.split(".").pop()), " ", el("span", { class: "mono" }, short(task.id))),
+      el("b", {}, task.name.split(" (")[0].split(".").pop()), " ", el("span", { class: "mono" }, short(task.id))),
     el("progress"), el("span", { class: "numbers" }), abort);
 }
 
@@ -351,7 +351,7 @@ async function openDetail(id, fresh) {
   }
   aside.dataset.id = id;
   aside.dataset.state = task.state;
-  $("d-title").textContent = task.name.split(".").pop() + " " + short(id);
+  $("d-title").textContent = task.name.split(" (")[0].split(".").pop() + " " + short(id);
   const [rate, eta] = task.state === "STARTED" ? rateAndEta(task) : ["", ""];
   const fields = [
     ["id", task.id], ["name", task.name], ["state", stateBadge(task.state)], ["args", task.args_repr],

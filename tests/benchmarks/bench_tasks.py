@@ -33,6 +33,13 @@ def sleep_1ms_timed(x):
     return os.getpid(), start, time.perf_counter()
 
 
+class Noop(AbortableTask):
+    """The trivial task as a class: returns its argument."""
+
+    def run(self, x):
+        return x
+
+
 class CheckCost(AbortableTask):
     """Times ``n`` calls of ``is_aborted()`` in a loop; returns seconds per call (loop included)."""
 
