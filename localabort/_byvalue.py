@@ -32,7 +32,7 @@ import pickle
 import sys
 from typing import Any, Optional, Set
 
-__all__ = ["BY_VALUE_WARN", "Loaded", "by_value_needed", "dumps", "where"]
+__all__ = ["BY_VALUE_WARN", "Loaded", "by_value_needed", "dumps", "portable", "where"]
 
 #: Bytes of a call pickled by value past which ``dumps`` says so, once per name: it is sent that big at each submit.
 BY_VALUE_WARN = 1 << 20
@@ -108,15 +108,30 @@ def where(function: Any) -> Optional[str]:
     return f"{filename.rsplit('/', 1)[-1]}:{code.co_firstlineno}"
 
 
+def portable(function: Any) -> Any:
+    """``function`` itself if a worker can import it by name, else a ``Loaded`` that carries it by value.
+
+    For what ``multiprocessing`` pickles plainly (an initializer, under
+    spawn and forkserver). Raises as ``dumps`` does.
+
+    >>> portable(len) is len, portable(lambda: 5)()
+    (True, 5)
+    """
+    blob = dumps(function, "the initializer")
+    return function if b"cloudpickle" not in blob else Loaded(blob, function)
+
+
 class Loaded:
-    """A callable sent as ``dumps`` pickled it, loaded where it is called: an initializer under spawn or forkserver.
+    """A callable sent as ``dumps`` pickled it, loaded where it is called; its name is the function's.
 
     >>> Loaded(dumps(lambda x: x + 1))(1)
     2
     """
 
-    def __init__(self, blob: bytes) -> None:
+    def __init__(self, blob: bytes, function: Any = None) -> None:
         self.blob = blob
+        self.__module__ = getattr(function, "__module__", None) or type(self).__module__
+        self.__qualname__ = getattr(function, "__qualname__", None) or type(self).__qualname__
 
     def __call__(self, *args: Any) -> Any:
         return pickle.loads(self.blob)(*args)

@@ -85,7 +85,7 @@ from typing import (
 )
 
 from . import _task
-from ._byvalue import Loaded, dumps
+from ._byvalue import dumps, portable
 from ._capture import DEFAULT_LOG_LIMIT
 from ._future import AbortableFuture, check_terminate_after
 from ._interrupt import (
@@ -224,7 +224,7 @@ class Executor(concurrent.futures.Executor):
         # The workers start first: they need nothing of the store, and start while it opens (``Workers``).
         if initializer is not None and mp_context.get_start_method(allow_none=False) != "fork":
             try:  # a lambda or a notebook's function goes by value; what cannot be sent fails here, in one line
-                initializer = Loaded(dumps(initializer, "the initializer"))
+                initializer = portable(initializer)
             except Exception as exc:
                 raise TypeError(f"cannot send the initializer {initializer!r} to the workers: {exc}") from None
         setup = WorkerSetup(_url_of(store), initializer, tuple(initargs), max_tasks_per_child, log_limit,

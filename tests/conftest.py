@@ -20,6 +20,11 @@ from localabort import Executor
 
 from . import leaks
 
+# A shell starts a background job (``pytest ... &``) with SIGINT ignored, and the scripts the tests start would
+# inherit that: their Ctrl-C tests would see nothing happen. The suite runs as at a terminal, however started.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 pytest_plugins = ["pytester"]
 #: Loaded by the processes of a ``write_faults`` run at their start, never by the suite.
 collect_ignore = ["faults_site"]

@@ -11,6 +11,7 @@ import pickle
 import random
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -748,8 +749,8 @@ def test_store_is_shared_and_reused(start_method, store_path):
 
 
 def test_unpicklable_argument_fails_that_future_only(executor):
-    fut = executor.submit(tasks.add, lambda: 1, 2)
-    with pytest.raises(PICKLING_ERRORS, match=r"cannot send tests.tasks.add to a worker: .*picklable"):
+    fut = executor.submit(tasks.add, threading.Lock(), 2)  # a lambda would go by value; a lock goes nowhere
+    with pytest.raises(PICKLING_ERRORS, match=r"cannot send tests.tasks.add to a worker: .*lock.*picklable"):
         fut.result(timeout=5)
     assert fut.state == FAILURE and stored(executor, fut).state == FAILURE
     assert executor.submit(tasks.add, 1, 2).result(timeout=30) == 3
