@@ -26,7 +26,9 @@ import typing as _typing
 if _typing.TYPE_CHECKING:
     from ._errors import (
         MaxRetriesExceededError,
+        MemoryLimitExceeded,
         Retry,
+        SoftMemoryLimitExceeded,
         SoftTimeLimitExceeded,
         StoreError,
         TaskAborted,
@@ -48,12 +50,14 @@ __all__ = [
     "Executor",
     "FAILURE",
     "MaxRetriesExceededError",
+    "MemoryLimitExceeded",
     "PENDING",
     "RECEIVED",
     "RETRY",
     "Retry",
     "STARTED",
     "SUCCESS",
+    "SoftMemoryLimitExceeded",
     "SoftTimeLimitExceeded",
     "StoreError",
     "TaskAborted",
@@ -74,8 +78,8 @@ __version__ = "0.1.0"
 #: SQLAlchemy loads with the first store a process opens.
 _HOMES = {
     **dict.fromkeys(
-        ["MaxRetriesExceededError", "Retry", "SoftTimeLimitExceeded", "StoreError", "TaskAborted",
-         "TimeLimitExceeded", "UnknownTask", "WorkerLost"], "._errors",
+        ["MaxRetriesExceededError", "MemoryLimitExceeded", "Retry", "SoftMemoryLimitExceeded", "SoftTimeLimitExceeded",
+         "StoreError", "TaskAborted", "TimeLimitExceeded", "UnknownTask", "WorkerLost"], "._errors",
     ),
     "Executor": "._executor",
     "AbortableAsyncResult": "._future",

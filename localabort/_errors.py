@@ -7,11 +7,13 @@
           +-- concurrent.futures.CancelledError
           |    +-- TaskAborted          the task was aborted (result() of an ABORTED task)
           |         +-- SoftTimeLimitExceeded   ... by its soft_time_limit, not by a user
+          |         +-- SoftMemoryLimitExceeded ... by its soft_memory_limit, not by a user
           +-- RuntimeError
           |    +-- concurrent.futures.BrokenExecutor
           |         +-- concurrent.futures.process.BrokenProcessPool
           |              +-- WorkerLost    the child running the task died
           +-- TimeLimitExceeded         the task passed its hard time limit
+          +-- MemoryLimitExceeded       the task passed its hard memory limit
           +-- StoreError                the state store cannot be opened or used
           +-- LookupError
                +-- UnknownTask          no executor handed out this task id
@@ -32,8 +34,10 @@ from typing import Any, Optional
 
 __all__ = [
     "MaxRetriesExceededError",
+    "MemoryLimitExceeded",
     "RemoteTraceback",
     "Retry",
+    "SoftMemoryLimitExceeded",
     "SoftTimeLimitExceeded",
     "StoreError",
     "TaskAborted",
@@ -80,6 +84,18 @@ class SoftTimeLimitExceeded(TaskAborted):
     >>> err = SoftTimeLimitExceeded("Crunch passed its soft_time_limit of 5s", partial_result=[1])
     >>> isinstance(err, TaskAborted), err.partial_result
     (True, [1])
+    """
+
+
+class SoftMemoryLimitExceeded(TaskAborted):
+    """The task's memory passed its ``soft_memory_limit``: an abort was asked for it, and it stopped.
+
+    A ``TaskAborted``, as ``SoftTimeLimitExceeded`` is: ``partial_result``
+    is what ``run`` returned after it saw the abort.
+
+    >>> err = SoftMemoryLimitExceeded("Crunch used 230 MiB, past its soft_memory_limit of 200 MiB", partial_result=7)
+    >>> isinstance(err, TaskAborted), err.partial_result
+    (True, 7)
     """
 
 
@@ -135,6 +151,14 @@ class TimeLimitExceeded(Exception):
     """
 
 
+class MemoryLimitExceeded(Exception):
+    """The task's memory passed its hard ``memory_limit`` and its worker was killed.
+
+    >>> isinstance(MemoryLimitExceeded("Crunch used 260 MiB, past its memory_limit of 256 MiB"), Exception)
+    True
+    """
+
+
 class StoreError(Exception):
     """The state store cannot be opened or used; the message names the store.
 
@@ -164,8 +188,8 @@ RemoteTraceback = concurrent.futures.process._RemoteTraceback
 # Public as ``localabort.<name>``: reprs, pickles and the docs name the package, not this module.
 # Doctest looks for examples in the module an object's ``__module__`` names: ``__test__`` points it here.
 __test__ = {public.__name__: public for public in (
-    TaskAborted, SoftTimeLimitExceeded, Retry, MaxRetriesExceededError, WorkerLost, TimeLimitExceeded, StoreError,
-    UnknownTask,
+    TaskAborted, SoftTimeLimitExceeded, SoftMemoryLimitExceeded, Retry, MaxRetriesExceededError, WorkerLost,
+    TimeLimitExceeded, MemoryLimitExceeded, StoreError, UnknownTask,
 )}  # fmt: skip
 for _public in __test__.values():
     _public.__module__ = "localabort"

@@ -98,6 +98,7 @@ from ._interrupt import (
 )
 from ._jobs import Job, completed
 from ._manager import Manager, Workers
+from ._memory import parse_size
 from ._scheduler import Scheduler
 from ._states import FAILURE, SUCCESS, new_id
 from ._task import task_name
@@ -155,6 +156,10 @@ class Executor(concurrent.futures.Executor):
             ``abort(terminate_after=...)`` does. ``None`` (the default):
             such aborts only ask. An abort from another process
             (``AbortableAsyncResult.abort()``, the CLI) gives only its own.
+        max_memory_per_child: bytes, or a size such as ``"1GiB"`` (Celery's
+            ``worker_max_memory_per_child``): a worker whose resident memory
+            is above it when a task ends exits, and a new one takes its
+            place before its next task; under every start method.
 
     Raises:
         StoreError: the store cannot be opened or written; the message names it.
@@ -179,6 +184,7 @@ class Executor(concurrent.futures.Executor):
         dashboard: bool = False,
         log_limit: int = DEFAULT_LOG_LIMIT,
         terminate_after: Optional[float] = None,
+        max_memory_per_child: Optional[Union[int, str]] = None,
     ) -> None:
         if getattr(multiprocessing.current_process(), "_inheriting", False):
             # A worker importing the main script (spawn, forkserver) got here: the script has no
@@ -192,6 +198,7 @@ class Executor(concurrent.futures.Executor):
             raise TypeError("Executor's second argument is the store; pass the context as mp_context=...")
         _check_log_limit(log_limit)
         check_terminate_after(terminate_after)
+        max_memory = parse_size(max_memory_per_child, "max_memory_per_child")
         if initializer is not None and not callable(initializer):
             raise TypeError(f"initializer must be a callable, not {initializer!r}")
         if max_tasks_per_child is not None:
@@ -228,7 +235,7 @@ class Executor(concurrent.futures.Executor):
             except Exception as exc:
                 raise TypeError(f"cannot send the initializer {initializer!r} to the workers: {exc}") from None
         setup = WorkerSetup(_url_of(store), initializer, tuple(initargs), max_tasks_per_child, log_limit,
-                            logging.getLogger().getEffectiveLevel())  # fmt: skip
+                            logging.getLogger().getEffectiveLevel(), max_memory)  # fmt: skip
         workers = Workers(ctx, max_workers, setup)
         self.id = uuid.uuid4().hex
         opened: Optional[Store] = None
@@ -311,6 +318,8 @@ class Executor(concurrent.futures.Executor):
         kwargsrepr: Optional[str] = None,
         log_limit: Optional[int] = None,
         terminate_after: Optional[float] = None,
+        soft_memory_limit: Optional[Union[int, str]] = None,
+        memory_limit: Optional[Union[int, str]] = None,
         **retry: Any,
     ) -> AbortableFuture:
         """``submit`` with options.
@@ -324,6 +333,11 @@ class Executor(concurrent.futures.Executor):
                 (seconds; then the task is asked to abort).
             time_limit: overrides the task class's ``time_limit`` (seconds;
                 then its worker is killed).
+            soft_memory_limit: overrides the task class's
+                ``soft_memory_limit`` (bytes, or a size such as ``"512MiB"``:
+                past it, the task is asked to abort).
+            memory_limit: overrides the task class's ``memory_limit`` (past
+                it, its worker is killed).
             argsrepr: the text the store keeps for the positional arguments,
                 instead of their shortened ``repr`` (Celery's name): keeps a
                 secret out of the store, the dashboard and ``localabort show``.
@@ -348,9 +362,10 @@ class Executor(concurrent.futures.Executor):
         if log_limit is not None:
             _check_log_limit(log_limit)
         check_terminate_after(terminate_after)
+        memory = (parse_size(soft_memory_limit, "soft_memory_limit"), parse_size(memory_limit, "memory_limit"))
         return self._enqueue(task, tuple(args), kwargs or {}, task_id, key, soft_time_limit, time_limit, retry=retry,
                              argsrepr=argsrepr, kwargsrepr=kwargsrepr, log_limit=log_limit,
-                             terminate_after=terminate_after)  # fmt: skip
+                             terminate_after=terminate_after, memory=memory)  # fmt: skip
 
     def _enqueue(
         self,
@@ -367,6 +382,7 @@ class Executor(concurrent.futures.Executor):
         kwargsrepr: Optional[str] = None,
         log_limit: Optional[int] = None,
         terminate_after: Optional[float] = None,
+        memory: Tuple[Optional[int], Optional[int]] = (None, None),
     ) -> AbortableFuture:
         self._scheduler.check_open()
         if not callable(task):
@@ -397,6 +413,11 @@ class Executor(concurrent.futures.Executor):
         job.grace = terminate_after if terminate_after is not None else self._terminate_after
         job.soft_time_limit = soft_time_limit if soft_time_limit is not None else getattr(task, "soft_time_limit", None)
         job.time_limit = time_limit if time_limit is not None else getattr(task, "time_limit", None)
+        soft = memory[0] if memory[0] is not None else parse_size(getattr(task, "soft_memory_limit", None),
+                                                                  f"{name}.soft_memory_limit")  # fmt: skip
+        hard = memory[1] if memory[1] is not None else parse_size(getattr(task, "memory_limit", None),
+                                                                  f"{name}.memory_limit")  # fmt: skip
+        job.memory = None if soft is None and hard is None else (soft, hard)
         job.args_repr = call_repr(args, kwargs, argsrepr, kwargsrepr, most=3 if chunked else 12)
         try:
             job.blob = dumps((task, args, kwargs), name)

@@ -69,6 +69,7 @@ class Job:
         "log",
         "log_limit",
         "lost",
+        "memory",
         "name",
         "options",
         "progress",
@@ -77,6 +78,7 @@ class Job:
         "seq",
         "soft_deadline",
         "soft_limited",
+        "soft_memory",
         "soft_time_limit",
         "stage",
         "started_at",
@@ -119,6 +121,8 @@ class Job:
         self.time_limit: Optional[float] = None
         self.soft_deadline = self.hard_deadline = _NEVER
         self.soft_limited = False  # its soft time limit, not a user, asked for its abort
+        self.memory: Optional[Tuple[Optional[int], Optional[int]]] = None  # soft and hard memory limits, bytes
+        self.soft_memory: Optional[str] = None  # its soft memory limit asked for its abort: the words that say so
         self.lost: Optional[BaseException] = None  # why the parent killed its worker
         self.claimed = False  # the store holds its claim (RECEIVED): only then may it start
         self.options: Optional[Dict[str, Any]] = None  # apply_async's overrides of the task's retry settings
@@ -156,6 +160,7 @@ class Job:
         self.due, self.eta = time.monotonic() + countdown, time.time() + countdown
         self.soft_deadline = self.hard_deadline = self.terminate_deadline = _NEVER  # they are per attempt
         self.soft_limited, self.lost, self.terminate_after, self.terminate_at = False, None, None, None
+        self.soft_memory = None
 
     def start_clock(self) -> None:
         """Start its time limits: from when a started worker has it, not from a worker's own start-up."""

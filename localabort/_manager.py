@@ -63,10 +63,11 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from ._capture import Relay
-from ._errors import TaskAborted, TimeLimitExceeded, WorkerLost
+from ._errors import MemoryLimitExceeded, TaskAborted, TimeLimitExceeded, WorkerLost
 from ._interrupt import start_thread
 from ._jobs import DONE, Job, resolve
-from ._messages import Call, Calls, InitFailed, Log, Message, Ready, Reply, Report, decode, encode
+from ._memory import format_size
+from ._messages import Call, Calls, InitFailed, Log, Message, Over, Ready, Reply, Report, decode, encode
 from ._outcome import RunOutcome, by_soft_limit, describe, dump, load_outcome, terminated, within_limit
 from ._procs import HEARTBEAT
 from ._recorder import Recorder, Write
@@ -315,6 +316,10 @@ class Manager:
             if job is not None and message.seq == job.seq and message.log is not None and job.stage != DONE:
                 self.scheduler.logged(job, message.log)
             return
+        if isinstance(message, Over):
+            if job is not None and message.seq == job.seq and job.stage != DONE:
+                self._over_memory(slot, job, message.used, message.hard)
+            return
         if job is None or not isinstance(message, (Report, Reply)) or message.seq != job.seq:  # pragma: no cover
             return
         if job.stage == DONE:  # recalled before its worker reached it: ended already
@@ -324,7 +329,7 @@ class Manager:
         if isinstance(message, Report):
             self.scheduler.report(job, (message.done, message.total))
         elif message.state == RETRY:
-            self.scheduler.promote(slot)
+            self.scheduler.promote(slot, message.retiring)
             if message.log is not None:  # the attempt's: the next one's replaces it
                 self.scheduler.logged(job, message.log)
             ended = self.scheduler.retry(job, message.blob, message.traceback, message.error, message.countdown)
@@ -332,17 +337,30 @@ class Manager:
             if message.progress is not None:
                 job.progress = message.progress
         else:
-            self.scheduler.promote(slot)
+            self.scheduler.promote(slot, message.retiring)
             self.scheduler.timed(message.elapsed)
             what = f"{job.name} [{job.id}]"
             state, blob, tb = within_limit(message.state, message.blob, message.traceback, what)
             error = message.error if blob is message.blob else describe(load_outcome(state, blob, None)[1])
             if job.soft_limited and state == ABORTED:  # say why: a limit, not a user
                 outcome = RunOutcome(state, None, load_outcome(state, blob, None)[1])
-                exc = by_soft_limit(outcome, what, job.soft_time_limit).exception
+                exc = by_soft_limit(outcome, what, job.soft_time_limit, job.soft_memory).exception
                 blob, error = dump(exc), describe(exc)
             self.scheduler.finish(job, state, blob, tb, message.progress, error, message.usage, message.log)
             finished.append(job)
+
+    def _over_memory(self, slot: Slot, job: Job, used: int, hard: bool) -> None:
+        """``job``'s worker says it passed a memory limit: kill the worker (``hard``), or ask the job to abort."""
+        assert job.memory is not None
+        soft_limit, hard_limit = job.memory
+        if hard:
+            if job.lost is None:
+                job.lost = MemoryLimitExceeded(f"{job.name} [{job.id}] used {format_size(used)}, past its "
+                                               f"memory_limit of {format_size(hard_limit or 0)}")  # fmt: skip
+                slot.kill()
+            return
+        said = f"used {format_size(used)}, past its soft_memory_limit of {format_size(soft_limit or 0)}"
+        self.scheduler.soft_limit(job, memory=said)
 
     def _replace(self, slot: Slot, finished: List[Job]) -> None:
         """The worker in ``slot`` is gone: fail its job, requeue the one sent ahead, start a new worker."""

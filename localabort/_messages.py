@@ -10,6 +10,7 @@ message that is not is the empty one, which asks a worker to stop::
     parent <--InitFailed------ worker    instead, if the executor's initializer raised; it exits
     parent <--Report---------- worker    progress of the job it runs (throttled, any number)
     parent <--Log------------- worker    the log of the job it runs, when it changed (every half second at most)
+    parent <--Over------------ worker    the job it runs passed its soft or hard memory limit (once each)
     parent <--Reply----------- worker    exactly one per Call, in order
 
 Aborts are not messages: they are shared-memory words (``_words``).
@@ -23,7 +24,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 from ._states import Progress
 
 __all__ = [
-    "STOP", "Call", "Calls", "InitFailed", "Log", "Message", "Ready", "Reply", "Report", "decode", "encode",
+    "STOP", "Call", "Calls", "InitFailed", "Log", "Message", "Over", "Ready", "Reply", "Report", "decode", "encode",
     "receive",
 ]  # fmt: skip
 
@@ -44,6 +45,7 @@ class Call(NamedTuple):
     retries: int = 0  # attempts retried before this one (``self.request.retries``)
     options: Optional[Dict[str, Any]] = None  # apply_async's overrides of the task's retry settings
     log_limit: Optional[int] = None  # bytes of its log to keep (``None``: the executor's ``log_limit``)
+    memory: Optional[Tuple[Optional[int], Optional[int]]] = None  # its soft and hard memory limits, bytes
 
 
 class Calls(NamedTuple):
@@ -100,13 +102,22 @@ class Reply(NamedTuple):
     usage: Optional[Tuple[int, float, Optional[int]]] = None  # its worker's pid, CPU seconds, peak RSS (``Usage``)
     log: Optional[Tuple[str, int]] = None  # its log, if it logged anything: text, and bytes dropped before it
     records: Optional[List[Dict[str, Any]]] = None  # log records not yet forwarded (``Log``)
+    retiring: bool = False  # the worker exits after this reply (past ``max_memory_per_child``): send it no more
 
 
-Message = Union[Calls, Ready, InitFailed, Report, Reply, Log]
+class Over(NamedTuple):
+    """Job ``seq`` uses ``used`` bytes, past its soft memory limit, or its hard one (``hard``)."""
+
+    seq: int
+    used: int
+    hard: bool
+
+
+Message = Union[Calls, Ready, InitFailed, Report, Reply, Log, Over]
 
 
 #: The kinds of message, by the number that leads each on the pipe.
-_KINDS = (Calls, Ready, InitFailed, Report, Reply, Log)
+_KINDS = (Calls, Ready, InitFailed, Report, Reply, Log, Over)
 _NUMBERS = {kind: number for number, kind in enumerate(_KINDS)}
 
 

@@ -21,7 +21,7 @@ import pickle
 import threading
 from typing import Any, NamedTuple, Optional, Tuple
 
-from ._errors import RemoteTraceback, SoftTimeLimitExceeded, TaskAborted
+from ._errors import RemoteTraceback, SoftMemoryLimitExceeded, SoftTimeLimitExceeded, TaskAborted
 from ._states import ABORTED, FAILURE, SUCCESS
 
 __all__ = [
@@ -111,16 +111,23 @@ def describe(exc: Optional[BaseException]) -> Optional[str]:
     return line if len(line) <= ERROR_CHARS else line[: ERROR_CHARS - 3] + "..."
 
 
-def by_soft_limit(outcome: RunOutcome, what: str, limit: Optional[float]) -> RunOutcome:
-    """The outcome of ``what``, whose soft time limit asked it to stop: an abort it honoured says a limit asked.
+def by_soft_limit(outcome: RunOutcome, what: str, limit: Optional[float], memory: Optional[str] = None) -> RunOutcome:
+    """The outcome of ``what``, whose soft limit asked it to stop: an abort it honoured says a limit asked.
 
-    Any other outcome (it succeeded anyway, or failed) is left as it is.
+    The soft time limit of ``limit`` seconds, or, given ``memory`` (which
+    says it: "used 230 MiB, past its soft_memory_limit of 200 MiB"), the
+    soft memory limit. Any other outcome (it succeeded anyway, or failed)
+    is left as it is.
     """
     if outcome.state != ABORTED:
         return outcome
     exc = outcome.exception
-    return outcome._replace(exception=SoftTimeLimitExceeded(
-        f"{what} passed its soft_time_limit of {limit}s and stopped",
+    kind, words = (
+        (SoftTimeLimitExceeded, f"passed its soft_time_limit of {limit}s") if memory is None
+        else (SoftMemoryLimitExceeded, memory)
+    )  # fmt: skip
+    return outcome._replace(exception=kind(
+        f"{what} {words} and stopped",
         partial_result=getattr(exc, "partial_result", None), task_id=getattr(exc, "task_id", None),
     ))  # fmt: skip
 

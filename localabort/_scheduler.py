@@ -496,11 +496,19 @@ class Scheduler:
         return Call(
             seq=job.seq, word=job.word, ahead=job.stage == SENT, task_id=job.id, name=job.name,
             blob=job.blob, chunked=job.chunked, retries=job.retries, options=job.options, log_limit=job.log_limit,
+            memory=job.memory,
         )  # fmt: skip
 
-    def promote(self, slot: Slot) -> None:
-        """The worker in ``slot`` answered its job and went straight on to the one sent ahead."""
+    def promote(self, slot: Slot, retiring: bool = False) -> None:
+        """The worker in ``slot`` answered its job and went straight on to the one sent ahead.
+
+        ``retiring``: it exits instead (``max_memory_per_child``): it is sent
+        nothing more, and what it holds ahead is queued again once it is gone.
+        """
         with self.lock:
+            if retiring:
+                slot.job, slot.gone = None, True
+                return
             slot.job = slot.ahead.popleft() if slot.ahead else None
             if slot.job is not None and slot.job.stage != DONE:
                 self._start(slot.job, slot)
@@ -638,13 +646,14 @@ class Scheduler:
                     ended.append(job)
         return ended
 
-    def soft_limit(self, job: Job) -> None:
-        """``job`` passed its soft time limit: abort it, as a user would."""
+    def soft_limit(self, job: Job, memory: Optional[str] = None) -> None:
+        """``job`` passed its soft time limit (or, as ``memory`` says, its soft memory limit): abort it."""
         with self.lock:
             if not job.abort_requested:
-                job.soft_limited = True
+                job.soft_limited, job.soft_memory = True, memory
                 self._mark_aborted(job)
-                self.abort_rows.append(self.row(job, abort=f"its soft_time_limit of {job.soft_time_limit}s"))
+                why = memory or f"its soft_time_limit of {job.soft_time_limit}s"
+                self.abort_rows.append(self.row(job, abort=why))
 
     def retry(
         self, job: Job, blob: bytes, tb: Optional[str], error: Optional[str], countdown: Optional[float]
@@ -819,7 +828,7 @@ class Scheduler:
 
     def _room(self, slot: Slot) -> int:
         """How many more jobs the worker in ``slot`` takes: to run now, and ahead (``ahead``); none if it will exit."""
-        if slot.reserved:  # a user thread is sending it a job (``_start_at_once``)
+        if slot.reserved or slot.gone:  # a user thread is sending it a job (``_start_at_once``); or it exits
             return 0
         room = (slot.job is None) + max(0, self.ahead - len(slot.ahead) - len(slot.taken_back))
         budget = self.max_tasks_per_child

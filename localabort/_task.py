@@ -127,7 +127,9 @@ class AbortableTask:
 
     Class attributes ``soft_time_limit`` and ``time_limit`` (seconds) bound a
     run: at the soft limit an abort is requested, at the hard limit the
-    child is killed.
+    child is killed. ``soft_memory_limit`` and ``memory_limit`` (bytes, or
+    a size such as ``"512MiB"``) do the same for the task's resident
+    memory, with the processes it started.
 
     Retries take Celery's names: an error of a type in ``autoretry_for``,
     or ``raise self.retry(exc=..., countdown=...)``, ends the attempt and
@@ -156,6 +158,8 @@ class AbortableTask:
 
     soft_time_limit: ClassVar[Optional[float]] = None
     time_limit: ClassVar[Optional[float]] = None
+    soft_memory_limit: ClassVar[Optional[Union[int, str]]] = None
+    memory_limit: ClassVar[Optional[Union[int, str]]] = None
 
     autoretry_for: Tuple[Type[BaseException], ...] = ()
     max_retries: Optional[int] = 3

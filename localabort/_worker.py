@@ -22,6 +22,7 @@ shutdown), and so does the worker when its parent dies.
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import logging
 import multiprocessing
@@ -34,8 +35,10 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, NamedTuple, Optional, Tuple, cast
 
 from ._capture import DEFAULT_LOG_LIMIT, Capture, Usage
+from ._errors import MemoryLimitExceeded
 from ._interrupt import start_thread
-from ._messages import Call, Calls, InitFailed, Log, Ready, Reply, Report, decode, encode, receive
+from ._memory import MemoryWatch, address_space_cap, format_size, resident
+from ._messages import Call, Calls, InitFailed, Log, Over, Ready, Reply, Report, decode, encode, receive
 from ._outcome import RunOutcome, describe, pickle_outcome, unrun
 from ._states import ABORTED, FAILURE, Progress
 from ._task import Binding, run, task_name
@@ -59,6 +62,7 @@ class WorkerSetup(NamedTuple):
     max_tasks: Optional[int] = None  # exit after answering this many calls
     log_limit: int = DEFAULT_LOG_LIMIT  # bytes of each task's log kept, unless its call says otherwise
     log_level: int = logging.WARNING  # the parent's root logger's level, for a worker with no handlers of its own
+    max_memory: Optional[int] = None  # exit after a task that leaves this process's resident memory above it
 
 
 def worker_main(conn: multiprocessing.connection.Connection, words: AbortWords, setup: WorkerSetup) -> None:
@@ -89,6 +93,7 @@ def worker_main(conn: multiprocessing.connection.Connection, words: AbortWords, 
     capture = _capture(pipe, forward) if forward or setup.log_limit else None
     pipe.send(encode(Ready()))
     calls: Deque[Call] = collections.deque()  # sent, not yet reached: a message may hold several
+    memory = _Memory(pipe, setup.max_memory)
     for _ in itertools.count() if setup.max_tasks is None else range(setup.max_tasks):
         while not calls:
             message = receive(conn)
@@ -102,7 +107,8 @@ def worker_main(conn: multiprocessing.connection.Connection, words: AbortWords, 
             limit = setup.log_limit if call.log_limit is None else call.log_limit
             if limit and capture is None:
                 capture = _capture(pipe, forward)
-            _run(pipe, words, call, lookup, capture, usage, limit)
+            if _run(pipe, words, call, lookup, capture, usage, limit, memory):
+                return  # past max_memory_per_child: the parent starts a new worker in this one's place
 
 
 class _Pipe:
@@ -134,10 +140,47 @@ def _capture(pipe: _Pipe, forward: bool) -> Capture:
     return capture
 
 
+class _Memory:
+    """This worker's memory limits: the watch over a task with a limit, and the check after each task."""
+
+    def __init__(self, pipe: _Pipe, max_memory: Optional[int]) -> None:
+        self.pipe, self.max_memory = pipe, max_memory
+        self.watch: Optional[MemoryWatch] = None  # made with the first task that has a limit
+
+    def begin(self, call: Call) -> Optional[int]:
+        """Watch ``call``'s task if it has a memory limit; its hard limit, or ``None``."""
+        if call.memory is None:
+            return None
+        if self.watch is None:
+            self.watch = MemoryWatch(self._over)
+        soft, hard = call.memory
+        self.watch.watch(call.seq, soft, hard)
+        return hard
+
+    def _over(self, seq: int, used: int, hard: bool) -> None:
+        with contextlib.suppress(OSError):  # the pipe closed: the worker is on its way out
+            self.pipe.send(encode(Over(seq, used, hard)))
+
+    def end(self, outcome: RunOutcome, hard: Optional[int]) -> Tuple[RunOutcome, bool]:
+        """Stop watching; the outcome as it stands, and whether this worker is to exit after its reply.
+
+        A ``MemoryError`` under the address-space cap is the hard limit's
+        doing: it says so, and the worker, whose heap may be in pieces, goes.
+        """
+        if self.watch is not None:
+            self.watch.stop()
+        if hard is not None and isinstance(outcome.exception, MemoryError):
+            exc = MemoryLimitExceeded(f"it asked for more memory than its memory_limit of {format_size(hard)} "
+                                      "allows (the address-space cap)")  # fmt: skip
+            return outcome._replace(state=FAILURE, exception=exc), True
+        return outcome, self.max_memory is not None and resident() > self.max_memory
+
+
 def _run(
     pipe: _Pipe, words: AbortWords, call: Call, lookup: _Lookup, capture: Optional[Capture], usage: Usage,
-    limit: int,
-) -> None:  # fmt: skip
+    limit: int, memory: _Memory,
+) -> bool:  # fmt: skip
+    """Run one call and reply; whether this worker is to exit now (``max_memory_per_child``)."""
     seq = call.seq
     try:
         target, args, kwargs = pickle.loads(call.blob)
@@ -148,7 +191,7 @@ def _run(
             "__main__ again, without its `if __name__ == '__main__':` block)"
         )
         pipe.send(_reply(seq, RunOutcome(FAILURE, None, RuntimeError(msg)), None, call.name))
-        return
+        return False
 
     def report(done: float, total: Optional[float]) -> None:
         pipe.send(encode(Report(seq=seq, done=done, total=total)))
@@ -157,25 +200,31 @@ def _run(
     if capture is not None:
         capture.begin(call.task_id, limit, seq)
     usage.begin()
+    hard = memory.begin(call)
     start = time.perf_counter()
     try:
-        outcome, progress = run(target, args, kwargs, binding, chunked=call.chunked)
+        with address_space_cap(hard):
+            outcome, progress = run(target, args, kwargs, binding, chunked=call.chunked)
     except BaseException as exc:  # KeyboardInterrupt raised by the task itself
         outcome, progress = RunOutcome(FAILURE, None, exc), None
     elapsed, used = time.perf_counter() - start, usage.end()
+    outcome, retiring = memory.end(outcome, hard)
     with pipe.lock:
         log, records = capture.end() if capture is not None else (None, [])
-        pipe.conn.send_bytes(_reply(seq, outcome, progress, task_name(target), elapsed, used, log, records or None))
+        pipe.conn.send_bytes(_reply(seq, outcome, progress, task_name(target), elapsed, used, log, records or None,
+                                    retiring))  # fmt: skip
+    return retiring
 
 
 def _reply(
     seq: int, outcome: RunOutcome, progress: Optional[Progress], name: str, elapsed: float = 0.0,
     usage: Optional[Tuple[int, float, Optional[int]]] = None, log: Optional[Tuple[str, int]] = None,
-    records: Optional[List[Dict[str, Any]]] = None,
+    records: Optional[List[Dict[str, Any]]] = None, retiring: bool = False,
 ) -> bytes:  # fmt: skip
     (state, _, exc, tb, countdown), blob = pickle_outcome(outcome, name)
     return encode(Reply(seq=seq, state=state, blob=blob, traceback=tb, progress=progress, error=describe(exc),
-                        countdown=countdown, elapsed=elapsed, usage=usage, log=log, records=records))  # fmt: skip
+                        countdown=countdown, elapsed=elapsed, usage=usage, log=log, records=records,
+                        retiring=retiring))  # fmt: skip
 
 
 class _Lookup:

@@ -70,12 +70,13 @@ from celery.exceptions import Ignore, WorkerLostError
 from celery.exceptions import TimeLimitExceeded as CeleryTimeLimitExceeded
 
 from ._capture import DEFAULT_LOG_LIMIT, Capture, Usage
-from ._errors import TimeLimitExceeded, WorkerLost
+from ._errors import MemoryLimitExceeded, TimeLimitExceeded, WorkerLost
 from ._future import AbortableAsyncResult, check_terminate_after
+from ._memory import MemoryWatch, address_space_cap, format_size, parse_size
 from ._outcome import by_soft_limit, describe, dump, pickle_outcome, terminated
 from ._procs import asker
 from ._schema import CELERY, task_row
-from ._states import ABORTED, PENDING, RETRY, STARTED, SUCCESS, Progress, new_id
+from ._states import ABORTED, FAILURE, PENDING, RETRY, STARTED, SUCCESS, Progress, new_id
 from ._store import Store
 from ._task import AbortableTask, Binding, run, task_name
 from ._text import call_repr
@@ -96,7 +97,10 @@ def register(app: Any, task_class: Type[AbortableTask], store: Optional[str] = N
     ``abort_on_warm_shutdown=True`` asks running tasks to abort when their
     worker begins a warm shutdown; ``log_limit`` is the bytes of each
     task's log the store keeps, as ``Executor``'s (what it prints and logs
-    still reaches the worker's own output).
+    still reaches the worker's own output). ``soft_memory_limit`` asks the
+    task to abort past it, and ``memory_limit`` kills its worker process
+    past it (stored FAILURE, ``MemoryLimitExceeded``; Celery starts another),
+    as under ``Executor``; both default to the class's.
 
     >>> from celery import Celery
     >>> from localabort import AbortableTask
@@ -108,6 +112,8 @@ def register(app: Any, task_class: Type[AbortableTask], store: Optional[str] = N
     'localabort.celery.Double'
     """
     soft_time_limit = celery_options.pop("soft_time_limit", getattr(task_class, "soft_time_limit", None))
+    memory = tuple(parse_size(celery_options.pop(option, getattr(task_class, option, None)), option)
+                   for option in ("soft_memory_limit", "memory_limit"))  # fmt: skip
     abort_on_warm_shutdown = bool(celery_options.pop("abort_on_warm_shutdown", False))
     log_limit = celery_options.pop("log_limit", DEFAULT_LOG_LIMIT)
     # The task class's retry settings govern (in the worker, as under Executor); Celery only sends the retries.
@@ -122,7 +128,7 @@ def register(app: Any, task_class: Type[AbortableTask], store: Optional[str] = N
     return app.task(
         run, bind=True, base=LocalabortCeleryTask, localabort_class=task_class, localabort_store=store,
         localabort_soft_time_limit=soft_time_limit, localabort_abort_on_warm_shutdown=abort_on_warm_shutdown,
-        localabort_log_limit=log_limit, **options,
+        localabort_log_limit=log_limit, localabort_memory=memory, **options,
     )  # fmt: skip
 
 
@@ -150,6 +156,7 @@ class LocalabortCeleryTask(Task):  # type: ignore[misc]
     localabort_soft_time_limit: Optional[float] = None
     localabort_abort_on_warm_shutdown: bool = False
     localabort_log_limit: int = DEFAULT_LOG_LIMIT
+    localabort_memory: Tuple[Optional[int], Optional[int]] = (None, None)  # soft and hard memory limits, bytes
 
     @property
     def store(self) -> Store:
@@ -204,11 +211,17 @@ class LocalabortCeleryTask(Task):  # type: ignore[misc]
         capture, usage = _capture()
         capture.begin(task_id, self.localabort_log_limit, (store, task_id))
         usage.begin()
+        soft_memory, hard_memory = self.localabort_memory
+        if soft_memory is not None or hard_memory is not None:
+            _memory_watch().watch((probe, row, task, self.localabort_memory), soft_memory, hard_memory)
         try:
-            outcome, progress = run(
-                task, args, kwargs, Binding(task_id, probe, report, store.is_abort_requested, retries)
-            )
+            with address_space_cap(hard_memory):
+                outcome, progress = run(
+                    task, args, kwargs, Binding(task_id, probe, report, store.is_abort_requested, retries)
+                )
         finally:
+            if _Captures.memory is not None:
+                _Captures.memory.stop()
             watching.remove(watched)
             pid, cpu, peak = usage.end()
             with _Captures.lock:  # a log the thread took before the end is stored before the final row
@@ -217,7 +230,12 @@ class LocalabortCeleryTask(Task):  # type: ignore[misc]
             if log is not None:
                 row["log"] = log
         if probe.soft_limited:
-            outcome = by_soft_limit(outcome, f"{self.name} [{task_id}]", self.localabort_soft_time_limit)
+            outcome = by_soft_limit(outcome, f"{self.name} [{task_id}]", self.localabort_soft_time_limit,
+                                    probe.soft_memory)  # fmt: skip
+        if hard_memory is not None and isinstance(outcome.exception, MemoryError):  # the address-space cap's doing
+            outcome = outcome._replace(state=FAILURE, exception=MemoryLimitExceeded(
+                f"{self.name} [{task_id}] asked for more memory than its memory_limit of {format_size(hard_memory)} "
+                "allows (the address-space cap)"))  # fmt: skip
         (state, value, exc, tb, countdown), blob = pickle_outcome(outcome, self.name)
         done, total = progress or (None, None)
         if state == RETRY:  # stored RETRY, then sent again by Celery's own retry, which raises
@@ -242,10 +260,12 @@ class LocalabortCeleryTask(Task):  # type: ignore[misc]
 
 
 class _Captures:
-    """This process's ``Capture`` and ``Usage``; a thread stores the running task's log as it changes."""
+    """This process's ``Capture``, ``Usage`` and ``MemoryWatch``; a thread stores its running task's log."""
 
     capture: Optional[Capture] = None
     usage: Optional[Usage] = None
+    memory: Optional[MemoryWatch] = None
+    memory_pid = 0
     pid = 0
     lock = threading.Lock()  # held from taking a log to storing it
 
@@ -261,6 +281,25 @@ def _capture() -> Tuple[Capture, Usage]:
     return _Captures.capture, _Captures.usage
 
 
+def _memory_watch() -> MemoryWatch:
+    """This Celery process's watch over the memory of its tasks that have a limit (made with the first)."""
+    if _Captures.memory_pid != os.getpid():
+        _Captures.memory, _Captures.memory_pid = MemoryWatch(_over_memory), os.getpid()
+    assert _Captures.memory is not None
+    return _Captures.memory
+
+
+def _over_memory(key: Any, used: int, hard: bool) -> None:
+    """A task passed a memory limit: ask it to abort (soft), or store it FAILURE and kill this process (hard)."""
+    probe, row, task, (soft_limit, hard_limit) = key
+    if hard:
+        exc = MemoryLimitExceeded(f"{row['name']} [{row['id']}] used {format_size(used)}, past its memory_limit of "
+                                  f"{format_size(hard_limit)}")  # fmt: skip
+        _terminate(probe._store, row, lambda: task._last_progress, exc)
+    else:
+        probe.over_memory(f"used {format_size(used)}, past its soft_memory_limit of {format_size(soft_limit)}")
+
+
 def _store_log(tag: Any, log: Optional[Tuple[str, int]], records: List[Dict[str, Any]]) -> bool:
     """Store the running task's log so far (``localabort logs --follow``); records are Celery's own to handle."""
     if log is not None and tag is not None:
@@ -272,16 +311,20 @@ def _store_log(tag: Any, log: Optional[Tuple[str, int]], records: List[Dict[str,
     return True
 
 
-def _terminate(store: Store, row: Dict[str, Any], progress: Callable[[], Optional[Progress]]) -> None:
+def _terminate(
+    store: Store, row: Dict[str, Any], progress: Callable[[], Optional[Progress]],
+    exc: Optional[BaseException] = None,
+) -> None:  # fmt: skip
     """The task of ``row`` ran past its ``terminate_after``: store it ABORTED (terminated), then kill this process.
 
+    Given ``exc`` (its ``memory_limit``), it is stored FAILURE with it instead.
     A final state stays final, so a task that just finished keeps its own.
     Celery then reports the process lost, and starts another.
     """
-    exc = terminated(row["id"], -1.0)
+    state, exc = (ABORTED, terminated(row["id"], -1.0)) if exc is None else (FAILURE, exc)
     last, total = progress() or (None, None)
     try:
-        store.write([dict(row, state=ABORTED, finished_at=time.time(), progress_done=last, progress_total=total,
+        store.write([dict(row, state=state, finished_at=time.time(), progress_done=last, progress_total=total,
                           result=dump(exc), error=describe(exc))])  # fmt: skip
     finally:  # killed even if the store is away: the worker's main process then stores WorkerLost
         os.kill(os.getpid(), signal.SIGKILL)
@@ -356,11 +399,12 @@ class _Probe:
     One clock read a check, unless a read of the store is due (``Watch.look``).
     """
 
-    __slots__ = ("_soft_deadline", "_soft_limit", "_store", "_watch", "_watched", "soft_limited")
+    __slots__ = ("_soft_deadline", "_soft_limit", "_store", "_watch", "_watched", "soft_limited", "soft_memory")
 
     def __init__(self, store: Store, watching: Watch, watched: Watched, soft_time_limit: Optional[float]) -> None:
         self._store, self._watch, self._watched = store, watching, watched
         self.soft_limited = False
+        self.soft_memory: Optional[str] = None  # its soft memory limit asked: the words that say so
         self._soft_limit = soft_time_limit
         self._soft_deadline = float("inf") if soft_time_limit is None else time.monotonic() + soft_time_limit
 
@@ -378,3 +422,11 @@ class _Probe:
         self._watched.aborted = self.soft_limited = True  # first: the task stops even if the store is away
         self._store.request_abort(self._watched.task_id, by=f"its soft_time_limit of {self._soft_limit}s")
         return True
+
+    def over_memory(self, words: str) -> None:
+        """The task's memory passed its soft limit (``words`` say how): it sees an abort at its next check."""
+        if self._watched.aborted:
+            return
+        self.soft_memory = words
+        self._watched.aborted = self.soft_limited = True
+        self._store.request_abort(self._watched.task_id, by=words)

@@ -37,6 +37,8 @@ touch = register(app, tasks.Touch)
 deep = register(app, tasks.DeepCheckpoint)
 unpicklable = register(app, tasks.Unpicklable)
 async_sleeper = register(app, tasks.AsyncSleeper)
+soft_memory = register(app, tasks.CelerySoftMemory)
+hard_memory = register(app, tasks.CeleryHardMemory)
 async_catcher = register(app, tasks.AsyncCatcher)
 # The same tasks with their states on a PostgreSQL server (when the tests have one), not in the backend's database.
 POSTGRES = os.environ.get("LOCALABORT_TEST_POSTGRES_URL")

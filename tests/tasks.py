@@ -572,3 +572,115 @@ def log_records(n):
     for i in range(n):
         logging.getLogger("tests.chatty").warning("record %d", i)
     return n
+
+
+# -- memory ------------------------------------------------------------------------
+
+MB = 1 << 20
+
+
+class Grow(AbortableTask):
+    """Takes ``step`` MB more every ``every`` s, up to ``upto`` MB, checking for an abort between; returns MB held."""
+
+    def run(self, step=20, every=0.01, upto=4000):
+        held = []
+        while len(held) * step < upto:
+            if self.is_aborted():
+                return len(held) * step
+            held.append(b"\x01" * (step * MB))  # written: resident, not just reserved
+            self.progress(len(held) * step, upto)
+            time.sleep(every)
+        return len(held) * step
+
+
+class GrowDeaf(AbortableTask):
+    """``Grow`` that never checks: only its worker's death stops it."""
+
+    def run(self, step=20, every=0.01, upto=4000):
+        held = []
+        while len(held) * step < upto:
+            held.append(b"\x01" * (step * MB))
+            time.sleep(every)
+        return len(held) * step
+
+
+class GrowAtOnce(AbortableTask):
+    """Asks for ``megabytes`` in one allocation, holding the GIL throughout: no sampling thread can look meanwhile."""
+
+    def run(self, megabytes):
+        return len(b"\x01" * (megabytes * MB))
+
+
+class ChildGrows(AbortableTask):
+    """Starts a process that takes ``megabytes`` and sleeps; waits for it, checking for an abort; its pid first."""
+
+    def run(self, megabytes, pid_file):
+        import subprocess
+
+        child = subprocess.Popen([sys.executable, "-c", f"import time; x = b'1' * ({megabytes} << 20); time.sleep(60)"])
+        Path(pid_file).write_text(str(child.pid))
+        try:
+            while child.poll() is None:
+                if self.is_aborted():
+                    return "stopped"
+                time.sleep(0.01)
+        finally:
+            child.kill()
+            child.wait()
+        return "child ended"
+
+
+class Spiky(AbortableTask):
+    """Takes ``megabytes`` and lets it go, ``times`` times: always under its limits, it is left alone."""
+
+    def run(self, megabytes, times=3):
+        for _ in range(times):
+            block = b"\x01" * (megabytes * MB)
+            time.sleep(0.05)
+            del block
+        return times
+
+
+_HOARD = []
+
+
+def hoard(megabytes):
+    """Keeps ``megabytes`` in this worker for good (a leak), and returns its pid."""
+    _HOARD.append(b"\x01" * (megabytes * MB))
+    return os.getpid()
+
+
+def pid_after(seconds=0.0):
+    time.sleep(seconds)
+    return os.getpid()
+
+
+class LimitedGrower(GrowDeaf):
+    """``GrowDeaf`` with its limit as a class attribute."""
+
+    memory_limit = "200MiB"
+
+
+class BadLimit(AbortableTask):
+    memory_limit = "a lot"
+
+    def run(self):
+        return 0
+
+
+def thread_names():
+    import threading
+
+    return sorted(t.name for t in threading.enumerate())
+
+
+class CelerySoftMemory(Grow):
+    """``Grow`` with a soft memory limit, for a Celery worker."""
+
+    soft_memory_limit = "150MiB"
+
+
+class CeleryHardMemory(GrowDeaf):
+    """``GrowDeaf`` with a hard memory limit, for a Celery worker."""
+
+    memory_limit = "200MiB"

@@ -208,6 +208,20 @@ def test_soft_time_limit_asks_for_an_abort_as_under_executor(worker):
     assert record.error.startswith("SoftTimeLimitExceeded: ") and record.abort_by == "its soft_time_limit of 0.3s"
 
 
+def test_memory_limits_ask_and_kill_on_a_celery_worker_as_under_executor(worker):
+    from localabort import MemoryLimitExceeded, SoftMemoryLimitExceeded
+
+    res = celery_app.soft_memory.delay()  # CelerySoftMemory.soft_memory_limit = "150MiB"
+    with pytest.raises(SoftMemoryLimitExceeded, match=r"used \d+ MiB, past its soft_memory_limit of 150 MiB"):
+        res.get(timeout=60)
+    assert res.state == ABORTED and "soft_memory_limit of 150 MiB" in res.store.get(res.id).abort_by
+    killed = celery_app.hard_memory.delay()  # never checks; CeleryHardMemory.memory_limit = "200MiB"
+    with pytest.raises(MemoryLimitExceeded, match=r"used \d+ MiB, past its memory_limit of 200 MiB"):
+        killed.get(timeout=60)
+    assert killed.store.get(killed.id).state == "FAILURE"
+    assert celery_app.crunch.delay(3).get(timeout=60) == [0, 1, 4]  # Celery replaced the child; work goes on
+
+
 def test_is_aborted_on_a_worker_reads_the_store_at_most_once_a_poll_interval(tmp_path, monkeypatch):
     """Celery's abortable queries its backend on every call; here checks between two reads cost a clock read."""
     from localabort._schema import task_row

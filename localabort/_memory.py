@@ -1,0 +1,202 @@
+"""Memory limits: sizes as people write them, a task's resident memory, and the watch that samples it.
+
+A task's memory is the resident memory (RSS) of the process that runs it
+plus that of every process it started, still running (Linux: read from
+``/proc``, about 10 µs a look for a worker without children). While a
+task with a limit runs, a thread of its process (``MemoryWatch``) looks
+every ``SAMPLE_INTERVAL`` s; a task with no limit costs nothing, and a
+process none of whose tasks has had a limit has no such thread.
+
+The watch only looks: what a limit does is its caller's (``over``). In a
+worker it sends a message, and the parent asks the task to abort (the soft
+limit) or kills the worker's process group (the hard one), as the two time
+limits do. Sampling misses what happens between two looks, and a thread
+holding the GIL in one long allocation (``b"x" * 10**10``) keeps the watch
+from looking at all: so for a task with a hard limit, the process's
+address space is capped too (``RLIMIT_AS``, the kernel's own check, made at
+every allocation): the task may grow its address space by twice
+``memory_limit`` and no more, and an allocation past that fails with ``MemoryError`` at
+once. The address space counts more than resident memory (untouched
+allocations, thread stacks, mapped files), so that cap is set far enough
+above the limit never to act first for a task that stays under it; it is
+the backstop that keeps a runaway allocator from taking the machine, not
+the limit. A cgroup would count exactly, but needs a delegated cgroup
+tree, which a user's process seldom has: not used.
+
+>>> parse_size("512MiB"), parse_size("2GB"), parse_size(1024), parse_size("1.5 KiB")
+(536870912, 2000000000, 1024, 1536)
+>>> format_size(536870912), format_size(2_000_000_000)
+('512 MiB', '1.9 GiB')
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import threading
+import time
+from typing import Any, Callable, Iterator, Optional, Tuple, Union
+
+__all__ = ["SAMPLE_INTERVAL", "MemoryWatch", "address_space_cap", "format_size", "parse_size", "resident"]
+
+#: Seconds between two looks at the memory of a task with a limit.
+SAMPLE_INTERVAL = 0.005
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "kib": 2**10, "m": 10**6, "mb": 10**6, "mib": 2**20,
+          "g": 10**9, "gb": 10**9, "gib": 2**30, "t": 10**12, "tb": 10**12, "tib": 2**40}  # fmt: skip
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.I)
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+Size = Union[int, str]
+
+
+def parse_size(value: Optional[Size], what: str = "a memory limit") -> Optional[int]:
+    """Bytes, from an int or a string such as ``"512MiB"``, ``"2GB"``, ``"800 KB"``; ``None`` stays ``None``.
+
+    Raises ``ValueError`` (one line, naming ``what``) for anything else, or for a size of 0 or less.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError(f"{what} must be a number of bytes or a size such as '512MiB' or '2GB', not {value!r}")
+    if isinstance(value, int):
+        size = value
+    else:
+        found = _SIZE.match(value)
+        unit = found.group(2).lower() if found else None
+        if found is None or unit not in _UNITS:
+            raise ValueError(f"{what} must be a number of bytes or a size such as '512MiB' or '2GB', not {value!r}")
+        size = int(float(found.group(1)) * _UNITS[unit])
+    if size <= 0:
+        raise ValueError(f"{what} must be more than 0 bytes, not {value!r}")
+    return size
+
+
+def format_size(size: float) -> str:
+    """A size for a person: ``512 MiB``, ``1.9 GiB``, ``800 KiB``, ``12 B``."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            value = size / scale
+            return f"{value:.0f} {unit}" if value >= 100 or value == int(value) else f"{value:.1f} {unit}"
+    return f"{size:.0f} B"
+
+
+def resident(pid: Optional[int] = None) -> int:
+    """Resident bytes of process ``pid`` (this one by default) and of every process it started, still running."""
+    pid = os.getpid() if pid is None else pid
+    total, todo = 0, [pid]
+    while todo:
+        one = todo.pop()
+        try:
+            with open(f"/proc/{one}/statm", "rb") as statm:
+                total += int(statm.read().split()[1]) * _PAGE
+            for thread in os.listdir(f"/proc/{one}/task"):
+                with open(f"/proc/{one}/task/{thread}/children", "rb") as children:
+                    todo += [int(child) for child in children.read().split()]
+        except (OSError, ValueError, IndexError):  # it ended meanwhile
+            continue
+    return total
+
+
+class MemoryWatch:
+    """A thread that looks at this process's memory while a task with a limit runs; ``over`` decides what to do.
+
+    ``watch(key, soft, hard)`` starts the looks for one task (``key``
+    names it to ``over``), ``stop()`` ends them; ``over(key, used, hard)``
+    is called once for the soft limit, once for the hard one, from the
+    thread. The thread starts with the first task that has a limit.
+
+    >>> seen = []
+    >>> w = MemoryWatch(lambda key, used, hard: seen.append((key, hard)))
+    >>> w.watch("t1", soft=1, hard=None)
+    >>> w.wait_for_a_look()
+    >>> w.stop()
+    >>> seen
+    [('t1', False)]
+    """
+
+    def __init__(self, over: Callable[[Any, int, bool], None], interval: float = SAMPLE_INTERVAL) -> None:
+        self._over, self._interval = over, interval
+        self._lock = threading.Lock()
+        self._task: Optional[Tuple[Any, Optional[int], Optional[int]]] = None  # key, soft, hard
+        self._wake = threading.Event()
+        self._looked = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self.peak = 0  # the most this task used at a look
+
+    def watch(self, key: Any, soft: Optional[int], hard: Optional[int]) -> None:
+        with self._lock:
+            self._task, self.peak = (key, soft, hard), 0
+        self._looked.clear()
+        if self._thread is None:
+            from ._interrupt import start_thread
+
+            self._thread = threading.Thread(target=self._run, name="localabort-memory", daemon=True)
+            start_thread(self._thread)
+        self._wake.set()
+
+    def stop(self) -> None:
+        """The task ended: no more looks until the next ``watch``."""
+        with self._lock:
+            self._task = None
+
+    def wait_for_a_look(self, timeout: float = 5.0) -> None:
+        """Wait until the thread has looked once since ``watch`` (for tests)."""
+        self._looked.wait(timeout)
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            with self._lock:
+                task = self._task
+            if task is None:
+                self._wake.clear()
+                continue
+            key, soft, hard = task
+            used = resident()
+            with self._lock:
+                if self._task is not task:  # it ended while we looked
+                    continue
+                self.peak = max(self.peak, used)
+                if soft is not None and used > soft:
+                    soft = None
+                    self._task = (key, None, hard)
+                    self._over(key, used, False)
+                if hard is not None and used > hard:
+                    self._task = None
+                    self._over(key, used, True)
+            self._looked.set()
+            time.sleep(self._interval)
+
+
+@contextlib.contextmanager
+def address_space_cap(limit: Optional[int]) -> Iterator[None]:
+    """Cap this process's address space (``RLIMIT_AS``) at its size now + ``limit``, for the block; the backstop.
+
+    Nothing where the limit is ``None`` or the platform has no ``RLIMIT_AS``.
+    """
+    try:
+        import resource
+
+        kind = resource.RLIMIT_AS
+    except (ImportError, AttributeError):  # pragma: no cover - not Linux
+        kind = None
+    if limit is None or kind is None:
+        yield
+        return
+    before = resource.getrlimit(kind)
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            size = int(statm.read().split()[0]) * _PAGE
+    except (OSError, ValueError):
+        yield
+        return
+    cap = size + 2 * limit  # far enough above: the sampled limit acts first for a task that grows by touching
+    if before[1] != resource.RLIM_INFINITY:
+        cap = min(cap, before[1])
+    resource.setrlimit(kind, (cap, before[1]))
+    try:
+        yield
+    finally:
+        resource.setrlimit(kind, before)
