@@ -362,7 +362,8 @@ class Executor(concurrent.futures.Executor):
         if log_limit is not None:
             _check_log_limit(log_limit)
         check_terminate_after(terminate_after)
-        memory = (parse_size(soft_memory_limit, "soft_memory_limit"), parse_size(memory_limit, "memory_limit"))
+        memory = (None, None) if soft_memory_limit is None and memory_limit is None else (
+            parse_size(soft_memory_limit, "soft_memory_limit"), parse_size(memory_limit, "memory_limit"))  # fmt: skip
         return self._enqueue(task, tuple(args), kwargs or {}, task_id, key, soft_time_limit, time_limit, retry=retry,
                              argsrepr=argsrepr, kwargsrepr=kwargsrepr, log_limit=log_limit,
                              terminate_after=terminate_after, memory=memory)  # fmt: skip
@@ -413,10 +414,11 @@ class Executor(concurrent.futures.Executor):
         job.grace = terminate_after if terminate_after is not None else self._terminate_after
         job.soft_time_limit = soft_time_limit if soft_time_limit is not None else getattr(task, "soft_time_limit", None)
         job.time_limit = time_limit if time_limit is not None else getattr(task, "time_limit", None)
-        soft = memory[0] if memory[0] is not None else parse_size(getattr(task, "soft_memory_limit", None),
-                                                                  f"{name}.soft_memory_limit")  # fmt: skip
-        hard = memory[1] if memory[1] is not None else parse_size(getattr(task, "memory_limit", None),
-                                                                  f"{name}.memory_limit")  # fmt: skip
+        soft, hard = memory
+        if soft is None and getattr(task, "soft_memory_limit", None) is not None:
+            soft = parse_size(task.soft_memory_limit, f"{name}.soft_memory_limit")
+        if hard is None and getattr(task, "memory_limit", None) is not None:
+            hard = parse_size(task.memory_limit, f"{name}.memory_limit")
         job.memory = None if soft is None and hard is None else (soft, hard)
         job.args_repr = call_repr(args, kwargs, argsrepr, kwargsrepr, most=3 if chunked else 12)
         try:

@@ -32,13 +32,14 @@ tree, which a user's process seldom has: not used.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import threading
 import time
-from typing import Any, Callable, Iterator, Optional, Tuple, Union
+from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
 
-__all__ = ["SAMPLE_INTERVAL", "MemoryWatch", "address_space_cap", "format_size", "parse_size", "resident"]
+__all__ = ["SAMPLE_INTERVAL", "AddressCap", "MemoryWatch", "address_space_cap", "format_size", "parse_size", "resident"]
 
 #: Seconds between two looks at the memory of a task with a limit.
 SAMPLE_INTERVAL = 0.005
@@ -58,6 +59,8 @@ def parse_size(value: Optional[Size], what: str = "a memory limit") -> Optional[
     """
     if value is None:
         return None
+    if type(value) is str:  # the same few strings at every submit
+        return _parse_text(value, what)
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise ValueError(f"{what} must be a number of bytes or a size such as '512MiB' or '2GB', not {value!r}")
     if isinstance(value, int):
@@ -71,6 +74,15 @@ def parse_size(value: Optional[Size], what: str = "a memory limit") -> Optional[
     if size <= 0:
         raise ValueError(f"{what} must be more than 0 bytes, not {value!r}")
     return size
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_text(value: str, what: str) -> Optional[int]:
+    return parse_size(_Text(value), what)
+
+
+class _Text(str):
+    """A string ``parse_size`` parses instead of looking it up in its cache."""
 
 
 def format_size(size: float) -> str:
@@ -91,12 +103,42 @@ def resident(pid: Optional[int] = None) -> int:
         try:
             with open(f"/proc/{one}/statm", "rb") as statm:
                 total += int(statm.read().split()[1]) * _PAGE
-            for thread in os.listdir(f"/proc/{one}/task"):
-                with open(f"/proc/{one}/task/{thread}/children", "rb") as children:
-                    todo += [int(child) for child in children.read().split()]
         except (OSError, ValueError, IndexError):  # it ended meanwhile
             continue
+        todo += _children(one)
     return total
+
+
+def _children(pid: int) -> List[int]:
+    """The processes ``pid`` started (from any of its threads) that still run."""
+    found: List[int] = []
+    try:
+        for thread in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{thread}/children", "rb") as children:
+                found += [int(child) for child in children.read().split()]
+    except (OSError, ValueError):  # it ended meanwhile
+        pass
+    return found
+
+
+class _Own:
+    """This process's resident and virtual size, read through a descriptor kept open: 2 µs a look, not 20."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self._statm = os.open(f"/proc/{self.pid}/statm", os.O_RDONLY | os.O_CLOEXEC)
+
+    def sizes(self) -> Tuple[int, int]:
+        """(virtual, resident) bytes of this process alone."""
+        fields = os.pread(self._statm, 128, 0).split()
+        return int(fields[0]) * _PAGE, int(fields[1]) * _PAGE
+
+    def with_children(self) -> int:
+        """Resident bytes of this process and of every process it started, still running."""
+        total = self.sizes()[1]
+        for child in _children(self.pid):
+            total += resident(child)
+        return total
 
 
 class MemoryWatch:
@@ -105,7 +147,11 @@ class MemoryWatch:
     ``watch(key, soft, hard)`` starts the looks for one task (``key``
     names it to ``over``), ``stop()`` ends them; ``over(key, used, hard)``
     is called once for the soft limit, once for the hard one, from the
-    thread. The thread starts with the first task that has a limit.
+    thread. The thread starts with the first task that has a limit, looks
+    every ``interval`` s while one runs (the first look one interval after
+    the task starts: a task shorter than that is never looked at, and
+    costs a lock and a few attributes), and sleeps on an event after a
+    second without one.
 
     >>> seen = []
     >>> w = MemoryWatch(lambda key, used, hard: seen.append((key, hard)))
@@ -123,18 +169,20 @@ class MemoryWatch:
         self._wake = threading.Event()
         self._looked = threading.Event()
         self._thread: Optional[threading.Thread] = None
-        self.peak = 0  # the most this task used at a look
+        self._own: Optional[_Own] = None
 
     def watch(self, key: Any, soft: Optional[int], hard: Optional[int]) -> None:
         with self._lock:
-            self._task, self.peak = (key, soft, hard), 0
-        self._looked.clear()
+            self._task = (key, soft, hard)
         if self._thread is None:
             from ._interrupt import start_thread
 
+            self._own = _Own()
             self._thread = threading.Thread(target=self._run, name="localabort-memory", daemon=True)
             start_thread(self._thread)
-        self._wake.set()
+        if not self._wake.is_set():
+            self._looked.clear()
+            self._wake.set()
 
     def stop(self) -> None:
         """The task ended: no more looks until the next ``watch``."""
@@ -142,32 +190,85 @@ class MemoryWatch:
             self._task = None
 
     def wait_for_a_look(self, timeout: float = 5.0) -> None:
-        """Wait until the thread has looked once since ``watch`` (for tests)."""
+        """Wait until the thread has looked once (for tests)."""
         self._looked.wait(timeout)
 
     def _run(self) -> None:
+        assert self._own is not None
+        idle = 0.0
         while True:
-            self._wake.wait()
+            time.sleep(self._interval)
             with self._lock:
                 task = self._task
             if task is None:
-                self._wake.clear()
+                idle += self._interval
+                if idle >= 1.0:  # a second without a limited task: sleep until the next
+                    self._wake.clear()
+                    with self._lock:
+                        waiting = self._task is None
+                    if waiting:
+                        self._wake.wait()
+                    idle = 0.0
                 continue
-            key, soft, hard = task
-            used = resident()
+            idle = 0.0
+            used = self._own.with_children()
             with self._lock:
                 if self._task is not task:  # it ended while we looked
                     continue
-                self.peak = max(self.peak, used)
+                key, soft, hard = task
                 if soft is not None and used > soft:
-                    soft = None
                     self._task = (key, None, hard)
                     self._over(key, used, False)
                 if hard is not None and used > hard:
                     self._task = None
                     self._over(key, used, True)
             self._looked.set()
-            time.sleep(self._interval)
+
+
+class AddressCap:
+    """This process's address-space cap (``RLIMIT_AS``) for a task with a hard limit: its size + twice the limit.
+
+    ``begin(hard)`` before the task, ``end()`` after it. The cap stays set
+    between tasks with a hard limit and moves only when the wanted one is
+    a quarter of the limit away from it, so a stream of tasks with the same
+    limit pays one ``pread`` each; a task without one gets the process's
+    own limit back. Nothing where the platform has no ``RLIMIT_AS``.
+
+    >>> cap = AddressCap()
+    >>> cap.begin(1 << 30); cap.end(); cap.begin(None)
+    """
+
+    def __init__(self) -> None:
+        try:
+            import resource
+
+            self._resource: Any = resource
+            self._before = resource.getrlimit(resource.RLIMIT_AS)
+        except (ImportError, AttributeError, OSError):  # pragma: no cover - not Linux
+            self._resource = None
+        self._own: Optional[_Own] = None
+        self._cap: Optional[int] = None  # the cap set now, if one is
+
+    def begin(self, hard: Optional[int]) -> None:
+        resource = self._resource
+        if resource is None:
+            return
+        if hard is None:
+            if self._cap is not None:
+                resource.setrlimit(resource.RLIMIT_AS, self._before)
+                self._cap = None
+            return
+        if self._own is None:
+            self._own = _Own()
+        wanted = self._own.sizes()[0] + 2 * hard  # far enough above: the sampled limit acts first
+        if self._before[1] != resource.RLIM_INFINITY:
+            wanted = min(wanted, self._before[1])
+        if self._cap is None or abs(wanted - self._cap) > hard // 4:
+            resource.setrlimit(resource.RLIMIT_AS, (wanted, self._before[1]))
+            self._cap = wanted
+
+    def end(self) -> None:
+        """The task ended: the cap stays for the next task with a hard limit (``begin(None)`` lifts it)."""
 
 
 @contextlib.contextmanager

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, NamedTuple, 
 from ._capture import DEFAULT_LOG_LIMIT, Capture, Usage
 from ._errors import MemoryLimitExceeded
 from ._interrupt import start_thread
-from ._memory import MemoryWatch, address_space_cap, format_size, resident
+from ._memory import AddressCap, MemoryWatch, format_size, resident
 from ._messages import Call, Calls, InitFailed, Log, Over, Ready, Reply, Report, decode, encode, receive
 from ._outcome import RunOutcome, describe, pickle_outcome, unrun
 from ._states import ABORTED, FAILURE, Progress
@@ -146,14 +146,19 @@ class _Memory:
     def __init__(self, pipe: _Pipe, max_memory: Optional[int]) -> None:
         self.pipe, self.max_memory = pipe, max_memory
         self.watch: Optional[MemoryWatch] = None  # made with the first task that has a limit
+        self.cap: Optional[AddressCap] = None  # the same
 
     def begin(self, call: Call) -> Optional[int]:
-        """Watch ``call``'s task if it has a memory limit; its hard limit, or ``None``."""
+        """Watch ``call``'s task if it has a memory limit, cap the address space for a hard one; return that."""
         if call.memory is None:
+            if self.cap is not None:
+                self.cap.begin(None)
             return None
         if self.watch is None:
-            self.watch = MemoryWatch(self._over)
+            self.watch, self.cap = MemoryWatch(self._over), AddressCap()
         soft, hard = call.memory
+        assert self.cap is not None
+        self.cap.begin(hard)
         self.watch.watch(call.seq, soft, hard)
         return hard
 
@@ -203,8 +208,7 @@ def _run(
     hard = memory.begin(call)
     start = time.perf_counter()
     try:
-        with address_space_cap(hard):
-            outcome, progress = run(target, args, kwargs, binding, chunked=call.chunked)
+        outcome, progress = run(target, args, kwargs, binding, chunked=call.chunked)
     except BaseException as exc:  # KeyboardInterrupt raised by the task itself
         outcome, progress = RunOutcome(FAILURE, None, exc), None
     elapsed, used = time.perf_counter() - start, usage.end()

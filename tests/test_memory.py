@@ -20,7 +20,7 @@ from localabort import (
 from localabort._memory import parse_size, resident
 
 from . import tasks
-from .conftest import pool, started, wait_for
+from .conftest import pool, wait_for
 
 MB = 1 << 20
 
@@ -62,13 +62,12 @@ def test_a_task_that_checks_is_asked_to_abort_at_its_soft_limit(start_method, st
 def test_a_task_that_never_checks_is_killed_at_its_hard_limit_and_the_batch_goes_on(start_method, store_path):
     with pool(store_path, start_method) as ex:
         future = ex.apply_async(tasks.GrowDeaf, memory_limit=200 * MB)
-        wait_for(lambda: started(future), what="the grower")
-        pid = next(slot.pid for slot in ex._scheduler.slots if slot.job is not None and slot.job.id == future.id)
         rest = [ex.submit(tasks.add, i, 1) for i in range(6)]
         with pytest.raises(MemoryLimitExceeded, match=r"used \d+ MiB, past its memory_limit of 200 MiB"):
             future.result(timeout=60)
         assert future.state == FAILURE
         assert [f.result(timeout=30) for f in rest] == list(range(1, 7))  # the rest of the batch goes on
+        pid = ex.store.get(future.id).worker_pid
         assert not _alive(pid)  # killed, and replaced:
         assert ex.submit(tasks.pid_after).result(timeout=30) != pid
         record = ex.store.get(future.id)
