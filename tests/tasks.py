@@ -684,3 +684,10 @@ class CeleryHardMemory(GrowDeaf):
     """``GrowDeaf`` with a hard memory limit, for a Celery worker."""
 
     memory_limit = "200MiB"
+
+
+def rss():
+    """This worker's resident memory, with its children's (under fork it counts what it shares with its parent)."""
+    from localabort._memory import resident
+
+    return resident()

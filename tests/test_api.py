@@ -12,12 +12,14 @@ def test_all_is_pinned_and_sorted():
         "Executor",
         "FAILURE",
         "MaxRetriesExceededError",
+        "MemoryLimitExceeded",
         "PENDING",
         "RECEIVED",
         "RETRY",
         "Retry",
         "STARTED",
         "SUCCESS",
+        "SoftMemoryLimitExceeded",
         "SoftTimeLimitExceeded",
         "StoreError",
         "TaskAborted",
@@ -39,7 +41,7 @@ def test_every_public_class_and_function_prints_as_localabort_x():
     import pickle
 
     named = [getattr(localabort, name) for name in localabort.__all__ if not name.isupper()]
-    assert len(named) == 16  # the seven states are strings
+    assert len(named) == 18  # the seven states are strings
     assert [f"{value.__module__}.{value.__qualname__}" for value in named] == [
         f"localabort.{name}" for name in localabort.__all__ if not name.isupper()
     ]

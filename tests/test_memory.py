@@ -25,6 +25,11 @@ from .conftest import pool, wait_for
 MB = 1 << 20
 
 
+def baseline(ex):
+    """What a worker of ``ex`` holds before any task takes more, in MiB (under fork, its share of this process too)."""
+    return max(ex.submit(tasks.rss).result(timeout=30) for _ in range(4)) // MB + 1
+
+
 def test_sizes_parse_as_people_write_them_and_bad_ones_say_how():
     assert parse_size("512MiB") == 512 * MB and parse_size("2GB") == 2 * 10**9 and parse_size("100 kb") == 100_000
     assert parse_size(4096) == 4096 and parse_size(None) is None and parse_size("1.5GiB") == 3 * 2**29
@@ -48,22 +53,24 @@ def test_the_resident_memory_of_a_process_counts_its_children():
 
 def test_a_task_that_checks_is_asked_to_abort_at_its_soft_limit(start_method, store_path):
     with pool(store_path, start_method) as ex:
-        future = ex.apply_async(tasks.Grow, soft_memory_limit="150MiB")
-        said = r"used \d+ MiB, past its soft_memory_limit of 150 MiB"
+        limit = baseline(ex) + 150
+        future = ex.apply_async(tasks.Grow, soft_memory_limit=f"{limit}MiB")
+        said = rf"used \d+ MiB, past its soft_memory_limit of {limit} MiB"
         with pytest.raises(SoftMemoryLimitExceeded, match=said) as info:
             future.result(timeout=60)
         assert isinstance(info.value, TaskAborted) and future.state == ABORTED
-        assert 100 <= info.value.partial_result < 400  # asked soon after it passed 150 MB
+        assert 100 <= info.value.partial_result < 400  # asked soon after it took 150 MB more
         record = ex.store.get(future.id)
-        assert record.state == ABORTED and "soft_memory_limit of 150 MiB" in record.abort_by
+        assert record.state == ABORTED and f"soft_memory_limit of {limit} MiB" in record.abort_by
         assert ex.submit(tasks.add, 1, 1).result(timeout=30) == 2  # the same worker goes on
 
 
 def test_a_task_that_never_checks_is_killed_at_its_hard_limit_and_the_batch_goes_on(start_method, store_path):
     with pool(store_path, start_method) as ex:
-        future = ex.apply_async(tasks.GrowDeaf, memory_limit=200 * MB)
+        limit = baseline(ex) + 200
+        future = ex.apply_async(tasks.GrowDeaf, memory_limit=limit * MB)
         rest = [ex.submit(tasks.add, i, 1) for i in range(6)]
-        with pytest.raises(MemoryLimitExceeded, match=r"used \d+ MiB, past its memory_limit of 200 MiB"):
+        with pytest.raises(MemoryLimitExceeded, match=rf"used \d+ MiB, past its memory_limit of {limit} MiB"):
             future.result(timeout=60)
         assert future.state == FAILURE
         assert [f.result(timeout=30) for f in rest] == list(range(1, 7))  # the rest of the batch goes on
@@ -74,7 +81,7 @@ def test_a_task_that_never_checks_is_killed_at_its_hard_limit_and_the_batch_goes
         assert record.state == FAILURE and record.error.startswith("MemoryLimitExceeded:")
     shown = subprocess.run([sys.executable, "-m", "localabort", "show", store_path, future.id], capture_output=True,
                            text=True, timeout=60)  # fmt: skip
-    assert "MemoryLimitExceeded" in shown.stdout and "past its memory_limit of 200 MiB" in shown.stdout, shown
+    assert "MemoryLimitExceeded" in shown.stdout and f"past its memory_limit of {limit} MiB" in shown.stdout, shown
 
 
 def test_the_class_attributes_set_the_limits(store_path):
@@ -87,12 +94,13 @@ def test_the_class_attributes_set_the_limits(store_path):
 def test_the_memory_of_the_processes_a_task_started_counts(start_method, store_path, tmp_path):
     pid_file = tmp_path / "child.pid"
     with pool(store_path, start_method) as ex:
-        future = ex.apply_async(tasks.ChildGrows, (300, str(pid_file)), soft_memory_limit="200MiB")
+        limit = f"{baseline(ex) + 200}MiB"
+        future = ex.apply_async(tasks.ChildGrows, (300, str(pid_file)), soft_memory_limit=limit)
         with pytest.raises(SoftMemoryLimitExceeded) as info:
             future.result(timeout=60)
         assert info.value.partial_result == "stopped"
         pid_file.unlink()
-        killed = ex.apply_async(tasks.ChildGrows, (300, str(pid_file)), memory_limit="200MiB")
+        killed = ex.apply_async(tasks.ChildGrows, (300, str(pid_file)), memory_limit=limit)
         with pytest.raises(MemoryLimitExceeded):
             killed.result(timeout=60)
         child = int(pid_file.read_text())
@@ -101,7 +109,8 @@ def test_the_memory_of_the_processes_a_task_started_counts(start_method, store_p
 
 def test_a_task_that_stays_under_its_limits_is_left_alone(start_method, store_path):
     with pool(store_path, start_method) as ex:
-        future = ex.apply_async(tasks.Spiky, (80,), soft_memory_limit="300MiB", memory_limit="400MiB")
+        base = baseline(ex)
+        future = ex.apply_async(tasks.Spiky, (80,), soft_memory_limit=(base + 300) * MB, memory_limit=(base + 400) * MB)
         assert future.result(timeout=60) == 3 and future.state == SUCCESS
         assert ex.store.get(future.id).abort_by is None
 
@@ -116,7 +125,9 @@ def test_one_allocation_past_the_hard_limit_fails_at_once_in_its_worker(start_me
 
 
 def test_a_worker_that_grew_past_max_memory_per_child_is_replaced_before_its_next_task(start_method, store_path):
-    with pool(store_path, start_method, max_workers=1, max_memory_per_child="150MiB") as ex:
+    with pool(store_path, start_method, max_workers=1) as ex:
+        limit = baseline(ex) + 150
+    with pool(store_path, start_method, max_workers=1, max_memory_per_child=f"{limit}MiB") as ex:
         small = ex.submit(tasks.hoard, 10).result(timeout=30)
         assert ex.submit(tasks.pid_after).result(timeout=30) == small  # under the limit: kept
         big = ex.submit(tasks.hoard, 200)
