@@ -31,15 +31,14 @@ tree, which a user's process seldom has: not used.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import re
 import threading
 import time
-from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, List, Optional, Tuple, Union
 
-__all__ = ["SAMPLE_INTERVAL", "AddressCap", "MemoryWatch", "address_space_cap", "format_size", "parse_size", "resident"]
+__all__ = ["SAMPLE_INTERVAL", "AddressCap", "MemoryWatch", "TaskMemory", "format_size", "parse_size", "resident"]
 
 #: Seconds between two looks at the memory of a task with a limit.
 SAMPLE_INTERVAL = 0.005
@@ -228,14 +227,14 @@ class MemoryWatch:
 class AddressCap:
     """This process's address-space cap (``RLIMIT_AS``) for a task with a hard limit: its size + twice the limit.
 
-    ``begin(hard)`` before the task, ``end()`` after it. The cap stays set
+    ``begin(hard)`` before each task. The cap stays set
     between tasks with a hard limit and moves only when the wanted one is
     a quarter of the limit away from it, so a stream of tasks with the same
     limit pays one ``pread`` each; a task without one gets the process's
     own limit back. Nothing where the platform has no ``RLIMIT_AS``.
 
     >>> cap = AddressCap()
-    >>> cap.begin(1 << 30); cap.end(); cap.begin(None)
+    >>> cap.begin(1 << 30); cap.begin(None)
     """
 
     def __init__(self) -> None:
@@ -267,37 +266,34 @@ class AddressCap:
             resource.setrlimit(resource.RLIMIT_AS, (wanted, self._before[1]))
             self._cap = wanted
 
-    def end(self) -> None:
-        """The task ended: the cap stays for the next task with a hard limit (``begin(None)`` lifts it)."""
 
+class TaskMemory:
+    """A process's memory limits for the tasks it runs, one at a time: the watch and the cap, made when first needed.
 
-@contextlib.contextmanager
-def address_space_cap(limit: Optional[int]) -> Iterator[None]:
-    """Cap this process's address space (``RLIMIT_AS``) at its size now + ``limit``, for the block; the backstop.
+    ``begin(key, soft, hard)`` before a task (``over(key, used, hard)`` is
+    the watch's to call), ``end()`` after it. A process none of whose tasks
+    had a limit has neither thread nor cap.
 
-    Nothing where the limit is ``None`` or the platform has no ``RLIMIT_AS``.
+    >>> memory = TaskMemory(lambda key, used, hard: None)
+    >>> memory.begin("t1", None, None); memory.end(); memory.watch is None
+    True
     """
-    try:
-        import resource
 
-        kind = resource.RLIMIT_AS
-    except (ImportError, AttributeError):  # pragma: no cover - not Linux
-        kind = None
-    if limit is None or kind is None:
-        yield
-        return
-    before = resource.getrlimit(kind)
-    try:
-        with open("/proc/self/statm", "rb") as statm:
-            size = int(statm.read().split()[0]) * _PAGE
-    except (OSError, ValueError):
-        yield
-        return
-    cap = size + 2 * limit  # far enough above: the sampled limit acts first for a task that grows by touching
-    if before[1] != resource.RLIM_INFINITY:
-        cap = min(cap, before[1])
-    resource.setrlimit(kind, (cap, before[1]))
-    try:
-        yield
-    finally:
-        resource.setrlimit(kind, before)
+    def __init__(self, over: Callable[[Any, int, bool], None]) -> None:
+        self._over = over
+        self.watch: Optional[MemoryWatch] = None
+        self.cap: Optional[AddressCap] = None
+
+    def begin(self, key: Any, soft: Optional[int], hard: Optional[int]) -> None:
+        if soft is None and hard is None:
+            if self.cap is not None:
+                self.cap.begin(None)
+            return
+        if self.watch is None or self.cap is None:
+            self.watch, self.cap = MemoryWatch(self._over), AddressCap()
+        self.cap.begin(hard)
+        self.watch.watch(key, soft, hard)
+
+    def end(self) -> None:
+        if self.watch is not None:
+            self.watch.stop()

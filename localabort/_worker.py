@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, NamedTuple, 
 from ._capture import DEFAULT_LOG_LIMIT, Capture, Usage
 from ._errors import MemoryLimitExceeded
 from ._interrupt import start_thread
-from ._memory import AddressCap, MemoryWatch, format_size, resident
+from ._memory import TaskMemory, format_size, resident
 from ._messages import Call, Calls, InitFailed, Log, Over, Ready, Reply, Report, decode, encode, receive
 from ._outcome import RunOutcome, describe, pickle_outcome, unrun
 from ._states import ABORTED, FAILURE, Progress
@@ -145,21 +145,12 @@ class _Memory:
 
     def __init__(self, pipe: _Pipe, max_memory: Optional[int]) -> None:
         self.pipe, self.max_memory = pipe, max_memory
-        self.watch: Optional[MemoryWatch] = None  # made with the first task that has a limit
-        self.cap: Optional[AddressCap] = None  # the same
+        self.limits = TaskMemory(self._over)
 
     def begin(self, call: Call) -> Optional[int]:
         """Watch ``call``'s task if it has a memory limit, cap the address space for a hard one; return that."""
-        if call.memory is None:
-            if self.cap is not None:
-                self.cap.begin(None)
-            return None
-        if self.watch is None:
-            self.watch, self.cap = MemoryWatch(self._over), AddressCap()
-        soft, hard = call.memory
-        assert self.cap is not None
-        self.cap.begin(hard)
-        self.watch.watch(call.seq, soft, hard)
+        soft, hard = call.memory or (None, None)
+        self.limits.begin(call.seq, soft, hard)
         return hard
 
     def _over(self, seq: int, used: int, hard: bool) -> None:
@@ -172,8 +163,7 @@ class _Memory:
         A ``MemoryError`` under the address-space cap is the hard limit's
         doing: it says so, and the worker, whose heap may be in pieces, goes.
         """
-        if self.watch is not None:
-            self.watch.stop()
+        self.limits.end()
         if hard is not None and isinstance(outcome.exception, MemoryError):
             exc = MemoryLimitExceeded(f"it asked for more memory than its memory_limit of {format_size(hard)} "
                                       "allows (the address-space cap)")  # fmt: skip

@@ -72,7 +72,7 @@ from celery.exceptions import TimeLimitExceeded as CeleryTimeLimitExceeded
 from ._capture import DEFAULT_LOG_LIMIT, Capture, Usage
 from ._errors import MemoryLimitExceeded, TimeLimitExceeded, WorkerLost
 from ._future import AbortableAsyncResult, check_terminate_after
-from ._memory import MemoryWatch, address_space_cap, format_size, parse_size
+from ._memory import TaskMemory, format_size, parse_size
 from ._outcome import by_soft_limit, describe, dump, pickle_outcome, terminated
 from ._procs import asker
 from ._schema import CELERY, task_row
@@ -212,16 +212,14 @@ class LocalabortCeleryTask(Task):  # type: ignore[misc]
         capture.begin(task_id, self.localabort_log_limit, (store, task_id))
         usage.begin()
         soft_memory, hard_memory = self.localabort_memory
-        if soft_memory is not None or hard_memory is not None:
-            _memory_watch().watch((probe, row, task, self.localabort_memory), soft_memory, hard_memory)
+        memory = _task_memory()
+        memory.begin((probe, row, task, self.localabort_memory), soft_memory, hard_memory)
         try:
-            with address_space_cap(hard_memory):
-                outcome, progress = run(
-                    task, args, kwargs, Binding(task_id, probe, report, store.is_abort_requested, retries)
-                )
+            outcome, progress = run(
+                task, args, kwargs, Binding(task_id, probe, report, store.is_abort_requested, retries)
+            )
         finally:
-            if _Captures.memory is not None:
-                _Captures.memory.stop()
+            memory.end()
             watching.remove(watched)
             pid, cpu, peak = usage.end()
             with _Captures.lock:  # a log the thread took before the end is stored before the final row
@@ -260,11 +258,11 @@ class LocalabortCeleryTask(Task):  # type: ignore[misc]
 
 
 class _Captures:
-    """This process's ``Capture``, ``Usage`` and ``MemoryWatch``; a thread stores its running task's log."""
+    """This process's ``Capture``, ``Usage`` and ``TaskMemory``; a thread stores its running task's log."""
 
     capture: Optional[Capture] = None
     usage: Optional[Usage] = None
-    memory: Optional[MemoryWatch] = None
+    memory: Optional[TaskMemory] = None
     memory_pid = 0
     pid = 0
     lock = threading.Lock()  # held from taking a log to storing it
@@ -281,10 +279,10 @@ def _capture() -> Tuple[Capture, Usage]:
     return _Captures.capture, _Captures.usage
 
 
-def _memory_watch() -> MemoryWatch:
-    """This Celery process's watch over the memory of its tasks that have a limit (made with the first)."""
+def _task_memory() -> TaskMemory:
+    """This Celery process's memory limits (a prefork child each: made in it, on its first task)."""
     if _Captures.memory_pid != os.getpid():
-        _Captures.memory, _Captures.memory_pid = MemoryWatch(_over_memory), os.getpid()
+        _Captures.memory, _Captures.memory_pid = TaskMemory(_over_memory), os.getpid()
     assert _Captures.memory is not None
     return _Captures.memory
 
