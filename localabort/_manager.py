@@ -66,7 +66,7 @@ from ._capture import Relay
 from ._errors import MemoryLimitExceeded, TaskAborted, TimeLimitExceeded, WorkerLost
 from ._interrupt import start_thread
 from ._jobs import DONE, Job, resolve
-from ._memory import format_size
+from ._memory import passed
 from ._messages import Call, Calls, InitFailed, Log, Message, Over, Ready, Reply, Report, decode, encode
 from ._outcome import RunOutcome, by_soft_limit, describe, dump, load_outcome, terminated, within_limit
 from ._procs import HEARTBEAT
@@ -355,12 +355,10 @@ class Manager:
         soft_limit, hard_limit = job.memory
         if hard:
             if job.lost is None:
-                job.lost = MemoryLimitExceeded(f"{job.name} [{job.id}] used {format_size(used)}, past its "
-                                               f"memory_limit of {format_size(hard_limit or 0)}")  # fmt: skip
+                job.lost = MemoryLimitExceeded(f"{job.name} [{job.id}] {passed(used, hard_limit, soft=False)}")
                 slot.kill()
             return
-        said = f"used {format_size(used)}, past its soft_memory_limit of {format_size(soft_limit or 0)}"
-        self.scheduler.soft_limit(job, memory=said)
+        self.scheduler.soft_limit(job, memory=passed(used, soft_limit, soft=True))
 
     def _replace(self, slot: Slot, finished: List[Job]) -> None:
         """The worker in ``slot`` is gone: fail its job, requeue the one sent ahead, start a new worker."""

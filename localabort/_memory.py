@@ -38,7 +38,9 @@ import threading
 import time
 from typing import Any, Callable, List, Optional, Tuple, Union
 
-__all__ = ["SAMPLE_INTERVAL", "AddressCap", "MemoryWatch", "TaskMemory", "format_size", "parse_size", "resident"]
+__all__ = [
+    "SAMPLE_INTERVAL", "AddressCap", "MemoryWatch", "TaskMemory", "format_size", "parse_size", "passed", "resident",
+]  # fmt: skip
 
 #: Seconds between two looks at the memory of a task with a limit.
 SAMPLE_INTERVAL = 0.005
@@ -82,6 +84,16 @@ def _parse_text(value: str, what: str) -> Optional[int]:
 
 class _Text(str):
     """A string ``parse_size`` parses instead of looking it up in its cache."""
+
+
+def passed(used: int, limit: Optional[int], soft: bool) -> str:
+    """What a task's memory did, in words the store and the exceptions share.
+
+    >>> passed(242 << 20, 200 << 20, soft=True)
+    'used 242 MiB, past its soft_memory_limit of 200 MiB'
+    """
+    return f"used {format_size(used)}, past its {'soft_memory_limit' if soft else 'memory_limit'} of " \
+           f"{format_size(limit or 0)}"  # fmt: skip
 
 
 def format_size(size: float) -> str:

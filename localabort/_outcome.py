@@ -21,12 +21,20 @@ import pickle
 import threading
 from typing import Any, NamedTuple, Optional, Tuple
 
-from ._errors import RemoteTraceback, SoftMemoryLimitExceeded, SoftTimeLimitExceeded, TaskAborted
+from ._errors import (
+    MemoryLimitExceeded,
+    RemoteTraceback,
+    SoftMemoryLimitExceeded,
+    SoftTimeLimitExceeded,
+    TaskAborted,
+)  # fmt: skip
+from ._memory import format_size
 from ._states import ABORTED, FAILURE, SUCCESS
 
 __all__ = [
     "MAX_RESULT_BYTES",
     "RunOutcome",
+    "by_memory_cap",
     "by_soft_limit",
     "describe",
     "dump",
@@ -130,6 +138,19 @@ def by_soft_limit(outcome: RunOutcome, what: str, limit: Optional[float], memory
         f"{what} {words} and stopped",
         partial_result=getattr(exc, "partial_result", None), task_id=getattr(exc, "task_id", None),
     ))  # fmt: skip
+
+
+def by_memory_cap(outcome: RunOutcome, what: str, hard: Optional[int]) -> RunOutcome:
+    """The outcome of ``what``, run under the address-space cap of its ``memory_limit`` of ``hard`` bytes.
+
+    A ``MemoryError`` there is the cap's doing: FAILURE with
+    ``MemoryLimitExceeded``, which says so. Any other outcome is left as it is.
+    """
+    if hard is None or not isinstance(outcome.exception, MemoryError):
+        return outcome
+    exc = MemoryLimitExceeded(f"{what} asked for more memory than its memory_limit of {format_size(hard)} allows "
+                              "(the address-space cap)")  # fmt: skip
+    return outcome._replace(state=FAILURE, exception=exc)
 
 
 def pickle_outcome(outcome: RunOutcome, name: str) -> Tuple[RunOutcome, bytes]:

@@ -440,8 +440,10 @@ class Scheduler:
         (it has just reached it) stays, and so do those before it.
         """
         with self.lock:
+            if self.terminating or not any(slot.ahead for slot in self.slots):  # each step: the usual case first
+                return
             stuck = self._stuck_since()
-            if self.terminating or all(_stuck(slot, stuck) for slot in self.slots):
+            if all(_stuck(slot, stuck) for slot in self.slots):
                 return  # no worker could run them sooner
             for slot in self.slots:
                 if not slot.ahead or not _stuck(slot, stuck):

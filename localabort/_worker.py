@@ -35,11 +35,10 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Deque, Dict, List, NamedTuple, Optional, Tuple, cast
 
 from ._capture import DEFAULT_LOG_LIMIT, Capture, Usage
-from ._errors import MemoryLimitExceeded
 from ._interrupt import start_thread
-from ._memory import TaskMemory, format_size, resident
+from ._memory import TaskMemory, resident
 from ._messages import Call, Calls, InitFailed, Log, Over, Ready, Reply, Report, decode, encode, receive
-from ._outcome import RunOutcome, describe, pickle_outcome, unrun
+from ._outcome import RunOutcome, by_memory_cap, describe, pickle_outcome, unrun
 from ._states import ABORTED, FAILURE, Progress
 from ._task import Binding, run, task_name
 from ._words import AbortWords
@@ -157,17 +156,16 @@ class _Memory:
         with contextlib.suppress(OSError):  # the pipe closed: the worker is on its way out
             self.pipe.send(encode(Over(seq, used, hard)))
 
-    def end(self, outcome: RunOutcome, hard: Optional[int]) -> Tuple[RunOutcome, bool]:
+    def end(self, outcome: RunOutcome, call: Call, hard: Optional[int]) -> Tuple[RunOutcome, bool]:
         """Stop watching; the outcome as it stands, and whether this worker is to exit after its reply.
 
         A ``MemoryError`` under the address-space cap is the hard limit's
-        doing: it says so, and the worker, whose heap may be in pieces, goes.
+        doing (``by_memory_cap``): the worker, whose heap may be in pieces, goes.
         """
         self.limits.end()
-        if hard is not None and isinstance(outcome.exception, MemoryError):
-            exc = MemoryLimitExceeded(f"it asked for more memory than its memory_limit of {format_size(hard)} "
-                                      "allows (the address-space cap)")  # fmt: skip
-            return outcome._replace(state=FAILURE, exception=exc), True
+        capped = by_memory_cap(outcome, f"{call.name} [{call.task_id}]", hard)
+        if capped is not outcome:
+            return capped, True
         return outcome, self.max_memory is not None and resident() > self.max_memory
 
 
@@ -202,7 +200,7 @@ def _run(
     except BaseException as exc:  # KeyboardInterrupt raised by the task itself
         outcome, progress = RunOutcome(FAILURE, None, exc), None
     elapsed, used = time.perf_counter() - start, usage.end()
-    outcome, retiring = memory.end(outcome, hard)
+    outcome, retiring = memory.end(outcome, call, hard)
     with pipe.lock:
         log, records = capture.end() if capture is not None else (None, [])
         pipe.conn.send_bytes(_reply(seq, outcome, progress, task_name(target), elapsed, used, log, records or None,

@@ -72,8 +72,8 @@ from celery.exceptions import TimeLimitExceeded as CeleryTimeLimitExceeded
 from ._capture import DEFAULT_LOG_LIMIT, Capture, Usage
 from ._errors import MemoryLimitExceeded, TimeLimitExceeded, WorkerLost
 from ._future import AbortableAsyncResult, check_terminate_after
-from ._memory import TaskMemory, format_size, parse_size
-from ._outcome import by_soft_limit, describe, dump, pickle_outcome, terminated
+from ._memory import TaskMemory, parse_size, passed
+from ._outcome import by_memory_cap, by_soft_limit, describe, dump, pickle_outcome, terminated
 from ._procs import asker
 from ._schema import CELERY, task_row
 from ._states import ABORTED, FAILURE, PENDING, RETRY, STARTED, SUCCESS, Progress, new_id
@@ -230,10 +230,7 @@ class LocalabortCeleryTask(Task):  # type: ignore[misc]
         if probe.soft_limited:
             outcome = by_soft_limit(outcome, f"{self.name} [{task_id}]", self.localabort_soft_time_limit,
                                     probe.soft_memory)  # fmt: skip
-        if hard_memory is not None and isinstance(outcome.exception, MemoryError):  # the address-space cap's doing
-            outcome = outcome._replace(state=FAILURE, exception=MemoryLimitExceeded(
-                f"{self.name} [{task_id}] asked for more memory than its memory_limit of {format_size(hard_memory)} "
-                "allows (the address-space cap)"))  # fmt: skip
+        outcome = by_memory_cap(outcome, f"{self.name} [{task_id}]", hard_memory)
         (state, value, exc, tb, countdown), blob = pickle_outcome(outcome, self.name)
         done, total = progress or (None, None)
         if state == RETRY:  # stored RETRY, then sent again by Celery's own retry, which raises
@@ -291,11 +288,10 @@ def _over_memory(key: Any, used: int, hard: bool) -> None:
     """A task passed a memory limit: ask it to abort (soft), or store it FAILURE and kill this process (hard)."""
     probe, row, task, (soft_limit, hard_limit) = key
     if hard:
-        exc = MemoryLimitExceeded(f"{row['name']} [{row['id']}] used {format_size(used)}, past its memory_limit of "
-                                  f"{format_size(hard_limit)}")  # fmt: skip
+        exc = MemoryLimitExceeded(f"{row['name']} [{row['id']}] {passed(used, hard_limit, soft=False)}")
         _terminate(probe._store, row, lambda: task._last_progress, exc)
     else:
-        probe.over_memory(f"used {format_size(used)}, past its soft_memory_limit of {format_size(soft_limit)}")
+        probe.over_memory(passed(used, soft_limit, soft=True))
 
 
 def _store_log(tag: Any, log: Optional[Tuple[str, int]], records: List[Dict[str, Any]]) -> bool:

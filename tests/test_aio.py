@@ -37,19 +37,8 @@ def test_await_a_future_gives_its_result_or_raises_without_blocking_the_loop(sta
 
 
 def test_a_cancelled_await_aborts_the_running_task(start_method, store_path):
-    async def main(ex):
-        future = ex.submit(tasks.Spin)
-        waiting = asyncio.ensure_future(_await(future))
-        await asyncio.sleep(0)  # the awaiting task runs up to its await: a task cancelled before it ran awaited nothing
-        while not started(future):
-            await asyncio.sleep(0.005)
-        waiting.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await waiting
-        return future
-
     with pool(store_path, start_method) as ex:
-        future = asyncio.run(main(ex))
+        future = asyncio.run(cancel_await_once_started(ex.submit(tasks.Spin)))
         with pytest.raises(TaskAborted):
             future.result(timeout=30)
         assert future.state == ABORTED and future.is_aborted()
@@ -57,19 +46,8 @@ def test_a_cancelled_await_aborts_the_running_task(start_method, store_path):
 
 
 def test_a_cancelled_await_gives_a_task_that_never_checks_the_executors_terminate_after(start_method, store_path):
-    async def main(ex):
-        future = ex.submit(tasks.Deaf, 60)
-        waiting = asyncio.ensure_future(_await(future))
-        await asyncio.sleep(0)
-        while not started(future):
-            await asyncio.sleep(0.005)
-        waiting.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await waiting
-        return future
-
     with pool(store_path, start_method, terminate_after=0.2) as ex:
-        future = asyncio.run(main(ex))
+        future = asyncio.run(cancel_await_once_started(ex.submit(tasks.Deaf, 60)))
         with pytest.raises(TaskAborted, match=r"terminated: still running when the terminate_after of 0\.2s"):
             future.result(timeout=30)
         assert ex.submit(tasks.add, 1, 1).result(timeout=30) == 2  # a new worker took the killed one's place
@@ -77,6 +55,18 @@ def test_a_cancelled_await_gives_a_task_that_never_checks_the_executors_terminat
 
 async def _await(future):
     return await future
+
+
+async def cancel_await_once_started(future):
+    """Await ``future`` in an asyncio task of its own, and cancel that once ``future``'s task runs; ``future``."""
+    waiting = asyncio.ensure_future(_await(future))
+    await asyncio.sleep(0)  # the awaiting task runs up to its await: a task cancelled before it ran awaited nothing
+    while not started(future):
+        await asyncio.sleep(0.005)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    return future
 
 
 def test_a_cancelled_await_of_a_queued_task_ends_it_unrun(store_path, tmp_path):
@@ -272,15 +262,8 @@ def test_uvloop_awaits_and_aborts_on_both_sides(start_method, store_path):
     async def main(ex):
         assert await ex.submit(tasks.add, 2, 2) == 4
         assert await ex.submit(tasks.AsyncLoopKind) == "Loop"  # uvloop's loop class, in the worker
-        future = ex.submit(tasks.AsyncLoopKind, 3600)
-        waiting = asyncio.ensure_future(_await(future))
-        await asyncio.sleep(0)
-        while not started(future):
-            await asyncio.sleep(0.005)
-        waiting.cancel()  # a cancelled await on uvloop aborts; the abort cancels the uvloop-run task
-        with pytest.raises(asyncio.CancelledError):
-            await waiting
-        return future
+        # a cancelled await on uvloop aborts; the abort cancels the uvloop-run task
+        return await cancel_await_once_started(ex.submit(tasks.AsyncLoopKind, 3600))
 
     with pool(store_path, start_method, initializer=tasks.install_uvloop) as ex:
         future = uvloop.run(main(ex))
