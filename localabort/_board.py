@@ -22,7 +22,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import sqlalchemy as sa
 
 from ._capture import log_text
-from ._schema import RUNNING, STANDING, UNFINISHED, executors, tasks
+from ._schema import executors, tasks
+from ._sql import RUNNING, STANDING, UNFINISHED
 from ._states import ALL_STATES, READY_STATES, STARTED
 from ._store import Store
 

@@ -12,17 +12,15 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from typing import Any, Callable, ContextManager, Dict, Iterable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, ContextManager, Dict, Iterable, List, Optional, Tuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from ._schema import STANDING, UNFINISHED, TaskRecord, records, tasks
+from ._schema import TaskRecord, records, tasks
+from ._sql import ID_BATCH, STANDING, UNFINISHED, pieces
 
-__all__ = ["ID_BATCH", "JSON_FIELDS", "Listing", "pieces"]
-
-#: Task ids one query asks about at most.
-ID_BATCH = 5000
+__all__ = ["JSON_FIELDS", "Listing"]
 
 
 class Listing:
@@ -168,9 +166,3 @@ _JSON_ROW = {
         ("postgresql", "json_build_object", _PG_FIELDS, "::text"),
     )
 }
-
-
-def pieces(ids: List[str]) -> Iterator[List[str]]:
-    """``ids`` in pieces of ``ID_BATCH``: a database bounds one statement's parameters (SQLite: 32,766)."""
-    for i in range(0, len(ids), ID_BATCH):
-        yield ids[i : i + ID_BATCH]

@@ -14,32 +14,34 @@ runs on the other core.
 
 The protocol, over one pipe (the parent's end is ``Recorder``'s)::
 
-    parent --go: (url, executor id)--> recorder  open the store (the parent made it)
-    parent <--(None, None)------------ recorder  ready: the store is open
+    parent --go: (url, name, connect, executor id)-->  open the store (the parent made it)
+    parent <--(None, None)---------------------------  ready: the store is open
     parent --(rows, aborts, claims, flushed_at)-->   one write, ``Store.sync``'s arguments
     parent <--(True, answer) or (False, error)--     exactly one answer per write, in order
     parent --b""---------------------> recorder  stop
 
 One write at a time: the manager hands the next only once it has taken the
-answer to the last. The writes are made in the parent, on the manager's
-thread, with the same ``Store.sync``, until they have cost it
-``START_AFTER`` of CPU; then the recorder starts, opens the store (under
-spawn and forkserver, importing SQLAlchemy first) and says it is ready,
-and the writes go there. So a short batch, and the start-up of any, pays
-for no second process and no second import of SQLAlchemy (under spawn, a
-new interpreter's): the recorder spares the parent the steady flow of a
-long batch, where the writes' cost is. An error it meets (the
+answer to the last. The recorder starts once the writes made in the parent
+have cost ``START_AFTER`` of CPU, 2 ms: a few tasks' writes, so a batch has
+it from its first writes, and an executor that runs a task or two starts no
+second process. Until it says it is ready, the parent makes the writes, on
+the manager's thread, with the same statements (``_sql.sync``). On an
+SQLite store it is ready in the time of a bare interpreter and ``sqlite3``
+(90 ms here): it writes with ``sqlite3`` alone, opened as the parent's
+engine opens the file, and never imports SQLAlchemy (350 ms of CPU, which
+made it ready only once a batch of a few thousand tasks had run); any other
+store it opens with ``Store``, SQLAlchemy and all. An error it meets (the
 store's, or an open that fails) is the answer to the write it was handed,
 or its first message, and the manager breaks on it as on a failed write of
-its own. The recorder ignores
-SIGINT and SIGHUP (the producer decides what a Ctrl-C means, and its last
-writes go through here), runs in a session of its own, and exits when its
-pipe closes or its parent dies.
+its own. The recorder ignores SIGINT and SIGHUP (the producer decides what
+a Ctrl-C means, and its last writes go through here), runs in a session of
+its own, and exits when its pipe closes or its parent dies.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import multiprocessing.connection
 import os
@@ -49,7 +51,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from ._errors import StoreError
 from ._interrupt import start_thread
@@ -63,8 +65,9 @@ __all__ = ["START_AFTER", "Recorder", "Write"]
 
 #: Seconds the recorder has to exit, once asked, before it is killed.
 STOP_GRACE = 5.0
-#: CPU seconds of writes the parent makes before it starts the recorder: a short batch never needs one.
-START_AFTER = 0.02
+#: CPU seconds of writes the parent makes before it starts the recorder: a few tasks' (a batch of any size
+#: has it from its first writes), so an executor that runs a task or two starts no process for them.
+START_AFTER = 0.002
 #: Seconds between the recorder's looks at whether its parent is still there.
 PARENT_CHECK = 0.5
 #: The folder ``localabort`` is imported from here, which the recorder imports it from too.
@@ -129,7 +132,8 @@ class Recorder:
         finally:
             child_end.close()
         self.done_r, self.pid = self._conn.fileno(), self._process.pid
-        self._send((self._store.url, self._executor_id))
+        store = self._store
+        self._send((store.url, store.name, store.driver_connect(), self._executor_id))
 
     def hand(self, write: Write) -> bool:
         """Hand ``write`` over; ``True`` if it was made at once, here (the recorder is not ready yet): ``take`` it."""
@@ -233,25 +237,21 @@ def main(fd: int) -> None:
 
 
 def serve(conn: multiprocessing.connection.Connection) -> None:
-    """The recorder process: import the store, open it when told, then answer each write until told to stop."""
+    """The recorder process: open the store when told, then answer each write until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())  # the manager's thread, which started it, blocks them all
     _exit_with_parent()
-    from ._store import Store
-
-    store: Optional[Store] = None
-    executor_id = ""
+    sync: Optional[Callable[..., Any]] = None
     failed: Optional[BaseException] = None
     while True:
         message = receive(conn)
         if message is None:
             return
         work = pickle.loads(message)
-        if store is None and failed is None:  # the first message: where the store is
-            url, executor_id = work
+        if sync is None and failed is None:  # the first message: where the store is
             try:
-                store = Store.open(url)
+                sync = _opened(*work)
             except BaseException as exc:
                 failed = exc
                 conn.send_bytes(pickle.dumps((False, _portable(exc)), pickle.HIGHEST_PROTOCOL))
@@ -261,13 +261,58 @@ def serve(conn: multiprocessing.connection.Connection) -> None:
         try:
             if failed is not None:
                 raise failed
-            assert store is not None
-            rows, aborts, claims, flushed_at = work
-            reply: Tuple[bool, Any] = (True, store.sync(executor_id, rows, aborts, claims=claims,
-                                                        flushed_at=flushed_at))  # fmt: skip
+            assert sync is not None
+            reply: Tuple[bool, Any] = (True, sync(*work))
         except BaseException as exc:
             reply = (False, _portable(exc))
         conn.send_bytes(pickle.dumps(reply, pickle.HIGHEST_PROTOCOL))
+
+
+def _opened(url: str, name: str, connect: Optional[Tuple[List[Any], Dict[str, Any]]], executor_id: str) -> Any:
+    """The recorder's write, ``sync(rows, aborts, claims, flushed_at)``, on the store ``url`` names.
+
+    An SQLite store is written with ``sqlite3`` alone, opened as the
+    parent's engine opens it (``connect``: ``Store.driver_connect``), each
+    write in a ``BEGIN IMMEDIATE`` transaction, so the recorder never
+    imports SQLAlchemy. Any other goes through ``Store``.
+    """
+    if connect is None:
+        from ._store import Store
+
+        store = Store.open(url)
+        return functools.partial(_store_sync, store, executor_id)
+    import sqlite3
+
+    from ._sql import sync
+
+    args, kwargs = connect
+    try:
+        db = sqlite3.connect(*args, **kwargs)
+        db.execute("PRAGMA synchronous=NORMAL")  # as the parent's engine sets it on each connection
+    except sqlite3.Error as exc:
+        raise StoreError(f"{name}: cannot open the store ({exc})") from None
+
+    def write(rows: Any, aborts: Any, claims: Any, flushed_at: Optional[float]) -> Any:
+        cur = db.cursor()
+        try:
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                answer = sync(cur, False, executor_id, rows, aborts, claims, flushed_at)
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            cur.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(f"{name}: cannot write the store ({str(exc).splitlines()[0]})") from None
+        return answer
+
+    return write
+
+
+def _store_sync(
+    store: Store, executor_id: str, rows: Any, aborts: Any, claims: Any, flushed_at: Optional[float]
+) -> Any:
+    return store.sync(executor_id, rows, aborts, claims=claims, flushed_at=flushed_at)
 
 
 def _portable(exc: BaseException) -> BaseException:

@@ -29,7 +29,8 @@ from sqlalchemy.engine import Connection
 
 from ._errors import WorkerLost
 from ._procs import REMOTE_SILENT, SILENT, alive, pid_namespace, process_start
-from ._schema import STANDING, UNFINISHED, end_tasks, executors, tasks
+from ._schema import end_tasks, executors, tasks
+from ._sql import STANDING, UNFINISHED
 from ._states import FAILURE
 
 __all__ = ["Registry"]

@@ -13,7 +13,9 @@ An abort asked for an id whose row is not written yet is a row of its own
 
 ``localabort_meta`` records the schema version. ``MIGRATIONS`` upgrade an
 older store, each step in the one transaction that also records the new
-version (``Store`` runs them, for an ``Executor`` only).
+version (``Store`` runs them, for an ``Executor`` only). The tables' names
+and the partial indexes' conditions are text, ``_sql``'s, which the
+recorder uses without SQLAlchemy.
 """
 
 from __future__ import annotations
@@ -25,18 +27,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ._outcome import describe, dump
-from ._states import CLAIMABLE_STATES, HELD_STATES, STARTED, STATE_COLUMNS, UNREADY_STATES, Progress, task_row, usage
+from ._sql import ABORTING, EXECUTORS, HELD_KEY, LOGS, RUNNING, TASKS, UNFINISHED
+from ._states import STATE_COLUMNS, Progress, task_row, usage
 
 __all__ = [
-    "ABORTING",
-    "CELERY",
-    "CLAIMABLE",
     "MIGRATIONS",
     "PARTIAL",
-    "RUNNING",
     "SCHEMA_VERSION",
     "STATE_COLUMNS",
-    "UNFINISHED",
     "TaskRecord",
     "conditions_for",
     "end_tasks",
@@ -54,29 +52,8 @@ SCHEMA_VERSION = 7
 
 metadata = sa.MetaData()
 
-
-def _states_in(states: Any) -> str:
-    return "state IN (" + ", ".join(f"'{state}'" for state in sorted(states)) + ")"
-
-
-# Written out, not bound: SQLite uses a partial index only when it can see the
-# query's condition implies the index's, which bound parameters hide.
-UNFINISHED = _states_in(UNREADY_STATES)
-#: An unfinished task with an abort asked: the rows an executor's abort poll looks for.
-ABORTING = f"abort_requested_at IS NOT NULL AND {UNFINISHED}"
-#: A task a worker holds, or that waits to retry: at most one such task per name and key.
-HELD_KEY = f"key IS NOT NULL AND {_states_in(HELD_STATES)}"
-#: A task a worker runs.
-RUNNING = f"state = '{STARTED}'"
-#: A task that may be claimed for a worker: new, or waiting for its next attempt.
-CLAIMABLE = _states_in(CLAIMABLE_STATES)
-#: The name of a standing abort's row: no task has it.
-STANDING = ""
-#: The ``executor_id`` of Celery's rows no worker process holds: PENDING, waiting to retry, or to be delivered again.
-CELERY = "celery"
-
 tasks = sa.Table(
-    "localabort_tasks",
+    TASKS,
     metadata,
     sa.Column("id", sa.String(64), primary_key=True),
     sa.Column("executor_id", sa.String(64)),
@@ -149,7 +126,7 @@ def conditions_for(dialect: str) -> None:
 
 
 executors = sa.Table(
-    "localabort_executors",
+    EXECUTORS,
     metadata,
     sa.Column("id", sa.String(64), primary_key=True),
     sa.Column("hostname", sa.String(255)),
@@ -166,7 +143,7 @@ executors = sa.Table(
 #: Each task's log: the last bytes of what it printed and logged, and how many bytes came before them.
 #: A table of its own, so that reading tasks never reads their logs.
 logs = sa.Table(
-    "localabort_logs",
+    LOGS,
     metadata,
     sa.Column("task_id", sa.String(64), primary_key=True),
     sa.Column("text", sa.Text, nullable=False),

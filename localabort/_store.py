@@ -25,11 +25,7 @@ created owner-only (0600).
 from __future__ import annotations
 
 import contextlib
-import functools
-import itertools
-import operator
 import os
-import re
 import stat
 import time
 import warnings
@@ -40,20 +36,13 @@ from sqlalchemy.engine import Connection, Engine, make_url
 
 from ._errors import StoreError, UnknownTask
 from ._listen import ANY, CHANNEL, Listener, listener, payload
-from ._listing import Listing, pieces
+from ._listing import Listing
 from ._outcome import dump, unrun
 from ._procs import asker
 from ._registry import Registry
 from ._schema import (
-    ABORTING,
-    CELERY,
-    CLAIMABLE,
-    HELD_KEY,
     MIGRATIONS,
     SCHEMA_VERSION,
-    STANDING,
-    STATE_COLUMNS,
-    UNFINISHED,
     TaskRecord,
     conditions_for,
     end_tasks,
@@ -64,7 +53,8 @@ from ._schema import (
     record,
     tasks,
 )  # fmt: skip
-from ._states import ABORTED, FAILURE, PENDING, READY_STATES, RECEIVED, RETRY, STARTED, SUCCESS, UNREADY_STATES
+from ._sql import ABORTING, CLAIMABLE, LOG_UPSERT, STANDING, UNFINISHED, pieces, spelled, sync, write
+from ._states import ABORTED, FAILURE, PENDING, READY_STATES, RETRY, STARTED, SUCCESS, UNREADY_STATES
 
 __all__ = ["Store", "TaskRecord", "forget"]
 
@@ -180,6 +170,15 @@ class Store(Registry, Listing):
             cur.close()
 
         return engine
+
+    def driver_connect(self) -> Optional[Tuple[List[Any], Dict[str, Any]]]:
+        """How ``sqlite3.connect`` opens this SQLite store as this handle's engine does: its arguments (``None``:
+        not SQLite). The recorder writes through it without importing SQLAlchemy (``_sql``).
+        """
+        if self.postgres:
+            return None
+        args, kwargs = self.engine.dialect.create_connect_args(make_url(self.url))
+        return list(args), {**kwargs, "timeout": BUSY_TIMEOUT, "check_same_thread": False, "isolation_level": None}
 
     def dispose(self) -> None:
         """Close this process's connections; the next use opens new ones."""
@@ -341,39 +340,21 @@ class Store(Registry, Listing):
     # -- writes ---------------------------------------------------------------
 
     # The writes an executor makes at every group commit run on the DB-API cursor of SQLAlchemy's
-    # connection, with SQL written once here (SQLite and PostgreSQL share it): through SQLAlchemy Core
-    # each row and statement cost ten times as much, and the store's write is the executor's hot path.
+    # connection, with SQL written once in ``_sql`` (SQLite and PostgreSQL share it, and so does the
+    # recorder, without SQLAlchemy): through SQLAlchemy Core each row and statement cost ten times as much,
+    # and the store's write is the executor's hot path.
+
+    @property
+    def postgres(self) -> bool:
+        """Whether the store is a PostgreSQL database (else an SQLite file)."""
+        return self.engine.dialect.name == "postgresql"
 
     def _sql(self, text: str) -> str:
         """``text``, whose parameters are written ``:name``, in the driver's own parameter style and words."""
-        if self.engine.dialect.name == "sqlite":
-            return text.replace("LEAST(", "MIN(")  # SQLite's MIN of two or more values is PostgreSQL's LEAST
-        return re.sub(r":(\w+)", r"%(\1)s", text)
+        return spelled(text, self.postgres)
 
     def _cursor(self, conn: Connection) -> Any:
         return conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-
-    def _write(self, cur: Any, rows: Sequence[Dict[str, Any]], aborts: Sequence[Dict[str, Any]]) -> None:
-        if aborts:
-            aborts = [{"terminate_at": None, "abort_by": None, **row} for row in aborts]
-            cur.executemany(self._sql(_ABORT_UPSERT), aborts)
-        if self.engine.dialect.name != "sqlite":  # psycopg sends the rows in one pipeline, to one prepared statement
-            if rows:
-                cur.executemany(self._sql(_STATE_UPSERT), rows)
-                self._write_logs(cur, rows)
-            return
-        # sqlite3's executemany steps once per row, and lets go of the GIL and takes it back each time: a
-        # hand-off to a busy thread may cost the 5 ms switch interval. One statement takes many rows.
-        for at in range(0, len(rows), _PIECE):
-            piece = rows[at : at + _PIECE]
-            cur.execute(_state_upsert(len(piece)), list(itertools.chain.from_iterable(map(_values, piece))))
-        self._write_logs(cur, rows)
-
-    def _write_logs(self, cur: Any, rows: Sequence[Dict[str, Any]]) -> None:
-        """The logs some ``rows`` carry (``log``: its text, and the bytes dropped before it), replacing any stored."""
-        found = [{"task_id": r["id"], "text": r["log"][0], "dropped": r["log"][1]} for r in rows if "log" in r]
-        if found:
-            cur.executemany(self._sql(_LOG_UPSERT), found)
 
     def write(self, rows: Sequence[Dict[str, Any]], aborts: Sequence[Dict[str, Any]] = ()) -> None:
         """Write task rows and abort requests in one short transaction.
@@ -387,7 +368,7 @@ class Store(Registry, Listing):
         if not rows and not aborts:
             return
         with self._begin() as conn:
-            self._write(self._cursor(conn), rows, aborts)
+            write(self._cursor(conn), self.postgres, rows, aborts)
 
     def sync(
         self, executor_id: str, rows: Sequence[Dict[str, Any]], aborts: Sequence[Dict[str, Any]], *,
@@ -411,54 +392,8 @@ class Store(Registry, Listing):
         does not say, as a claim from a user thread does not; it must then
         write a row, which takes the lock as that would).
         """
-        mark = "?" if self.engine.dialect.name == "sqlite" else "%s"
-        found: List[str] = []
-        held: Dict[str, str] = {}
         with self._begin() as conn:
-            cur = self._cursor(conn)
-            self._write(cur, rows, aborts)
-            # First or not, a write: under SQLite's one writer lock no abort lands between here and the commit.
-            if flushed_at is not None:
-                cur.execute(self._sql(_FLUSHED), {"flushed_at": flushed_at, "id": executor_id})
-            for piece in pieces([task_id for task_id, _, _ in claims]):
-                ids = ", ".join([mark] * len(piece))
-                cur.execute(f"SELECT id FROM {tasks.name} WHERE id IN ({ids}) AND executor_id <> {mark}",
-                            [*piece, executor_id])  # fmt: skip
-                held.update((task_id, task_id) for (task_id,) in cur.fetchall())
-            for task_id, name, key in claims:
-                if key is not None and task_id not in held:
-                    holder = self._claim_key(cur, task_id, name, key, executor_id)
-                    if holder is not None:
-                        held[task_id] = holder
-            carried = {row["id"] for row in rows if row["state"] == RECEIVED}  # claimed by their rows' upsert
-            unkeyed = [task_id for task_id, _, key in claims if key is None and task_id not in held]
-            for piece in pieces([task_id for task_id in unkeyed if task_id not in carried]):
-                ids = ", ".join([mark] * len(piece))
-                cur.execute(f"UPDATE {tasks.name} SET state = '{RECEIVED}' WHERE {CLAIMABLE} AND id IN ({ids})",
-                            piece)  # fmt: skip
-            for piece in pieces([task_id for task_id, _, _ in claims if task_id not in held]):
-                ids = ", ".join([mark] * len(piece))
-                cur.execute(f"SELECT id FROM {tasks.name} WHERE abort_requested_at IS NOT NULL AND id IN ({ids})",
-                            piece)  # fmt: skip
-                found += [task_id for (task_id,) in cur.fetchall()]
-        return found, held
-
-    def _claim_key(self, cur: Any, task_id: str, name: str, key: str, executor_id: str) -> Optional[str]:
-        """Claim the keyed task ``task_id`` unless another task holds its key; return that task's id, or ``None``.
-
-        A unique index lets one task per name and key be RECEIVED or
-        STARTED; the claim asks first, so it never trips it. SQLite has one
-        writer at a time; on PostgreSQL, claims of one key wait on a lock of its own.
-        """
-        if self.engine.dialect.name == "postgresql":
-            cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"{name}\n{key}",))
-        values = {"id": task_id, "name": name, "key": key, "me": executor_id}
-        cur.execute(self._sql(_HOLDER), values)
-        holder = cur.fetchone()
-        if holder is not None:
-            return str(holder[0])
-        cur.execute(self._sql(_CLAIM_KEYED), values)
-        return None
+            return sync(self._cursor(conn), self.postgres, executor_id, rows, aborts, claims, flushed_at)
 
     def request_abort(
         self, task_id: str, terminate_after: Optional[float] = None, *, by: Optional[str] = None
@@ -676,7 +611,7 @@ class Store(Registry, Listing):
     def write_log(self, task_id: str, log: Tuple[str, int]) -> None:
         """Store task ``task_id``'s log so far, ``(text, dropped)``, in place of the one stored."""
         with self._begin() as conn:
-            self._cursor(conn).execute(self._sql(_LOG_UPSERT), {"task_id": task_id, "text": log[0], "dropped": log[1]})
+            self._cursor(conn).execute(self._sql(LOG_UPSERT), {"task_id": task_id, "text": log[0], "dropped": log[1]})
 
     def log(self, task_id: str) -> Optional[Tuple[str, int]]:
         """Task ``task_id``'s log: the last bytes of what it printed and logged, and how many came before them.
@@ -774,64 +709,7 @@ def forget(store: StoreSpec, *, older_than: float) -> int:
     return Store.open(store).forget(older_than)
 
 
-_COLUMNS = ("id", *STATE_COLUMNS)
-#: What a state write leaves as stored when it gives none: written once, at submit, by the submitter alone.
-_KEPT = {"args_repr"}
-#: Who may write a stored, unfinished row: its own executor; anyone where it has none yet (a standing abort);
-#: and Celery, to whose queue a worker hands back a task that waits to retry.
-_OWNS = (
-    f"({tasks.name}.executor_id IS NULL OR {tasks.name}.executor_id = excluded.executor_id "
-    f"OR (excluded.executor_id = '{CELERY}' AND excluded.state = '{RETRY}'))"
-)
-#: A state write, after the values of its rows: a final state stays final, the abort request is not touched,
-#: and one executor's row is never taken over by another's write of the same id (``sync`` finds it taken).
-_STATE_SET = (
-    "ON CONFLICT (id) DO UPDATE SET "
-    + ", ".join(f"{c} = COALESCE(excluded.{c}, {tasks.name}.{c})" if c in _KEPT else f"{c} = excluded.{c}"
-                for c in STATE_COLUMNS)
-    + f" WHERE {tasks.name}.{UNFINISHED} AND {_OWNS}"
-)  # fmt: skip
-_STATE_INSERT = f"INSERT INTO {tasks.name} ({', '.join(_COLUMNS)}) VALUES "
-#: A state write of one row, its parameters named.
-_STATE_UPSERT = f"{_STATE_INSERT}({', '.join(':' + c for c in _COLUMNS)}) {_STATE_SET}"
-#: Rows one state write binds at most: 19 columns each, under SQLite's oldest limit of 999 parameters.
-_PIECE = 32
-#: A row's values in the order of ``_COLUMNS``.
-_values = operator.itemgetter(*_COLUMNS)
-
-
-@functools.cache
-def _state_upsert(size: int) -> str:
-    """A state write of ``size`` rows in one SQLite statement, their parameters row after row.
-
-    SQLite applies the rows in order, as one statement each would: a row
-    for an id an earlier row of the statement wrote finds that row.
-    """
-    one = "(" + ", ".join(["?"] * len(_COLUMNS)) + ")"
-    return f"{_STATE_INSERT}{', '.join([one] * size)} {_STATE_SET}"
-
-
-#: A task's log, replacing the one stored (the logs of tasks that ended go on being written: ``Store.log``).
-_LOG_UPSERT = (
-    f"INSERT INTO {logs.name} (task_id, text, dropped) VALUES (:task_id, :text, :dropped) "
-    "ON CONFLICT (task_id) DO UPDATE SET text = excluded.text, dropped = excluded.dropped"
-)
-#: The earlier of a stored time and a new one, either of which may be NULL (``LEAST`` is ``_sql``'s to spell).
-_EARLIER = "LEAST(COALESCE({old}, {new}), COALESCE({new}, {old}))"
-#: An abort request, for a row that may not exist yet: on one that does, the first request and the
-#: earliest ``terminate_at`` are kept.
-_ABORT_UPSERT = (
-    f"INSERT INTO {tasks.name} ({', '.join(_COLUMNS)}, abort_requested_at, abort_by, terminate_at) "
-    f"VALUES ({', '.join(':' + c for c in _COLUMNS)}, :abort_requested_at, :abort_by, :terminate_at) "
-    f"ON CONFLICT (id) DO UPDATE SET abort_requested_at = "
-    f"COALESCE({tasks.name}.abort_requested_at, excluded.abort_requested_at), "
-    f"abort_by = COALESCE({tasks.name}.abort_by, excluded.abort_by), "
-    f"terminate_at = {_EARLIER.format(old=f'{tasks.name}.terminate_at', new='excluded.terminate_at')}"
-)
 _ABORTING_OF = f"SELECT id, terminate_at FROM {tasks.name} {{indexed}} WHERE executor_id = :id AND {ABORTING}"
-_FLUSHED = f"UPDATE {executors.name} SET flushed_at = :flushed_at WHERE id = :id"
-_HOLDER = f"SELECT id FROM {tasks.name} WHERE name = :name AND {HELD_KEY} AND key = :key AND id <> :id"
-_CLAIM_KEYED = f"UPDATE {tasks.name} SET state = '{RECEIVED}' WHERE id = :id AND executor_id = :me AND {CLAIMABLE}"
 
 
 def _owner_only(path: str) -> None:

@@ -75,8 +75,8 @@ from ._future import AbortableAsyncResult, check_terminate_after
 from ._memory import TaskMemory, parse_size, passed
 from ._outcome import by_memory_cap, by_soft_limit, describe, dump, pickle_outcome, terminated
 from ._procs import asker
-from ._schema import CELERY, task_row
-from ._states import ABORTED, FAILURE, PENDING, RETRY, STARTED, SUCCESS, Progress, new_id
+from ._sql import CELERY
+from ._states import ABORTED, FAILURE, PENDING, RETRY, STARTED, SUCCESS, Progress, new_id, task_row
 from ._store import Store
 from ._task import AbortableTask, Binding, run, task_name
 from ._text import call_repr
