@@ -288,11 +288,12 @@ class Manager:
     def _drain(self, slot: Slot, finished: List[Job]) -> bool:
         """Handle what the worker in ``slot`` has sent so far; ``False`` if its pipe broke."""
         try:
-            while slot.has_message():
-                self._handle(slot, decode(slot.conn.recv_bytes()), finished)
-        except (EOFError, OSError):
+            messages, ended = slot.messages()
+        except OSError:
             return False
-        return True
+        for message in messages:
+            self._handle(slot, decode(message), finished)
+        return not ended
 
     def _handle(self, slot: Slot, message: Message, finished: List[Job]) -> None:
         if isinstance(message, Ready):

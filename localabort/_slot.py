@@ -20,7 +20,7 @@ import select
 import signal
 import threading
 import time
-from typing import TYPE_CHECKING, Deque, Optional, Set, Union
+from typing import TYPE_CHECKING, Deque, List, Optional, Set, Tuple, Union
 
 from ._messages import STOP
 from ._procs import exit_words
@@ -40,6 +40,8 @@ __all__ = ["STOP_GRACE", "Slot"]
 
 #: Seconds a worker has to exit after being asked before it is killed.
 STOP_GRACE = 5.0
+#: Bytes ``Slot.messages`` asks of the pipe in one read: what a pipe holds (64 KiB on Linux) and more.
+READ_SIZE = 256 * 1024
 
 
 class Slot:
@@ -87,11 +89,46 @@ class Slot:
         self.pid: Optional[int] = self.process.pid
         self.exitcode: Optional[int] = None  # once reaped
         self._readable = select.poll()  # ``Connection.poll`` makes a selector each time it is asked
+        self._unread = bytearray()  # what ``messages`` read of a message not yet whole
         self._readable.register(parent_end.fileno(), select.POLLIN)
 
     def has_message(self) -> bool:
         """Whether the worker's pipe holds a message, or has ended (reading then raises): at once, without waiting."""
         return bool(self._readable.poll(0))
+
+    def messages(self) -> Tuple[List[bytes], bool]:
+        """The messages the worker has sent whole so far, without waiting; and whether its pipe has ended.
+
+        One read takes every message waiting (replies come many at a time
+        when jobs are short): ``Connection.recv_bytes`` would make a poll
+        and two reads for each. The pipe's framing is ``multiprocessing``'s
+        (a 4-byte size; -1 and 8 more bytes for a message of 2 GiB or more);
+        a message not yet whole stays in ``_unread`` until its rest comes.
+        """
+        unread, fd = self._unread, self.conn.fileno()
+        ended = False
+        while self.has_message():
+            chunk = os.read(fd, READ_SIZE)
+            if not chunk:
+                ended = True
+                break
+            unread += chunk
+            if len(chunk) < READ_SIZE:  # the pipe is empty now
+                break
+        found: List[bytes] = []
+        at, end = 0, len(unread)
+        while end - at >= 4:
+            size, head = int.from_bytes(unread[at : at + 4], "big", signed=True), 4
+            if size == -1:
+                if end - at < 12:
+                    break
+                size, head = int.from_bytes(unread[at + 4 : at + 12], "big"), 12
+            if end - at - head < size:
+                break
+            found.append(bytes(unread[at + head : at + head + size]))
+            at += head + size
+        del unread[:at]
+        return found, ended
 
     def send(self, message: bytes) -> None:
         """Send ``message`` to the worker; ``OSError`` if the pipe is closed or the worker gone."""
