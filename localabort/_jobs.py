@@ -134,6 +134,15 @@ class Job:
         self.log: Optional[Tuple[str, int]] = None  # its log as its worker last sent it, until written (``row``)
         self.usage: Optional[Usage] = None  # its worker's pid (once it started), CPU s and peak RSS (once it ended)
 
+    def move(self, state: str) -> None:
+        """The job is now in the unfinished ``state``: its future says so at once.
+
+        The one place an unfinished state changes. A final state is the
+        job's at ``end`` and its future's only once stored (``resolve``):
+        a future never says SUCCESS before the store does.
+        """
+        self.state = self.future._task_state = state
+
     def end(self, state: str, exc: Optional[BaseException] = None) -> None:
         """Record the job's final state; ``exc``, if given, becomes its stored outcome."""
         self.stage, self.state, self.finished_at = DONE, state, time.time()
@@ -154,8 +163,8 @@ class Job:
 
     def wait_to_retry(self, countdown: float) -> None:
         """Its attempt asked for another in ``countdown`` s: it waits (RETRY), holding no worker and no claim."""
-        self.stage, self.state, self.words, self.claimed = WAITING, RETRY, None, False
-        self.future._task_state = RETRY
+        self.stage, self.words, self.claimed = WAITING, None, False
+        self.move(RETRY)
         self.retries += 1
         self.due, self.eta = time.monotonic() + countdown, time.time() + countdown
         self.soft_deadline = self.hard_deadline = self.terminate_deadline = _NEVER  # they are per attempt

@@ -174,12 +174,32 @@ class Manager:
         return running
 
     def _step(self) -> bool:
-        """One loop of the manager; returns ``False`` when it is time to stop."""
+        """One loop of the manager, its steps numbered as the module's docstring numbers them; ``False``: stop."""
+        scheduler = self.scheduler
+        busy = any(slot.job is not None for slot in scheduler.slots)
+        finished: List[Job] = []
+        # Whatever raises below (a failed write's answer, a store that cannot be read), the jobs ended so far
+        # in this step are the break's to settle: they have left ``jobs``, and only ``_unresolved`` holds them.
+        try:
+            self._wait_and_read(busy, finished)  # 1, 2
+            now = time.monotonic()
+            scheduler.due(now)  # retries whose time came are queued first again
+            self._poll_store(now, busy, finished)  # 3
+            self._enforce_limits(now)  # 4
+        finally:
+            self._finished += len(finished)
+            self._unresolved += finished
+            finished.clear()  # hold no job past its resolve: a caller may drop its result and expect it freed
+        self._feed()  # 5, 6
+        self._group_commit(now)  # 7
+        return not scheduler.finished()
+
+    def _wait_and_read(self, busy: bool, finished: List[Job]) -> None:
+        """Steps 1 and 2: wait for something to do, then read what came: replies, deaths, the recorder's answer."""
         scheduler = self.scheduler
         waitables: Dict[int, Optional[Slot]] = {scheduler.wake_r: None}  # by descriptor
         if self._writer.done_r is not None:  # the recorder's pipe, once it has started
             waitables[self._writer.done_r] = None
-        busy = False
         fed: List[Slot] = []  # busy workers with enough jobs ahead: their replies are read on the next tick
         ticking = scheduler.ahead > 2  # short jobs: their replies are read in batches, not one wake-up each
         for slot in scheduler.slots:
@@ -191,54 +211,57 @@ class Manager:
                 waitables[slot.conn.fileno()] = slot
             else:
                 fed.append(slot)
-            busy = busy or slot.job is not None
         # Never wait past the heartbeat, so never without a timeout: a lost wake-up costs one poll, not a hang.
         watching = busy or bool(scheduler.followers or scheduler.waiting)  # the store may hold aborts for them
-        finished: List[Job] = []
-        # Whatever raises below (a failed write's answer, a store that cannot be read), the jobs ended so far
-        # in this step are the break's to settle: they have left ``jobs``, and only ``_unresolved`` holds them.
-        try:
-            timeout = self._timeout(watching)
-            for fd, owner in self._wait(waitables, min(timeout, TICK) if fed else timeout):
-                if fd == self._writer.done_r:  # the answer to the write under way; or the recorder is ready, or gone
-                    write = self._writer.take()
-                    if write is not None:
-                        self._written(write)
-                elif owner is None:
-                    # Drain first, then clear: a submit after the clear writes a new byte; one before it
-                    # is already queued, and this loop dispatches it. (The other order loses wake-ups.)
-                    os.read(scheduler.wake_r, 65536)
-                    scheduler.woken()
-                elif scheduler.slots[owner.index] is owner:  # not replaced earlier in this loop
-                    if fd == owner.sentinel:
-                        self._replace(owner, finished)
-                    else:
-                        self._receive(owner, finished)
-            for slot in fed:
-                if scheduler.slots[slot.index] is slot:
-                    self._receive(slot, finished)
-            now = time.monotonic()
-            scheduler.due(now)  # retries whose time came are queued first again
-            if (busy or scheduler.followers or scheduler.waiting) and now >= self._next_poll:
-                self._next_poll = now + self._poll_interval
-                finished += scheduler.aborted_elsewhere(self._store.aborts_requested(scheduler.executor_id))
-                if scheduler.followers:
-                    records = self._store.tasks(scheduler.holders())
-                    finished += scheduler.follow({record.id: record for record in records})
-                for slot in scheduler.slots:  # a dead worker's sentinel may be held open by a process its task forked
-                    if slot.job is not None and slot.ended():
-                        self._replace(slot, finished)
-            self._enforce_limits(now)
-        finally:
-            self._finished += len(finished)
-            self._unresolved += finished
-            finished.clear()  # hold no job past its resolve: a caller may drop its result and expect it freed
+        timeout = self._timeout(watching)
+        for fd, owner in self._wait(waitables, min(timeout, TICK) if fed else timeout):
+            if fd == self._writer.done_r:  # the answer to the write under way; or the recorder is ready, or gone
+                write = self._writer.take()
+                if write is not None:
+                    self._written(write)
+            elif owner is None:
+                # Drain first, then clear: a submit after the clear writes a new byte; one before it
+                # is already queued, and this loop dispatches it. (The other order loses wake-ups.)
+                os.read(scheduler.wake_r, 65536)
+                scheduler.woken()
+            elif scheduler.slots[owner.index] is owner:  # not replaced earlier in this loop
+                if fd == owner.sentinel:
+                    self._replace(owner, finished)
+                else:
+                    self._receive(owner, finished)
+        for slot in fed:
+            if scheduler.slots[slot.index] is slot:
+                self._receive(slot, finished)
+
+    def _poll_store(self, now: float, busy: bool, finished: List[Job]) -> None:
+        """Step 3: every ``poll_interval`` while jobs run, the aborts other processes asked, and workers found dead."""
+        scheduler = self.scheduler
+        if not (busy or scheduler.followers or scheduler.waiting) or now < self._next_poll:
+            return
+        self._next_poll = now + self._poll_interval
+        finished += scheduler.aborted_elsewhere(self._store.aborts_requested(scheduler.executor_id))
+        if scheduler.followers:
+            records = self._store.tasks(scheduler.holders())
+            finished += scheduler.follow({record.id: record for record in records})
+        for slot in scheduler.slots:  # a dead worker's sentinel may be held open by a process its task forked
+            if slot.job is not None and slot.ended():
+                self._replace(slot, finished)
+
+    def _feed(self) -> None:
+        """Steps 5 and 6: claim first what an idle worker waits for, then send every worker the jobs it may hold."""
+        scheduler = self.scheduler
         if scheduler.unclaimed_job_waits():
             self._commit(first=True)  # a task never starts before the store holds its claim
         scheduler.unstick()  # jobs waiting behind a long one run on the other workers
         self._send(scheduler.dispatch())
-        # Group commit: write while workers run, at most FLUSH_INTERVAL after a change,
-        # and at once when no worker is busy (no reply is coming to share the write with).
+
+    def _group_commit(self, now: float) -> None:
+        """Step 7: write while workers run, at most ``FLUSH_INTERVAL`` after a change, at once when none is busy.
+
+        No reply is coming to share the write with when no worker is busy;
+        and at least every ``HEARTBEAT``, for the written-up time.
+        """
+        scheduler = self.scheduler
         if scheduler.dirty or scheduler.abort_rows:
             self._flush_due = min(self._flush_due, now + FLUSH_INTERVAL)
         if (
@@ -247,7 +270,6 @@ class Manager:
             or (self._flush_due < float("inf") and all(s.job is None for s in scheduler.slots))
         ):
             self._commit()  # the jobs it claims are sent once it is done
-        return not scheduler.finished()
 
     def _wait(self, waitables: Dict[int, Optional[Slot]], timeout: float) -> List[Tuple[int, Optional[Slot]]]:
         """The descriptors of ``waitables`` ready within ``timeout`` seconds, each with its slot (``None``: the pipes).

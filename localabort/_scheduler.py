@@ -223,7 +223,7 @@ class Scheduler:
                         self.dirty[job.id] = job
                     else:
                         job.claimed, job.args_repr = True, None  # stored with its row
-                        job.state = job.future._task_state = RECEIVED
+                        job.move(RECEIVED)
                         call = self._send(job, slot)
                 if call is not None:
                     with contextlib.suppress(OSError):  # the worker died: the manager finds it and fails the job
@@ -617,7 +617,7 @@ class Scheduler:
                     self._forget(job)
                     ended.append(job)
                     continue
-                job.state = job.future._task_state = PENDING
+                job.move(PENDING)
                 job.follows = holder
                 self.followers[job.id] = job
         return ended
@@ -732,7 +732,7 @@ class Scheduler:
                     claims.append(job)
             for job in claims:  # a new row without a key is written RECEIVED: it is the claim
                 if job.key is None:
-                    job.state = job.future._task_state = RECEIVED
+                    job.move(RECEIVED)
             now = time.time()
             if first:
                 claiming = {job.id for job in claims}
@@ -749,7 +749,7 @@ class Scheduler:
             now = min([now, *(job.submitted_at for job in self.starting.values())])
             rows = [self.row(job) for job in self.dirty.values()]
             for job in claims:  # a keyed one's row stays PENDING: the store's claim asks for its key first
-                job.state = job.future._task_state = RECEIVED
+                job.move(RECEIVED)
             aborts, self.dirty, self.abort_rows = self.abort_rows, later, []
         return rows, aborts, claims, now
 
@@ -864,7 +864,7 @@ class Scheduler:
         job.stage = RUNNING
         if job.abort_requested:  # the worker skips it, or stops at its first check: no STARTED row
             return
-        job.state = job.future._task_state = STARTED
+        job.move(STARTED)
         job.started_at = time.time()
         job.usage = (slot.pid, None, None)  # its worker, known now (the dashboard's task stream); the rest at its end
         if slot.ready:  # else its clock starts when the worker says it has started
