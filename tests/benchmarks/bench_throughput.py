@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", ".."))
 from localabort._schema import task_row
 from localabort._states import new_id
 from localabort._store import Store
-from tests.benchmarks import common
+from tests.benchmarks import charts, common
 from tests.benchmarks.bench_tasks import LONG_AT, LONG_SECONDS, identity, sleep_1ms, sleep_1ms_or_long, sleep_1ms_timed
 
 # Issue 33's targets.
@@ -76,10 +76,16 @@ def peers_table(tmp, n, reps):
     return rows, missing, ideals, figures
 
 
+#: The worker counts of the growth table and chart (this machine has 2 cores).
+WORKERS = (1, 2, 4, 8)
+#: The finished tasks already in the store of the store-size table and chart.
+STORE_SIZES = (1_000, 100_000, 1_000_000)
+
+
 def workers_table(tmp, n, reps):
-    """PPE and localabort at 1, 2 and 4 workers (this machine has 2 cores); also ``{(workers, case): (ours, PPE)}``."""
+    """PPE and localabort at each of ``WORKERS``; also ``{(workers, case): (ours, PPE)}``."""
     rows, figures = [], {}
-    for workers in (1, 2, 4):
+    for workers in WORKERS:
         for label, fn, count, mode in cases(n)[::2]:
             ours, base = [], []
             for _ in range(reps):
@@ -278,20 +284,19 @@ def prefill(path, count):
     """A store already holding ``count`` finished tasks."""
     store = Store.open(path, create=True)
     now = time.time()
-    rows = [
-        task_row(new_id(), executor_id="old", name="tests.benchmarks.bench_tasks.identity", state="SUCCESS",
-                 submitted_at=now, started_at=now, finished_at=now, result=b"\x80\x05K\x01.")
-        for _ in range(count)
-    ]  # fmt: skip
     for start in range(0, count, 10_000):
-        store.write(rows[start : start + 10_000])
+        store.write([
+            task_row(new_id(), executor_id="old", name="tests.benchmarks.bench_tasks.identity", state="SUCCESS",
+                     submitted_at=now, started_at=now, finished_at=now, result=b"\x80\x05K\x01.")
+            for _ in range(min(10_000, count - start))
+        ])  # fmt: skip
     store.dispose()
 
 
 def store_size_table(tmp, n, reps):
-    """localabort at 2 workers on a store that already holds 10^3, 10^4 or 10^5 tasks."""
-    rows = []
-    for size in (1_000, 10_000, 100_000):
+    """localabort at 2 workers on a store that already holds each of ``STORE_SIZES``; also ``{(size, case): ...}``."""
+    rows, figures = [], {}
+    for size in STORE_SIZES:
         path = store_in(tmp)
         prefill(path, size)
         for label, fn, count, mode in cases(n)[::2]:
@@ -301,7 +306,8 @@ def store_size_table(tmp, n, reps):
                 ours.append(common.throughput(common.localabort(2, path), fn, count, mode, identity))
             ratios = [o / b for o, b in zip(ours, base)]
             rows.append((f"{size:,}", label, common.spread(ours, "{:,.0f}"), common.spread(ratios, "{:.2f}")))
-    return rows
+            figures[size, label] = (ours, base)
+    return rows, figures
 
 
 def long_among_short_table(tmp, reps, short=350):
@@ -341,7 +347,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         peer_rows, missing, ideals, figures = peers_table(tmp, n, reps)
         worker_rows, by_workers = workers_table(tmp, n, max(2, reps - 2))
-        size_rows = store_size_table(tmp, n, max(2, reps - 2))
+        size_rows, by_size = store_size_table(tmp, n, max(2, reps - 2))
         share_rows = store_share_table(tmp, n, max(2, reps - 2))
     cpu_rows, cpu = cpu_table(n, max(2, reps - 2))
     gap_rows, firsts = gaps_table(max(2, reps - 2))
@@ -422,6 +428,41 @@ def main() -> None:
     )
     print()
     common.table(("pool", "ms", "x ideal"), hol_rows)
+    print()
+    for path in draw(figures, by_workers, by_size):
+        print(f"chart: {os.path.relpath(path, common.ROOT)}")
+
+
+#: Where the charts go: the docs show them above the tables.
+CHARTS = os.path.join(common.ROOT, "docs", "img")
+
+
+def draw(figures, by_workers, by_size):
+    """The charts of this run, as SVG files in ``CHARTS``: pools side by side, and growth with workers and store."""
+    median = statistics.median
+    groups = {}
+    for case in CASES:
+        ours, base = figures[case]
+        row = {"localabort": median(o / b for o, b in zip(ours, base))}
+        row.update((name, median(r / b for r, b in zip(rates, base))) for name, rates in figures["peers"][case].items())
+        row["ProcessPoolExecutor"] = 1.0
+        groups[case] = row
+    note = f"2 workers, {os.cpu_count()} cores; tasks/s over ProcessPoolExecutor's in the same repetition"
+    peers = charts.bars(os.path.join(CHARTS, "bench-peers.svg"), "Throughput beside the peers", groups, note, 1.5)
+    series = {}
+    for case in (CASES[0], CASES[2]):
+        series[f"localabort, {case}"] = [median(by_workers[w, case][0]) for w in WORKERS]
+        series[f"PPE, {case}"] = [median(by_workers[w, case][1]) for w in WORKERS]
+    grow = charts.lines(os.path.join(CHARTS, "bench-workers.svg"), "Tasks/s by workers", [str(w) for w in WORKERS],
+                        series, "workers", "tasks/s", f"{os.cpu_count()} cores")  # fmt: skip
+    series = {}
+    for case in (CASES[0], CASES[2]):
+        series[f"localabort, {case}"] = [median(by_size[s, case][0]) for s in STORE_SIZES]
+        series[f"PPE, {case}"] = [median(by_size[s, case][1]) for s in STORE_SIZES]
+    size = charts.lines(os.path.join(CHARTS, "bench-store-size.svg"), "Tasks/s by finished tasks in the store",
+                        [f"{s:,}" for s in STORE_SIZES], series, "finished tasks already in the store", "tasks/s",
+                        "2 workers; PPE keeps no store")  # fmt: skip
+    return peers, grow, size
 
 
 if __name__ == "__main__":
