@@ -20,7 +20,8 @@ import uuid
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 sys.path.insert(0, ROOT)
 
-from localabort._store import STATE_COLUMNS, Store  # noqa: E402
+from localabort._states import STATE_COLUMNS  # noqa: E402
+from localabort._store import Store  # noqa: E402
 from tests.benchmarks import common  # noqa: E402
 
 TASKS = 100_000
