@@ -155,7 +155,25 @@ def _cpu_now():
         name = re.sub(r"\d+", "N", names.get(int(tid), "a thread not Python's"))  # Thread-3 in one pool, -5 in the next
         threads[name] = threads.get(name, 0.0) + _cpu_seconds(f"/proc/self/task/{tid}/stat")
     children = {(c.pid, c.name): _cpu_seconds(f"/proc/{c.pid}/stat") for c in multiprocessing.active_children()}
+    for pid in _recorders():
+        children[pid, "localabort-recorder"] = _cpu_seconds(f"/proc/{pid}/stat")
     return threads, children
+
+
+def _recorders():
+    """The pids of this process's recorders: ``subprocess`` starts them, so ``multiprocessing`` does not list them."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            if parent == os.getpid():
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if b"localabort._recorder" in f.read():
+                        found.append(int(entry))
+        except (OSError, ValueError, IndexError):  # not a process, or gone meanwhile
+            continue
+    return found
 
 
 #: The parent's functions that do the store's work, whose CPU (in whatever thread) is the parent's for the store.
