@@ -15,8 +15,10 @@ registries are cleared by at-fork hooks in their modules). SQLite runs in WAL mo
 block the writer) with a long busy timeout, so concurrent writers wait
 instead of failing with "database is locked".
 
-Two bases of ``Store`` hold the rest of its SQL: ``_registry`` (the
-executors' rows) and ``_listing`` (tasks newest first, and counts).
+Two bases of ``Store`` hold more of its SQL: ``_registry`` (the
+executors' rows) and ``_listing`` (tasks newest first, and counts); and the
+executor's group commit (``sync``, ``write``) is ``_sql``'s, text on a
+DB-API cursor, which the recorder runs on ``sqlite3`` without SQLAlchemy.
 
 Results are pickles: a store is as trusted as code. A new SQLite file is
 created owner-only (0600).
