@@ -137,8 +137,8 @@ class Job:
     def move(self, state: str) -> None:
         """The job is now in the unfinished ``state``: its future says so at once.
 
-        The one place an unfinished state changes. A final state is the
-        job's at ``end`` and its future's only once stored (``resolve``):
+        The one place an unfinished state changes. A final state reaches
+        the job when it ends, and its future only once stored (``resolve``):
         a future never says SUCCESS before the store does.
         """
         self.state = self.future._task_state = state

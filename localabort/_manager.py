@@ -311,10 +311,10 @@ class Manager:
         """Handle what the worker in ``slot`` has sent so far; ``False`` if its pipe broke."""
         try:
             messages, ended = slot.messages()
-        except OSError:
+            for message in messages:
+                self._handle(slot, decode(message), finished)
+        except (EOFError, OSError):
             return False
-        for message in messages:
-            self._handle(slot, decode(message), finished)
         return not ended
 
     def _handle(self, slot: Slot, message: Message, finished: List[Job]) -> None:

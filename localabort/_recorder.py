@@ -23,14 +23,12 @@ The protocol, over one pipe (the parent's end is ``Recorder``'s)::
 One write at a time: the manager hands the next only once it has taken the
 answer to the last. The recorder starts once the writes made in the parent
 have cost ``START_AFTER`` of CPU, 2 ms: a few tasks' writes, so a batch has
-it from its first writes, and an executor that runs a task or two starts no
-second process. Until it says it is ready, the parent makes the writes, on
+it from its first writes. Until it says it is ready, the parent makes the writes, on
 the manager's thread, with the same statements (``_sql.sync``). On an
 SQLite store it is ready in the time of a bare interpreter and ``sqlite3``
 (90 ms here): it writes with ``sqlite3`` alone, opened as the parent's
-engine opens the file, and never imports SQLAlchemy (350 ms of CPU, which
-made it ready only once a batch of a few thousand tasks had run); any other
-store it opens with ``Store``, SQLAlchemy and all. An error it meets (the
+engine opens the file (an existing file only), and never imports
+SQLAlchemy; any other store it opens with ``Store``, SQLAlchemy and all. An error it meets (the
 store's, or an open that fails) is the answer to the write it was handed,
 or its first message, and the manager breaks on it as on a failed write of
 its own. The recorder ignores SIGINT and SIGHUP (the producer decides what
@@ -66,7 +64,7 @@ __all__ = ["START_AFTER", "Recorder", "Write"]
 #: Seconds the recorder has to exit, once asked, before it is killed.
 STOP_GRACE = 5.0
 #: CPU seconds of writes the parent makes before it starts the recorder: a few tasks' (a batch of any size
-#: has it from its first writes), so an executor that runs a task or two starts no process for them.
+#: has it from its first writes).
 START_AFTER = 0.002
 #: Seconds between the recorder's looks at whether its parent is still there.
 PARENT_CHECK = 0.5
@@ -118,6 +116,8 @@ class Recorder:
         ``serve`` in a session of its own, out of reach of a terminal's
         Ctrl-C, on the ``localabort`` this process imported.
         """
+        store = self._store
+        target = (store.url, store.name, store.driver_connect(), self._executor_id)  # before a process waits for it
         # Made now, not before: a worker forked earlier holding the recorder's end would hide its death.
         self._conn, child_end = multiprocessing.Pipe(duplex=True)
         fd = child_end.fileno()
@@ -132,8 +132,7 @@ class Recorder:
         finally:
             child_end.close()
         self.done_r, self.pid = self._conn.fileno(), self._process.pid
-        store = self._store
-        self._send((store.url, store.name, store.driver_connect(), self._executor_id))
+        self._send(target)
 
     def hand(self, write: Write) -> bool:
         """Hand ``write`` over; ``True`` if it was made at once, here (the recorder is not ready yet): ``take`` it."""
@@ -251,7 +250,7 @@ def serve(conn: multiprocessing.connection.Connection) -> None:
         work = pickle.loads(message)
         if sync is None and failed is None:  # the first message: where the store is
             try:
-                sync = _opened(*work)
+                sync = _writer_for(*work)
             except BaseException as exc:
                 failed = exc
                 conn.send_bytes(pickle.dumps((False, _portable(exc)), pickle.HIGHEST_PROTOCOL))
@@ -268,7 +267,7 @@ def serve(conn: multiprocessing.connection.Connection) -> None:
         conn.send_bytes(pickle.dumps(reply, pickle.HIGHEST_PROTOCOL))
 
 
-def _opened(url: str, name: str, connect: Optional[Tuple[List[Any], Dict[str, Any]]], executor_id: str) -> Any:
+def _writer_for(url: str, name: str, connect: Optional[Tuple[List[Any], Dict[str, Any]]], executor_id: str) -> Any:
     """The recorder's write, ``sync(rows, aborts, claims, flushed_at)``, on the store ``url`` names.
 
     An SQLite store is written with ``sqlite3`` alone, opened as the
@@ -283,12 +282,13 @@ def _opened(url: str, name: str, connect: Optional[Tuple[List[Any], Dict[str, An
         return functools.partial(_store_sync, store, executor_id)
     import sqlite3
 
-    from ._sql import sync
+    from ._sql import SQLITE_PRAGMAS, sync
 
     args, kwargs = connect
     try:
         db = sqlite3.connect(*args, **kwargs)
-        db.execute("PRAGMA synchronous=NORMAL")  # as the parent's engine sets it on each connection
+        for pragma in SQLITE_PRAGMAS:  # as the parent's engine sets them on each connection
+            db.execute(pragma)
     except sqlite3.Error as exc:
         raise StoreError(f"{name}: cannot open the store ({exc})") from None
 
@@ -296,14 +296,16 @@ def _opened(url: str, name: str, connect: Optional[Tuple[List[Any], Dict[str, An
         cur = db.cursor()
         try:
             cur.execute("BEGIN IMMEDIATE")
-            try:
-                answer = sync(cur, False, executor_id, rows, aborts, claims, flushed_at)
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
+            answer = sync(cur, False, executor_id, rows, aborts, claims, flushed_at)
             cur.execute("COMMIT")
-        except sqlite3.Error as exc:
-            raise StoreError(f"{name}: cannot write the store ({str(exc).splitlines()[0]})") from None
+        except BaseException as exc:
+            # SQLite may have rolled back already (a full disk, I/O): a ROLLBACK then would fail, and hide why.
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.rollback()
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"{name}: cannot write the store ({str(exc).splitlines()[0]})") from None
+            raise
         return answer
 
     return write

@@ -36,11 +36,11 @@ if TYPE_CHECKING:
     #: A ``multiprocessing`` context: what ``multiprocessing.get_context()`` returns.
     Context = Union[DefaultContext, ForkContext, ForkServerContext, SpawnContext]
 
-__all__ = ["STOP_GRACE", "Slot"]
+__all__ = ["READ_SIZE", "STOP_GRACE", "Slot", "split_messages"]
 
 #: Seconds a worker has to exit after being asked before it is killed.
 STOP_GRACE = 5.0
-#: Bytes ``Slot.messages`` asks of the pipe in one read: what a pipe holds (64 KiB on Linux) and more.
+#: Bytes ``Slot.messages`` asks of the pipe in one read: more than its socket pair holds at once (about 200 KiB).
 READ_SIZE = 256 * 1024
 
 
@@ -92,8 +92,8 @@ class Slot:
         self._unread = bytearray()  # what ``messages`` read of a message not yet whole
         self._readable.register(parent_end.fileno(), select.POLLIN)
 
-    def has_message(self) -> bool:
-        """Whether the worker's pipe holds a message, or has ended (reading then raises): at once, without waiting."""
+    def _readable_now(self) -> bool:
+        """Whether the worker's pipe holds bytes, or has ended: at once, without waiting."""
         return bool(self._readable.poll(0))
 
     def messages(self) -> Tuple[List[bytes], bool]:
@@ -107,28 +107,15 @@ class Slot:
         """
         unread, fd = self._unread, self.conn.fileno()
         ended = False
-        while self.has_message():
+        while self._readable_now():
             chunk = os.read(fd, READ_SIZE)
             if not chunk:
                 ended = True
                 break
             unread += chunk
-            if len(chunk) < READ_SIZE:  # the pipe is empty now
+            if len(chunk) < READ_SIZE:  # nothing more waits
                 break
-        found: List[bytes] = []
-        at, end = 0, len(unread)
-        while end - at >= 4:
-            size, head = int.from_bytes(unread[at : at + 4], "big", signed=True), 4
-            if size == -1:
-                if end - at < 12:
-                    break
-                size, head = int.from_bytes(unread[at + 4 : at + 12], "big"), 12
-            if end - at - head < size:
-                break
-            found.append(bytes(unread[at + head : at + head + size]))
-            at += head + size
-        del unread[:at]
-        return found, ended
+        return split_messages(unread), ended
 
     def send(self, message: bytes) -> None:
         """Send ``message`` to the worker; ``OSError`` if the pipe is closed or the worker gone."""
@@ -207,3 +194,31 @@ class Slot:
     def exit_reason(self) -> str:
         """How the worker process ended, in words."""
         return exit_words(self.exitcode if self.conn.closed else self.process.exitcode)
+
+
+def split_messages(unread: bytearray) -> List[bytes]:
+    """The whole messages at the start of ``unread``, taken out of it; a message not yet whole stays.
+
+    ``multiprocessing``'s framing: a 4-byte signed big-endian size, or -1
+    and an 8-byte size. Any other negative size is a broken pipe (``OSError``).
+
+    >>> unread = bytearray(b"\\x00\\x00\\x00\\x02hi\\x00\\x00\\x00\\x05wor")
+    >>> split_messages(unread), bytes(unread)
+    ([b'hi'], b'\\x00\\x00\\x00\\x05wor')
+    """
+    found: List[bytes] = []
+    at, end = 0, len(unread)
+    while end - at >= 4:
+        size, head = int.from_bytes(unread[at : at + 4], "big", signed=True), 4
+        if size == -1:
+            if end - at < 12:
+                break
+            size, head = int.from_bytes(unread[at + 4 : at + 12], "big"), 12
+        elif size < 0:
+            raise OSError(f"a worker's pipe is garbled (a message of {size} bytes)")
+        if end - at - head < size:
+            break
+        found.append(bytes(unread[at + head : at + head + size]))
+        at += head + size
+    del unread[:at]
+    return found

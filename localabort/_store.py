@@ -30,6 +30,7 @@ import contextlib
 import os
 import stat
 import time
+import urllib.parse
 import warnings
 from typing import Any, ClassVar, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -55,7 +56,7 @@ from ._schema import (
     record,
     tasks,
 )  # fmt: skip
-from ._sql import ABORTING, CLAIMABLE, LOG_UPSERT, STANDING, UNFINISHED, pieces, spelled, sync, write
+from ._sql import ABORTING, CLAIMABLE, LOG_UPSERT, SQLITE_PRAGMAS, STANDING, UNFINISHED, pieces, spelled, sync, write
 from ._states import ABORTED, FAILURE, PENDING, READY_STATES, RETRY, STARTED, SUCCESS, UNREADY_STATES
 
 __all__ = ["Store", "TaskRecord", "forget"]
@@ -168,19 +169,24 @@ class Store(Registry, Listing):
         @sa.event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn: Any, record: Any) -> None:
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA synchronous=NORMAL")  # per connection; WAL is the file's own, set at creation
+            for pragma in SQLITE_PRAGMAS:
+                cur.execute(pragma)
             cur.close()
 
         return engine
 
     def driver_connect(self) -> Optional[Tuple[List[Any], Dict[str, Any]]]:
         """How ``sqlite3.connect`` opens this SQLite store as this handle's engine does: its arguments (``None``:
-        not SQLite). The recorder writes through it without importing SQLAlchemy (``_sql``).
+        not SQLite). The recorder writes through it without importing SQLAlchemy (``_sql``). A plain path is
+        opened as an existing file (``mode=rw``): a store deleted meanwhile is an error, not a new empty file.
         """
         if self.postgres:
             return None
         args, kwargs = self.engine.dialect.create_connect_args(make_url(self.url))
-        return list(args), {**kwargs, "timeout": BUSY_TIMEOUT, "check_same_thread": False, "isolation_level": None}
+        args = list(args)
+        if not kwargs.get("uri") and args and args[0] and args[0] != ":memory:":
+            args[0], kwargs = f"file:{urllib.parse.quote(os.path.abspath(args[0]))}?mode=rw", {**kwargs, "uri": True}
+        return args, {**kwargs, "timeout": BUSY_TIMEOUT, "check_same_thread": False, "isolation_level": None}
 
     def dispose(self) -> None:
         """Close this process's connections; the next use opens new ones."""

@@ -86,10 +86,10 @@ def test_a_recorder_that_cannot_start_leaves_the_writes_in_this_process(start_me
 
 _DIRECT = """
 import json, sys
-from localabort._recorder import _opened
+from localabort._recorder import _writer_for
 from localabort._states import RECEIVED, SUCCESS, task_row
 url, name, connect, executor_id = json.loads(sys.argv[1])
-sync = _opened(url, name, connect, executor_id)
+sync = _writer_for(url, name, connect, executor_id)
 row = task_row("t-direct", executor_id=executor_id, name="tests.tasks.add", state=SUCCESS, submitted_at=1.0)
 claim = task_row("t-claimed", executor_id=executor_id, name="tests.tasks.add", state="PENDING", submitted_at=1.0)
 asked = {**task_row("t-asked", executor_id=executor_id, name="tests.tasks.add", state="PENDING", submitted_at=1.0),

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import multiprocessing
 import pickle
+import struct
 import time
 
 import pytest
 
 from localabort._messages import Call, Calls, Ready, Reply, decode, encode
-from localabort._slot import READ_SIZE, Slot
+from localabort._slot import READ_SIZE, Slot, split_messages
 from localabort._words import allocate
 from localabort._worker import WorkerSetup
 
@@ -46,14 +47,11 @@ def calls(slot, *jobs):
     slot.send(encode(Calls.batch(batch)))
 
 
-def test_the_replies_waiting_on_the_pipe_are_read_at_once_in_order(slot):
+def test_a_workers_replies_are_read_whole_and_in_order(slot):
     (ready,) = read_until(slot, 1)
     assert ready == [Ready()]
     calls(slot, *[(seq, tasks.add, (seq, 1)) for seq in range(1, 41)])
-    time.sleep(1.0)  # all forty replies wait on the pipe
-    reads = read_until(slot, 40)
-    assert len(reads) == 1  # one read took them all
-    replies = reads[0]
+    replies = [reply for read in read_until(slot, 40) for reply in read]
     assert all(isinstance(reply, Reply) for reply in replies)
     assert [reply.seq for reply in replies] == list(range(1, 41))
     assert [pickle.loads(reply.blob) for reply in replies[:3]] == [2, 3, 4]
@@ -77,3 +75,28 @@ def test_a_worker_that_exits_ends_its_pipe_after_its_last_messages(slot):
     assert [decode(message).seq for message in got] == [1]
     if not ended:  # the read that took the reply may end before the pipe's end: the next one sees it
         assert slot.messages() == ([], True)
+
+
+def framed(*messages):
+    """``messages`` as ``multiprocessing`` sends them, the second one in the 2 GiB form (-1, then 8 bytes)."""
+    out = b""
+    for at, message in enumerate(messages):
+        head = struct.pack("!i", len(message)) if at != 1 else struct.pack("!i", -1) + struct.pack("!Q", len(message))
+        out += head + message
+    return out
+
+
+def test_messages_split_at_every_byte_come_whole_once_each():
+    wire = framed(b"first", b"second, long form", b"", b"last")
+    for cut in range(len(wire) + 1):
+        unread = bytearray(wire[:cut])
+        got = split_messages(unread)
+        unread += wire[cut:]
+        got += split_messages(unread)
+        assert got == [b"first", b"second, long form", b"", b"last"], cut
+        assert unread == bytearray()
+
+
+def test_a_garbled_size_is_a_broken_pipe_not_a_hang():
+    with pytest.raises(OSError, match="garbled"):
+        split_messages(bytearray(struct.pack("!i", -4) + b"xxxx"))

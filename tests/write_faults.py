@@ -6,7 +6,7 @@ Run as ``python -m tests.write_faults FOLDER START_METHOD`` with
 recorder and its workers, under any start method, the fork server's
 children too, since the fork server starts in this run) then loads
 ``faults_site/sitecustomize.py``, whose ``install`` makes the ``sqlite3``
-connections SQLAlchemy opens a subclass whose cursors and commits count
+connections SQLAlchemy and the recorder open a subclass whose cursors and commits count
 the writes (``INSERT``, ``UPDATE``, ``DELETE`` and each ``COMMIT``) in
 one file under FOLDER, shared by all, and make the N-th raise the
 driver's own ``OperationalError``. The store runs its real code. A first
@@ -38,7 +38,7 @@ from .conftest import ROOT, wait_for
 #: The variable naming the folder of the shared counter; set, every process counts its writes there.
 FOLDER = "LOCALABORT_TEST_FAULTS"
 
-WRITES = re.compile(r"^\s*(INSERT|UPDATE|DELETE|REPLACE)\b", re.IGNORECASE)
+WRITES = re.compile(r"^\s*(INSERT|UPDATE|DELETE|REPLACE|COMMIT)\b", re.IGNORECASE)
 
 
 class Faults:
@@ -52,7 +52,7 @@ class Faults:
 
     def arm(self, fail_at: Optional[int]) -> None:
         """Count from zero; the ``fail_at``-th write (``None``: none) raises."""
-        for name in ("count", "fired"):
+        for name in ("count", "fired", "writers"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._path(name))
         with open(self._path("fail_at"), "w") as f:
@@ -66,6 +66,15 @@ class Faults:
             return 0
 
     @property
+    def writers(self) -> set:
+        """The pids of the processes that wrote since ``arm``."""
+        try:
+            with open(self._path("writers")) as f:
+                return {int(line) for line in f}
+        except FileNotFoundError:
+            return set()
+
+    @property
     def fired(self) -> bool:
         return os.path.exists(self._path("fired"))
 
@@ -75,6 +84,8 @@ class Faults:
             f.write(b"w")
             f.flush()
             count = os.fstat(f.fileno()).st_size
+            with open(self._path("writers"), "a") as writers:  # which processes write: the recorder among them
+                writers.write(f"{os.getpid()}\n")
             with open(self._path("fail_at")) as armed:
                 fail_at = armed.read()
             if fail_at and count == int(fail_at):
@@ -188,7 +199,7 @@ def run_batch(folder: Path, start_method: str, fail_at: Optional[int]) -> Dict[s
             said[task_id] = f"{kind}: {'failed' if kind == 'fail' else 'UNEXPECTED ValueError'}"
     ex.shutdown()
     return {"said": said, "met_pending": {i: ledger_of[i] for i in met_pending if i in ledger_of}, "store": store,
-            "ex": ex}  # fmt: skip
+            "ex": ex, "recorder": ex._manager._writer.pid}  # fmt: skip
 
 
 def check(run: Dict[str, Any], n: Optional[int]) -> None:
@@ -218,13 +229,17 @@ def check(run: Dict[str, Any], n: Optional[int]) -> None:
 
 
 def install() -> None:
-    """This process's SQLite connections count their writes in ``FOLDER``'s counter (``sitecustomize`` calls it)."""
+    """This process's SQLite connections count their writes in ``FOLDER``'s counter (``sitecustomize`` calls it).
+
+    Both names of ``connect``: SQLAlchemy's (``sqlite3.dbapi2``) and the recorder's (``sqlite3``).
+    """
     real = sqlite3.dbapi2.connect
 
     def connect(*args: Any, **kwargs: Any) -> Any:
         return real(*args, factory=FaultyConnection, **kwargs)
 
     sqlite3.dbapi2.connect = connect  # type: ignore[assignment]
+    sqlite3.connect = connect  # type: ignore[assignment]
 
 
 def main() -> None:
@@ -234,6 +249,7 @@ def main() -> None:
     check(clean, None)
     writes = FAULTS.count
     assert writes > 10, writes  # the counter sees the store's writes
+    assert clean["recorder"] in FAULTS.writers, (clean["recorder"], FAULTS.writers)  # the recorder's among them
     assert len(clean["met_pending"]) >= 4, clean["met_pending"]  # the four aborted from their futures met them PENDING
     for n in range(1, writes + 1):
         run = run_batch(folder / f"fail-{n}", start_method, n)
