@@ -148,6 +148,8 @@ def run_batch(folder: Path, start_method: str, fail_at: Optional[int]) -> Dict[s
     blockers = [submit("blocker", tasks.Ledger, ledger(f"b{i}"), i, go) for i in range(2)]
     with contextlib.suppress(BaseException):
         wait_for(lambda: all(f is None or f.running() or f.done() for f in blockers), timeout=10, what="blockers")
+    with contextlib.suppress(BaseException):  # from here the recorder makes the writes, so its faults are met too
+        wait_for(lambda: ex._manager._writer.ready or ex._scheduler.broken is not None, timeout=10, what="recorder")
     queued = [submit("pending", tasks.Ledger, ledger(f"p{i}"), i) for i in range(6)]
     ledger_of = {future.id: ledger(f"p{i}") for i, future in enumerate(queued) if future is not None}
     cancelled = submit("cancel", tasks.Ledger, ledger("c"), 0)
