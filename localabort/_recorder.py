@@ -282,7 +282,7 @@ def _writer_for(url: str, name: str, connect: Optional[Tuple[List[Any], Dict[str
         return functools.partial(_store_sync, store, executor_id)
     import sqlite3
 
-    from ._sql import SQLITE_PRAGMAS, sync
+    from ._sql import SQLITE_PRAGMAS, reason, sync
 
     args, kwargs = connect
     try:
@@ -304,7 +304,7 @@ def _writer_for(url: str, name: str, connect: Optional[Tuple[List[Any], Dict[str
                 with contextlib.suppress(sqlite3.Error):
                     db.rollback()
             if isinstance(exc, sqlite3.Error):
-                raise StoreError(f"{name}: cannot write the store ({str(exc).splitlines()[0]})") from None
+                raise StoreError(f"{name}: cannot write the store ({reason(exc)})") from None
             raise
         return answer
 

@@ -27,7 +27,7 @@ from ._states import CLAIMABLE_STATES, HELD_STATES, RECEIVED, RETRY, STARTED, ST
 
 __all__ = [
     "ABORTING", "CELERY", "CLAIMABLE", "EXECUTORS", "HELD_KEY", "ID_BATCH", "LOGS", "LOG_UPSERT", "RUNNING",
-    "SQLITE_PRAGMAS", "STANDING", "TASKS", "UNFINISHED", "pieces", "spelled", "sync", "write",
+    "SQLITE_PRAGMAS", "STANDING", "TASKS", "UNFINISHED", "pieces", "reason", "spelled", "sync", "write",
 ]  # fmt: skip
 
 TASKS, EXECUTORS, LOGS = "localabort_tasks", "localabort_executors", "localabort_logs"
@@ -64,6 +64,15 @@ def pieces(ids: List[str]) -> Iterator[List[str]]:
     """``ids`` in pieces of ``ID_BATCH``: a database bounds one statement's parameters (SQLite: 32,766)."""
     for i in range(0, len(ids), ID_BATCH):
         yield ids[i : i + ID_BATCH]
+
+
+def reason(exc: BaseException) -> str:
+    """The database's own words for a failure, on one line (SQLAlchemy's wrapped error, or the driver's).
+
+    >>> reason(OSError("disk I/O error\\nmore"))
+    'disk I/O error'
+    """
+    return str(getattr(exc, "orig", None) or exc).splitlines()[0]
 
 
 def spelled(text: str, postgres: bool) -> str:

@@ -56,7 +56,19 @@ from ._schema import (
     record,
     tasks,
 )  # fmt: skip
-from ._sql import ABORTING, CLAIMABLE, LOG_UPSERT, SQLITE_PRAGMAS, STANDING, UNFINISHED, pieces, spelled, sync, write
+from ._sql import (
+    ABORTING,
+    CLAIMABLE,
+    LOG_UPSERT,
+    SQLITE_PRAGMAS,
+    STANDING,
+    UNFINISHED,
+    pieces,
+    reason,
+    spelled,
+    sync,
+    write,
+)  # fmt: skip
 from ._states import ABORTED, FAILURE, PENDING, READY_STATES, RETRY, STARTED, SUCCESS, UNREADY_STATES
 
 __all__ = ["Store", "TaskRecord", "forget"]
@@ -203,7 +215,7 @@ class Store(Registry, Listing):
             with engine.begin() as conn:
                 yield conn
         except (sa.exc.SQLAlchemyError, engine.dialect.loaded_dbapi.Error) as exc:  # the cursor's own, unwrapped
-            raise StoreError(f"{self.name}: cannot write the store ({_reason(exc)})") from exc
+            raise StoreError(f"{self.name}: cannot write the store ({reason(exc)})") from exc
 
     @contextlib.contextmanager
     def _one_statement(self) -> Iterator[Connection]:
@@ -213,7 +225,7 @@ class Store(Registry, Listing):
             with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                 yield conn
         except (sa.exc.SQLAlchemyError, engine.dialect.loaded_dbapi.Error) as exc:
-            raise StoreError(f"{self.name}: cannot write the store ({_reason(exc)})") from exc
+            raise StoreError(f"{self.name}: cannot write the store ({reason(exc)})") from exc
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[Connection]:
@@ -222,7 +234,7 @@ class Store(Registry, Listing):
             with self.engine.connect() as conn:
                 yield conn
         except sa.exc.SQLAlchemyError as exc:
-            raise StoreError(f"{self.name}: cannot read the store ({_reason(exc)})") from exc
+            raise StoreError(f"{self.name}: cannot read the store ({reason(exc)})") from exc
 
     def _prepare(self, create: bool) -> None:
         """Check the store; with ``create``, first make its file (0600) and schema if missing.
@@ -268,7 +280,7 @@ class Store(Registry, Listing):
         try:
             found = self._schema_version(create)
         except sa.exc.SQLAlchemyError as exc:
-            raise StoreError(f"{self.name}: cannot open as a localabort store ({_reason(exc)})") from None
+            raise StoreError(f"{self.name}: cannot open as a localabort store ({reason(exc)})") from None
         if found is None:
             empty = self.path is not None and os.path.getsize(self.path) == 0
             what = "is an empty file" if empty else "is a database, but not a localabort store"
@@ -496,7 +508,7 @@ class Store(Registry, Listing):
         deadline this request asked (the row keeps the earliest asked). On
         SQLite, nothing: the watchers poll.
         """
-        if self.engine.dialect.name != "postgresql":
+        if not self.postgres:
             return []
         return [sa.func.pg_notify(CHANNEL, payload(task_id, terminate_at)).label("notified")]
 
@@ -806,11 +818,6 @@ def _identity(path: Optional[str]) -> Optional[Tuple[int, int]]:
     except OSError:
         return None
     return (info.st_dev, info.st_ino)
-
-
-def _reason(exc: BaseException) -> str:
-    """The database's own words for a failure, on one line."""
-    return str(getattr(exc, "orig", None) or exc).splitlines()[0]
 
 
 # Public as ``localabort.<name>``: reprs, pickles and the docs name the package, not this module.
