@@ -19,7 +19,7 @@ from ._outcome import load_outcome
 from ._states import FAILURE, PENDING, READY_STATES, SUCCESS, Progress, usage
 
 if TYPE_CHECKING:
-    from ._schema import TaskRecord
+    from ._record import TaskRecord
     from ._store import StoreSpec
 
 __all__ = ["AbortableAsyncResult", "AbortableFuture"]

@@ -1,10 +1,12 @@
-"""The store's listings: tasks newest first, as records or as JSON the database writes, and counts by state.
+"""The store's listings: tasks newest first, as records or as JSON the database writes, counts by state, lookups.
 
-``Listing`` is a base of ``Store``, as ``Registry`` is: its SQL goes
-through the store's own connections, and its failures read as the store's.
+``Listing`` is a base of ``Store`` and of ``_reader.Reader``: its SQL is
+text, run on a DB-API cursor the subclass hands out (``_reading``), so
+``localabort status`` on an SQLite file runs it on ``sqlite3`` alone,
+without SQLAlchemy's import, and ``Store`` on the connection of its engine.
 It reads and never writes: ``localabort status``, ``show`` and ``watch``
-come here, and the executor for the tasks its keyed jobs follow (the
-dashboard has SQL of its own, ``_board``).
+come here, and the executor for one task's row and for the tasks its
+keyed jobs follow (the dashboard has SQL of its own, ``_board``).
 """
 
 from __future__ import annotations
@@ -12,26 +14,26 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from typing import Any, Callable, ContextManager, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Callable, ContextManager, Dict, Iterable, List, Optional, Sequence, Tuple
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from ._record import COLUMNS, TaskRecord, records
+from ._sql import ID_BATCH, STANDING, TASKS, UNFINISHED, pieces, spelled
 
-from ._schema import TaskRecord, records, tasks
-from ._sql import ID_BATCH, STANDING, UNFINISHED, pieces
-
-__all__ = ["JSON_FIELDS", "Listing"]
+__all__ = ["JSON_FIELDS", "Listing", "ascii_json"]
 
 
 class Listing:
-    """The listings of a store (a base of ``Store``, which gives the engine and the connections)."""
+    """The listings of a store (a base class: the subclass gives the store's ``name`` and a cursor to read on)."""
+
+    name: str
 
     @property
-    def engine(self) -> Engine:
-        raise NotImplementedError  # ``Store.engine``
+    def postgres(self) -> bool:
+        raise NotImplementedError  # ``Store.postgres``; a ``Reader`` reads SQLite
 
-    def _connect(self) -> ContextManager[Connection]:
-        raise NotImplementedError  # ``Store._connect``
+    def _reading(self) -> ContextManager[Any]:
+        """A DB-API cursor for reads; any database failure in the block becomes ``StoreError`` naming the store."""
+        raise NotImplementedError
 
     def tasks(
         self,
@@ -48,11 +50,8 @@ class Listing:
         traceback (``None`` in the records): what a listing never shows,
         and most of the bytes of a large store.
         """
-        columns: List[Any] = list(tasks.c)
-        if not outcomes:
-            columns = [c for c in columns if c.name not in _OUTCOME_COLUMNS]
-            columns += [sa.null().label(c) for c in _OUTCOME_COLUMNS]
-        rows, keys = self._listing(columns, ids, states, name, limit)
+        columns = COLUMNS if outcomes else [c for c in COLUMNS if c not in _OUTCOME_COLUMNS]
+        rows, keys = self._listing(", ".join(columns), ids, states, name, limit)
         return records(rows, keys)
 
     def tasks_json(
@@ -70,33 +69,62 @@ class Listing:
         Python object per field. Text outside ASCII is escaped, as
         ``json.dumps`` does: no raw control or bidi character reaches a terminal.
         """
-        builder = _JSON_ROW[self.engine.dialect.name].format(now=repr(time.time()))
-        rows, _ = self._listing([sa.literal_column(builder)], ids, states, name, limit)
-        return [text if text.isascii() else json.dumps(json.loads(text)) for (text, *_) in rows]
+        rows, _ = self._listing(self._json_object(), ids, states, name, limit)
+        return [ascii_json(text) for (text, *_) in rows]
+
+    def json_pieces(
+        self,
+        ids: Optional[Iterable[str]] = None,
+        *,
+        states: Optional[Iterable[str]] = None,
+        name: Optional[str] = None,
+        limit: Optional[int] = None,
+    ) -> List[str]:
+        """What ``localabort status --json`` writes between its brackets: ``tasks_json``'s objects, in pieces.
+
+        Joined by ``",\n"``, the pieces are the objects in order, one a
+        line. Here a piece is one object; ``_reader.Reader`` has the
+        database join the objects of a whole listing into a few pieces.
+        """
+        return self.tasks_json(ids, states=states, name=name, limit=limit)
+
+    def _json_object(self) -> str:
+        """The SQL that writes a task's JSON object, for this store's database, at this time."""
+        return _JSON_ROW["postgresql" if self.postgres else "sqlite"].format(now=repr(time.time()))
 
     def _listing(
-        self, columns: List[Any], ids: Optional[Iterable[str]], states: Optional[Iterable[str]],
-        name: Optional[str], limit: Optional[int],
+        self, columns: str, ids: Optional[Iterable[str]], states: Optional[Iterable[str]], name: Optional[str],
+        limit: Optional[int],
     ) -> Tuple[List[Any], List[str]]:  # fmt: skip
-        """The rows of ``columns`` of the tasks ``tasks`` lists, newest first, and their keys."""
-        columns = [*columns, tasks.c.submitted_at.label("_newest")]  # to merge pieces by
-        query = sa.select(*columns).where(tasks.c.name != STANDING).order_by(tasks.c.submitted_at.desc())
+        """The rows of ``columns`` (SQL) of the tasks ``tasks`` lists, newest first, and their keys."""
         if ids is not None:
             ids = list(ids)
             if len(ids) > ID_BATCH:
-                parts = [self._listing(columns[:-1], piece, states, name, None) for piece in pieces(ids)]
+                parts = [self._listing(columns, piece, states, name, None) for piece in pieces(ids)]
                 rows = sorted(itertools.chain(*(part for part, _ in parts)), key=lambda row: -(row[-1] or 0.0))
                 return rows[:limit], parts[0][1]
-            query = query.where(tasks.c.id.in_(ids))
+        query, params = self._select(columns, ids, states, name, limit)
+        with self._reading() as cur:
+            cur.execute(query, params)
+            return cur.fetchall(), [d[0] for d in cur.description]  # one fetchall, not a fetch per row
+
+    def _select(
+        self, columns: str, ids: Optional[List[str]], states: Optional[Iterable[str]], name: Optional[str],
+        limit: Optional[int], where: Sequence[str] = (),
+    ) -> Tuple[str, Dict[str, Any]]:  # fmt: skip
+        """The query of ``_listing``, and any conditions ``where`` besides, in the driver's words; its parameters."""
+        params: Dict[str, Any] = {}
+        conditions = [f"name != '{STANDING}'", *where]
+        if ids is not None:
+            conditions.append(_within("id", ids, params))
         if states is not None:
-            query = query.where(tasks.c.state.in_(list(states)))
+            conditions.append(_within("state", list(states), params))
         if name is not None:
-            query = query.where(tasks.c.name.contains(name, autoescape=True))
-        if limit is not None:
-            query = query.limit(limit)
-        with self._connect() as conn:
-            result = conn.execute(query)
-            return list(result.all()), list(result.keys())  # one fetchall, not a fetch per row
+            conditions.append(r"name LIKE :name ESCAPE '\'")
+            params["name"] = "%" + name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        query = f"SELECT {columns}, submitted_at AS _newest FROM {TASKS} WHERE {' AND '.join(conditions)} "
+        query += "ORDER BY submitted_at DESC" + ("" if limit is None else f" LIMIT {int(limit)}")
+        return spelled(query, self.postgres), params
 
     def counts(self, *, finished: bool = True) -> Dict[str, int]:
         """How many tasks the store holds in each state; with ``finished=False``, the finished ones as one count.
@@ -105,18 +133,62 @@ class Listing:
         the small index of unfinished tasks, and counts all rows through
         the smallest index (what ``localabort status`` does on a large store).
         """
-        by_state = sa.select(tasks.c.state, sa.func.count()).where(tasks.c.name != STANDING).group_by(tasks.c.state)
-        with self._connect() as conn:
+        by_state = f"SELECT state, count(*) FROM {TASKS} WHERE name != '{STANDING}'"
+        with self._reading() as cur:
             if finished:
-                return {state: count for state, count in conn.execute(by_state)}
-            counts = {state: count for state, count in conn.execute(by_state.where(sa.text(UNFINISHED)))}
-            standing = conn.execute(
-                sa.select(sa.func.count()).where(tasks.c.executor_id.is_(None), tasks.c.name == STANDING,
-                                                 sa.text(UNFINISHED))
-            ).scalar()  # fmt: skip
-            total = conn.execute(sa.select(sa.func.count()).select_from(tasks)).scalar()
+                cur.execute(f"{by_state} GROUP BY state")
+                return dict(cur.fetchall())
+            cur.execute(f"{by_state} AND {UNFINISHED} GROUP BY state")
+            counts = dict(cur.fetchall())
+            standing_aborts = f"executor_id IS NULL AND name = '{STANDING}' AND {UNFINISHED}"
+            cur.execute(f"SELECT count(*) FROM {TASKS} WHERE {standing_aborts}")
+            ((standing,),) = cur.fetchall()
+            cur.execute(f"SELECT count(*) FROM {TASKS}")
+            ((total,),) = cur.fetchall()
         counts["finished"] = (total or 0) - (standing or 0) - sum(counts.values())
         return counts
+
+    def get(self, task_id: str) -> Optional[TaskRecord]:
+        """The task ``task_id`` as stored, or ``None``."""
+        query = f"SELECT {', '.join(COLUMNS)} FROM {TASKS} WHERE id = :id AND name != '{STANDING}'"
+        with self._reading() as cur:
+            cur.execute(spelled(query, self.postgres), {"id": task_id})
+            found = records(cur.fetchall(), [d[0] for d in cur.description])
+        return found[0] if found else None
+
+    def match(self, fragment: str, limit: int = 5) -> List[str]:
+        """Ids of tasks that start or end with ``fragment`` (what a label shows), at most ``limit``.
+
+        >>> import os, tempfile
+        >>> from localabort._store import Store
+        >>> store = Store.open(os.path.join(tempfile.mkdtemp(), "s.sqlite"), create=True)
+        >>> store.match("0f27")
+        []
+        """
+        like = fragment.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        query = (
+            f"SELECT id FROM {TASKS} WHERE name != '{STANDING}' "
+            rf"AND (id LIKE :starts ESCAPE '\' OR id LIKE :ends ESCAPE '\') LIMIT {int(limit)}"
+        )
+        with self._reading() as cur:
+            cur.execute(spelled(query, self.postgres), {"starts": like + "%", "ends": "%" + like})
+            return [task_id for (task_id,) in cur.fetchall()]
+
+
+def ascii_json(text: str) -> str:
+    """JSON ``text`` with any character outside ASCII escaped, as ``json.dumps`` writes it.
+
+    >>> ascii_json('{"name": "caf\u00e9"}')
+    '{"name": "caf\\\\u00e9"}'
+    """
+    return text if text.isascii() else json.dumps(json.loads(text))
+
+
+def _within(column: str, values: List[str], params: Dict[str, Any]) -> str:
+    """``column IN (...)`` of ``values``, each a parameter added to ``params``."""
+    names = [f"{column}{i}" for i in range(len(values))]
+    params.update(zip(names, values))
+    return f"{column} IN ({', '.join(':' + n for n in names)})" if values else "1 = 0"
 
 
 #: The columns of a task's outcome: large, and unpickled only by those who read it.
@@ -148,10 +220,13 @@ def _progress(array: str, whole: Callable[[str], str]) -> str:
     return f"CASE WHEN progress_done IS NULL THEN NULL ELSE {pair} END"
 
 
+# SQLite spends its time on a listing's JSON in turning numbers into text: ``round()`` prints and parses each
+# value, and ``json('true')`` parses each row's; milliseconds counted and rounded as integers, and the two
+# booleans parsed once (a constant expression), halve what those two fields cost.
 _SQLITE_FIELDS = {
     "progress": _progress("json_array", _sqlite_whole),
-    "abort_requested": "json(CASE WHEN abort_requested_at IS NULL THEN 'false' ELSE 'true' END)",
-    "age_seconds": "round({now} - submitted_at, 3)",
+    "abort_requested": "CASE WHEN abort_requested_at IS NULL THEN json('false') ELSE json('true') END",
+    "age_seconds": "CAST(round(({now} - submitted_at) * 1000) AS INTEGER) / 1000.0",
 }
 _PG_FIELDS = {
     "progress": _progress("json_build_array", _pg_whole),

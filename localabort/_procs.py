@@ -18,9 +18,12 @@ from __future__ import annotations
 import os
 import signal
 import socket
-from typing import List, Optional
+from typing import List, NamedTuple, Optional
 
-__all__ = ["HEARTBEAT", "REMOTE_SILENT", "SILENT", "alive", "asker", "exit_words", "pid_namespace", "process_start"]
+__all__ = [
+    "HEARTBEAT", "REMOTE_SILENT", "SILENT", "Registered", "alive", "asker", "exit_words", "flushed", "gone",
+    "pid_namespace", "process_start",
+]  # fmt: skip
 
 #: Seconds between an executor's writes of ``flushed_at`` when it has nothing else to write.
 HEARTBEAT = 0.5
@@ -78,6 +81,37 @@ def alive(pid: int, started: Optional[str]) -> bool:
     if fields[0] in (b"Z", b"X"):
         return False
     return started is None or len(fields) < 20 or fields[19].decode() == started
+
+
+class Registered(NamedTuple):
+    """What ``gone`` reads of an executor's row in the store (``localabort_executors``), in its columns' names."""
+
+    hostname: Optional[str]
+    pid: int
+    process_start: Optional[str]
+    pid_namespace: Optional[str]
+    flushed_at: Optional[float]
+    started_at: Optional[float]
+
+
+def flushed(row: Registered) -> float:
+    """When the executor of ``row`` last wrote (or registered)."""
+    return float(row.flushed_at if row.flushed_at is not None else row.started_at or 0.0)
+
+
+def gone(row: Registered, host: str, here: Optional[str], now: float) -> bool:
+    """Whether the executor of ``row`` is dead, to a reader on ``host`` in PID namespace ``here`` (``_registry``).
+
+    >>> import time
+    >>> me = Registered("elsewhere", os.getpid(), None, pid_namespace(), time.time(), None)
+    >>> gone(me, socket.gethostname(), pid_namespace(), time.time())
+    False
+    """
+    if here is not None and row.pid_namespace == here:  # its pid is one of ours: whether it runs is proof
+        return not alive(row.pid, row.process_start)
+    if row.hostname == host:
+        return now - flushed(row) > SILENT and not alive(row.pid, row.process_start)
+    return now - flushed(row) > REMOTE_SILENT
 
 
 def asker(what: str = "") -> str:

@@ -3,7 +3,7 @@
 Every ``Executor`` (and every Celery worker process's watch, ``_watch``)
 registers a row in ``localabort_executors``, with its pid, start time and
 PID namespace, and renews its ``flushed_at`` at least every ``HEARTBEAT``
-s (``_procs``). One test, ``_gone``, says an executor is dead: to a reader
+s (``_procs``). One test, ``_procs.gone``, says an executor is dead: to a reader
 in its PID namespace, at once, when no process of its pid (and start
 time) runs; to another on its host, when that also holds and it has been
 silent for ``SILENT`` s (containers that share a hostname see each
@@ -22,13 +22,13 @@ from __future__ import annotations
 import os
 import socket
 import time
-from typing import Any, ContextManager, List, Optional
+from typing import ContextManager, List
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ._errors import WorkerLost
-from ._procs import REMOTE_SILENT, SILENT, alive, pid_namespace, process_start
+from ._procs import SILENT, Registered, flushed, gone, pid_namespace, process_start
 from ._schema import end_tasks, executors, tasks
 from ._sql import STANDING, UNFINISHED
 from ._states import FAILURE
@@ -73,7 +73,7 @@ class Registry:
     def recover_dead_executors(self) -> List[str]:
         """Fail the unfinished tasks of executors whose process has died.
 
-        Dead as ``_gone`` (and the module's docstring) says.
+        Dead as ``_procs.gone`` (and the module's docstring) says.
 
         Their tasks end FAILURE with ``WorkerLost``, so no task stays
         PENDING or STARTED for ever. Runs whenever a process opens the
@@ -81,11 +81,11 @@ class Registry:
         (``AbortableAsyncResult.get``, ``localabort watch``); returns the
         ids of the executors it closed.
         """
-        query = sa.select(*_GONE_COLUMNS, executors.c.id).where(executors.c.closed_at.is_(None))
+        query = sa.select(executors.c.id, *_GONE_COLUMNS).where(executors.c.closed_at.is_(None))
         with self._connect() as conn:
             found = conn.execute(query).all()
         host, here, now = socket.gethostname(), pid_namespace(), time.time()
-        dead = [row for row in found if _gone(row, host, here, now)]
+        dead = [row for row in found if gone(Registered(*row[1:]), host, here, now)]
         closed = []
         for row in dead:
             lost = WorkerLost(f"executor {row.id} (pid {row.pid} on {row.hostname}) died before this task finished")
@@ -109,29 +109,10 @@ class Registry:
         """Whether every executor that may still write has written every id it handed out before ``since``."""
         query = sa.select(*_GONE_COLUMNS).where(executors.c.closed_at.is_(None))
         with self._connect() as conn:
-            found = conn.execute(query).all()
+            found = [Registered(*row) for row in conn.execute(query)]
         host, here, now = socket.gethostname(), pid_namespace(), time.time()
-        return all(
-            _flushed(row) >= since or now - _flushed(row) > SILENT or _gone(row, host, here, now) for row in found
-        )
+        return all(flushed(row) >= since or now - flushed(row) > SILENT or gone(row, host, here, now) for row in found)
 
 
-#: What ``_gone`` reads of an executor's row.
-_GONE_COLUMNS = (
-    executors.c.hostname, executors.c.pid, executors.c.process_start, executors.c.pid_namespace,
-    executors.c.flushed_at, executors.c.started_at,
-)  # fmt: skip
-
-
-def _flushed(row: Any) -> float:
-    """When the executor of ``row`` last wrote (or registered)."""
-    return float(row.flushed_at if row.flushed_at is not None else row.started_at or 0.0)
-
-
-def _gone(row: Any, host: str, here: Optional[str], now: float) -> bool:
-    """Whether the executor of ``row`` is dead, to a reader on ``host`` in PID namespace ``here`` (the docstring)."""
-    if here is not None and row.pid_namespace == here:  # its pid is one of ours: whether it runs is proof
-        return not alive(row.pid, row.process_start)
-    if row.hostname == host:
-        return now - _flushed(row) > SILENT and not alive(row.pid, row.process_start)
-    return now - _flushed(row) > REMOTE_SILENT
+#: What ``gone`` reads of an executor's row.
+_GONE_COLUMNS = [executors.c[name] for name in Registered._fields]

@@ -1,6 +1,6 @@
-"""The store's schema: its tables and indexes, and a task row as ``TaskRecord``.
+"""The store's schema: its tables and indexes, and the migrations of an older one.
 
-One row per task in ``localabort_tasks``. ``abort_requested_at`` is the
+One row per task in ``localabort_tasks`` (read as ``_record.TaskRecord``). ``abort_requested_at`` is the
 abort request, a fact of its own that state writes never touch;
 ``STATE_COLUMNS`` are what those writes set. A partial index covers only
 unfinished tasks, so recovery stays cheap however large the store grows;
@@ -21,34 +21,29 @@ recorder uses without SQLAlchemy.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, List, NamedTuple, Optional
+from typing import Any, Callable, Dict, Optional
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ._outcome import describe, dump
-from ._sql import ABORTING, EXECUTORS, HELD_KEY, LOGS, RUNNING, TASKS, UNFINISHED
-from ._states import STATE_COLUMNS, Progress, task_row, usage
+from ._sql import ABORTING, EXECUTORS, HELD_KEY, LOGS, META, RUNNING, SCHEMA_VERSION, TASKS, UNFINISHED
+from ._states import STATE_COLUMNS, task_row
 
 __all__ = [
     "MIGRATIONS",
     "PARTIAL",
     "SCHEMA_VERSION",
     "STATE_COLUMNS",
-    "TaskRecord",
     "conditions_for",
     "end_tasks",
     "executors",
     "logs",
     "meta",
     "metadata",
-    "record",
-    "records",
     "task_row",
     "tasks",
 ]
-
-SCHEMA_VERSION = 7
 
 metadata = sa.MetaData()
 
@@ -158,7 +153,7 @@ def end_tasks(*where: Any, state: str, exc: BaseException, at: Optional[float] =
 
 
 meta = sa.Table(
-    "localabort_meta",
+    META,
     metadata,
     sa.Column("name", sa.String(64), primary_key=True),
     sa.Column("value", sa.String(255)),
@@ -220,75 +215,3 @@ def _to_7(conn: Connection) -> None:
 
 #: Upgrades from each older schema version to the next.
 MIGRATIONS: Dict[int, Callable[[Connection], None]] = {1: _to_2, 2: _to_3, 3: _to_4, 4: _to_5, 5: _to_6, 6: _to_7}
-
-
-class _Columns:
-    """A row's values by column name, through a mapping of names to positions made once per query."""
-
-    __slots__ = ("at", "row")
-
-    def __init__(self, row: Any, at: Dict[str, int]) -> None:
-        self.row, self.at = row, at
-
-    def __getitem__(self, key: str) -> Any:
-        return self.row[self.at[key]]
-
-
-class TaskRecord(NamedTuple):
-    """One task as the store holds it."""
-
-    id: str
-    name: str
-    state: str
-    executor_id: Optional[str]
-    key: Optional[str]
-    submitted_at: Optional[float]
-    started_at: Optional[float]
-    finished_at: Optional[float]
-    progress: Optional[Progress]
-    abort_requested: bool
-    result: Optional[bytes]
-    traceback: Optional[str]
-    error: Optional[str] = None  # "Type: message" of a task that did not succeed
-    terminate_at: Optional[float] = None  # when its worker is to be killed, if an abort asked for that
-    abort_requested_at: Optional[float] = None
-    abort_by: Optional[str] = None  # who asked for the abort, in words
-    retries: int = 0  # attempts retried so far
-    eta: Optional[float] = None  # when a task in RETRY runs its next attempt
-    args_repr: Optional[str] = None  # its arguments as text, written at submit
-    worker_pid: Optional[int] = None  # the process that runs or ran it (its last attempt), from its start
-    cpu_seconds: Optional[float] = None  # the CPU time it used, once it ended
-    peak_rss: Optional[int] = None  # its peak resident memory in bytes, once it ended
-
-    @property
-    def usage(self) -> Optional[Dict[str, Any]]:
-        """``worker_pid``, ``cpu_seconds`` and ``peak_rss`` of a task that ran to its end, else ``None``."""
-        return usage(self.worker_pid, self.cpu_seconds, self.peak_rss)
-
-
-def _number(x: float) -> float:
-    return int(x) if x == int(x) else x
-
-
-def record(row: Any) -> TaskRecord:
-    """The ``TaskRecord`` of one row of ``tasks``."""
-    return records([row], row._fields)[0]
-
-
-def records(rows: Any, keys: Any) -> List[TaskRecord]:
-    """The ``TaskRecord`` of each row (a tuple of the columns ``keys``): one loop, no per-row mapping."""
-    at = {key: i for i, key in enumerate(keys)}
-    return [_record(row, at) for row in rows]
-
-
-def _record(row: Any, at: Dict[str, int]) -> TaskRecord:
-    m = _Columns(row, at)
-    done = m["progress_done"]
-    total = m["progress_total"]
-    progress = None if done is None else (_number(done), None if total is None else _number(total))
-    return TaskRecord(
-        m["id"], m["name"], m["state"], m["executor_id"], m["key"], m["submitted_at"],
-        m["started_at"], m["finished_at"], progress, m["abort_requested_at"] is not None,
-        m["result"], m["traceback"], m["error"], m["terminate_at"], m["abort_requested_at"], m["abort_by"],
-        m["retries"] or 0, m["eta"], m["args_repr"], m["worker_pid"], m["cpu_seconds"], m["peak_rss"],
-    )  # fmt: skip

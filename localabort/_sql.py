@@ -26,14 +26,19 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 from ._states import CLAIMABLE_STATES, HELD_STATES, RECEIVED, RETRY, STARTED, STATE_COLUMNS, UNREADY_STATES
 
 __all__ = [
-    "ABORTING", "CELERY", "CLAIMABLE", "EXECUTORS", "HELD_KEY", "ID_BATCH", "LOGS", "LOG_UPSERT", "RUNNING",
-    "SQLITE_PRAGMAS", "STANDING", "TASKS", "UNFINISHED", "pieces", "reason", "spelled", "sync", "write",
+    "ABORTING", "BUSY_TIMEOUT", "CELERY", "CLAIMABLE", "EXECUTORS", "HELD_KEY", "ID_BATCH", "LOGS", "LOG_UPSERT",
+    "META", "RUNNING", "SCHEMA_VERSION", "SQLITE_PRAGMAS", "STANDING", "TASKS", "UNFINISHED", "pieces", "reason",
+    "spelled", "sync", "write",
 ]  # fmt: skip
 
-TASKS, EXECUTORS, LOGS = "localabort_tasks", "localabort_executors", "localabort_logs"
+TASKS, EXECUTORS, LOGS, META = "localabort_tasks", "localabort_executors", "localabort_logs", "localabort_meta"
+#: The version of the store's schema this localabort reads and writes (``_schema``'s ``MIGRATIONS`` reach it).
+SCHEMA_VERSION = 7
 #: What every connection to an SQLite store sets first, the parent's engine's and the recorder's alike
 #: (WAL is the file's own, set at its creation).
 SQLITE_PRAGMAS = ("PRAGMA synchronous=NORMAL",)
+#: Seconds a connection to an SQLite store waits for its lock before it fails.
+BUSY_TIMEOUT = 60.0
 
 
 def _states_in(states: Any) -> str:
@@ -78,12 +83,12 @@ def reason(exc: BaseException) -> str:
 def spelled(text: str, postgres: bool) -> str:
     """``text``, whose parameters are written ``:name``, in the driver's own parameter style and words.
 
-    >>> spelled("SELECT LEAST(a, :b)", postgres=False), spelled("SELECT LEAST(a, :b)", postgres=True)
-    ('SELECT MIN(a, :b)', 'SELECT LEAST(a, %(b)s)')
+    >>> spelled("SELECT LEAST(a, :b)", postgres=False), spelled("SELECT LEAST(a::text, :b)", postgres=True)
+    ('SELECT MIN(a, :b)', 'SELECT LEAST(a::text, %(b)s)')
     """
     if not postgres:
         return text.replace("LEAST(", "MIN(")  # SQLite's MIN of two or more values is PostgreSQL's LEAST
-    return re.sub(r":(\w+)", r"%(\1)s", text)
+    return re.sub(r"(?<!:):(\w+)", r"%(\1)s", text)  # not a cast, ``x::text``
 
 
 COLUMNS = ("id", *STATE_COLUMNS)

@@ -42,24 +42,24 @@ from ._listen import ANY, CHANNEL, Listener, listener, payload
 from ._listing import Listing
 from ._outcome import dump, unrun
 from ._procs import asker
+from ._record import TaskRecord, record
 from ._registry import Registry
 from ._schema import (
     MIGRATIONS,
-    SCHEMA_VERSION,
-    TaskRecord,
     conditions_for,
     end_tasks,
     executors,
     logs,
     meta,
     metadata,
-    record,
     tasks,
 )  # fmt: skip
 from ._sql import (
     ABORTING,
+    BUSY_TIMEOUT,
     CLAIMABLE,
     LOG_UPSERT,
+    SCHEMA_VERSION,
     SQLITE_PRAGMAS,
     STANDING,
     UNFINISHED,
@@ -73,8 +73,6 @@ from ._states import ABORTED, FAILURE, PENDING, READY_STATES, RETRY, STARTED, SU
 
 __all__ = ["Store", "TaskRecord", "forget"]
 
-#: Seconds a writer waits for the SQLite lock before it fails.
-BUSY_TIMEOUT = 60.0
 #: Seconds between two looks for dead executors while a watcher waits on their tasks.
 RECOVER_EVERY = 1.0
 
@@ -234,6 +232,20 @@ class Store(Registry, Listing):
             with self.engine.connect() as conn:
                 yield conn
         except sa.exc.SQLAlchemyError as exc:
+            raise StoreError(f"{self.name}: cannot read the store ({reason(exc)})") from exc
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[Any]:
+        """A DB-API cursor for reads (``Listing``'s SQL); failures as ``_connect``'s."""
+        engine = self.engine
+        try:
+            with engine.connect() as conn:
+                cursor = self._cursor(conn)
+                try:
+                    yield cursor
+                finally:
+                    cursor.close()
+        except (sa.exc.SQLAlchemyError, engine.dialect.loaded_dbapi.Error) as exc:
             raise StoreError(f"{self.name}: cannot read the store ({reason(exc)})") from exc
 
     def _prepare(self, create: bool) -> None:
@@ -622,12 +634,6 @@ class Store(Registry, Listing):
 
     # -- reads ----------------------------------------------------------------
 
-    def get(self, task_id: str) -> Optional[TaskRecord]:
-        """The task ``task_id`` as stored, or ``None``."""
-        with self._connect() as conn:
-            row = conn.execute(sa.select(tasks).where(tasks.c.id == task_id, tasks.c.name != STANDING)).first()
-        return None if row is None else record(row)
-
     def write_log(self, task_id: str, log: Tuple[str, int]) -> None:
         """Store task ``task_id``'s log so far, ``(text, dropped)``, in place of the one stored."""
         with self._begin() as conn:
@@ -648,24 +654,6 @@ class Store(Registry, Listing):
         with self._connect() as conn:
             at = conn.execute(sa.select(tasks.c.abort_requested_at).where(tasks.c.id == task_id)).scalar()
         return at is not None
-
-    def match(self, fragment: str, limit: int = 5) -> List[str]:
-        """Ids of tasks that start or end with ``fragment`` (what a label shows), at most ``limit``.
-
-        >>> import os, tempfile
-        >>> store = Store.open(os.path.join(tempfile.mkdtemp(), "s.sqlite"), create=True)
-        >>> store.match("0f27")
-        []
-        """
-        like = fragment.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        query = (
-            sa.select(tasks.c.id)
-            .where(tasks.c.name != STANDING)
-            .where(tasks.c.id.like(like + "%", escape="\\") | tasks.c.id.like("%" + like, escape="\\"))
-            .limit(limit)
-        )
-        with self._connect() as conn:
-            return list(conn.execute(query).scalars())
 
     def aborts_requested(self, executor_id: str) -> Dict[str, Optional[float]]:
         """``executor_id``'s unfinished tasks with an abort requested: their ids, and when to kill their workers."""

@@ -34,7 +34,9 @@ from ._states import ALL_STATES, READY_STATES, RETRY, SUCCESS, UNREADY_STATES
 from ._text import printable
 
 if TYPE_CHECKING:
-    from ._store import Store, TaskRecord
+    from ._listing import Listing
+    from ._record import TaskRecord
+    from ._store import Store
 
 __all__ = ["main"]
 
@@ -154,7 +156,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from ._errors import StoreError  # the commands need a store, and its errors
 
     try:
-        store = _open(args.store)
+        store = _open(args.store, read_only=args.command == "status")
         return int(COMMANDS[args.command](store, args))
     except (_Usage, StoreError) as exc:
         _print(f"localabort: {exc}", file=sys.stderr)
@@ -180,13 +182,20 @@ def _arguments(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return args
 
 
-def _open(spec: str) -> Store:
+def _open(spec: str, *, read_only: bool = False) -> Any:
+    """The store ``spec`` names; ``read_only``: for a command that only reads, on ``sqlite3`` alone if it can."""
+    if read_only:
+        from ._reader import Reader  # an SQLite file with nothing to recover: no SQLAlchemy to import
+
+        reader = Reader.open(spec)
+        if reader is not None:
+            return reader
     from ._store import Store  # here, not at the top: --help and --version need no database library
 
     return Store.open(spec)  # never creates: a typo or a foreign file is a one-line error, left untouched
 
 
-def _resolve(store: Store, text: str) -> str:
+def _resolve(store: Listing, text: str) -> str:
     """The id of the one task ``text`` names: the whole id, or a part that starts or ends it.
 
     A whole id with no row is returned as it is: an abort for it may be
@@ -231,13 +240,19 @@ def _clip(text: Optional[str], width: int) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-def status(store: Store, args: argparse.Namespace) -> int:
+def status(store: Listing, args: argparse.Namespace) -> int:
     """Print the store's tasks, newest first, as a table or as JSON."""
     limit = args.limit if args.limit is not None else (0 if args.json else 50)
     ids = [_resolve(store, text) for text in args.task_ids] if args.task_ids else None
     if args.json:  # one object per line, as the database writes them: still one JSON array
-        found = store.tasks_json(ids, states=args.state, name=args.name, limit=limit or None)
-        sys.stdout.write("[\n" + ",\n".join(found) + "\n]\n" if found else "[]\n")
+        found = store.json_pieces(ids, states=args.state, name=args.name, limit=limit or None)
+        out = sys.stdout.buffer  # the pieces are ASCII, and tens of megabytes: bytes, written as they are
+        sys.stdout.flush()
+        out.write(b"[\n" if found else b"[]\n")
+        for i, piece in enumerate(found):
+            out.write(piece.encode("ascii") if not i else b",\n" + piece.encode("ascii"))
+        out.write(b"\n]\n" if found else b"")
+        out.flush()
         return 0
     records = store.tasks(ids, states=args.state, name=args.name, limit=limit or None, outcomes=False)
     now = time.time()
