@@ -12,7 +12,7 @@ from concurrent.futures.process import BrokenProcessPool
 import pytest
 
 from localabort import SUCCESS, Executor, _recorder
-from localabort._states import READY_STATES
+from localabort._states import READY_STATES, task_row
 from localabort._store import Store
 
 from . import tasks
@@ -123,3 +123,24 @@ def test_the_recorders_sqlite_failure_is_a_store_error_naming_the_store(store_pa
     assert (
         last.startswith("localabort.StoreError: ") and f"{store_path}: cannot write the store (attempt to write" in last
     )
+
+
+def test_the_recorders_writes_never_checkpoint_a_thread_of_its_own_does(store_path):
+    """A checkpoint syncs the file to disk (12-18 ms): in a write, it would hold up the claims the workers wait for."""
+    store = Store.open(store_path, create=True)
+    writes = _recorder._writer_for(store.url, store.name, store.driver_connect(), "ex-1")
+    try:
+        assert writes.db.execute("PRAGMA wal_autocheckpoint").fetchone() == (0,)
+        for i in range(30):  # past SQLite's 1,000 pages of WAL, where a write would checkpoint
+            writes([task_row(f"t{i}-{j}", executor_id="ex-1", name="tests.tasks.add", state=SUCCESS,
+                             submitted_at=1.0, result=b"x" * 2000) for j in range(40)], [], [], None)  # fmt: skip
+        made = writes.checkpoints.made
+        wait_for(lambda: writes.checkpoints.made > made, what="a checkpoint by the recorder's thread after the writes")
+        wal = os.path.getsize(f"{store_path}-wal")
+        assert wal > 4 * 1024 * 1024  # the writes went past the 1,000 pages where SQLite would have checkpointed
+        writes([task_row("last", executor_id="ex-1", name="tests.tasks.add", state=SUCCESS, submitted_at=1.0)], [], [],
+               None)  # fmt: skip
+        assert os.path.getsize(f"{store_path}-wal") <= wal  # the WAL, checkpointed, is written again from its start
+    finally:
+        writes.close()
+    assert len(store.tasks()) == 30 * 40 + 1
