@@ -262,7 +262,7 @@ class Manager:
         and at least every ``HEARTBEAT``, for the written-up time.
         """
         scheduler = self.scheduler
-        if scheduler.dirty or scheduler.abort_rows:
+        if scheduler.dirty or scheduler.fresh or scheduler.abort_rows:
             self._flush_due = min(self._flush_due, now + FLUSH_INTERVAL)
         if (
             now >= self._flush_due

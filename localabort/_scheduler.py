@@ -22,7 +22,7 @@ future's ``_task_state``
 ``slot.job``, ``slot.ahead``               ``lock``      the manager (dispatch, promote,
                                                          vacate); user threads read a job's
                                                          slot only to reach its words
-``dirty``                                  ``lock``      both; the manager drains it
+``dirty``, ``fresh``                       ``lock``      both; the manager drains them
 ``abort_rows``                             ``lock``      the manager (soft limits); it drains it
 ``shutting_down``                          ``lock``      user threads (shutdown, terminate);
                                                          the manager when it breaks
@@ -82,7 +82,7 @@ from ._words import DEPTH
 if TYPE_CHECKING:
     from ._store import Store
 
-__all__ = ["AHEAD_SECONDS", "Scheduler"]
+__all__ = ["AHEAD_SECONDS", "BACKLOG_ROWS", "Scheduler"]
 
 #: Seconds of short jobs each worker holds ahead of the one it runs (``Scheduler.timed``).
 AHEAD_SECONDS = 0.005
@@ -90,6 +90,9 @@ AHEAD_SECONDS = 0.005
 #: *stuck*: the jobs sent ahead to it are taken back for the others (``unstick``), and it is sent none more.
 STUCK_AFTER = 0.02
 STUCK_FACTOR = 4
+#: New jobs' rows a store write carries at most, beside its claims and the rows of jobs that moved on
+#: (``Scheduler.take_rows``): about 3 ms of SQLite's work, less than the jobs a worker holds ahead.
+BACKLOG_ROWS = 100
 #: Seconds a worker waits before it takes another job straight from a user thread (``Scheduler._idle_slot``).
 DIRECT_EVERY = 0.005
 
@@ -111,6 +114,9 @@ class Scheduler:
         self.waiting: List[Tuple[float, int, Job]] = []  # a heap of (due, seq, job) waiting to retry
         self.slots: List[Slot] = []  # filled by the manager
         self.dirty: Dict[str, Job] = {}  # jobs whose row the store must get
+        # New jobs, in order of submit, whose first row the store must get; written ``BACKLOG_ROWS`` a write.
+        self.fresh: collections.OrderedDict[str, Job] = collections.OrderedDict()
+        self._fresh_in_order = True  # their ``submitted_at`` rises from first to last (see ``_unwritten_since``)
         self.abort_rows: List[Row] = []  # abort requests to record with the next write
         self.unsettled: Dict[str, Job] = {}  # jobs a user thread ended, until it completed their futures
         self.unwritten: List[Job] = []  # jobs a user thread ended whose write failed: the manager's to complete
@@ -158,7 +164,9 @@ class Scheduler:
                     self.followers[job.id] = job
                 if job.key is not None:
                     self.keyed[job.name, job.key] = job
-                self.dirty[job.id] = job
+                if self.fresh and job.submitted_at < next(reversed(self.fresh.values())).submitted_at:
+                    self._fresh_in_order = False  # another thread's job, made first; or the clock went back
+                self.fresh[job.id] = job
             wake, self.wake_pending = not self.wake_pending, True
         if idle is not None:
             self._start_at_once(job, idle)
@@ -614,6 +622,7 @@ class Scheduler:
                         f"task_id {task_id!r} is taken: another executor's task of that id was stored first"
                     ))  # fmt: skip
                     self.dirty.pop(task_id, None)
+                    self.fresh.pop(task_id, None)
                     self._forget(job)
                     ended.append(job)
                     continue
@@ -714,10 +723,13 @@ class Scheduler:
         wait for the next write); each is now RECEIVED (or refused: see
         ``refused``). A job without a key claimed in the write that first
         stores it is written once, RECEIVED, not PENDING and then claimed.
-        With ``first`` (an idle worker waits for a claim), the rows of the
-        other queued jobs wait for the next write: the claims come before
-        the backlog. Every job submitted before the time returned is among
-        these rows or was written before.
+        Of the new jobs not claimed, the first ``BACKLOG_ROWS`` are written
+        PENDING (all of them once none is queued): a write stays short, so
+        the claims the workers wait for are never held up by a backlog of
+        thousands of rows, and the rest wait for the next writes, in order.
+        With ``first`` (an idle worker waits for a claim), none are: the
+        claims come before the backlog. Every job submitted before the time
+        returned is among these rows or was written before.
         """
         with self.lock:
             claims: List[Job] = []
@@ -733,25 +745,35 @@ class Scheduler:
             for job in claims:  # a new row without a key is written RECEIVED: it is the claim
                 if job.key is None:
                     job.move(RECEIVED)
-            now = time.time()
-            if first:
-                claiming = {job.id for job in claims}
-                later = {
-                    task_id: job for task_id, job in self.dirty.items()
-                    if job.stage == QUEUED and task_id not in claiming
-                }  # fmt: skip
-                for task_id in later:
-                    del self.dirty[task_id]
-                now = min([now, *(job.submitted_at for job in later.values())])
-            else:
-                later = {}
+                self.dirty[job.id] = job
+            for task_id in self.dirty:
+                self.fresh.pop(task_id, None)
+            backlog = 0 if first else BACKLOG_ROWS if self.queue else len(self.fresh)
+            while self.fresh and backlog > 0:
+                task_id, job = self.fresh.popitem(last=False)
+                self.dirty[task_id] = job
+                backlog -= 1
             # A row a user thread is writing may land after this write: this one must not vouch for it.
-            now = min([now, *(job.submitted_at for job in self.starting.values())])
+            now = min([time.time(), self._unwritten_since(), *(job.submitted_at for job in self.starting.values())])
             rows = [self.row(job) for job in self.dirty.values()]
             for job in claims:  # a keyed one's row stays PENDING: the store's claim asks for its key first
                 job.move(RECEIVED)
-            aborts, self.dirty, self.abort_rows = self.abort_rows, later, []
+            aborts, self.dirty, self.abort_rows = self.abort_rows, {}, []
         return rows, aborts, claims, now
+
+    def _unwritten_since(self) -> float:
+        """When the first new job not written yet was submitted (``inf``: none), to vouch for those before it.
+
+        The first in ``fresh``, whose times rise in order; unless two
+        threads' jobs crossed on their way in (or the clock went back): then
+        the earliest of all, until ``fresh`` is empty again.
+        """
+        if not self.fresh:
+            self._fresh_in_order = True
+            return float("inf")
+        if self._fresh_in_order:
+            return next(iter(self.fresh.values())).submitted_at
+        return min(job.submitted_at for job in self.fresh.values())
 
     def stored(self, rows: List[Row]) -> None:
         """The store holds ``rows``: their jobs' argument text need not be held or sent again.
@@ -796,7 +818,7 @@ class Scheduler:
         with self.lock:
             self.broken, self.shutting_down = exc, True
             owned = [*unresolved, *self.unsettled.values(), *self.unwritten, *self.jobs.values()]
-            owned += [job for job in self.dirty.values() if job.stage != DONE]
+            owned += [job for job in (*self.dirty.values(), *self.fresh.values()) if job.stage != DONE]
             self.unsettled.clear()
             self.unwritten.clear()
             jobs = {job.id: job for job in owned}
@@ -806,6 +828,7 @@ class Scheduler:
             self.followers.clear()
             self.queue.clear()
             self.dirty.clear()
+            self.fresh.clear()
             for job in jobs.values():
                 if job.stage != DONE:
                     job.end(FAILURE, error)

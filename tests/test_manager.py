@@ -30,7 +30,8 @@ def test_a_submit_during_a_wake_up_is_not_lost(store_path, monkeypatch):
             return real_read(fd, size)
 
         monkeypatch.setattr(_manager.os, "read", read)
-        assert ex.submit(tasks.add, 3, 3).result(timeout=10) == 6
+        assert ex.submit(tasks.add, 3, 3).result(timeout=10) == 6  # it may start at once, before the wake-up read
+        wait_for(lambda: injected, timeout=10, what="the manager's read of its wake-up pipe")
         assert injected[0].result(timeout=10) == 4
         monkeypatch.undo()
         assert ex.submit(tasks.add, 4, 4).result(timeout=10) == 8  # lost wake-ups would time out here

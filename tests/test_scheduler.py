@@ -1,0 +1,69 @@
+"""The scheduler's rows for the store: a write stays short, and vouches only for the jobs it or an earlier one wrote.
+
+A real store; no workers (the scheduler alone decides which rows a write carries).
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from localabort._jobs import Job
+from localabort._scheduler import BACKLOG_ROWS, Scheduler
+from localabort._store import Store
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def scheduler(store_path):
+    scheduler = Scheduler(Store.open(store_path, create=True), "ex-1")
+    yield scheduler
+    scheduler.close_wake()
+
+
+def submit(scheduler, count, start=0):
+    jobs = [Job(f"t{i}", scheduler.next_seq(), "tests.tasks.add", None, scheduler) for i in range(start, start + count)]
+    for job in jobs:
+        scheduler.enqueue(job)
+    return jobs
+
+
+def test_a_write_carries_the_backlog_a_hundred_rows_at_a_time_in_order(scheduler):
+    jobs = submit(scheduler, 2 * BACKLOG_ROWS + 50)
+    rows, _, claims, written_up_to = scheduler.take_rows()
+    assert [row["id"] for row in rows] == [job.id for job in jobs[:BACKLOG_ROWS]] and claims == []
+    assert written_up_to == jobs[BACKLOG_ROWS].submitted_at  # not past the first job still unwritten
+    assert scheduler.take_rows(first=True)[0] == []  # an idle worker waits for a claim: no backlog with it
+    rows, *_ = scheduler.take_rows()
+    assert [row["id"] for row in rows] == [job.id for job in jobs[BACKLOG_ROWS : 2 * BACKLOG_ROWS]]
+    scheduler.queue.clear()  # none queued (followers, jobs ended while queued): every row goes at once
+    rows, _, _, written_up_to = scheduler.take_rows()
+    assert [row["id"] for row in rows] == [job.id for job in jobs[2 * BACKLOG_ROWS :]]
+    assert jobs[-1].submitted_at <= written_up_to <= time.time()
+    assert scheduler.take_rows()[0] == []
+
+
+def test_a_claimed_job_is_written_with_its_claim_wherever_it_is_in_the_backlog(scheduler):
+    jobs = submit(scheduler, BACKLOG_ROWS + 20)
+    scheduler.claim_ahead = 1
+    rows, _, claims, _ = scheduler.take_rows(first=True)
+    assert claims == [jobs[0]] and [(row["id"], row["state"]) for row in rows] == [("t0", "RECEIVED")]
+    scheduler.claim_ahead = 0
+    rows, *_ = scheduler.take_rows()
+    assert [row["id"] for row in rows] == [job.id for job in jobs[1 : BACKLOG_ROWS + 1]]  # t0 is not written again
+
+
+def test_jobs_that_crossed_on_their_way_in_are_vouched_for_by_the_earliest(scheduler):
+    """Made in one thread, queued after another thread's job made later: the write vouches for neither early."""
+    early = Job("early", scheduler.next_seq(), "tests.tasks.add", None, scheduler)
+    submit(scheduler, BACKLOG_ROWS)
+    later = submit(scheduler, 1, start=BACKLOG_ROWS)[0]
+    scheduler.enqueue(early)
+    rows, _, _, written_up_to = scheduler.take_rows()
+    assert len(rows) == BACKLOG_ROWS and written_up_to == early.submitted_at < later.submitted_at
+    scheduler.queue.clear()
+    scheduler.take_rows()  # the backlog written: in order again
+    last = submit(scheduler, BACKLOG_ROWS + 1, start=BACKLOG_ROWS + 1)
+    assert scheduler.take_rows()[3] == last[BACKLOG_ROWS].submitted_at
