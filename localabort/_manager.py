@@ -262,8 +262,10 @@ class Manager:
         and at least every ``HEARTBEAT``, for the written-up time.
         """
         scheduler = self.scheduler
-        if scheduler.dirty or scheduler.fresh or scheduler.abort_rows:
+        if scheduler.dirty or scheduler.abort_rows:
             self._flush_due = min(self._flush_due, now + FLUSH_INTERVAL)
+        elif scheduler.fresh:  # a backlog of new rows, ``BACKLOG_ROWS`` a write: back to back, in the recorder
+            self._flush_due = min(self._flush_due, now if self._writer.ready else now + FLUSH_INTERVAL)
         if (
             now >= self._flush_due
             or now >= self._next_heartbeat

@@ -114,8 +114,9 @@ class Scheduler:
         self.waiting: List[Tuple[float, int, Job]] = []  # a heap of (due, seq, job) waiting to retry
         self.slots: List[Slot] = []  # filled by the manager
         self.dirty: Dict[str, Job] = {}  # jobs whose row the store must get
-        # New jobs, in order of submit, whose first row the store must get; written ``BACKLOG_ROWS`` a write.
-        self.fresh: collections.OrderedDict[str, Job] = collections.OrderedDict()
+        # New jobs, in order of submit, whose first row the store must get (those still ``unwritten``: one
+        # written since with another row, a claim, stays here until reached); ``BACKLOG_ROWS`` a write.
+        self.fresh: Deque[Job] = collections.deque()
         self._fresh_in_order = True  # their ``submitted_at`` rises from first to last (see ``_unwritten_since``)
         self.abort_rows: List[Row] = []  # abort requests to record with the next write
         self.unsettled: Dict[str, Job] = {}  # jobs a user thread ended, until it completed their futures
@@ -164,9 +165,10 @@ class Scheduler:
                     self.followers[job.id] = job
                 if job.key is not None:
                     self.keyed[job.name, job.key] = job
-                if self.fresh and job.submitted_at < next(reversed(self.fresh.values())).submitted_at:
+                if self.fresh and job.submitted_at < self.fresh[-1].submitted_at:
                     self._fresh_in_order = False  # another thread's job, made first; or the clock went back
-                self.fresh[job.id] = job
+                job.unwritten = True
+                self.fresh.append(job)
             wake, self.wake_pending = not self.wake_pending, True
         if idle is not None:
             self._start_at_once(job, idle)
@@ -622,7 +624,6 @@ class Scheduler:
                         f"task_id {task_id!r} is taken: another executor's task of that id was stored first"
                     ))  # fmt: skip
                     self.dirty.pop(task_id, None)
-                    self.fresh.pop(task_id, None)
                     self._forget(job)
                     ended.append(job)
                     continue
@@ -746,13 +747,15 @@ class Scheduler:
                 if job.key is None:
                     job.move(RECEIVED)
                 self.dirty[job.id] = job
-            for task_id in self.dirty:
-                self.fresh.pop(task_id, None)
+            for job in self.dirty.values():
+                job.unwritten = False
             backlog = 0 if first else BACKLOG_ROWS if self.queue else len(self.fresh)
             while self.fresh and backlog > 0:
-                task_id, job = self.fresh.popitem(last=False)
-                self.dirty[task_id] = job
-                backlog -= 1
+                job = self.fresh.popleft()
+                if job.unwritten:
+                    job.unwritten = False
+                    self.dirty[job.id] = job
+                    backlog -= 1
             # A row a user thread is writing may land after this write: this one must not vouch for it.
             now = min([time.time(), self._unwritten_since(), *(job.submitted_at for job in self.starting.values())])
             rows = [self.row(job) for job in self.dirty.values()]
@@ -768,12 +771,14 @@ class Scheduler:
         threads' jobs crossed on their way in (or the clock went back): then
         the earliest of all, until ``fresh`` is empty again.
         """
+        while self.fresh and not self.fresh[0].unwritten:
+            self.fresh.popleft()
         if not self.fresh:
             self._fresh_in_order = True
             return float("inf")
         if self._fresh_in_order:
-            return next(iter(self.fresh.values())).submitted_at
-        return min(job.submitted_at for job in self.fresh.values())
+            return self.fresh[0].submitted_at
+        return min(job.submitted_at for job in self.fresh if job.unwritten)
 
     def stored(self, rows: List[Row]) -> None:
         """The store holds ``rows``: their jobs' argument text need not be held or sent again.
@@ -818,7 +823,8 @@ class Scheduler:
         with self.lock:
             self.broken, self.shutting_down = exc, True
             owned = [*unresolved, *self.unsettled.values(), *self.unwritten, *self.jobs.values()]
-            owned += [job for job in (*self.dirty.values(), *self.fresh.values()) if job.stage != DONE]
+            owned += [job for job in self.dirty.values() if job.stage != DONE]
+            owned += [job for job in self.fresh if job.unwritten and job.stage != DONE]
             self.unsettled.clear()
             self.unwritten.clear()
             jobs = {job.id: job for job in owned}

@@ -45,10 +45,29 @@ class _Short(reprlib.Repr):
 
 
 _SHORT = _Short()
+#: Types whose every value ``_SHORT`` shows as plain ``repr`` does, when that is short enough (``_short``).
+_PLAIN = {int, float, bool, str, type(None)}
+
+
+def _short(x: Any) -> str:
+    """``_SHORT.repr(x)``: the common arguments (a number, a short string, ``None``) without ``reprlib``'s detour.
+
+    >>> _short(42), _short("a" * 200) == _SHORT.repr("a" * 200), _short(10**100) == _SHORT.repr(10**100)
+    ('42', True, True)
+    """
+    if type(x) in _PLAIN and (type(x) is not int or -_LONGEST < x < _LONGEST) and (type(x) is not str or len(x) < 60):
+        text = repr(x)
+        if len(text) <= _SHORT.maxstring:  # a string's escapes may make its repr longer than it
+            return text
+    return _SHORT.repr(x)
+
+
+#: Integers of more digits than ``reprlib`` shows whole (its ``maxlong``, 40) take its way.
+_LONGEST = 10**39
 
 
 def _some(parts: List[str], count: int) -> str:
-    return ", ".join(parts) + (f", ... ({count} in all)" if count > len(parts) else "")
+    return ", ".join(parts) if count <= len(parts) else ", ".join(parts) + f", ... ({count} in all)"
 
 
 #: The longest ``call_repr`` (characters): enough to tell calls apart, small beside a row.
@@ -76,11 +95,14 @@ def call_repr(
     >>> call_repr(tuple(range(100)), {})
     '0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, ... (100 in all)'
     """
-    positional = argsrepr if argsrepr is not None else _some([_SHORT.repr(a) for a in args[:most]], len(args))
-    keywords = (
-        kwargsrepr
-        if kwargsrepr is not None
-        else _some([f"{k}={_SHORT.repr(v)}" for k, v in itertools.islice(kwargs.items(), most)], len(kwargs))
-    )
-    text = ", ".join(part for part in (positional, keywords) if part)
+    positional = argsrepr if argsrepr is not None else _some([_short(a) for a in args[:most]], len(args))
+    if kwargsrepr is None and not kwargs:  # the usual call: positional arguments alone
+        text = positional
+    else:
+        keywords = (
+            kwargsrepr
+            if kwargsrepr is not None
+            else _some([f"{k}={_short(v)}" for k, v in itertools.islice(kwargs.items(), most)], len(kwargs))
+        )
+        text = ", ".join(part for part in (positional, keywords) if part)
     return text if len(text) <= CALL_REPR_MAX else text[: CALL_REPR_MAX - 3] + "..."
