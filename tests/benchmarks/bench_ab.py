@@ -1,6 +1,6 @@
 """Two commits side by side: trivial ``submit()`` throughput, in runs that alternate, beside ProcessPoolExecutor.
 
-Run with ``python tests/benchmarks/bench_ab.py BASE [--workers 2] [--tasks 20000] [--runs 6]``: BASE
+Run with ``python tests/benchmarks/bench_ab.py BASE [--workers 2] [--tasks 20000] [--runs 6] [--sleep S]``: BASE
 (a commit, ``HEAD~3`` say) is checked out in a temporary worktree, and each
 run is a fresh process (a fresh executor, as a script has): BASE, then the
 working tree, then ``ProcessPoolExecutor``, again and again. On a noisy
@@ -22,8 +22,12 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
 _RUN = """
 import json, os, sys, tempfile, time
-root, tasks, workers = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+root, tasks, workers, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 def identity(x):
+    return x
+def task(x):
+    if seconds:
+        time.sleep(seconds)
     return x
 if __name__ == "__main__":
     if root == "ppe":
@@ -35,7 +39,7 @@ if __name__ == "__main__":
         pool = Executor(max_workers=workers, store=os.path.join(tempfile.mkdtemp(), "s.sqlite"), mp_context="fork")
     list(pool.map(identity, range(20)))
     cpu, start = time.process_time(), time.perf_counter()
-    for future in [pool.submit(identity, i) for i in range(tasks)]:
+    for future in [pool.submit(task, i) for i in range(tasks)]:
         future.result()
     took = time.perf_counter() - start
     print(json.dumps([tasks / took, (time.process_time() - cpu) / tasks * 1e6]))
@@ -49,6 +53,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--tasks", type=int, default=20_000)
     parser.add_argument("--runs", type=int, default=6)
+    parser.add_argument("--sleep", type=float, default=0.0, metavar="SECONDS", help="each task sleeps this long")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         base = os.path.join(tmp, "base")
@@ -61,12 +66,13 @@ def main() -> None:
             roots = {args.base: base, "working tree": ROOT, "ppe": "ppe"}
             for _ in range(args.runs):
                 for name, root in roots.items():
-                    ran = subprocess.run([sys.executable, script, root, str(args.tasks), str(args.workers)],
-                                         capture_output=True, text=True, check=True, cwd=tmp)  # fmt: skip
+                    command = [sys.executable, script, root, str(args.tasks), str(args.workers), str(args.sleep)]
+                    ran = subprocess.run(command, capture_output=True, text=True, check=True, cwd=tmp)
                     figures[name].append(json.loads(ran.stdout))
         finally:
             subprocess.run(["git", "-C", ROOT, "worktree", "remove", "--force", base], check=False)
-    print(f"{args.tasks:,} trivial tasks through submit(), {args.workers} workers, {args.runs} alternating runs")
+    what = f"tasks of {args.sleep * 1e3:g} ms" if args.sleep else "trivial tasks"
+    print(f"{args.tasks:,} {what} through submit(), {args.workers} workers, {args.runs} alternating runs")
     print()
     print("| code | tasks/s | ratio to PPE | the parent's CPU, us a task |")
     print("|---|---|---|---|")
