@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from typing import Any, Callable, ContextManager, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, ContextManager, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from ._record import COLUMNS, TaskRecord, records
 from ._sql import ID_BATCH, STANDING, TASKS, UNFINISHED, pieces, spelled
@@ -79,14 +79,14 @@ class Listing:
         states: Optional[Iterable[str]] = None,
         name: Optional[str] = None,
         limit: Optional[int] = None,
-    ) -> List[str]:
+    ) -> Iterator[str]:
         """What ``localabort status --json`` writes between its brackets: ``tasks_json``'s objects, in pieces.
 
         Joined by ``",\n"``, the pieces are the objects in order, one a
         line. Here a piece is one object; ``_reader.Reader`` has the
         database join the objects of a whole listing into a few pieces.
         """
-        return self.tasks_json(ids, states=states, name=name, limit=limit)
+        return iter(self.tasks_json(ids, states=states, name=name, limit=limit))
 
     def _json_object(self) -> str:
         """The SQL that writes a task's JSON object, for this store's database, at this time."""

@@ -83,23 +83,29 @@ class Reader(Listing):
         states: Optional[Iterable[str]] = None,
         name: Optional[str] = None,
         limit: Optional[int] = None,
-    ) -> List[str]:
+    ) -> Iterator[str]:
         """``Listing.json_pieces``; a whole listing (no ids, no limit) is written by SQLite, in parallel.
 
         SQLite spends a listing's time writing its JSON (3 µs an object
         here), in C, without the GIL. So the store's tasks are cut into
         ranges of ``submitted_at`` of about equal size (``PIECES``), and each range's objects are written and joined
         (``group_concat``) on a connection and thread of its own: no
-        Python object per task, and every core at work.
+        Python object per task, and every core at work. Each piece comes
+        as soon as it is written, so the first are printed while the last
+        are still being written.
         """
         if ids is not None or limit is not None:
-            return super().json_pieces(ids, states=states, name=name, limit=limit)
+            yield from super().json_pieces(ids, states=states, name=name, limit=limit)
+            return
         cuts = self._cuts(PIECES)
-        ranges = list(zip([None, *cuts], [*cuts, None]))
         builder = self._json_object()  # one time for every piece's ``age_seconds``
-        with concurrent.futures.ThreadPoolExecutor(len(ranges)) as threads:
-            found = list(threads.map(lambda bounds: self._joined(builder, states, name, *bounds), ranges))
-        return [piece for piece in found if piece]
+        with concurrent.futures.ThreadPoolExecutor(len(cuts) + 1) as threads:
+            found = [threads.submit(self._joined, builder, states, name, newer, older)
+                     for newer, older in zip([None, *cuts], [*cuts, None])]  # fmt: skip
+            for piece in found:  # each as soon as it and those before it are written
+                text = piece.result()
+                if text:
+                    yield text
 
     def _cuts(self, count: int) -> List[float]:
         """The ``submitted_at`` of every ``total / count``-th task, newest first: where to cut a listing in pieces."""

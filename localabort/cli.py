@@ -245,13 +245,14 @@ def status(store: Listing, args: argparse.Namespace) -> int:
     limit = args.limit if args.limit is not None else (0 if args.json else 50)
     ids = [_resolve(store, text) for text in args.task_ids] if args.task_ids else None
     if args.json:  # one object per line, as the database writes them: still one JSON array
-        found = store.json_pieces(ids, states=args.state, name=args.name, limit=limit or None)
-        out = sys.stdout.buffer  # the pieces are ASCII, and tens of megabytes: bytes, written as they are
+        out = sys.stdout.buffer  # the pieces are ASCII, and tens of megabytes: bytes, written as they come
         sys.stdout.flush()
-        out.write(b"[\n" if found else b"[]\n")
-        for i, piece in enumerate(found):
-            out.write(piece.encode("ascii") if not i else b",\n" + piece.encode("ascii"))
-        out.write(b"\n]\n" if found else b"")
+        opened = False
+        for piece in store.json_pieces(ids, states=args.state, name=args.name, limit=limit or None):
+            out.write(b",\n" if opened else b"[\n")
+            out.write(piece.encode("ascii"))
+            opened = True
+        out.write(b"\n]\n" if opened else b"[]\n")
         out.flush()
         return 0
     records = store.tasks(ids, states=args.state, name=args.name, limit=limit or None, outcomes=False)
