@@ -55,6 +55,10 @@ class AbortableFuture(concurrent.futures.Future):  # type: ignore[type-arg]
 
     def __init__(self, task_id: str, controller: Optional[Controller] = None) -> None:
         super().__init__()
+        # Its condition's waiters in a list, not a deque: a deque's first block (64 slots, 760 bytes) was a
+        # third of what a pending task holds, and most futures never have a waiter. ``threading.Condition``
+        # only appends to, removes from, indexes, sizes and clears it, in every Python localabort supports.
+        self._condition._waiters = []  # type: ignore[attr-defined]
         self._id = task_id
         self._controller = controller
         # ``_task_*``, not ``_state``: ``concurrent.futures.Future`` has a ``_state`` of its own

@@ -144,3 +144,22 @@ def res_get(res):
         return res.get(timeout=30)
     except BaseException as exc:
         return exc
+
+
+def test_a_future_wakes_every_thread_that_waits_for_it_and_forgets_those_that_gave_up():
+    """Its condition keeps its waiters in a list (no 760-byte deque a pending task): every waiter still wakes."""
+    from localabort._future import AbortableFuture
+
+    future = AbortableFuture("t-waited")
+    with pytest.raises(concurrent.futures.TimeoutError):
+        future.result(timeout=0.01)  # a waiter that gave up is removed
+    assert future._condition._waiters == []
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(future.result(timeout=30))) for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: len(future._condition._waiters) == 5, what="five threads waiting")
+    future.set_result(42)
+    for thread in threads:
+        thread.join(timeout=30)
+    assert got == [42] * 5 and future._condition._waiters == []
