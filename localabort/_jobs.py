@@ -60,6 +60,7 @@ class Job:
         "error",
         "eta",
         "finished_at",
+        "first_row_owed",
         "follows",
         "future",
         "grace",
@@ -89,7 +90,6 @@ class Job:
         "terminate_deadline",
         "time_limit",
         "traceback",
-        "unwritten",
         "usage",
         "word",
         "words",
@@ -126,7 +126,7 @@ class Job:
         self.soft_memory: Optional[str] = None  # its soft memory limit asked for its abort: the words that say so
         self.lost: Optional[BaseException] = None  # why the parent killed its worker
         self.claimed = False  # the store holds its claim (RECEIVED): only then may it start
-        self.unwritten = False  # new, and its first row not written yet (``Scheduler.fresh``)
+        self.first_row_owed = False  # new, and its first row not written yet (``Scheduler.fresh``)
         self.options: Optional[Dict[str, Any]] = None  # apply_async's overrides of the task's retry settings
         self.retries = 0  # attempts retried so far
         self.due = _NEVER  # while WAITING: when its next attempt may start (monotonic; eta: wall clock)

@@ -31,6 +31,10 @@ class Listing:
     def postgres(self) -> bool:
         raise NotImplementedError  # ``Store.postgres``; a ``Reader`` reads SQLite
 
+    def _sql(self, text: str) -> str:
+        """``text``, whose parameters are written ``:name``, in the driver's own parameter style and words."""
+        return spelled(text, self.postgres)
+
     def _reading(self) -> ContextManager[Any]:
         """A DB-API cursor for reads; any database failure in the block becomes ``StoreError`` naming the store."""
         raise NotImplementedError
@@ -106,7 +110,7 @@ class Listing:
         query, params = self._select(columns, ids, states, name, limit)
         with self._reading() as cur:
             cur.execute(query, params)
-            return cur.fetchall(), [d[0] for d in cur.description]  # one fetchall, not a fetch per row
+            return cur.fetchall(), _keys(cur)  # one fetchall, not a fetch per row
 
     def _select(
         self, columns: str, ids: Optional[List[str]], states: Optional[Iterable[str]], name: Optional[str],
@@ -121,10 +125,10 @@ class Listing:
             conditions.append(_within("state", list(states), params))
         if name is not None:
             conditions.append(r"name LIKE :name ESCAPE '\'")
-            params["name"] = "%" + name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            params["name"] = "%" + _like(name) + "%"
         query = f"SELECT {columns}, submitted_at AS _newest FROM {TASKS} WHERE {' AND '.join(conditions)} "
         query += "ORDER BY submitted_at DESC" + ("" if limit is None else f" LIMIT {int(limit)}")
-        return spelled(query, self.postgres), params
+        return self._sql(query), params
 
     def counts(self, *, finished: bool = True) -> Dict[str, int]:
         """How many tasks the store holds in each state; with ``finished=False``, the finished ones as one count.
@@ -152,8 +156,8 @@ class Listing:
         """The task ``task_id`` as stored, or ``None``."""
         query = f"SELECT {', '.join(COLUMNS)} FROM {TASKS} WHERE id = :id AND name != '{STANDING}'"
         with self._reading() as cur:
-            cur.execute(spelled(query, self.postgres), {"id": task_id})
-            found = records(cur.fetchall(), [d[0] for d in cur.description])
+            cur.execute(self._sql(query), {"id": task_id})
+            found = records(cur.fetchall(), _keys(cur))
         return found[0] if found else None
 
     def match(self, fragment: str, limit: int = 5) -> List[str]:
@@ -165,13 +169,13 @@ class Listing:
         >>> store.match("0f27")
         []
         """
-        like = fragment.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        like = _like(fragment)
         query = (
             f"SELECT id FROM {TASKS} WHERE name != '{STANDING}' "
             rf"AND (id LIKE :starts ESCAPE '\' OR id LIKE :ends ESCAPE '\') LIMIT {int(limit)}"
         )
         with self._reading() as cur:
-            cur.execute(spelled(query, self.postgres), {"starts": like + "%", "ends": "%" + like})
+            cur.execute(self._sql(query), {"starts": like + "%", "ends": "%" + like})
             return [task_id for (task_id,) in cur.fetchall()]
 
 
@@ -182,6 +186,20 @@ def ascii_json(text: str) -> str:
     '{"name": "caf\\\\u00e9"}'
     """
     return text if text.isascii() else json.dumps(json.loads(text))
+
+
+def _like(text: str) -> str:
+    """``text`` as a LIKE pattern that matches it alone (``ESCAPE '\\'``): its wildcards and escapes escaped.
+
+    >>> _like("50%_off")
+    '50\\\\%\\\\_off'
+    """
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _keys(cursor: Any) -> List[str]:
+    """The names of the columns of ``cursor``'s last query."""
+    return [column[0] for column in cursor.description]
 
 
 def _within(column: str, values: List[str], params: Dict[str, Any]) -> str:

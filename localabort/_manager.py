@@ -264,8 +264,9 @@ class Manager:
         scheduler = self.scheduler
         if scheduler.dirty or scheduler.abort_rows:
             self._flush_due = min(self._flush_due, now + FLUSH_INTERVAL)
-        elif scheduler.fresh:  # a backlog of new rows, ``BACKLOG_ROWS`` a write: back to back, in the recorder
-            self._flush_due = min(self._flush_due, now if self._writer.ready else now + FLUSH_INTERVAL)
+        elif scheduler.fresh:  # new rows; a backlog of them, ``BACKLOG_ROWS`` a write, back to back in the recorder
+            at_once = scheduler.backlogged and self._writer.ready
+            self._flush_due = min(self._flush_due, now if at_once else now + FLUSH_INTERVAL)
         if (
             now >= self._flush_due
             or now >= self._next_heartbeat

@@ -16,8 +16,10 @@ says it in its own words or does the work; so both ways give one answer.
 >>> Reader.open(path) is None  # no store there: Store.open says so
 True
 >>> _ = Store.open(path, create=True)
->>> Reader.open(path).counts()
+>>> reader = Reader.open(path)
+>>> reader.counts(finished=False)
 {'finished': 0}
+>>> reader.close()
 """
 
 from __future__ import annotations
@@ -135,7 +137,7 @@ class Reader(Listing):
         query, params = self._select(f"{builder} AS listed", None, states, name, None, where)
         params.update(newer=newer, older=older)
         with self._reading(own=True) as cur:
-            cur.execute(f"SELECT group_concat(listed, ',\n') FROM ({query})", params)  # in the subquery's order
+            cur.execute(_JOINED.format(query=query), params)
             ((joined,),) = cur.fetchall()
         if joined is None or joined.isascii():
             return joined or ""
@@ -158,6 +160,15 @@ class Reader(Listing):
 
     def __repr__(self) -> str:
         return f"Reader({self.name!r})"
+
+
+# Joined in the subquery's order: SQLite 3.44 says so in the aggregate; before, SQLite keeps a FROM
+# subquery's ORDER BY when the query around it is an aggregate of that one source, with no ORDER BY of its own.
+_JOINED = (
+    "SELECT group_concat(listed, ',\n' ORDER BY _newest DESC) FROM ({query})"
+    if sqlite3.sqlite_version_info >= (3, 44)
+    else "SELECT group_concat(listed, ',\n') FROM ({query})"
+)
 
 
 def _connect(path: str) -> sqlite3.Connection:

@@ -66,7 +66,7 @@ STOP_GRACE = 5.0
 #: CPU seconds of writes the parent makes before it starts the recorder: a few tasks' (a batch of any size
 #: has it from its first writes).
 START_AFTER = 0.002
-#: Seconds between two checkpoints of an SQLite store's WAL, at most, while the recorder writes (``_Checkpoints``).
+#: Seconds between two checkpoints of an SQLite store's WAL, at most, while the recorder writes (``Checkpoints``).
 CHECKPOINT_EVERY = 0.1
 #: Seconds between the recorder's looks at whether its parent is still there.
 PARENT_CHECK = 0.5
@@ -245,28 +245,32 @@ def serve(conn: multiprocessing.connection.Connection) -> None:
     _exit_with_parent()
     sync: Optional[Callable[..., Any]] = None
     failed: Optional[BaseException] = None
-    while True:
-        message = receive(conn)
-        if message is None:
-            return
-        work = pickle.loads(message)
-        if sync is None and failed is None:  # the first message: where the store is
+    try:
+        while True:
+            message = receive(conn)
+            if message is None:
+                return
+            work = pickle.loads(message)
+            if sync is None and failed is None:  # the first message: where the store is
+                try:
+                    sync = _writer_for(*work)
+                except BaseException as exc:
+                    failed = exc
+                    conn.send_bytes(pickle.dumps((False, _portable(exc)), pickle.HIGHEST_PROTOCOL))
+                else:
+                    conn.send_bytes(pickle.dumps((None, None), pickle.HIGHEST_PROTOCOL))
+                continue
             try:
-                sync = _writer_for(*work)
+                if failed is not None:
+                    raise failed
+                assert sync is not None
+                reply: Tuple[bool, Any] = (True, sync(*work))
             except BaseException as exc:
-                failed = exc
-                conn.send_bytes(pickle.dumps((False, _portable(exc)), pickle.HIGHEST_PROTOCOL))
-            else:
-                conn.send_bytes(pickle.dumps((None, None), pickle.HIGHEST_PROTOCOL))
-            continue
-        try:
-            if failed is not None:
-                raise failed
-            assert sync is not None
-            reply: Tuple[bool, Any] = (True, sync(*work))
-        except BaseException as exc:
-            reply = (False, _portable(exc))
-        conn.send_bytes(pickle.dumps(reply, pickle.HIGHEST_PROTOCOL))
+                reply = (False, _portable(exc))
+            conn.send_bytes(pickle.dumps(reply, pickle.HIGHEST_PROTOCOL))
+    finally:
+        if isinstance(sync, SQLiteWrites):  # its checkpoint thread ends between two checkpoints, not in one
+            sync.close()
 
 
 def _writer_for(url: str, name: str, connect: Optional[Tuple[List[Any], Dict[str, Any]]], executor_id: str) -> Any:
@@ -343,8 +347,9 @@ class Checkpoints:
     So the recorder's connection never checkpoints, and this thread does,
     on a connection of its own, at most every ``CHECKPOINT_EVERY`` s while
     writes come: a PASSIVE checkpoint, which never blocks a writer (and
-    ``sqlite3`` lets go of the GIL meanwhile). One that fails (a reader in
-    the way) is tried again after the next write. ``made`` counts them.
+    ``sqlite3`` lets go of the GIL meanwhile). One that cannot copy every
+    page (a reader holds an older one) or fails is tried again after the
+    next pause. ``made`` counts those that copied every page.
     """
 
     def __init__(self, conn: Any) -> None:
@@ -374,8 +379,13 @@ class Checkpoints:
             if not self._open:
                 return
             self._due.clear()
-            with contextlib.suppress(sqlite3.Error):
-                self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            try:
+                ((busy, pages, copied),) = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error:
+                busy, pages, copied = 1, 0, 0
+            if busy or copied < pages:
+                self._due.set()  # again after the pause: the WAL restarts only once every page is copied
+            else:
                 self.made += 1
             time.sleep(CHECKPOINT_EVERY)
 

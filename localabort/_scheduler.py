@@ -62,6 +62,7 @@ import concurrent.futures.process
 import contextlib
 import heapq
 import itertools
+import math
 import os
 import threading
 import time
@@ -114,10 +115,12 @@ class Scheduler:
         self.waiting: List[Tuple[float, int, Job]] = []  # a heap of (due, seq, job) waiting to retry
         self.slots: List[Slot] = []  # filled by the manager
         self.dirty: Dict[str, Job] = {}  # jobs whose row the store must get
-        # New jobs, in order of submit, whose first row the store must get (those still ``unwritten``: one
+        # New jobs, in order of submit, whose first row the store must get (those whose ``first_row_owed``: one
         # written since with another row, a claim, stays here until reached); ``BACKLOG_ROWS`` a write.
         self.fresh: Deque[Job] = collections.deque()
-        self._fresh_in_order = True  # their ``submitted_at`` rises from first to last (see ``_unwritten_since``)
+        self.backlogged = False  # the last write left rows of ``fresh`` for the next: it is due at once
+        self._latest = -math.inf  # the latest ``submitted_at`` in ``fresh`` (see ``_backlog_since``)
+        self._early: List[Job] = []  # jobs of ``fresh`` submitted before one queued ahead of them
         self.abort_rows: List[Row] = []  # abort requests to record with the next write
         self.unsettled: Dict[str, Job] = {}  # jobs a user thread ended, until it completed their futures
         self.unwritten: List[Job] = []  # jobs a user thread ended whose write failed: the manager's to complete
@@ -165,9 +168,11 @@ class Scheduler:
                     self.followers[job.id] = job
                 if job.key is not None:
                     self.keyed[job.name, job.key] = job
-                if self.fresh and job.submitted_at < self.fresh[-1].submitted_at:
-                    self._fresh_in_order = False  # another thread's job, made first; or the clock went back
-                job.unwritten = True
+                if job.submitted_at < self._latest:  # another thread's job, made first; or the clock went back
+                    self._early.append(job)
+                else:
+                    self._latest = job.submitted_at
+                job.first_row_owed = True
                 self.fresh.append(job)
             wake, self.wake_pending = not self.wake_pending, True
         if idle is not None:
@@ -372,6 +377,9 @@ class Scheduler:
         try:
             with deferred():  # a Ctrl-C inside the database driver or its pool would leak their locks
                 self.store.write([self.row(job) for job in ended], aborts=aborts or ())
+            with self.lock:
+                for job in ended:  # written: the backlog need not write a new one's row again
+                    job.first_row_owed = False
         except BaseException:
             with self.lock:
                 self.dirty.update((job.id, job) for job in ended)
@@ -717,7 +725,7 @@ class Scheduler:
             return head is not None and not head.claimed and any(s.job is None for s in self.slots)
 
     def take_rows(self, first: bool = False) -> Tuple[List[Row], List[Row], List[Job], float]:
-        """The rows and abort rows owed to the store, the jobs they claim, and when; the debt is cleared.
+        """The rows and abort rows owed to the store, the jobs they claim, and when; all but the backlog's are cleared.
 
         The queued jobs to claim are the first ones, as many as the workers
         have free places for, plus ``claim_ahead`` (so the workers need not
@@ -748,37 +756,37 @@ class Scheduler:
                     job.move(RECEIVED)
                 self.dirty[job.id] = job
             for job in self.dirty.values():
-                job.unwritten = False
-            backlog = 0 if first else BACKLOG_ROWS if self.queue else len(self.fresh)
+                job.first_row_owed = False
+            backlog = 0 if first else BACKLOG_ROWS if self._queue_head() is not None else len(self.fresh)
             while self.fresh and backlog > 0:
                 job = self.fresh.popleft()
-                if job.unwritten:
-                    job.unwritten = False
+                if job.first_row_owed:
+                    job.first_row_owed = False
                     self.dirty[job.id] = job
                     backlog -= 1
+            self.backlogged = not first and backlog == 0 and bool(self.fresh)
             # A row a user thread is writing may land after this write: this one must not vouch for it.
-            now = min([time.time(), self._unwritten_since(), *(job.submitted_at for job in self.starting.values())])
+            now = min([time.time(), self._backlog_since(), *(job.submitted_at for job in self.starting.values())])
             rows = [self.row(job) for job in self.dirty.values()]
             for job in claims:  # a keyed one's row stays PENDING: the store's claim asks for its key first
                 job.move(RECEIVED)
             aborts, self.dirty, self.abort_rows = self.abort_rows, {}, []
         return rows, aborts, claims, now
 
-    def _unwritten_since(self) -> float:
-        """When the first new job not written yet was submitted (``inf``: none), to vouch for those before it.
+    def _backlog_since(self) -> float:
+        """When the earliest new job not written yet was submitted (``inf``: none), to vouch for those before it.
 
-        The first in ``fresh``, whose times rise in order; unless two
-        threads' jobs crossed on their way in (or the clock went back): then
-        the earliest of all, until ``fresh`` is empty again.
+        In ``fresh`` the times rise, but for the jobs ``_early`` keeps (two
+        threads' jobs that crossed on their way in, or a clock that went
+        back): the earliest is the first in ``fresh`` or one of those.
         """
-        while self.fresh and not self.fresh[0].unwritten:
+        while self.fresh and not self.fresh[0].first_row_owed:
             self.fresh.popleft()
         if not self.fresh:
-            self._fresh_in_order = True
-            return float("inf")
-        if self._fresh_in_order:
-            return self.fresh[0].submitted_at
-        return min(job.submitted_at for job in self.fresh if job.unwritten)
+            self._latest, self._early = -math.inf, []
+            return math.inf
+        self._early = [job for job in self._early if job.first_row_owed]
+        return min([self.fresh[0].submitted_at, *(job.submitted_at for job in self._early)])
 
     def stored(self, rows: List[Row]) -> None:
         """The store holds ``rows``: their jobs' argument text need not be held or sent again.
@@ -824,7 +832,6 @@ class Scheduler:
             self.broken, self.shutting_down = exc, True
             owned = [*unresolved, *self.unsettled.values(), *self.unwritten, *self.jobs.values()]
             owned += [job for job in self.dirty.values() if job.stage != DONE]
-            owned += [job for job in self.fresh if job.unwritten and job.stage != DONE]
             self.unsettled.clear()
             self.unwritten.clear()
             jobs = {job.id: job for job in owned}

@@ -27,13 +27,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ._outcome import describe, dump
-from ._sql import ABORTING, EXECUTORS, HELD_KEY, LOGS, META, RUNNING, SCHEMA_VERSION, TASKS, UNFINISHED
+from ._sql import ABORTING, EXECUTORS, HELD_KEY, LOGS, META, RUNNING, TASKS, UNFINISHED
 from ._states import STATE_COLUMNS, task_row
 
 __all__ = [
     "MIGRATIONS",
     "PARTIAL",
-    "SCHEMA_VERSION",
     "STATE_COLUMNS",
     "conditions_for",
     "end_tasks",

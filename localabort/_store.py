@@ -65,7 +65,6 @@ from ._sql import (
     UNFINISHED,
     pieces,
     reason,
-    spelled,
     sync,
     write,
 )  # fmt: skip
@@ -380,10 +379,6 @@ class Store(Registry, Listing):
     def postgres(self) -> bool:
         """Whether the store is a PostgreSQL database (else an SQLite file)."""
         return self.engine.dialect.name == "postgresql"
-
-    def _sql(self, text: str) -> str:
-        """``text``, whose parameters are written ``:name``, in the driver's own parameter style and words."""
-        return spelled(text, self.postgres)
 
     def _cursor(self, conn: Connection) -> Any:
         return conn.connection.driver_connection.cursor()  # type: ignore[union-attr]

@@ -245,15 +245,17 @@ def status(store: Listing, args: argparse.Namespace) -> int:
     limit = args.limit if args.limit is not None else (0 if args.json else 50)
     ids = [_resolve(store, text) for text in args.task_ids] if args.task_ids else None
     if args.json:  # one object per line, as the database writes them: still one JSON array
-        out = sys.stdout.buffer  # the pieces are ASCII, and tens of megabytes: bytes, written as they come
+        # The pieces are ASCII, and tens of megabytes: bytes, written as they come (a stream without bytes, text).
+        out = getattr(sys.stdout, "buffer", None)
+        write = sys.stdout.write if out is None else lambda text: out.write(text.encode("ascii"))
         sys.stdout.flush()
         opened = False
         for piece in store.json_pieces(ids, states=args.state, name=args.name, limit=limit or None):
-            out.write(b",\n" if opened else b"[\n")
-            out.write(piece.encode("ascii"))
+            write(",\n" if opened else "[\n")
+            write(piece)
             opened = True
-        out.write(b"\n]\n" if opened else b"[]\n")
-        out.flush()
+        write("\n]\n" if opened else "[]\n")
+        sys.stdout.flush()
         return 0
     records = store.tasks(ids, states=args.state, name=args.name, limit=limit or None, outcomes=False)
     now = time.time()

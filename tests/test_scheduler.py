@@ -46,13 +46,25 @@ def test_a_write_carries_the_backlog_a_hundred_rows_at_a_time_in_order(scheduler
 
 
 def test_a_claimed_job_is_written_with_its_claim_wherever_it_is_in_the_backlog(scheduler):
+    follower = Job("follower", scheduler.next_seq(), "tests.tasks.add", None, scheduler)
+    follower.follows = "the-holder"  # not queued: the claim goes to the job after it in the backlog
+    scheduler.enqueue(follower)
     jobs = submit(scheduler, BACKLOG_ROWS + 20)
     scheduler.claim_ahead = 1
-    rows, _, claims, _ = scheduler.take_rows(first=True)
+    rows, _, claims, written_up_to = scheduler.take_rows(first=True)
     assert claims == [jobs[0]] and [(row["id"], row["state"]) for row in rows] == [("t0", "RECEIVED")]
+    assert written_up_to == follower.submitted_at  # the follower's row is still owed
     scheduler.claim_ahead = 0
     rows, *_ = scheduler.take_rows()
-    assert [row["id"] for row in rows] == [job.id for job in jobs[1 : BACKLOG_ROWS + 1]]  # t0 is not written again
+    expected = ["follower", *(job.id for job in jobs[1:BACKLOG_ROWS])]  # t0 is not written again
+    assert [row["id"] for row in rows] == expected
+
+
+def test_a_job_a_user_thread_ended_and_wrote_is_not_written_again(scheduler):
+    jobs = submit(scheduler, 3)
+    assert jobs[1].future.cancel()  # written by the cancelling thread (``_settle``)
+    rows, *_ = scheduler.take_rows()
+    assert [row["id"] for row in rows] == ["t0", "t2"]
 
 
 def test_jobs_that_crossed_on_their_way_in_are_vouched_for_by_the_earliest(scheduler):
@@ -65,5 +77,6 @@ def test_jobs_that_crossed_on_their_way_in_are_vouched_for_by_the_earliest(sched
     assert len(rows) == BACKLOG_ROWS and written_up_to == early.submitted_at < later.submitted_at
     scheduler.queue.clear()
     scheduler.take_rows()  # the backlog written: in order again
+    assert scheduler._early == [] and scheduler.take_rows()[0] == []
     last = submit(scheduler, BACKLOG_ROWS + 1, start=BACKLOG_ROWS + 1)
     assert scheduler.take_rows()[3] == last[BACKLOG_ROWS].submitted_at
