@@ -17,16 +17,12 @@ import pytest
 
 from localabort import FAILURE, PENDING, STARTED, SUCCESS, StoreError, _reader
 from localabort._reader import Reader
-from localabort._schema import executors, task_row
+from localabort._schema import executors
 from localabort._store import Store
 
+from .test_store import row
+
 pytestmark = pytest.mark.timeout(60)
-
-
-def row(task_id, state=SUCCESS, **extra):
-    values = dict(name="tests.Job", executor_id="e1", state=state, submitted_at=1.0)
-    values.update(extra)
-    return task_row(task_id, **values)
 
 
 @pytest.fixture
