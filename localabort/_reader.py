@@ -90,11 +90,11 @@ class Reader(Listing):
 
         SQLite spends a listing's time writing its JSON (3 µs an object
         here), in C, without the GIL. So the store's tasks are cut into
-        ranges of ``submitted_at`` of about equal size (``PIECES``), and each range's objects are written and joined
-        (``group_concat``) on a connection and thread of its own: no
-        Python object per task, and every core at work. Each piece comes
-        as soon as it is written, so the first are printed while the last
-        are still being written.
+        ``PIECES`` ranges of ``submitted_at`` of about equal size, and each
+        range's objects are written and joined (``group_concat``) on a
+        connection and thread of its own: no Python object per task, and
+        every core at work. Each piece comes as soon as it is written, so
+        the first are printed while the last are still being written.
         """
         if ids is not None or limit is not None:
             yield from super().json_pieces(ids, states=states, name=name, limit=limit)
