@@ -30,13 +30,12 @@ import os
 import socket
 import sqlite3
 import time
-import urllib.parse
 from typing import Any, Iterable, Iterator, List, Optional
 
 from ._errors import StoreError
 from ._listing import Listing, ascii_json
 from ._procs import Registered, gone, pid_namespace
-from ._sql import BUSY_TIMEOUT, EXECUTORS, META, SCHEMA_VERSION, TASKS, reason
+from ._sql import EXECUTORS, META, SCHEMA_VERSION, SQLITE_CONNECT, TASKS, existing_file, reason
 
 __all__ = ["PIECES", "PIECE_ROWS", "Reader"]
 
@@ -173,8 +172,8 @@ _JOINED = (
 
 def _connect(path: str) -> sqlite3.Connection:
     """A connection to the existing store file ``path`` (never a new empty one)."""
-    uri = f"file:{urllib.parse.quote(path)}?mode=rw"
-    return sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False)
+    conn: sqlite3.Connection = sqlite3.connect(existing_file(path), uri=True, **SQLITE_CONNECT)
+    return conn
 
 
 def _current(conn: sqlite3.Connection) -> bool:

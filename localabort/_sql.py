@@ -20,15 +20,17 @@ from __future__ import annotations
 import functools
 import itertools
 import operator
+import os
 import re
+import urllib.parse
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from ._states import CLAIMABLE_STATES, HELD_STATES, RECEIVED, RETRY, STARTED, STATE_COLUMNS, UNREADY_STATES
 
 __all__ = [
     "ABORTING", "BUSY_TIMEOUT", "CELERY", "CLAIMABLE", "EXECUTORS", "HELD_KEY", "ID_BATCH", "LOGS", "LOG_UPSERT",
-    "META", "RUNNING", "SCHEMA_VERSION", "SQLITE_PRAGMAS", "STANDING", "TASKS", "UNFINISHED", "pieces", "reason",
-    "spelled", "sync", "write",
+    "META", "RUNNING", "SCHEMA_VERSION", "SQLITE_CONNECT", "SQLITE_PRAGMAS", "STANDING", "TASKS", "UNFINISHED",
+    "existing_file", "pieces", "reason", "spelled", "sync", "write",
 ]  # fmt: skip
 
 TASKS, EXECUTORS, LOGS, META = "localabort_tasks", "localabort_executors", "localabort_logs", "localabort_meta"
@@ -39,6 +41,18 @@ SCHEMA_VERSION = 7
 SQLITE_PRAGMAS = ("PRAGMA synchronous=NORMAL",)
 #: Seconds a connection to an SQLite store waits for its lock before it fails.
 BUSY_TIMEOUT = 60.0
+#: How every ``sqlite3`` connection to a store is made, the engine's aside: the busy timeout, no transaction
+#: begun behind the caller's back, usable from any thread.
+SQLITE_CONNECT: Dict[str, Any] = {"timeout": BUSY_TIMEOUT, "check_same_thread": False, "isolation_level": None}
+
+
+def existing_file(path: str) -> str:
+    """The ``sqlite3`` URI (``uri=True``) that opens the store file at ``path`` only if it exists, never a new one.
+
+    >>> existing_file("/tmp/a store.sqlite")
+    'file:/tmp/a%20store.sqlite?mode=rw'
+    """
+    return f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=rw"
 
 
 def _states_in(states: Any) -> str:

@@ -30,7 +30,6 @@ import contextlib
 import os
 import stat
 import time
-import urllib.parse
 import warnings
 from typing import Any, ClassVar, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -60,9 +59,11 @@ from ._sql import (
     CLAIMABLE,
     LOG_UPSERT,
     SCHEMA_VERSION,
+    SQLITE_CONNECT,
     SQLITE_PRAGMAS,
     STANDING,
     UNFINISHED,
+    existing_file,
     pieces,
     reason,
     sync,
@@ -194,8 +195,8 @@ class Store(Registry, Listing):
         args, kwargs = self.engine.dialect.create_connect_args(make_url(self.url))
         args = list(args)
         if not kwargs.get("uri") and args and args[0] and args[0] != ":memory:":
-            args[0], kwargs = f"file:{urllib.parse.quote(os.path.abspath(args[0]))}?mode=rw", {**kwargs, "uri": True}
-        return args, {**kwargs, "timeout": BUSY_TIMEOUT, "check_same_thread": False, "isolation_level": None}
+            args[0], kwargs = existing_file(args[0]), {**kwargs, "uri": True}
+        return args, {**kwargs, **SQLITE_CONNECT}
 
     def dispose(self) -> None:
         """Close this process's connections; the next use opens new ones."""
