@@ -35,7 +35,8 @@ from typing import Any, Iterable, Iterator, List, Optional
 from ._errors import StoreError
 from ._listing import Listing, ascii_json
 from ._procs import Registered, gone, pid_namespace
-from ._sql import EXECUTORS, META, SCHEMA_VERSION, SQLITE_CONNECT, TASKS, existing_file, reason
+from ._sql import EXECUTORS, TASKS, reason
+from ._sqlite import connect, prepare
 
 __all__ = ["PIECES", "PIECE_ROWS", "Reader"]
 
@@ -63,7 +64,7 @@ class Reader(Listing):
         if not os.path.isfile(path):
             return None
         try:
-            conn = _connect(path)
+            conn = connect(path)
         except sqlite3.Error:
             return None
         try:
@@ -146,7 +147,7 @@ class Reader(Listing):
     def _reading(self, own: bool = False) -> Iterator[Any]:
         """``Listing._reading``; ``own``: on a connection of its own, for a thread of its own."""
         try:
-            conn = _connect(self.name) if own else self._conn
+            conn = connect(self.name) if own else self._conn
             cursor = conn.cursor()
             try:
                 yield cursor
@@ -170,16 +171,9 @@ _JOINED = (
 )
 
 
-def _connect(path: str) -> sqlite3.Connection:
-    """A connection to the existing store file ``path`` (never a new empty one)."""
-    conn: sqlite3.Connection = sqlite3.connect(existing_file(path), uri=True, **SQLITE_CONNECT)
-    return conn
-
-
 def _current(conn: sqlite3.Connection) -> bool:
     """Whether the store of ``conn`` has this localabort's schema, and no dead executor whose tasks await recovery."""
-    found = conn.execute(f"SELECT value FROM {META} WHERE name = 'schema'").fetchone()
-    if found is None or found[0] != str(SCHEMA_VERSION):
+    if prepare(conn, create=False) is None:
         return False
     columns = ", ".join(Registered._fields)
     open_executors = conn.execute(f"SELECT {columns} FROM {EXECUTORS} WHERE closed_at IS NULL").fetchall()

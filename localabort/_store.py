@@ -28,13 +28,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import stat
 import time
 import warnings
-from typing import Any, ClassVar, Dict, Iterator, List, Optional, Sequence, Tuple, Union
-
-import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine, make_url
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 from ._errors import StoreError, UnknownTask
 from ._listen import ANY, CHANNEL, Listener, listener, payload
@@ -43,16 +41,6 @@ from ._outcome import dump, unrun
 from ._procs import asker
 from ._record import TaskRecord, record
 from ._registry import Registry
-from ._schema import (
-    MIGRATIONS,
-    conditions_for,
-    end_tasks,
-    executors,
-    logs,
-    meta,
-    metadata,
-    tasks,
-)  # fmt: skip
 from ._sql import (
     ABORTING,
     BUSY_TIMEOUT,
@@ -62,6 +50,7 @@ from ._sql import (
     SQLITE_CONNECT,
     SQLITE_PRAGMAS,
     STANDING,
+    TASKS,
     UNFINISHED,
     existing_file,
     pieces,
@@ -69,7 +58,11 @@ from ._sql import (
     sync,
     write,
 )  # fmt: skip
+from ._sqlite import Connections, prepare
 from ._states import ABORTED, FAILURE, PENDING, READY_STATES, RETRY, STARTED, SUCCESS, UNREADY_STATES
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection, Engine
 
 __all__ = ["Store", "TaskRecord", "forget"]
 
@@ -104,11 +97,18 @@ class Store(Registry, Listing):
 
     def __init__(self, spec: Union[str, os.PathLike[str]], *, create: bool = True) -> None:
         self.url, self.path = _locate(os.fspath(spec))
-        url = make_url(self.url)
-        if url.get_backend_name() not in ("sqlite", "postgresql"):
-            raise StoreError(f"{spec}: a store is an SQLite file or a PostgreSQL database, not {url.drivername}")
-        # How messages name the store: its path, or its URL as given, less any password.
-        self.name = self.path or (self.url if url.password is None else url.render_as_string(hide_password=True))
+        # A file named by its path (or a plain URL of it) is read and written with ``sqlite3`` (``_sqlite``).
+        self._file = Connections(self.path) if self.path is not None and self.url == "sqlite:///" + self.path else None
+        if self._file is not None:
+            self.name = self._file.path
+        else:
+            from sqlalchemy.engine import make_url
+
+            url = make_url(self.url)
+            if url.get_backend_name() not in ("sqlite", "postgresql"):
+                raise StoreError(f"{spec}: a store is an SQLite file or a PostgreSQL database, not {url.drivername}")
+            # How messages name the store: its path, or its URL as given, less any password.
+            self.name = self.path or (self.url if url.password is None else url.render_as_string(hide_password=True))
         self._engine: Optional[Engine] = None
         self._pid = -1
         self._identity: Optional[Tuple[int, int]] = None  # the file it opened (``open`` notices another)
@@ -167,7 +167,9 @@ class Store(Registry, Listing):
         return self._engine
 
     def _make_engine(self) -> Engine:
-        if not self.url.startswith("sqlite"):
+        import sqlalchemy as sa  # here: the first use of SQLAlchemy in a process may be the engine's
+
+        if self.postgres:
             try:
                 return sa.create_engine(self.url, pool_pre_ping=True)
             except ImportError as exc:
@@ -192,6 +194,10 @@ class Store(Registry, Listing):
         """
         if self.postgres:
             return None
+        if self._file is not None:
+            return [existing_file(self._file.path)], {"uri": True, **SQLITE_CONNECT}
+        from sqlalchemy.engine import make_url
+
         args, kwargs = self.engine.dialect.create_connect_args(make_url(self.url))
         args = list(args)
         if not kwargs.get("uri") and args and args[0] and args[0] != ":memory:":
@@ -202,6 +208,8 @@ class Store(Registry, Listing):
         """Close this process's connections; the next use opens new ones."""
         if self._engine is not None and self._pid == os.getpid():
             self._engine.dispose()
+        if self._file is not None:
+            self._file.close()
         self._engine = None
         self._pid = -1
 
@@ -209,6 +217,8 @@ class Store(Registry, Listing):
     def _begin(self) -> Iterator[Connection]:
         """A short write transaction; any database failure becomes a ``StoreError`` naming the store."""
         engine = self.engine
+        import sqlalchemy as sa
+
         try:
             with engine.begin() as conn:
                 yield conn
@@ -219,6 +229,8 @@ class Store(Registry, Listing):
     def _one_statement(self) -> Iterator[Connection]:
         """A connection whose each statement commits by itself (autocommit); failures as ``_begin``'s."""
         engine = self.engine
+        import sqlalchemy as sa
+
         try:
             with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                 yield conn
@@ -228,16 +240,56 @@ class Store(Registry, Listing):
     @contextlib.contextmanager
     def _connect(self) -> Iterator[Connection]:
         """A connection for reads; any database failure becomes a ``StoreError`` naming the store."""
+        engine = self.engine
+        import sqlalchemy as sa
+
         try:
-            with self.engine.connect() as conn:
+            with engine.connect() as conn:
                 yield conn
         except sa.exc.SQLAlchemyError as exc:
             raise StoreError(f"{self.name}: cannot read the store ({reason(exc)})") from exc
 
     @contextlib.contextmanager
+    def _writing(self) -> Iterator[Any]:
+        """A DB-API cursor in a short write transaction (``_sql``'s statements); failures as ``_begin``'s.
+
+        On an SQLite file, a ``BEGIN IMMEDIATE`` on a ``sqlite3`` connection
+        of its own: the write lock is taken first, so a transaction that
+        reads before it writes never finds its snapshot stale.
+        """
+        if self._file is None:
+            with self._begin() as conn:
+                yield self._cursor(conn)
+            return
+        try:
+            with self._file.connection() as conn:
+                cursor = conn.cursor()
+                try:
+                    cursor.execute("BEGIN IMMEDIATE")
+                    yield cursor
+                    cursor.execute("COMMIT")
+                finally:
+                    cursor.close()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.name}: cannot write the store ({reason(exc)})") from exc
+
+    @contextlib.contextmanager
     def _reading(self) -> Iterator[Any]:
         """A DB-API cursor for reads (``Listing``'s SQL); failures as ``_connect``'s."""
+        if self._file is not None:
+            try:
+                with self._file.connection() as conn:
+                    cursor = conn.cursor()
+                    try:
+                        yield cursor
+                    finally:
+                        cursor.close()
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.name}: cannot read the store ({reason(exc)})") from exc
+            return
         engine = self.engine
+        import sqlalchemy as sa
+
         try:
             with engine.connect() as conn:
                 cursor = self._cursor(conn)
@@ -288,7 +340,24 @@ class Store(Registry, Listing):
         self.recover_dead_executors()
 
     def _check(self, create: bool) -> None:
-        """The schema check of ``_prepare``: a localabort store this localabort reads (made, with ``create``)."""
+        """The schema check of ``_prepare``: a localabort store this localabort reads (made, with ``create``).
+
+        A current store file, or a new one, is checked (or made) with
+        ``sqlite3`` alone (``_sqlite.prepare``); anything else with SQLAlchemy,
+        which upgrades an older schema and says what any other file is.
+        """
+        if self._file is not None:
+            try:
+                with self._file.connection() as conn:
+                    if prepare(conn, create) is not None:
+                        return
+            except sqlite3.OperationalError as exc:
+                if "locked" in str(exc):  # waited the busy timeout already: not again, through SQLAlchemy
+                    raise StoreError(f"{self.name}: cannot open as a localabort store ({reason(exc)})") from None
+            except sqlite3.Error:
+                pass  # a file that is not a database, say: said below, in the words every other opener uses
+        import sqlalchemy as sa
+
         try:
             found = self._schema_version(create)
         except sa.exc.SQLAlchemyError as exc:
@@ -311,6 +380,10 @@ class Store(Registry, Listing):
         the same moment both succeed (the loser of the race finds the
         winner's work and tries again). Without it, an older schema is an error.
         """
+        import sqlalchemy as sa
+
+        from ._schema import MIGRATIONS, conditions_for, meta, metadata
+
         if create:
             conditions_for(self.engine.dialect.name)
         for attempt in range(5):
@@ -379,7 +452,7 @@ class Store(Registry, Listing):
     @property
     def postgres(self) -> bool:
         """Whether the store is a PostgreSQL database (else an SQLite file)."""
-        return self.engine.dialect.name == "postgresql"
+        return not self.url.startswith("sqlite")
 
     def _cursor(self, conn: Connection) -> Any:
         return conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
@@ -395,8 +468,8 @@ class Store(Registry, Listing):
         """
         if not rows and not aborts:
             return
-        with self._begin() as conn:
-            write(self._cursor(conn), self.postgres, rows, aborts)
+        with self._writing() as cur:
+            write(cur, self.postgres, rows, aborts)
 
     def sync(
         self, executor_id: str, rows: Sequence[Dict[str, Any]], aborts: Sequence[Dict[str, Any]], *,
@@ -420,8 +493,8 @@ class Store(Registry, Listing):
         does not say, as a claim from a user thread does not; it must then
         write a row, which takes the lock as that would).
         """
-        with self._begin() as conn:
-            return sync(self._cursor(conn), self.postgres, executor_id, rows, aborts, claims, flushed_at)
+        with self._writing() as cur:
+            return sync(cur, self.postgres, executor_id, rows, aborts, claims, flushed_at)
 
     def request_abort(
         self, task_id: str, terminate_after: Optional[float] = None, *, by: Optional[str] = None
@@ -442,6 +515,10 @@ class Store(Registry, Listing):
         ``lookup``) and answers PENDING. An id no executor handed out raises
         ``UnknownTask``, and leaves nothing behind.
         """
+        import sqlalchemy as sa
+
+        from ._schema import tasks
+
         now = time.time()
         values = self._abort_values(now, terminate_after, by)
         # One statement: the request, the state it met, and (PostgreSQL) its notification, sent at the commit.
@@ -488,6 +565,10 @@ class Store(Registry, Listing):
 
         Returns the ids newly asked.
         """
+        import sqlalchemy as sa
+
+        from ._schema import tasks
+
         now = time.time()
         unfinished = sa.and_(sa.text(UNFINISHED), tasks.c.name != STANDING)
         if executor_id is not None:
@@ -516,19 +597,25 @@ class Store(Registry, Listing):
         deadline this request asked (the row keeps the earliest asked). On
         SQLite, nothing: the watchers poll.
         """
+        import sqlalchemy as sa
+
         if not self.postgres:
             return []
         return [sa.func.pg_notify(CHANNEL, payload(task_id, terminate_at)).label("notified")]
 
     def _abort_values(self, now: float, terminate_after: Optional[float], by: Optional[str]) -> Dict[str, Any]:
         """The columns an abort request sets on a task's row: the first request and asker, the earliest deadline."""
+        import sqlalchemy as sa
+
+        from ._schema import tasks
+
         values: Dict[str, Any] = {
             "abort_requested_at": sa.func.coalesce(tasks.c.abort_requested_at, now),
             "abort_by": sa.func.coalesce(tasks.c.abort_by, by or asker()),
         }
         at = _deadline(now, terminate_after)
         if at is not None:
-            earlier = sa.func.min if self.engine.dialect.name == "sqlite" else sa.func.least
+            earlier = sa.func.least if self.postgres else sa.func.min
             values["terminate_at"] = earlier(sa.func.coalesce(tasks.c.terminate_at, at), at)
         return values
 
@@ -563,6 +650,8 @@ class Store(Registry, Listing):
         task, the database lets exactly one win, so a task aborted before
         it started never runs.
         """
+        from ._schema import end_tasks, tasks
+
         ended = 0
         with self._begin() as conn:
             for state, exc in (
@@ -584,6 +673,10 @@ class Store(Registry, Listing):
         aborted was delivered again (``acks_late``, its process lost): it may
         run again, and its row says so, one more in ``retries``.
         """
+        import sqlalchemy as sa
+
+        from ._schema import tasks
+
         task_id = row["id"]
         with self._begin() as conn:
             started = conn.execute(
@@ -623,6 +716,10 @@ class Store(Registry, Listing):
 
     def end_lost(self, task_id: str, exc: BaseException) -> bool:
         """End ``task_id`` FAILURE with ``exc`` if it is unfinished (its process died); return whether it was."""
+        import sqlalchemy as sa
+
+        from ._schema import end_tasks, tasks
+
         with self._begin() as conn:
             return bool(
                 conn.execute(end_tasks(tasks.c.id == task_id, sa.text(UNFINISHED), state=FAILURE, exc=exc)).rowcount
@@ -632,8 +729,8 @@ class Store(Registry, Listing):
 
     def write_log(self, task_id: str, log: Tuple[str, int]) -> None:
         """Store task ``task_id``'s log so far, ``(text, dropped)``, in place of the one stored."""
-        with self._begin() as conn:
-            self._cursor(conn).execute(self._sql(LOG_UPSERT), {"task_id": task_id, "text": log[0], "dropped": log[1]})
+        with self._writing() as cur:
+            cur.execute(self._sql(LOG_UPSERT), {"task_id": task_id, "text": log[0], "dropped": log[1]})
 
     def log(self, task_id: str) -> Optional[Tuple[str, int]]:
         """Task ``task_id``'s log: the last bytes of what it printed and logged, and how many came before them.
@@ -641,12 +738,20 @@ class Store(Registry, Listing):
         ``None`` if it has logged nothing (or is unknown). The log of a
         running task is as its worker last sent it (every half second).
         """
+        import sqlalchemy as sa
+
+        from ._schema import logs
+
         with self._connect() as conn:
             row = conn.execute(sa.select(logs.c.text, logs.c.dropped).where(logs.c.task_id == task_id)).first()
         return None if row is None else (row[0], int(row[1]))
 
     def is_abort_requested(self, task_id: str) -> bool:
         """Whether an abort was ever requested for ``task_id``."""
+        import sqlalchemy as sa
+
+        from ._schema import tasks
+
         with self._connect() as conn:
             at = conn.execute(sa.select(tasks.c.abort_requested_at).where(tasks.c.id == task_id)).scalar()
         return at is not None
@@ -654,13 +759,17 @@ class Store(Registry, Listing):
     def aborts_requested(self, executor_id: str) -> Dict[str, Optional[float]]:
         """``executor_id``'s unfinished tasks with an abort requested: their ids, and when to kill their workers."""
         # SQLite, with no statistics, may take the index of every unfinished task instead: tens of thousands queued.
-        indexed = "INDEXED BY ix_localabort_tasks_aborting" if self.engine.dialect.name == "sqlite" else ""
-        with self._connect() as conn:
-            found = conn.exec_driver_sql(self._sql(_ABORTING_OF.format(indexed=indexed)), {"id": executor_id})
-            return {task_id: terminate_at for task_id, terminate_at in found}
+        indexed = "" if self.postgres else "INDEXED BY ix_localabort_tasks_aborting"
+        with self._reading() as cur:
+            cur.execute(self._sql(_ABORTING_OF.format(indexed=indexed)), {"id": executor_id})
+            return {task_id: terminate_at for task_id, terminate_at in cur.fetchall()}
 
     def find_key(self, name: str, key: str) -> Optional[TaskRecord]:
         """What holds the work of ``name`` under ``key``: an unfinished task, else its newest SUCCESS, or ``None``."""
+        import sqlalchemy as sa
+
+        from ._schema import tasks
+
         keyed = sa.select(tasks).where(tasks.c.name == name, tasks.c.key == key)
         with self._connect() as conn:
             row = conn.execute(keyed.where(sa.text(UNFINISHED)).order_by(tasks.c.submitted_at).limit(1)).first()
@@ -671,10 +780,18 @@ class Store(Registry, Listing):
 
     def listener(self) -> Optional[Listener]:
         """A connection that hears of abort requests as they are committed (``_listen``), or ``None`` (SQLite)."""
+        if not self.postgres:
+            return None
+        from sqlalchemy.engine import make_url
+
         return listener(make_url(self.url))
 
     def aborting(self, ids: Sequence[str]) -> Dict[str, Optional[float]]:
         """Which of the tasks ``ids`` have an abort requested, each with its ``terminate_at``: one read for all."""
+        import sqlalchemy as sa
+
+        from ._schema import tasks
+
         found: Dict[str, Optional[float]] = {}
         with self._connect() as conn:
             for piece in pieces(list(ids)):
@@ -688,6 +805,10 @@ class Store(Registry, Listing):
 
     def forget(self, older_than: float) -> int:
         """Delete finished tasks that finished more than ``older_than`` seconds ago; return how many."""
+        import sqlalchemy as sa
+
+        from ._schema import executors, logs, tasks
+
         cutoff = time.time() - older_than
         old = (tasks.c.state.in_(sorted(READY_STATES)), tasks.c.finished_at < cutoff)
         with self._begin() as conn:
@@ -713,7 +834,7 @@ def forget(store: StoreSpec, *, older_than: float) -> int:
     return Store.open(store).forget(older_than)
 
 
-_ABORTING_OF = f"SELECT id, terminate_at FROM {tasks.name} {{indexed}} WHERE executor_id = :id AND {ABORTING}"
+_ABORTING_OF = f"SELECT id, terminate_at FROM {TASKS} {{indexed}} WHERE executor_id = :id AND {ABORTING}"
 
 
 def _owner_only(path: str) -> None:
@@ -756,9 +877,12 @@ def _locate(spec: str) -> Tuple[str, Optional[str]]:
     ``sqlite:///rel.sqlite`` is ``rel.sqlite`` here. A URI one
     (``?uri=true``) names it its own way.
     """
-    if "://" not in spec:
-        path = os.path.abspath(os.path.expanduser(spec))
+    plain = spec[len("sqlite:///") :] if spec.startswith("sqlite:///") and not set("?#%") & set(spec) else None
+    if "://" not in spec or (plain and plain != ":memory:"):
+        path = os.path.abspath(os.path.expanduser(plain or spec))
         return "sqlite:///" + path, path
+    from sqlalchemy.engine import make_url
+
     url = make_url(spec)
     if url.get_backend_name() != "sqlite" or "uri" in url.query or not url.database or url.database == ":memory:":
         return spec, None
@@ -775,6 +899,10 @@ def _foreign(conn: Connection) -> bool:
     something else, and is left as it is. (An older store's columns are
     the migrations' to change.)
     """
+    import sqlalchemy as sa
+
+    from ._schema import meta, metadata
+
     inspector = sa.inspect(conn)
     found = {table.name for table in metadata.sorted_tables if inspector.has_table(table.name)}
     if not found:
