@@ -74,8 +74,8 @@ __version__ = "0.1.0"
 
 
 #: Where each public name lives. A name is imported the first time it is used, so ``import localabort``
-#: is quick: a worker under spawn loads what it runs, the command line loads no pool to print its help, and
-#: SQLAlchemy loads with the first store a process opens.
+#: is quick: a worker under spawn loads what it runs, and the command line loads no pool to print its help
+#: (SQLAlchemy loads only where a store needs it: ``_store``).
 _HOMES = {
     **dict.fromkeys(
         ["MaxRetriesExceededError", "MemoryLimitExceeded", "Retry", "SoftMemoryLimitExceeded", "SoftTimeLimitExceeded",

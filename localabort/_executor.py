@@ -240,7 +240,7 @@ class Executor(concurrent.futures.Executor):
         self.id = uuid.uuid4().hex
         opened: Optional[Store] = None
         try:
-            from ._store import Store  # SQLAlchemy loads here, not in workers that import this module
+            from ._store import Store  # here, not in workers that import this module
 
             # The one opener that creates a store, or upgrades an older one (``_schema.MIGRATIONS``).
             self._store = opened = Store.open(store, create=True) if self._tmpdir is None else Store(store)  # type: ignore[arg-type]

@@ -214,7 +214,7 @@ class AbortableAsyncResult:
     """
 
     def __init__(self, task_id: str, store: StoreSpec) -> None:
-        from ._store import Store  # SQLAlchemy loads with the first store opened
+        from ._store import Store  # here: ``import localabort`` loads no store
 
         self.id = task_id
         self.store = Store.open(store)

@@ -1,8 +1,8 @@
 """A task as the store holds it: ``TaskRecord``, made from a row of the tasks table.
 
-Its own module, without SQLAlchemy: ``Store`` makes records from its
-engine's rows, and ``localabort status`` on an SQLite store from
-``sqlite3``'s (``_reader``), in the time of a bare interpreter.
+Its own module, without SQLAlchemy: ``Store`` makes records from the
+rows of any driver, ``sqlite3``'s on an SQLite file (``_sqlite``), so
+``localabort status`` runs in the time of a bare interpreter.
 
 >>> row = ("t1", "jobs.Add", "SUCCESS", 2.0, 4.0)
 >>> records([row], ["id", "name", "state", "progress_done", "progress_total"])[0].progress

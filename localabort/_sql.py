@@ -6,10 +6,11 @@ group commit of a long batch in a process of its own; on an SQLite store it
 makes them with the ``sqlite3`` module alone, so it starts in the time of a
 bare interpreter (90 ms here) rather than that of SQLAlchemy's import
 (350 ms), and a batch of a few thousand tasks has it from its first tenth
-of a second. The parent's ``Store.sync`` runs the same function, on the
-cursor of SQLAlchemy's connection: one text of each statement, whoever runs
-it. Statements are written once, with ``:name`` parameters; ``spelled``
-gives a driver its own style (psycopg's ``%(name)s``) and words.
+of a second. The parent's ``Store.sync`` runs the same function, on its
+own ``sqlite3`` connection (``_sqlite``) or, on PostgreSQL, on the cursor
+of SQLAlchemy's: one text of each statement, whoever runs it. Statements
+are written once, with ``:name`` parameters; ``spelled`` gives a driver
+its own style (psycopg's ``%(name)s``) and words.
 
 >>> "localabort_tasks" in state_upsert(2) and state_upsert(2).count("?") == 2 * len(COLUMNS)
 True

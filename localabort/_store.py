@@ -6,19 +6,27 @@ upsert (``INSERT ... ON CONFLICT DO UPDATE``), batched by the caller, whose
 column, ``abort_requested_at``; state writes never touch it, so no later
 write (STARTED, progress, the task's return) can undo an abort.
 
-Each process gets its own SQLAlchemy engine, made on first use in that
-process: an engine inherited across ``fork`` is dropped unclosed, as
-SQLAlchemy's pooling guide says. That is one case of the package's rule:
-nothing module-level crosses ``fork()`` (``Store.open``'s cache may, as its
-handles make a new engine in each process; the executor and task
-registries are cleared by at-fork hooks in their modules). SQLite runs in WAL mode (readers never
-block the writer) with a long busy timeout, so concurrent writers wait
-instead of failing with "database is locked".
+Two ways in, one SQL. An SQLite file is opened with ``sqlite3``
+(``_sqlite``: its connections, a new store's schema, a current one's
+check), and what an executor, a listing or a watcher does most runs there
+as text on a DB-API cursor: the group commit (``_sql``'s ``sync`` and
+``write``, which the recorder runs too), the executors' rows
+(``_registry``), the listings (``_listing``), the abort poll. SQLAlchemy
+is imported for the rest, written in its Core (an abort asked by id, a
+key's holder, an older schema's upgrade, a dead executor's recovery, a
+Celery worker's start), and for PostgreSQL, whose every statement goes
+through its engine: an executor on an SQLite file never imports it, and
+starts in a fifth of the time.
 
-Two bases of ``Store`` hold more of its SQL: ``_registry`` (the
-executors' rows) and ``_listing`` (tasks newest first, and counts); and the
-executor's group commit (``sync``, ``write``) is ``_sql``'s, text on a
-DB-API cursor, which the recorder runs on ``sqlite3`` without SQLAlchemy.
+Each process gets its own engine and its own ``sqlite3`` connections, made
+on first use in that process: those inherited across ``fork`` are dropped
+unclosed, as SQLAlchemy's pooling guide says. That is one case of the
+package's rule: nothing module-level crosses ``fork()`` (``Store.open``'s
+cache may, as its handles make new connections in each process; the
+executor and task registries are cleared by at-fork hooks in their
+modules). SQLite runs in WAL mode (readers never block the writer) with a
+long busy timeout, so concurrent writers wait instead of failing with
+"database is locked".
 
 Results are pickles: a store is as trusted as code. A new SQLite file is
 created owner-only (0600).
@@ -46,6 +54,7 @@ from ._sql import (
     BUSY_TIMEOUT,
     CLAIMABLE,
     LOG_UPSERT,
+    LOGS,
     SCHEMA_VERSION,
     SQLITE_CONNECT,
     SQLITE_PRAGMAS,
@@ -738,23 +747,17 @@ class Store(Registry, Listing):
         ``None`` if it has logged nothing (or is unknown). The log of a
         running task is as its worker last sent it (every half second).
         """
-        import sqlalchemy as sa
-
-        from ._schema import logs
-
-        with self._connect() as conn:
-            row = conn.execute(sa.select(logs.c.text, logs.c.dropped).where(logs.c.task_id == task_id)).first()
+        with self._reading() as cur:
+            cur.execute(self._sql(f"SELECT text, dropped FROM {LOGS} WHERE task_id = :id"), {"id": task_id})
+            row = cur.fetchone()
         return None if row is None else (row[0], int(row[1]))
 
     def is_abort_requested(self, task_id: str) -> bool:
         """Whether an abort was ever requested for ``task_id``."""
-        import sqlalchemy as sa
-
-        from ._schema import tasks
-
-        with self._connect() as conn:
-            at = conn.execute(sa.select(tasks.c.abort_requested_at).where(tasks.c.id == task_id)).scalar()
-        return at is not None
+        with self._reading() as cur:
+            cur.execute(self._sql(f"SELECT abort_requested_at FROM {TASKS} WHERE id = :id"), {"id": task_id})
+            row = cur.fetchone()
+        return row is not None and row[0] is not None
 
     def aborts_requested(self, executor_id: str) -> Dict[str, Optional[float]]:
         """``executor_id``'s unfinished tasks with an abort requested: their ids, and when to kill their workers."""

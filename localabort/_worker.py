@@ -228,7 +228,7 @@ class _Lookup:
 
     def __call__(self, task_id: str) -> bool:
         if self.store is None:
-            from ._store import Store  # SQLAlchemy loads only in a worker that asks about another task
+            from ._store import Store  # the store loads only in a worker that asks about another task
 
             self.store = Store.open(self.store_url)
         return self.store.is_abort_requested(task_id)

@@ -156,7 +156,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from ._errors import StoreError  # the commands need a store, and its errors
 
     try:
-        store = _open(args.store, read_only=args.command == "status")
+        store = _open(args.store)
         return int(COMMANDS[args.command](store, args))
     except (_Usage, StoreError) as exc:
         _print(f"localabort: {exc}", file=sys.stderr)
@@ -182,14 +182,8 @@ def _arguments(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return args
 
 
-def _open(spec: str, *, read_only: bool = False) -> Any:
-    """The store ``spec`` names; ``read_only``: for a command that only reads, on ``sqlite3`` alone if it can."""
-    if read_only:
-        from ._reader import Reader  # an SQLite file with nothing to recover: no SQLAlchemy to import
-
-        reader = Reader.open(spec)
-        if reader is not None:
-            return reader
+def _open(spec: str) -> Any:
+    """The store ``spec`` names (an SQLite file is read with ``sqlite3`` alone: ``_sqlite``)."""
     from ._store import Store  # here, not at the top: --help and --version need no database library
 
     return Store.open(spec)  # never creates: a typo or a foreign file is a one-line error, left untouched
