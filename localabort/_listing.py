@@ -48,6 +48,11 @@ class Listing:
     def postgres(self) -> bool:
         raise NotImplementedError  # ``Store.postgres``
 
+    @property
+    def _one_file(self) -> bool:
+        """Whether the store is an SQLite file read with ``sqlite3``, each ``_reading`` on a connection of its own."""
+        return False
+
     def _sql(self, text: str) -> str:
         """``text``, whose parameters are written ``:name``, in the driver's own parameter style and words."""
         return spelled(text, self.postgres)
@@ -112,9 +117,10 @@ class Listing:
         each written by SQLite, in parallel (the module's docstring says
         why); any other, an object a piece.
         """
-        if ids is not None or limit is not None or self.postgres:
+        if ids is not None or limit is not None or not self._one_file:
             yield from self.tasks_json(ids, states=states, name=name, limit=limit)
             return
+        states = None if states is None else list(states)  # read by every piece
         cuts = self._cuts(PIECES)
         builder = self._json_object()  # one time for every piece's ``age_seconds``
         with concurrent.futures.ThreadPoolExecutor(len(cuts) + 1) as threads:

@@ -594,8 +594,7 @@ class Workers:
 
     Workers need nothing of the store to start, so they start first: under
     spawn and forkserver each one's interpreter starts while this process
-    loads SQLAlchemy and opens the store, and under fork they are forked
-    before either, smaller. The manager takes them over.
+    opens the store, and under fork they are forked before it, smaller. The manager takes them over.
     """
 
     def __init__(self, ctx: Context, count: int, setup: WorkerSetup) -> None:

@@ -290,24 +290,21 @@ def _writer_for(url: str, name: str, connect: Optional[Tuple[List[Any], Dict[str
 class SQLiteWrites:
     """The recorder's writes to an SQLite store, with ``sqlite3`` alone: ``__call__`` is one write.
 
-    The store is opened as the parent's engine opens it (``connect``:
-    ``Store.driver_connect``), and each write is a ``BEGIN IMMEDIATE``
+    The store is opened as the parent's ``Store`` opens it (``connect``:
+    ``Store.driver_connect``; ``_sqlite.opened``), and each write is a ``BEGIN IMMEDIATE``
     transaction; the write connection never checkpoints (``Checkpoints``).
     """
 
     def __init__(self, name: str, connect: Tuple[List[Any], Dict[str, Any]], executor_id: str) -> None:
         import sqlite3
 
-        from ._sql import SQLITE_PRAGMAS
+        from ._sqlite import opened
 
         self._name, self._executor_id = name, executor_id
-        args, kwargs = connect
         try:
-            self.db = sqlite3.connect(*args, **kwargs)
-            for pragma in SQLITE_PRAGMAS:  # as the parent's engine sets them on each connection
-                self.db.execute(pragma)
+            self.db = opened(*connect)
             self.db.execute("PRAGMA wal_autocheckpoint=0")  # never in a write: ``Checkpoints``
-            self.checkpoints = Checkpoints(sqlite3.connect(*args, **kwargs))
+            self.checkpoints = Checkpoints(opened(*connect))
         except sqlite3.Error as exc:
             raise StoreError(f"{name}: cannot open the store ({exc})") from None
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, ContextManager, List
 
 from ._errors import WorkerLost
 from ._procs import SILENT, Registered, flushed, gone, pid_namespace, process_start
-from ._sql import EXECUTORS, STANDING, TASKS, UNFINISHED
+from ._sql import EXECUTORS, STANDING, TASKS, UNFINISHED, spelled
 from ._states import FAILURE
 
 if TYPE_CHECKING:
@@ -50,9 +50,9 @@ class Registry:
     def _reading(self) -> ContextManager[Any]:
         raise NotImplementedError  # ``Store._reading``
 
-    if TYPE_CHECKING:
-
-        def _sql(self, text: str) -> str: ...  # ``Listing._sql``, Store's other base
+    @property
+    def postgres(self) -> bool:
+        raise NotImplementedError  # ``Store.postgres``
 
     def register_executor(self, executor_id: str) -> None:
         """Record that an executor of this process writes to the store."""
@@ -61,19 +61,19 @@ class Registry:
                    pid_namespace=pid_namespace())  # fmt: skip
         with self._writing() as cur:
             now = time.time()  # nothing handed out yet
-            cur.execute(self._sql(_REGISTER), dict(row, started_at=now, flushed_at=now))
+            cur.execute(spelled(_REGISTER, self.postgres), dict(row, started_at=now, flushed_at=now))
             # A standing abort whose asker died waiting (its wait ended long ago): tidied here, as readers never write.
-            cur.execute(self._sql(_STALE_STANDING), {"before": now - 10 * SILENT})
+            cur.execute(spelled(_STALE_STANDING, self.postgres), {"before": now - 10 * SILENT})
 
     def heartbeat(self, executor_id: str) -> None:
         """Record that the executor ``executor_id`` (or a worker process's watch) is alive, though it wrote nothing."""
         with self._writing() as cur:
-            cur.execute(self._sql(f"UPDATE {EXECUTORS} SET flushed_at = :at WHERE id = :id"),
+            cur.execute(spelled(f"UPDATE {EXECUTORS} SET flushed_at = :at WHERE id = :id", self.postgres),
                         {"at": time.time(), "id": executor_id})  # fmt: skip
 
     def close_executor(self, executor_id: str) -> None:
         with self._writing() as cur:
-            cur.execute(self._sql(f"UPDATE {EXECUTORS} SET closed_at = :at WHERE id = :id"),
+            cur.execute(spelled(f"UPDATE {EXECUTORS} SET closed_at = :at WHERE id = :id", self.postgres),
                         {"at": time.time(), "id": executor_id})  # fmt: skip
 
     def recover_dead_executors(self) -> List[str]:

@@ -28,7 +28,7 @@ import contextlib
 import functools
 import os
 import sqlite3
-from typing import Dict, Iterator, List, Optional, Set
+from typing import Any, Dict, Iterator, List, Optional, Set
 
 from ._sql import (
     ABORTING,
@@ -45,7 +45,7 @@ from ._sql import (
     existing_file,
 )
 
-__all__ = ["SCHEMA", "Connections", "connect", "prepare"]
+__all__ = ["SCHEMA", "Connections", "connect", "opened", "prepare"]
 
 _T = "\n\t"
 #: The store's tables and indexes, as SQLAlchemy's SQLite DDL writes ``_schema``'s (``tests/test_sqlite.py``).
@@ -75,7 +75,12 @@ _TABLES = (EXECUTORS, LOGS, META, TASKS)
 
 def connect(path: str) -> sqlite3.Connection:
     """A connection to the existing store file ``path`` (never a new empty one), set up as every store's is."""
-    conn: sqlite3.Connection = sqlite3.connect(existing_file(path), uri=True, **SQLITE_CONNECT)
+    return opened([existing_file(path)], {"uri": True, **SQLITE_CONNECT})
+
+
+def opened(args: List[Any], kwargs: Dict[str, Any]) -> sqlite3.Connection:
+    """``sqlite3.connect(*args, **kwargs)`` (``Store.driver_connect``'s arguments), set up as every store's is."""
+    conn: sqlite3.Connection = sqlite3.connect(*args, **kwargs)
     try:
         for pragma in SQLITE_PRAGMAS:  # the first read of the file: one that is not a database fails here
             conn.execute(pragma)
@@ -91,18 +96,23 @@ class Connections:
     A connection is made when none is free, and kept for the next caller:
     a store's reads and writes come from a few threads (the user's, the
     manager, a heartbeat), so a few connections serve them all. A process
-    forked with connections leaves them to its parent and makes its own.
+    forked with connections leaves them to its parent and makes its own:
+    it keeps them, unused and unclosed (SQLite says a connection carried
+    across ``fork`` must not be used, and closing one runs SQLite's code
+    on the parent's locks and files).
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._free: List[sqlite3.Connection] = []
+        self._inherited: List[sqlite3.Connection] = []  # the parent's: never used, nor collected (which closes)
         self._pid = os.getpid()
 
     @contextlib.contextmanager
     def connection(self) -> Iterator[sqlite3.Connection]:
         """A connection of this process's, for the caller's thread until the block ends."""
         if self._pid != os.getpid():  # inherited across fork: the parent's, never to be used (or closed) here
+            self._inherited += self._free
             self._free, self._pid = [], os.getpid()
         try:
             conn = self._free.pop()  # atomic under the GIL: no two threads get one connection
@@ -123,8 +133,8 @@ class Connections:
         """Close this process's free connections; one in use is closed by the next ``close``, or dropped."""
         free, self._free = self._free, []
         if self._pid == os.getpid():
-            for conn in free:
-                conn.close()
+            while free:  # one at a time: a thread that took the list before the swap may pop from it too
+                free.pop().close()
 
 
 def prepare(conn: sqlite3.Connection, create: bool) -> Optional[int]:

@@ -16,7 +16,8 @@ is imported for the rest, written in its Core (an abort asked by id, a
 key's holder, an older schema's upgrade, a dead executor's recovery, a
 Celery worker's start), and for PostgreSQL, whose every statement goes
 through its engine: an executor on an SQLite file never imports it, and
-starts in a fifth of the time.
+has its first result in 46 ms instead of 170 (fork; 81 instead of 190
+under spawn).
 
 Each process gets its own engine and its own ``sqlite3`` connections, made
 on first use in that process: those inherited across ``fork`` are dropped
@@ -197,8 +198,8 @@ class Store(Registry, Listing):
         return engine
 
     def driver_connect(self) -> Optional[Tuple[List[Any], Dict[str, Any]]]:
-        """How ``sqlite3.connect`` opens this SQLite store as this handle's engine does: its arguments (``None``:
-        not SQLite). The recorder writes through it without importing SQLAlchemy (``_sql``). A plain path is
+        """How ``sqlite3.connect`` opens this SQLite store as this handle does: its arguments (``None``: not
+        SQLite). The recorder writes through it without importing SQLAlchemy (``_sql``). A plain path is
         opened as an existing file (``mode=rw``): a store deleted meanwhile is an error, not a new empty file.
         """
         if self.postgres:
@@ -453,10 +454,14 @@ class Store(Registry, Listing):
 
     # -- writes ---------------------------------------------------------------
 
-    # The writes an executor makes at every group commit run on the DB-API cursor of SQLAlchemy's
-    # connection, with SQL written once in ``_sql`` (SQLite and PostgreSQL share it, and so does the
-    # recorder, without SQLAlchemy): through SQLAlchemy Core each row and statement cost ten times as much,
-    # and the store's write is the executor's hot path.
+    # The writes an executor makes at every group commit run on a DB-API cursor (``_writing``: this
+    # handle's own ``sqlite3`` connection, or SQLAlchemy's on PostgreSQL), with SQL written once in ``_sql``
+    # (SQLite and PostgreSQL share it, and so does the recorder): through SQLAlchemy Core each row and
+    # statement cost ten times as much, and the store's write is the executor's hot path.
+
+    @property
+    def _one_file(self) -> bool:
+        return self._file is not None
 
     @property
     def postgres(self) -> bool:

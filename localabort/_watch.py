@@ -156,7 +156,7 @@ class Watch:
                 heartbeat_at = now + HEARTBEAT
             if now >= recover_at:
                 self._quietly(self.store.recover_dead_executors)
-                if self._listener is None and self.store.engine.dialect.name == "postgresql":
+                if self._listener is None and self.store.postgres:
                     self._quietly(self._relisten)  # lost, or refused: tried again here, never in a check
                 recover_at = now + RECOVER_EVERY
         # While tasks check, they read, and this thread (starved of the GIL by a task that spins) would

@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from localabort import ABORTED, SUCCESS, StoreError
-from localabort._sql import SCHEMA_VERSION
+from localabort._sql import SCHEMA_VERSION, SQLITE_CONNECT, write
 from localabort._sqlite import SCHEMA, Connections, prepare
 from localabort._store import Store
 
@@ -133,23 +133,63 @@ def test_a_store_upgraded_once_opens_without_sqlalchemy_after(tmp_path):
     files.close()
 
 
-def _read_in_child(path, queue):
-    store = Store.open(path)
-    queue.put(store.get("t1").state)
+def _read_in_child(store, inherited, queue):
+    found = store.get("t1").state  # on the handle forked from the parent, its connection in hand
+    (own,) = store._file._free
+    queue.put((found, own is not inherited, store._file._inherited == [inherited]))
 
 
 def test_a_forked_process_makes_its_own_connections(tmp_path):
-    store = Store(str(tmp_path / "s.sqlite"))
+    store = Store.open(str(tmp_path / "s.sqlite"), create=True)
     store.write([row("t1", SUCCESS)])  # the parent holds a connection now
     (inherited,) = store._file._free
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
-    child = ctx.Process(target=_read_in_child, args=(store.path, queue))
+    child = ctx.Process(target=_read_in_child, args=(store, inherited, queue))
     child.start()
-    assert queue.get(timeout=30) == SUCCESS
+    assert queue.get(timeout=30) == (SUCCESS, True, True)
     child.join(30)
     assert child.exitcode == 0
-    assert store._file._free == [inherited]  # the parent's own, untouched
+    assert store._file._free == [inherited]  # the parent's own, and it still works
     assert store.get("t1").state == SUCCESS
     store.dispose()
     assert store._file._free == []
+
+
+def test_a_failed_write_leaves_nothing_and_its_connection_ready(tmp_path):
+    store = Store(str(tmp_path / "s.sqlite"))
+    with pytest.raises(RuntimeError, match="midway"):
+        with store._writing() as cur:
+            write(cur, False, [row("t1", SUCCESS)], [])
+            raise RuntimeError("the caller fails midway")
+    assert store.get("t1") is None
+    (conn,) = store._file._free
+    assert not conn.in_transaction
+    store.write([row("t2", SUCCESS)])
+    assert store.get("t2").state == SUCCESS
+    store.dispose()
+
+
+def test_a_locked_store_fails_once_in_the_words_of_any_opener(tmp_path, monkeypatch):
+    monkeypatch.setitem(SQLITE_CONNECT, "timeout", 0.1)
+    path = tmp_path / "s.sqlite"
+    path.touch()  # an empty file: no WAL yet, so a writer's lock keeps readers out
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        with pytest.raises(StoreError, match=r"s.sqlite: cannot open as a localabort store \(database is locked\)$"):
+            Store(str(path))
+    finally:
+        holder.close()
+    Store(str(path)).dispose()  # made, once the lock is gone
+
+
+def test_a_plain_sqlite_url_is_a_file_and_one_with_options_goes_through_sqlalchemy(tmp_path):
+    path = str(tmp_path / "s.sqlite")
+    plain = Store("sqlite:///" + path)
+    assert plain._file is not None and plain.path == path
+    optioned = Store(f"sqlite:///{path}?timeout=5")
+    assert optioned._file is None and optioned.path == path
+    assert optioned.get("x") is None and plain.get("x") is None
+    plain.dispose()
+    optioned.dispose()

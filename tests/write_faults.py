@@ -6,7 +6,7 @@ Run as ``python -m tests.write_faults FOLDER START_METHOD`` with
 recorder and its workers, under any start method, the fork server's
 children too, since the fork server starts in this run) then loads
 ``faults_site/sitecustomize.py``, whose ``install`` makes the ``sqlite3``
-connections SQLAlchemy and the recorder open a subclass whose cursors and commits count
+connections SQLAlchemy, ``Store``'s own (``_sqlite``) and the recorder open a subclass whose cursors and commits count
 the writes (``INSERT``, ``UPDATE``, ``DELETE`` and each ``COMMIT``) in
 one file under FOLDER, shared by all, and make the N-th raise the
 driver's own ``OperationalError``. The store runs its real code. A first
@@ -233,7 +233,7 @@ def check(run: Dict[str, Any], n: Optional[int]) -> None:
 def install() -> None:
     """This process's SQLite connections count their writes in ``FOLDER``'s counter (``sitecustomize`` calls it).
 
-    Both names of ``connect``: SQLAlchemy's (``sqlite3.dbapi2``) and the recorder's (``sqlite3``).
+    Both names of ``connect``: SQLAlchemy's (``sqlite3.dbapi2``), and ``_sqlite``'s and the recorder's (``sqlite3``).
     """
     real = sqlite3.dbapi2.connect
 
