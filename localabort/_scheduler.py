@@ -731,7 +731,9 @@ class Scheduler:
         have free places for, plus ``claim_ahead`` (so the workers need not
         wait for the next write); each is now RECEIVED (or refused: see
         ``refused``). A job without a key claimed in the write that first
-        stores it is written once, RECEIVED, not PENDING and then claimed.
+        stores it is written once, RECEIVED, not PENDING and then claimed;
+        one whose PENDING row is stored already, as submitted, is claimed by
+        its id alone (``_sql.sync``'s UPDATE of its state), not written again.
         Of the new jobs not claimed, the first ``BACKLOG_ROWS`` are written
         PENDING (all of them once none is queued): a write stays short, so
         the claims the workers wait for are never held up by a backlog of
@@ -754,7 +756,9 @@ class Scheduler:
             for job in claims:  # a new row without a key is written RECEIVED: it is the claim
                 if job.key is None:
                     job.move(RECEIVED)
-                self.dirty[job.id] = job
+                if job.first_row_owed or job.retries:
+                    self.dirty[job.id] = job
+                # else its row is stored as submitted (PENDING): the claim alone moves it, one id in an UPDATE
             for job in self.dirty.values():
                 job.first_row_owed = False
             backlog = 0 if first else BACKLOG_ROWS if self._queue_head() is not None else len(self.fresh)

@@ -80,3 +80,20 @@ def test_jobs_that_crossed_on_their_way_in_are_vouched_for_by_the_earliest(sched
     assert scheduler._early == [] and scheduler.take_rows()[0] == []
     last = submit(scheduler, BACKLOG_ROWS + 1, start=BACKLOG_ROWS + 1)
     assert scheduler.take_rows()[3] == last[BACKLOG_ROWS].submitted_at
+
+
+def test_a_job_whose_row_is_stored_is_claimed_by_its_id_alone(scheduler):
+    """Its PENDING row written, a claim writes no row again: the store's UPDATE moves it, and it is RECEIVED."""
+    jobs = submit(scheduler, 3)
+    rows, *_ = scheduler.take_rows()  # nothing to claim yet (no workers): the rows, PENDING
+    scheduler.store.sync("ex-1", rows, [], claims=[], flushed_at=time.time())
+    scheduler.claim_ahead = 2
+    rows, _, claims, _ = scheduler.take_rows()
+    assert rows == [] and claims == jobs[:2]
+    assert scheduler.store.sync("ex-1", rows, [], claims=[(j.id, j.name, j.key) for j in claims]) == ([], {})
+    scheduler.claimed(claims)  # as the manager takes the answer
+    assert [scheduler.store.get(job.id).state for job in jobs] == ["RECEIVED", "RECEIVED", "PENDING"]
+    jobs[2].retries = 1  # an attempt again: its row changed since, and is written with its claim
+    scheduler.claim_ahead = 3
+    rows, _, claims, _ = scheduler.take_rows()
+    assert claims == [jobs[2]] and [(row["id"], row["state"]) for row in rows] == [("t2", "RECEIVED")]
