@@ -260,6 +260,30 @@ class Store(Registry, Listing):
             raise StoreError(f"{self.name}: cannot read the store ({reason(exc)})") from exc
 
     @contextlib.contextmanager
+    def _autocommit(self) -> Iterator[Any]:
+        """A DB-API cursor whose each statement commits as it runs; failures as ``_begin``'s."""
+        if self._file is None:
+            with self._one_statement() as conn:
+                yield self._cursor(conn)
+            return
+        with self._file_cursor("write") as cursor:
+            yield cursor
+
+    @contextlib.contextmanager
+    def _file_cursor(self, doing: str) -> Iterator[Any]:
+        """A cursor on one of this handle's ``sqlite3`` connections; a failure is a ``StoreError``: "cannot {doing}"."""
+        assert self._file is not None
+        try:
+            with self._file.connection() as conn:
+                cursor = conn.cursor()
+                try:
+                    yield cursor
+                finally:
+                    cursor.close()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.name}: cannot {doing} the store ({reason(exc)})") from exc
+
+    @contextlib.contextmanager
     def _writing(self) -> Iterator[Any]:
         """A DB-API cursor in a short write transaction (``_sql``'s statements); failures as ``_begin``'s.
 
@@ -271,31 +295,17 @@ class Store(Registry, Listing):
             with self._begin() as conn:
                 yield self._cursor(conn)
             return
-        try:
-            with self._file.connection() as conn:
-                cursor = conn.cursor()
-                try:
-                    cursor.execute("BEGIN IMMEDIATE")
-                    yield cursor
-                    cursor.execute("COMMIT")
-                finally:
-                    cursor.close()
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.name}: cannot write the store ({reason(exc)})") from exc
+        with self._file_cursor("write") as cursor:
+            cursor.execute("BEGIN IMMEDIATE")  # a failed block's rollback is the connection's (``_sqlite``)
+            yield cursor
+            cursor.execute("COMMIT")
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[Any]:
         """A DB-API cursor for reads (``Listing``'s SQL); failures as ``_connect``'s."""
         if self._file is not None:
-            try:
-                with self._file.connection() as conn:
-                    cursor = conn.cursor()
-                    try:
-                        yield cursor
-                    finally:
-                        cursor.close()
-            except sqlite3.Error as exc:
-                raise StoreError(f"{self.name}: cannot read the store ({reason(exc)})") from exc
+            with self._file_cursor("read") as cursor:
+                yield cursor
             return
         engine = self.engine
         import sqlalchemy as sa
@@ -529,45 +539,43 @@ class Store(Registry, Listing):
         ``lookup``) and answers PENDING. An id no executor handed out raises
         ``UnknownTask``, and leaves nothing behind.
         """
-        import sqlalchemy as sa
-
-        from ._schema import tasks
-
         now = time.time()
-        values = self._abort_values(now, terminate_after, by)
+        at = _deadline(now, terminate_after)
+        params = {"id": task_id, "now": now, "by": by or asker(), "at": at}
         # One statement: the request, the state it met, and (PostgreSQL) its notification, sent at the commit.
-        ask = (
-            tasks.update()
-            .where(tasks.c.id == task_id, tasks.c.name != STANDING, sa.text(UNFINISHED))
-            .values(**values)
-            .returning(tasks.c.state, *self._notice(task_id, _deadline(now, terminate_after)))
-        )
+        ask = _ASK.format(deadline=_ASK_DEADLINE if at is not None else "")
+        if self.postgres:
+            ask += ", pg_notify(:channel, :payload) AS notified"
+            params.update(channel=CHANNEL, payload=payload(task_id, at))
+        ask = self._sql(ask)
         # The common case, a task whose row is there and unfinished: that statement alone, committed as it
         # runs (no BEGIN and COMMIT to wait for: the abort reaches a worker a round trip or two sooner).
-        with self._one_statement() as conn:
-            asked = conn.execute(ask).first()
-        if asked is not None:  # the statement held the row: its state is the one the request met
-            return str(asked.state)
-        with self._begin() as conn:  # no such row, or finished, or a standing abort: asked again, in one transaction
-            asked = conn.execute(ask).first()
-            if asked is not None:  # its row landed in between
-                return str(asked.state)
-            found = conn.execute(sa.select(tasks.c.name, tasks.c.state).where(tasks.c.id == task_id)).first()
-            if found is not None and found.name != STANDING and found.state in UNREADY_STATES:
-                asked = conn.execute(ask).first()  # committed after the UPDATE above (PostgreSQL's read committed)
-                return None if asked is None else str(asked.state)
-            if found is not None and found.name != STANDING:
+        with self._autocommit() as cur:
+            cur.execute(ask, params)
+            asked = cur.fetchall()
+        if asked:  # the statement held the row: its state is the one the request met
+            return str(asked[0][0])
+        with self._writing() as cur:  # no such row, or finished, or a standing abort: asked again, in one transaction
+            cur.execute(ask, params)
+            asked = cur.fetchall()
+            if asked:  # its row landed in between
+                return str(asked[0][0])
+            cur.execute(self._sql(f"SELECT name, state FROM {TASKS} WHERE id = :id"), {"id": task_id})
+            found = cur.fetchone()
+            if found is not None and found[0] != STANDING and found[1] in UNREADY_STATES:
+                cur.execute(ask, params)  # committed after the UPDATE above (PostgreSQL's read committed)
+                asked = cur.fetchall()
+                return str(asked[0][0]) if asked else None
+            if found is not None and found[0] != STANDING:
                 return None  # finished
             if found is None:
-                conn.execute(tasks.insert().values(
-                    id=task_id, name=STANDING, state=PENDING, abort_requested_at=now, abort_by=by or asker(),
-                    terminate_at=_deadline(now, terminate_after),
-                ))  # fmt: skip
+                cur.execute(self._sql(_STANDING_ABORT), params)
         try:
             self.lookup(task_id, since=now)
         except UnknownTask:
-            with self._begin() as conn:
-                gone = conn.execute(tasks.delete().where(tasks.c.id == task_id, tasks.c.name == STANDING)).rowcount
+            with self._writing() as cur:
+                cur.execute(self._sql(f"DELETE FROM {TASKS} WHERE id = :id AND name = '{STANDING}'"), {"id": task_id})
+                gone = cur.rowcount
             if gone:
                 raise
         return PENDING  # its row landed on the standing abort: it never runs
@@ -842,6 +850,19 @@ def forget(store: StoreSpec, *, older_than: float) -> int:
     return Store.open(store).forget(older_than)
 
 
+#: An abort request on an unfinished task's row (``Store.request_abort``): the first asker and request are
+#: kept, and the earliest deadline (``{deadline}``, when this one asks for one); it returns the state it met.
+_ASK = (
+    f"UPDATE {TASKS} SET abort_requested_at = COALESCE(abort_requested_at, :now), "
+    f"abort_by = COALESCE(abort_by, :by){{deadline}} "
+    f"WHERE id = :id AND name != '{STANDING}' AND {UNFINISHED} RETURNING state"
+)
+_ASK_DEADLINE = ", terminate_at = LEAST(COALESCE(terminate_at, :at), :at)"
+#: A standing abort: the request for an id whose row is not written yet, which that row keeps when it lands.
+_STANDING_ABORT = (
+    f"INSERT INTO {TASKS} (id, name, state, abort_requested_at, abort_by, terminate_at) "
+    f"VALUES (:id, '{STANDING}', '{PENDING}', :now, :by, :at)"
+)
 _ABORTING_OF = f"SELECT id, terminate_at FROM {TASKS} {{indexed}} WHERE executor_id = :id AND {ABORTING}"
 
 

@@ -88,10 +88,11 @@ def test_what_prepare_leaves_to_sqlalchemy(tmp_path):
         Store(foreign)
 
 
-# An executor in a fresh interpreter: a batch, aborts of a running task and of queued ones, their states, the end.
+# An executor in a fresh interpreter: a batch, aborts of a running task and of queued ones, their states, the
+# end; then aborts by id, of a finished task and of an unknown one.
 BATCH = r"""
 import sys
-from localabort import ABORTED, Executor, TaskAborted
+from localabort import ABORTED, AbortableAsyncResult, Executor, TaskAborted, UnknownTask
 from tests import tasks
 
 if __name__ == "__main__":
@@ -107,6 +108,12 @@ if __name__ == "__main__":
             pass
     assert [future.state for future in spinning] == [ABORTED] * 4
     ex.shutdown()
+    finished = AbortableAsyncResult(spinning[0].id, store=sys.argv[1])
+    assert finished.abort() is False and finished.state == ABORTED  # an abort by id, from any process
+    try:
+        AbortableAsyncResult("no-such-task", store=sys.argv[1]).abort()
+    except UnknownTask:
+        pass
     print("sqlalchemy" in sys.modules)
 """
 
