@@ -83,10 +83,15 @@ from ._words import DEPTH
 if TYPE_CHECKING:
     from ._store import Store
 
-__all__ = ["AHEAD_SECONDS", "BACKLOG_ROWS", "Scheduler"]
+__all__ = ["AHEAD_BYTES", "AHEAD_SECONDS", "BACKLOG_ROWS", "Scheduler"]
 
 #: Seconds of short jobs each worker holds ahead of the one it runs (``Scheduler.timed``).
 AHEAD_SECONDS = 0.005
+#: Bytes of calls each worker holds ahead at most (one call ahead, however large, always). The manager sends
+#: while the worker works through what it holds, and reads its replies only between sends: calls held past
+#: what the pipe holds (about 200 KiB here) would block the manager's send, so its reading, so the worker's
+#: replies, so the worker: both for ever. With 127 calls ahead, 4 KB each did.
+AHEAD_BYTES = 64 * 1024
 #: A worker whose job has run ``STUCK_FACTOR`` times the mean job time, and at least ``STUCK_AFTER`` s, is
 #: *stuck*: the jobs sent ahead to it are taken back for the others (``unstick``), and it is sent none more.
 STUCK_AFTER = 0.02
@@ -128,6 +133,7 @@ class Scheduler:
         self.ahead = 1  # jobs to hold ahead of the one each worker runs (``timed``)
         self.starting: Dict[str, Job] = {}  # jobs a user thread is claiming to start at once (``_start_at_once``)
         self._mean: Optional[float] = None  # seconds a job takes in a worker, a moving mean
+        self._call_bytes = 0.0  # bytes of a call sent to a worker, a moving mean that rises at once (``_room``)
         self._seq = itertools.count(1)
         self.shutting_down = self.terminating = False
         self.broken: Optional[BaseException] = None
@@ -513,6 +519,7 @@ class Scheduler:
         if not job.future.running():  # a job sent again after its worker died is running already
             job.future.set_running_or_notify_cancel()
         assert job.blob is not None
+        self._call_bytes = max(len(job.blob), 0.9 * self._call_bytes + 0.1 * len(job.blob))
         return Call(
             seq=job.seq, word=job.word, ahead=job.stage == SENT, task_id=job.id, name=job.name,
             blob=job.blob, chunked=job.chunked, retries=job.retries, options=job.options, log_limit=job.log_limit,
@@ -872,7 +879,10 @@ class Scheduler:
         """How many more jobs the worker in ``slot`` takes: to run now, and ahead (``ahead``); none if it will exit."""
         if slot.reserved or slot.gone:  # a user thread is sending it a job (``_start_at_once``); or it exits
             return 0
-        room = (slot.job is None) + max(0, self.ahead - len(slot.ahead) - len(slot.taken_back))
+        ahead = self.ahead
+        if ahead * self._call_bytes > AHEAD_BYTES:  # never more unread in its pipe than the pipe holds
+            ahead = max(1, int(AHEAD_BYTES / self._call_bytes))
+        room = (slot.job is None) + max(0, ahead - len(slot.ahead) - len(slot.taken_back))
         budget = self.max_tasks_per_child
         return room if budget is None else max(0, min(room, budget - slot.calls))
 

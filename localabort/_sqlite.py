@@ -17,9 +17,11 @@ tables have one definition, ``_schema``'s.
 >>> import os, tempfile
 >>> path = os.path.join(tempfile.mkdtemp(), "s.sqlite")
 >>> open(path, "w").close()
->>> with Connections(path).connection() as conn:
+>>> files = Connections(path)
+>>> with files.connection() as conn:
 ...     prepare(conn, create=True) == SCHEMA_VERSION
 True
+>>> files.close()
 """
 
 from __future__ import annotations

@@ -873,3 +873,13 @@ def test_two_scripts_racing_for_one_key_run_it_once(store_path, tmp_path):
             proc.join(90)
         assert [proc.exitcode for proc in procs] == [0, 0]
         assert ledger.read_text().count("\n") == 1, f"round {round_}: the key ran twice"
+
+
+@pytest.mark.timeout(60)
+def test_many_short_tasks_with_kilobytes_each_way_never_block_the_pipes(store_path):
+    """Calls held ahead never fill a worker's pipe: a full one blocked the manager's send, so its reading of the
+    worker's replies, so the worker (127 calls of 4 KB ahead did, before ``AHEAD_BYTES``)."""
+    line = "x" * 8000
+    with Executor(max_workers=2, store=store_path, mp_context="fork") as ex:
+        futures = [ex.submit(str.upper, line) for _ in range(4000)]
+        assert all(future.result(timeout=20) == "X" * 8000 for future in futures)

@@ -4,12 +4,15 @@ Usage: flood.py STORE START_METHOD N HOW. It prints ``ready`` once its
 executor exists, then submits N tasks of ``tests.tasks.Sleepy`` (1 ms
 each), writing each id the moment ``submit()`` returns it to the file
 STORE + ".ids". HOW is what it does next: "result" waits for every
-result; "abort" aborts every task in a loop, then waits.
+result; "abort" aborts every task in a loop, then waits. Then it waits
+for the Ctrl-C, so one always finds the script at work, never on its way
+out (where Python drops a KeyboardInterrupt).
 """
 
 import faulthandler
 import signal
 import sys
+import time
 
 from localabort import Executor
 from tests import tasks
@@ -35,6 +38,8 @@ def main():
                     future.result()
                 except Exception:
                     pass
+            while True:  # for the Ctrl-C
+                time.sleep(0.05)
 
 
 if __name__ == "__main__":
