@@ -220,7 +220,7 @@ class Scheduler:
         The first jobs of a batch start within a millisecond or two of their
         ``submit()``: no thread of the executor has to take the GIL from a
         busy caller, up to 5 ms each time, to write the claim, read its
-        answer and send the job. The claim is the same as the manager's (a
+        answer and send the job. The claim is the manager's for a new job (a
         RECEIVED row, then a read of the aborts asked for it, in one
         transaction). A claim the store refuses (an abort was asked for the
         id before, or another executor holds it), or a store that fails, or

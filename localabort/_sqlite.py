@@ -8,7 +8,7 @@ such a file with ``sqlite3`` (``Connections``), makes a new store's
 schema from ``SCHEMA``, and checks a current one (``prepare``); it imports
 SQLAlchemy only for what these do not do (an older schema to upgrade, a
 database that is not a store to refuse in its own words, a dead
-executor's tasks to recover, an abort asked by id, PostgreSQL).
+executor's tasks to recover, a key's holder, PostgreSQL).
 
 ``SCHEMA`` is the text SQLAlchemy's SQLite DDL compiles ``_schema``'s
 tables to, statement for statement; a test holds the two equal, so the

@@ -11,8 +11,8 @@ Two ways in, one SQL. An SQLite file is opened with ``sqlite3``
 check), and what an executor, a listing or a watcher does most runs there
 as text on a DB-API cursor: the group commit (``_sql``'s ``sync`` and
 ``write``, which the recorder runs too), the executors' rows
-(``_registry``), the listings (``_listing``), the abort poll. SQLAlchemy
-is imported for the rest, written in its Core (an abort asked by id, a
+(``_registry``), the listings (``_listing``), the abort poll, an abort
+asked by id. SQLAlchemy is imported for the rest, written in its Core (a
 key's holder, an older schema's upgrade, a dead executor's recovery, a
 Celery worker's start), and for PostgreSQL, whose every statement goes
 through its engine: an executor on an SQLite file never imports it, and

@@ -71,7 +71,7 @@ __all__ = ["DEPTH", "HANDOVER_WAIT", "AbortWords", "allocate"]
 #: Jobs a slot holds at most at once (the running one and those sent ahead), so abort words per slot. A
 #: worker holds about 5 ms of work ahead (``Scheduler.timed``), this many jobs at most: with 16, a worker of
 #: trivial tasks ran out of calls and waited for the parent 87% of the time (10,100 tasks/s on one worker);
-#: with 128, 23,000 (1 KiB of shared memory more per worker).
+#: with 128, 23,000 (1.75 KiB of shared memory more per worker).
 DEPTH = 128
 #: Seconds the parent waits for a slot's hand-over lock before it takes the job as started.
 HANDOVER_WAIT = 1.0
