@@ -208,7 +208,7 @@ def _settle(future: AbortableFuture, state: str, blob: Optional[bytes], tb: Opti
     future._task_state, future._task_progress = state, progress
     result, exc = load_outcome(state, blob, tb)
     # Its done-callbacks are user code, run here: on the manager's thread, with the signals a user thread has.
-    with user_signals() if future._done_callbacks else contextlib.nullcontext():  # type: ignore[attr-defined]
+    with user_signals() if future._done_callbacks else contextlib.nullcontext():
         if exc is None:
             future.set_result(result)
         else:
