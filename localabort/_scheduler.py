@@ -87,10 +87,11 @@ __all__ = ["AHEAD_BYTES", "AHEAD_SECONDS", "BACKLOG_ROWS", "Scheduler"]
 
 #: Seconds of short jobs each worker holds ahead of the one it runs (``Scheduler.timed``).
 AHEAD_SECONDS = 0.005
-#: Bytes of calls each worker holds ahead at most (one call ahead, however large, always). The manager sends
-#: while the worker works through what it holds, and reads its replies only between sends: calls held past
-#: what the pipe holds (about 200 KiB here) would block the manager's send, so its reading, so the worker's
-#: replies, so the worker: both for ever. With 127 calls ahead, 4 KB each did.
+#: Bytes of calls each worker holds ahead at most; a larger call goes only to a worker that holds nothing,
+#: which reads it at once. The manager sends while the worker works through what it holds, and reads its
+#: replies only between sends: calls held past what the pipe holds (about 200 KiB here) would block the
+#: manager's send, so its reading, so the worker's replies, so the worker: both for ever. With 127 calls
+#: ahead, 4 KB each did; so did one call of 300 KB sent ahead, its worker replying 300 KB.
 AHEAD_BYTES = 64 * 1024
 #: A worker whose job has run ``STUCK_FACTOR`` times the mean job time, and at least ``STUCK_AFTER`` s, is
 #: *stuck*: the jobs sent ahead to it are taken back for the others (``unstick``), and it is sent none more.
@@ -451,6 +452,10 @@ class Scheduler:
                     head = self._queue_head()
                     if head is None or not head.claimed:  # not claimed: wait for the next write
                         return calls
+                    assert head.blob is not None
+                    if slot.job is not None and len(head.blob) > AHEAD_BYTES:  # never ahead (``AHEAD_BYTES``)
+                        rooms[at] = 0
+                        continue
                     calls.append((slot, self._send(self.queue.popleft(), slot)))
                     rooms[at] -= 1
         return calls
@@ -881,7 +886,7 @@ class Scheduler:
             return 0
         ahead = self.ahead
         if ahead * self._call_bytes > AHEAD_BYTES:  # never more unread in its pipe than the pipe holds
-            ahead = max(1, int(AHEAD_BYTES / self._call_bytes))
+            ahead = max(1, int(AHEAD_BYTES / self._call_bytes))  # and ``dispatch`` holds back a larger call
         room = (slot.job is None) + max(0, ahead - len(slot.ahead) - len(slot.taken_back))
         budget = self.max_tasks_per_child
         return room if budget is None else max(0, min(room, budget - slot.calls))

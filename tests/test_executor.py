@@ -883,3 +883,13 @@ def test_many_short_tasks_with_kilobytes_each_way_never_block_the_pipes(store_pa
     with Executor(max_workers=2, store=store_path, mp_context="fork") as ex:
         futures = [ex.submit(str.upper, line) for _ in range(4000)]
         assert all(future.result(timeout=20) == "X" * 8000 for future in futures)
+
+
+@pytest.mark.timeout(60)
+def test_calls_and_results_larger_than_a_pipe_never_block_it(store_path):
+    """A call bigger than a pipe holds goes to an idle worker only: sent ahead to a busy one, it blocked the
+    manager's send until that worker read it, while the worker waited for the manager to read its big reply."""
+    data = os.urandom(300_000)
+    with Executor(max_workers=2, store=store_path, mp_context="fork") as ex:
+        futures = [ex.submit(bytes.upper, data) for _ in range(200)]
+        assert all(future.result(timeout=20) == data.upper() for future in futures)
