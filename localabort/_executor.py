@@ -87,7 +87,7 @@ from typing import (
 from . import _task
 from ._byvalue import dumps, portable
 from ._capture import DEFAULT_LOG_LIMIT
-from ._future import AbortableFuture, check_terminate_after
+from ._future import AbortableFuture, check_terminate_after, release_making
 from ._interrupt import (
     deferred,
     keep_exiting_as_interrupted,
@@ -619,6 +619,7 @@ class Executor(concurrent.futures.Executor):
     def _interrupted(self) -> None:
         """Ctrl-C reached the ``with`` block: see ``_interrupt`` for the design."""
         release_leaked(self._manager.open_futures())
+        release_making()
         try:
             stop_on_interrupt(self._scheduler.abort_all, self.shutdown, self._manager.terminate)
         finally:
@@ -714,6 +715,7 @@ def _finish_at_exit() -> None:
         except KeyboardInterrupt:
             pass
         release_leaked(manager.open_futures())
+        release_making()
         stop_on_interrupt(scheduler.abort_all, wait, manager.terminate)
     if died_of_ctrl_c:
         keep_exiting_as_interrupted()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import concurrent.futures
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Dict, Generator, Optional, Protocol, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Generator, List, Optional, Protocol, Tuple
 
 from ._capture import log_text
 from ._outcome import load_outcome
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from ._record import TaskRecord
     from ._store import StoreSpec
 
-__all__ = ["AbortableAsyncResult", "AbortableFuture"]
+__all__ = ["AbortableAsyncResult", "AbortableFuture", "release_making"]
 
 
 def check_terminate_after(terminate_after: Optional[float]) -> None:
@@ -44,7 +44,16 @@ class Controller(Protocol):
 _PENDING, _RUNNING, _FINISHED = "PENDING", "RUNNING", "FINISHED"
 _OVER = frozenset({"CANCELLED", "CANCELLED_AND_NOTIFIED", _FINISHED})
 #: Makes each future's condition, once, and settles a future that has none: one lock for every future.
-_MAKING = threading.Lock()
+#: Reentrant, and nothing is allocated under it: a garbage collection its holder sets off may run a finalizer
+#: that cancels a future of the same thread (an abandoned ``map`` iterator does).
+_MAKING = threading.RLock()
+
+
+def release_making() -> None:
+    """Let go of ``_MAKING`` if this thread still holds it: a Ctrl-C on Python 3.9 may land between its
+    acquire and its ``with`` block (bpo-29988), and the manager would wait for it for ever."""
+    while _MAKING._is_owned():  # type: ignore[attr-defined]
+        _MAKING.release()
 
 
 class AbortableFuture(concurrent.futures.Future):  # type: ignore[type-arg]
@@ -95,16 +104,17 @@ class AbortableFuture(concurrent.futures.Future):  # type: ignore[type-arg]
         """``Future``'s condition, made on first use, for every method of ``Future`` and ``wait()`` that takes it."""
         made = self._made
         if made is None:
+            fresh = threading.Condition()  # made before the lock (see ``_MAKING``); one thread's may go unused
+            # Its waiters in a list, not a deque: a deque's first block (64 slots, 760 bytes) is more than a
+            # pending task holds. ``threading.Condition`` only appends to, removes from, indexes, sizes and
+            # clears it, in every Python localabort supports.
+            fresh._waiters = []  # type: ignore[attr-defined]
+            lists: Tuple[List[Any], List[Any]] = ([], [])
             with _MAKING:
                 made = self._made
-                if made is None:
-                    made = threading.Condition()
-                    # Its waiters in a list, not a deque: a deque's first block (64 slots, 760 bytes) is more
-                    # than a pending task holds. ``threading.Condition`` only appends to, removes from,
-                    # indexes, sizes and clears it, in every Python localabort supports.
-                    made._waiters = []  # type: ignore[attr-defined]
-                    self._waiters, self._done_callbacks = [], []
-                    self._made = made
+                if made is None:  # the lists first: a thread that sees the condition without the lock uses them
+                    self._waiters, self._done_callbacks = lists
+                    self._made = made = fresh
         return made
 
     def _settled_alone(self, result: Any, exception: Optional[BaseException]) -> bool:
@@ -116,10 +126,12 @@ class AbortableFuture(concurrent.futures.Future):  # type: ignore[type-arg]
         with _MAKING:
             if self._made is not None:
                 return False
-            if self._state in _OVER:
-                raise concurrent.futures.InvalidStateError(f"{self._state}: {self!r}")
-            self._result, self._exception = result, exception
-            self._state = _FINISHED
+            over = self._state in _OVER
+            if not over:
+                self._result, self._exception = result, exception
+                self._state = _FINISHED
+        if over:
+            raise concurrent.futures.InvalidStateError(f"{self._state}: {self!r}")
         return True
 
     def set_result(self, result: Any) -> None:
@@ -147,7 +159,10 @@ class AbortableFuture(concurrent.futures.Future):  # type: ignore[type-arg]
     def result(self, timeout: Optional[float] = None) -> Any:
         if self._state == _FINISHED and self._exception is None:  # settled: ``_result`` was set before
             return self._result
-        return super().result(timeout)
+        try:
+            return super().result(timeout)
+        finally:
+            del self  # as ``Future.result``: the traceback of what it raises must not hold this future
 
     @property
     def id(self) -> str:

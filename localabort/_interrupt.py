@@ -280,7 +280,8 @@ def release_leaked(futures: Iterable[Any]) -> None:
     """
     waiters: Dict[int, Any] = {}
     for future in futures:
-        condition = future._made  # an executor's future makes its condition when first needed: none, none held
+        # An executor's future makes its condition when first needed (``_made``): none made, none held.
+        condition = future._made if hasattr(future, "_made") else future._condition
         while condition is not None and condition._is_owned():
             condition.release()
         waiters.update((id(waiter), waiter) for waiter in list(future._waiters))

@@ -199,6 +199,48 @@ def test_futures_settle_for_every_way_of_waiting_while_the_executor_settles_them
     assert all(f.done() and not f.running() for f in futures)
 
 
+def test_a_finalizer_that_cancels_a_future_while_another_makes_its_condition_does_not_deadlock():
+    """The lock that makes futures' conditions is reentrant: a garbage collection set off in it may run a
+    finalizer (an abandoned ``map`` iterator's) that cancels a future of the same thread."""
+    from localabort import _future
+
+    mine, other = AbortableFuture("t-mine"), AbortableFuture("t-other")
+    with _future._MAKING:  # where a collection would run the finalizer
+        assert other.cancel() and other.cancelled()
+        assert mine._condition is not None
+
+
+def test_a_ctrl_c_that_leaves_the_futures_lock_held_is_undone():
+    """On Python 3.9 a Ctrl-C may land between a ``with`` block's acquire and its block (bpo-29988)."""
+    from localabort import _future
+
+    _future._MAKING.acquire()
+    _future.release_making()
+    future = AbortableFuture("t-after")
+    done = threading.Thread(target=future.set_result, args=(1,))  # the manager's part, in another thread
+    done.start()
+    done.join(timeout=10)
+    assert future.result(timeout=0) == 1
+
+
+def test_a_failed_result_does_not_keep_its_future_alive_in_a_cycle():
+    """As ``Future.result``: the traceback of what it raises holds no reference to the future."""
+    import gc
+    import weakref
+
+    future = AbortableFuture("t-failed")
+    future.set_exception(ValueError("no"))
+    ref = weakref.ref(future)
+    gc.disable()
+    try:
+        with pytest.raises(ValueError, match="no"):
+            future.result()
+        del future
+        assert ref() is None
+    finally:
+        gc.enable()
+
+
 def test_a_future_wakes_every_thread_that_waits_for_it_and_forgets_those_that_gave_up():
     """Its condition keeps its waiters in a list (no 760-byte deque a pending task): every waiter still wakes."""
     from localabort._future import AbortableFuture
