@@ -2,7 +2,8 @@
 
 Usage: batch.py STORE START_METHOD TASK [SECONDS [STYLE [WAIT]]]. TASK is a
 class of tests.tasks. It prints one JSON line once the first two tasks run
-(their worker pids and every task id), then waits for them. STYLE "with"
+and every task's row is stored (their worker pids and every task id), then
+waits for them. STYLE "with"
 (the default) runs it in a ``with Executor(...)`` block; "bare" without
 one, as people write ``ProcessPoolExecutor`` scripts too. WAIT is how it
 waits: "result" (the default), "as_completed", "wait", "map" (the tasks
@@ -18,7 +19,7 @@ import signal
 import sys
 import time
 
-from localabort import Executor
+from localabort import AbortableAsyncResult, Executor
 from tests import tasks
 
 
@@ -35,12 +36,12 @@ def main():
     ex = Executor(max_workers=2, store=store, mp_context=start_method)
     if style == "with":
         with ex:
-            run(ex, task, seconds, how)
+            run(ex, task, seconds, how, store)
     else:
-        run(ex, task, seconds, how)
+        run(ex, task, seconds, how, store)
 
 
-def run(ex, task, seconds, how):
+def run(ex, task, seconds, how, store):
     if how == "map":
         results = ex.map(task, [seconds] * 6)
         futures = [job.future for job in ex._scheduler.jobs.values()]  # to report their ids
@@ -48,6 +49,10 @@ def run(ex, task, seconds, how):
         futures = [ex.submit(task, seconds) for _ in range(6)]
     while sum(bool(f.progress) for f in futures) < 2:
         time.sleep(0.005)
+    # Every id it prints is in the store: an executor writes a queued task's row within milliseconds, and a
+    # test that kills it the moment it prints would otherwise ask about an id no process ever stored.
+    for f in futures:
+        AbortableAsyncResult(f.id, store=store).state
     recorder = ex._manager._writer.pid  # None until the writes call for one
     pids = [slot.pid for slot in ex._scheduler.slots] + ([recorder] if recorder else [])
     print(json.dumps({"pid": os.getpid(), "workers": pids, "ids": [f.id for f in futures]}), flush=True)
