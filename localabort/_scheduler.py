@@ -445,6 +445,9 @@ class Scheduler:
             stuck = [_stuck(slot, since) for slot in slots]
             if not all(stuck):  # what a worker on a long job would hold ahead is better run by the others
                 rooms = [0 if late else room for room, late in zip(rooms, stuck)]
+            # Bytes of calls each busy worker holds unread, kept under ``AHEAD_BYTES`` call by call: the mean
+            # ``_room`` went by lags a burst of larger calls after small ones.
+            held = [sum(len(job.blob or b"") for job in slot.ahead) for slot in slots]
             while any(rooms):  # one job to each worker with room in turn, the idle ones first
                 for at, slot in enumerate(slots):
                     if rooms[at] <= 0:
@@ -453,9 +456,11 @@ class Scheduler:
                     if head is None or not head.claimed:  # not claimed: wait for the next write
                         return calls
                     assert head.blob is not None
-                    if slot.job is not None and len(head.blob) > AHEAD_BYTES:  # never ahead (``AHEAD_BYTES``)
-                        rooms[at] = 0
-                        continue
+                    if slot.job is not None:  # ahead: within ``AHEAD_BYTES`` (a larger call only ever to an idle one)
+                        if held[at] + len(head.blob) > AHEAD_BYTES:
+                            rooms[at] = 0
+                            continue
+                        held[at] += len(head.blob)
                     calls.append((slot, self._send(self.queue.popleft(), slot)))
                     rooms[at] -= 1
         return calls

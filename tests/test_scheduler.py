@@ -5,13 +5,17 @@ A real store; no workers (the scheduler alone decides which rows a write carries
 
 from __future__ import annotations
 
+import collections
+import multiprocessing
 import time
+import types
 
 import pytest
 
 from localabort._jobs import Job
-from localabort._scheduler import BACKLOG_ROWS, Scheduler
+from localabort._scheduler import AHEAD_BYTES, BACKLOG_ROWS, Scheduler
 from localabort._store import Store
+from localabort._words import AbortWords, allocate
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -97,3 +101,40 @@ def test_a_job_whose_row_is_stored_is_claimed_by_its_id_alone(scheduler):
     scheduler.claim_ahead = 3
     rows, _, claims, _ = scheduler.take_rows()
     assert claims == [jobs[2]] and [(row["id"], row["state"]) for row in rows] == [("t2", "RECEIVED")]
+
+
+def busy_slot(index):
+    """A worker slot as ``dispatch`` sees one that runs a job (no process: the scheduler alone decides)."""
+    words = AbortWords(allocate(multiprocessing.get_context("fork"), 1), 0, None)
+    return types.SimpleNamespace(
+        index=index, job=types.SimpleNamespace(started_at=None), ahead=collections.deque(), reserved=False,
+        gone=False, taken_back=set(), calls=0, words=words, ready=True,
+    )  # fmt: skip
+
+
+def test_calls_held_ahead_stay_within_their_bytes_after_a_burst_of_larger_ones(scheduler):
+    """After tiny calls a worker may hold 127 ahead: larger ones are counted call by call, not by the mean
+    of those before (which would have sent 127 calls of 60 KB, and blocked the manager on the pipe)."""
+    slot = busy_slot(0)
+    scheduler.slots[:] = [slot]
+    tiny = submit(scheduler, 50)
+    for job in tiny:
+        job.blob = b"t" * 100
+    scheduler.timed(1e-6)  # trivial jobs: as many ahead as a slot holds
+    scheduler.claimed(tiny)
+    sent = scheduler.dispatch()
+    assert len(sent) == 50
+    slot.ahead.clear()  # its worker went through them
+    larger = submit(scheduler, 50, start=50)
+    for job in larger:
+        job.blob = b"L" * 20_000
+    scheduler.claimed(larger)
+    sent = scheduler.dispatch()
+    assert sum(len(call.blob) for _, call in sent) <= AHEAD_BYTES and len(sent) == AHEAD_BYTES // 20_000
+    slot.ahead.clear()
+    huge = submit(scheduler, 1, start=100)
+    huge[0].blob = b"H" * (AHEAD_BYTES + 1)
+    scheduler.queue.clear()  # the rest of the larger ones ended meanwhile
+    scheduler.queue.append(huge[0])
+    scheduler.claimed(huge)
+    assert scheduler.dispatch() == []  # never ahead: only to an idle worker
