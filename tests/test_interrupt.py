@@ -254,3 +254,26 @@ def test_a_worker_the_manager_thread_starts_takes_signals_as_the_first_ones_do(s
         # Its own thread, which watches for the parent's death, leaves them to the task (a task's signal.alarm).
         task_thread, watch_thread = ex.submit(tasks.blocked_signals).result(timeout=60)
         assert not PROCESS_SIGNALS & task_thread and PROCESS_SIGNALS <= watch_thread
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_deferred_holds_a_signal_back_until_its_block_ends_and_restores_the_handler(sig):
+    from localabort._interrupt import deferred, stop_on_signals
+
+    before = signal.getsignal(sig)
+    if sig != signal.SIGINT:
+        signal.signal(sig, signal.SIG_DFL)
+        stop_on_signals(lambda: True)  # SIGTERM as Ctrl-C: the handler deferred holds back
+    handler = signal.getsignal(sig)
+    whole = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with deferred():
+                os.kill(os.getpid(), sig)
+                for _ in range(1000):  # bytecodes on which Python runs a pending handler
+                    time.sleep(0.0001)
+                whole.append(True)
+        assert whole == [True]  # the block ran to its end, then the Ctrl-C came
+        assert signal.getsignal(sig) is handler
+    finally:
+        signal.signal(sig, before)
