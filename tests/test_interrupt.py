@@ -258,12 +258,11 @@ def test_a_worker_the_manager_thread_starts_takes_signals_as_the_first_ones_do(s
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_deferred_holds_a_signal_back_until_its_block_ends_and_restores_the_handler(sig):
-    from localabort._interrupt import deferred, stop_on_signals
+    from localabort._interrupt import _Graceful, deferred
 
     before = signal.getsignal(sig)
-    if sig != signal.SIGINT:
-        signal.signal(sig, signal.SIG_DFL)
-        stop_on_signals(lambda: True)  # SIGTERM as Ctrl-C: the handler deferred holds back
+    if sig != signal.SIGINT:  # SIGTERM as Ctrl-C, as ``stop_on_signals`` makes it while an executor is busy
+        signal.signal(sig, _Graceful(lambda: True))
     handler = signal.getsignal(sig)
     whole = []
     try:
