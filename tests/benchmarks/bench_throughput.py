@@ -76,6 +76,19 @@ def peers_table(tmp, n, reps):
     return rows, missing, ideals, figures
 
 
+def callbacks_table(tmp, n, reps):
+    """Trivial submit() with a done-callback on each future, 2 workers: the pools whose futures take one."""
+    makers = {"ProcessPoolExecutor": common.ppe, "localabort": lambda w: common.localabort(w, store_in(tmp))}
+    makers.update((name, make) for name, make in common.installed_peers().items() if name in ("loky", "pebble"))
+    rates = {name: [] for name in makers}
+    for _ in range(reps):
+        for name, make in makers.items():
+            rates[name].append(common.throughput(make(2), identity, n, "callback", identity))
+    base = rates["ProcessPoolExecutor"]
+    return [(name, common.spread(r, "{:,.0f}"), common.spread([a / b for a, b in zip(r, base)], "{:.2f}"))
+            for name, r in rates.items()]  # fmt: skip
+
+
 #: The worker counts of the growth table and chart (this machine has 2 cores).
 WORKERS = (1, 2, 4, 8)
 #: The finished tasks already in the store of the store-size table and chart.
@@ -367,6 +380,7 @@ def main() -> None:
         worker_rows, by_workers = workers_table(tmp, n, max(2, reps - 2))
         size_rows, by_size = store_size_table(tmp, n, max(2, reps - 2))
         share_rows = store_share_table(tmp, n, max(2, reps - 2))
+        callback_rows = callbacks_table(tmp, n, max(2, reps - 2))
     cpu_rows, cpu = cpu_table(n, max(2, reps - 2))
     gap_rows, firsts = gaps_table(max(2, reps - 2))
     with tempfile.TemporaryDirectory() as tmp:
@@ -427,6 +441,10 @@ def main() -> None:
     print("By store size: localabort, 2 workers, on a store already holding that many finished tasks")
     print()
     common.table(("tasks in store", "case", "localabort", "ratio to PPE"), size_rows)
+    print()
+    print("A done-callback on every future: trivial submit(), 2 workers (ratio: / ProcessPoolExecutor)")
+    print()
+    common.table(("pool", "tasks/s", "ratio"), callback_rows)
     print()
     print("Where the time goes: trivial submit(), 2 workers, the store's writes replaced in this process (diagnostic)")
     print()

@@ -144,8 +144,12 @@ def installed_peers():
     return found
 
 
+def _ignore(future):
+    pass
+
+
 def throughput(pool, fn, n, mode, warm, around=contextlib.nullcontext):
-    """Tasks/s of the submit-and-collect phase alone (``mode`` is "submit" or a map chunksize).
+    """Tasks/s of the submit-and-collect phase alone (``mode``: "submit", "callback", or a map chunksize).
 
     ``around()`` is entered just before that phase and left just after it,
     with the pool still open (to read what its processes spent).
@@ -155,8 +159,11 @@ def throughput(pool, fn, n, mode, warm, around=contextlib.nullcontext):
             pass
         with around():
             start = time.perf_counter()
-            if mode == "submit":
+            if mode in ("submit", "callback"):
                 futures = [pool.submit(fn, i) for i in range(n)]
+                if mode == "callback":  # a done-callback each, added as a caller adds it: after submit()
+                    for f in futures:
+                        f.add_done_callback(_ignore)
                 for f in futures:
                     f.result()
             else:
