@@ -179,18 +179,26 @@ def _into_wal(conn: sqlite3.Connection) -> None:
     The change takes the file's exclusive lock; two processes that ask for
     it at one moment (both holding a read lock) make SQLite refuse one at
     once, "database is locked", without the busy timeout's wait (4 rounds
-    in 60 of four processes making one store did): it asks again.
+    in 60 of four processes making one store did): it asks again. Every
+    attempt waits only what is left of one ``BUSY_TIMEOUT``, so the whole
+    waits no longer than that; then the connection's own timeout is back.
     """
     deadline = time.monotonic() + BUSY_TIMEOUT
-    while True:
-        try:
-            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
-                conn.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.005)
+    (own,) = conn.execute("PRAGMA busy_timeout").fetchone()
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            conn.execute(f"PRAGMA busy_timeout = {max(1, int(left * 1000))}")
+            try:
+                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or left <= 0:
+                    raise
+                time.sleep(0.005)
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {int(own)}")
 
 
 def _tables(conn: sqlite3.Connection) -> Set[str]:

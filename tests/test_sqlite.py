@@ -191,6 +191,29 @@ def test_a_locked_store_fails_once_in_the_words_of_any_opener(tmp_path, monkeypa
     Store(str(path)).dispose()  # made, once the lock is gone
 
 
+def test_the_switch_to_wal_waits_one_busy_timeout_in_all_and_leaves_the_connection_s_own(tmp_path, monkeypatch):
+    import time
+
+    import localabort._sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "BUSY_TIMEOUT", 0.3)
+    path = tmp_path / "s.sqlite"
+    conn = sqlite3.connect(path, timeout=3.0, isolation_level=None)  # each attempt alone would wait 3 s
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        start = time.monotonic()
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            sqlite_store._into_wal(conn)
+        assert time.monotonic() - start < 2.0
+    finally:
+        holder.close()
+    assert conn.execute("PRAGMA busy_timeout").fetchone() == (3000,)  # its own, back
+    sqlite_store._into_wal(conn)
+    assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    conn.close()
+
+
 def test_a_plain_sqlite_url_is_a_file_and_one_with_options_goes_through_sqlalchemy(tmp_path):
     path = str(tmp_path / "s.sqlite")
     plain = Store("sqlite:///" + path)
