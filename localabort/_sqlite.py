@@ -198,7 +198,8 @@ def _into_wal(conn: sqlite3.Connection) -> None:
                     raise
                 time.sleep(0.005)
     finally:
-        conn.execute(f"PRAGMA busy_timeout = {int(own)}")
+        with contextlib.suppress(sqlite3.Error):  # a closed connection: the error that closed it says more
+            conn.execute(f"PRAGMA busy_timeout = {int(own)}")
 
 
 def _tables(conn: sqlite3.Connection) -> Set[str]:

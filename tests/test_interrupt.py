@@ -276,3 +276,34 @@ def test_deferred_holds_a_signal_back_until_its_block_ends_and_restores_the_hand
         assert signal.getsignal(sig) is handler
     finally:
         signal.signal(sig, before)
+
+
+@pytest.mark.parametrize("raise_at, body_ran", [(2, False), (3, True)], ids=["entering", "leaving"])
+def test_deferred_puts_every_handler_back_when_a_pending_signal_raises_in_a_swap(monkeypatch, raise_at, body_ran):
+    """CPython's ``signal()`` runs pending handlers first, and one that raises leaves the swap undone."""
+    import localabort._interrupt as interrupt
+
+    real, swaps = interrupt._setsignal, []
+
+    def swap(signum, handler):
+        swaps.append(signum)
+        if len(swaps) == raise_at:  # 1, 2: SIGINT's and SIGTERM's swap on entering; 3, 4: back, on leaving
+            raise KeyboardInterrupt("SIGTERM")
+        return real(signum, handler)
+
+    graceful = interrupt._Graceful(lambda: True)
+    before = signal.signal(signal.SIGTERM, graceful)
+    hup = signal.signal(signal.SIGHUP, signal.SIG_DFL)  # not held: an earlier test may have left it graceful
+    monkeypatch.setattr(interrupt, "_setsignal", swap)
+    ran = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with interrupt.deferred():
+                ran.append(True)
+        assert ran == ([True] if body_ran else [])
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGTERM) is graceful
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, before)
+        signal.signal(signal.SIGHUP, hup)
