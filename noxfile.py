@@ -73,7 +73,7 @@ def cpython(session: nox.Session) -> None:
 BENCHMARKS = {
     "core": True, "throughput": True, "startup": True, "memory": True, "celery": True, "faults": False, "status": False,
     "retries": True, "soak": True, "dashboard": True, "asyncio": True, "logs": True,
-    "byvalue": True, "limits": True, "floor": True,
+    "byvalue": True, "limits": True, "floor": True, "sleep": True,
 }  # fmt: skip
 
 
