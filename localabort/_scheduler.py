@@ -279,6 +279,9 @@ class Scheduler:
         by = asker(by)
         with deferred(), self.lock:
             asked = [job for job in self.jobs.values() if not job.abort_requested]
+            # What the workers run, last: its abort frees a worker, which would go on to a job it holds ahead
+            # before that one's recall, and start it.
+            asked.sort(key=lambda job: job.stage == RUNNING)
             ended = [job for job in asked if self._mark_aborted(job)]
             self._owe(ended)
             graced = [job.terminate_by(job.grace) for job in asked if job.grace is not None and job.stage != DONE]

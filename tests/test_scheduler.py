@@ -138,3 +138,34 @@ def test_calls_held_ahead_stay_within_their_bytes_after_a_burst_of_larger_ones(s
     scheduler.queue.append(huge[0])
     scheduler.claimed(huge)
     assert scheduler.dispatch() == []  # never ahead: only to an idle worker
+
+
+def test_abort_all_takes_back_the_jobs_held_ahead_before_it_aborts_the_running_ones(scheduler):
+    """A running job's abort frees its worker, which goes on to the job it holds ahead: taken back first, that
+    one never starts. (The other order let a job sent ahead start, and report progress, under abort_all.)"""
+    order = []
+
+    class Words(AbortWords):
+        def abort(self, word, seq):
+            order.append(("abort", seq))
+            super().abort(word, seq)
+
+        def recall(self, word, seq):
+            order.append(("recall", seq))
+            return super().recall(word, seq)
+
+    slot = busy_slot(0)
+    slot.words = Words(allocate(multiprocessing.get_context("fork"), 1), 0, None)
+    slot.job, slot.pid = None, None  # idle: the first job runs, the others go ahead of it
+    jobs = submit(scheduler, 4)  # queued: no worker yet
+    scheduler.slots[:] = [slot]
+    scheduler.timed(1e-6)
+    for job in jobs:
+        job.blob = b"x"
+    scheduler.claimed(jobs)
+    scheduler.dispatch()
+    assert slot.job is jobs[0] and list(slot.ahead) == jobs[1:]
+    order.clear()
+    assert scheduler.abort_all() == (4, 1)
+    running = order.index(("abort", jobs[0].seq))
+    assert all(order.index(("recall", job.seq)) < running for job in jobs[1:])
